@@ -1,0 +1,157 @@
+package task
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+const okReq = `{"contents":[{"parts":[{"text":"hi"}]}]}`
+
+func TestDecodeValid(t *testing.T) {
+	id := TaskID("job-1", "k 1 {weird}")
+	msg := `{"v":1,"job_id":"job-1","key":"k 1 {weird}","model":"gemini-2.5-flash","request":` + okReq +
+		`,"task_id":"` + id + `","attempt":2,"deferrals":3,"permit":{"id":"p1"}}`
+	got, err := Decode([]byte(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Envelope{V: 1, JobID: "job-1", Key: "k 1 {weird}", Model: "gemini-2.5-flash", Request: json.RawMessage(okReq),
+		TaskID: id, Attempt: 2, Deferrals: 3, Permit: json.RawMessage(`{"id":"p1"}`)}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Decode (-want +got):\n%s", diff)
+	}
+	// Round trip.
+	data, err := Encode(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(got, again); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+func TestDecodeDerivesJobID(t *testing.T) {
+	msg := `{"v":1,"key":"a","model":"gemini-2.5-flash","request":` + okReq + `}`
+	e1, err := Decode([]byte(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2, err := Decode([]byte(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(e1.JobID, AdhocPrefix) || !ValidJobID(e1.JobID) || e1.JobID != e2.JobID {
+		t.Errorf("derived job ids %q, %q: want equal, valid, prefixed %q", e1.JobID, e2.JobID, AdhocPrefix)
+	}
+	if e1.TaskID != TaskID(e1.JobID, "a") {
+		t.Errorf("task id %q, want TaskID(job, key)", e1.TaskID)
+	}
+	other, err := Decode([]byte(strings.Replace(msg, `"hi"`, `"bye"`, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.JobID == e1.JobID {
+		t.Errorf("different requests got the same derived job id %q", e1.JobID)
+	}
+}
+
+func TestDecodeInvalid(t *testing.T) {
+	base := func(repl ...string) string {
+		s := `{"v":1,"job_id":"j","key":"k","model":"gemini-2.5-flash","request":` + okReq + `}`
+		for i := 0; i < len(repl); i += 2 {
+			s = strings.Replace(s, repl[i], repl[i+1], 1)
+		}
+		return s
+	}
+	big := `{"v":1,"job_id":"j","key":"k","model":"m","request":{"x":"` + strings.Repeat("a", MaxEnvelopeBytes) + `"}}`
+	tests := []struct {
+		name, msg, field string
+	}{
+		{"not json", `nope`, ""},
+		{"array", `[]`, ""},
+		{"trailing data", base() + `{}`, ""},
+		{"truncated", base()[:20], ""},
+		{"invalid utf8", base(`"k"`, "\"k\xff\""), ""},
+		{"unknown field", base(`"v":1`, `"v":1,"extra":true`), "extra"},
+		{"case variant", base(`"job_id"`, `"Job_ID"`), "Job_ID"},
+		{"duplicate", base(`"v":1`, `"v":1,"key":"other"`), "key"},
+		{"no version", base(`"v":1,`, ``), "v"},
+		{"version 2", base(`"v":1`, `"v":2`), "v"},
+		{"version string", base(`"v":1`, `"v":"1"`), "v"},
+		{"bad job id", base(`"j"`, `"a{b}"`), "job_id"},
+		{"long job id", base(`"j"`, `"`+strings.Repeat("j", 65)+`"`), "job_id"},
+		{"empty key", base(`"k"`, `""`), "key"},
+		{"long key", base(`"k"`, `"`+strings.Repeat("k", MaxKeyBytes+1)+`"`), "key"},
+		{"no model", base(`"model":"gemini-2.5-flash",`, ``), "model"},
+		{"model path", base(`"gemini-2.5-flash"`, `"models/gemini-2.5-flash"`), "model"},
+		{"no request", base(`,"request":`+okReq, ``), "request"},
+		{"null request", base(okReq, `null`), "request"},
+		{"request not object", base(okReq, `"text"`), "request"},
+		{"wrong task id", base(`"v":1`, `"v":1,"task_id":"`+TaskID("j", "other")+`"`), "task_id"},
+		{"negative attempt", base(`"v":1`, `"v":1,"attempt":-1`), "attempt"},
+		{"huge deferrals", base(`"v":1`, `"v":1,"deferrals":1001`), "deferrals"},
+		{"permit not object", base(`"v":1`, `"v":1,"permit":[1]`), "permit"},
+		{"too large", big, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decode([]byte(tt.msg))
+			var ve *ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("Decode error = %v, want *ValidationError", err)
+			}
+			if ve.Field != tt.field {
+				t.Errorf("field = %q, want %q (%v)", ve.Field, tt.field, err)
+			}
+		})
+	}
+}
+
+func TestTooLarge(t *testing.T) {
+	e := Envelope{V: 1, JobID: "j", Key: "k", Model: "m",
+		Request: json.RawMessage(`{"x":"` + strings.Repeat("a", MaxPublishBytes) + `"}`)}
+	data, err := Encode(e)
+	if err != nil {
+		t.Fatalf("Encode: %v (an envelope under MaxEnvelopeBytes must encode)", err)
+	}
+	if err := CheckPublishSize(data); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("CheckPublishSize(%d bytes) = %v, want ErrTooLarge", len(data), err)
+	}
+	e.Request = json.RawMessage(`{"x":"` + strings.Repeat("a", MaxEnvelopeBytes) + `"}`)
+	if _, err := Encode(e); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Encode over the cap = %v, want ErrTooLarge", err)
+	}
+	if _, err := Decode([]byte(`{"x":"` + strings.Repeat("a", MaxEnvelopeBytes) + `"}`)); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Decode over the cap = %v, want ErrTooLarge", err)
+	}
+}
+
+func TestIDs(t *testing.T) {
+	if TaskID("a", "b") == TaskID("a\x00b", "") || TaskID("ab", "") == TaskID("a", "b") {
+		t.Error("TaskID is ambiguous across the job/key boundary")
+	}
+	if id := TaskID("j", "any key ✓ {}:\n"); !ValidTaskID(id) {
+		t.Errorf("TaskID = %q, not ValidTaskID", id)
+	}
+	for _, s := range []string{"a", "A-z_09", strings.Repeat("x", 64)} {
+		if !ValidJobID(s) {
+			t.Errorf("ValidJobID(%q) = false", s)
+		}
+	}
+	for _, s := range []string{"", "a b", "a{b", "a}b", "a:b", "a.b", "é", strings.Repeat("x", 65)} {
+		if ValidJobID(s) {
+			t.Errorf("ValidJobID(%q) = true", s)
+		}
+	}
+	if !ValidModel("gemini-2.5-flash-001") || ValidModel("models/x") || ValidModel("") {
+		t.Error("ValidModel")
+	}
+}

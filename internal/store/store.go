@@ -1,0 +1,498 @@
+// Package store keeps gemq's job records, task states, leases and results in
+// Redis.
+//
+// Every key of a job shares the job's hash tag, so each operation is one Lua
+// script that moves a task's state and the job's counters together, also on
+// Redis Cluster (Memorystore Cluster):
+//
+//	gemq:job:{<job>}:meta          hash: id, model, hash, adhoc, total, running, waiting,
+//	                               succeeded, failed, seq, created_ms, updated_ms, finished_ms
+//	gemq:job:{<job>}:tasks         set: ids of every task the job has (ingest's plus first-seen ones)
+//	gemq:job:{<job>}:done          sorted set: finished task ids, scored by finish sequence
+//	gemq:job:{<job>}:task:<task>   hash: key, state, holder, lease_ms, leases, finished_ms,
+//	                               response | error
+//
+// Job ids and task ids come from internal/task, whose alphabets cannot break a
+// hash tag; request keys are stored only as data. Every write sets the TTL
+// (Options.TTL) on every key it touches, so nothing outlives it: a job's keys
+// expire TTL after its last activity, a task's result TTL after it was
+// written. Times come from Redis TIME, never from an instance's clock.
+//
+// A task's life: queued (published, not yet seen) → running (leased) →
+// waiting (deferred for quota; not a failure) → running → succeeded or failed.
+// The terminal states are written once: the first Complete or Fail wins and
+// later ones report AlreadyDone. The counts of Job always add up to Total.
+//
+// A Store is safe for concurrent use.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+// DefaultTTL is the TTL used when Options.TTL is zero (GEMQ_RESULT_TTL's default).
+const DefaultTTL = 168 * time.Hour
+
+// createChunk is how many task ids CreateJob sends per script call.
+const createChunk = 1000
+
+var (
+	// ErrNotFound is returned for a job or task the store does not know.
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict is returned by CreateJob when the job id exists with
+	// different content (another content hash, or a job made of
+	// user-published tasks).
+	ErrConflict = errors.New("store: job exists with different content")
+)
+
+// Options tunes a Store. The zero value is usable.
+type Options struct {
+	// TTL is how long keys live after they are written (GEMQ_RESULT_TTL);
+	// zero means DefaultTTL.
+	TTL time.Duration
+}
+
+// Store is the Redis-backed job and task store.
+type Store struct {
+	rdb redis.Scripter
+	ttl time.Duration
+}
+
+// New returns a Store on rdb: any go-redis client (standalone, cluster,
+// ring), since every operation is a single-slot script.
+func New(rdb redis.Scripter, opts Options) *Store {
+	if opts.TTL <= 0 {
+		opts.TTL = DefaultTTL
+	}
+	return &Store{rdb: rdb, ttl: opts.TTL}
+}
+
+// State is a task's state.
+type State string
+
+// The task states.
+const (
+	Queued    State = "queued"    // accepted, not picked up yet (or lease released)
+	Running   State = "running"   // a worker holds the lease
+	Waiting   State = "waiting"   // deferred until its quota slot; not a failure
+	Succeeded State = "succeeded" // terminal: a response is stored
+	Failed    State = "failed"    // terminal: an error is stored
+	// Expired is terminal: the task finished but its record outlived the
+	// TTL while the job's did not. It is never run again.
+	Expired State = "expired"
+)
+
+// Terminal reports whether s is Succeeded, Failed or Expired.
+func (s State) Terminal() bool { return s == Succeeded || s == Failed || s == Expired }
+
+// Counts are a job's tasks by state. Queued is Total minus the others.
+type Counts struct {
+	Total     int64 `json:"total"`
+	Queued    int64 `json:"queued"`
+	Waiting   int64 `json:"waiting"`
+	Running   int64 `json:"running"`
+	Succeeded int64 `json:"succeeded"`
+	Failed    int64 `json:"failed"`
+}
+
+// Job is a job record.
+type Job struct {
+	ID    string
+	Model string
+	// ContentHash is the hash ingest gave at creation; empty for a job
+	// created implicitly by user-published tasks (Adhoc).
+	ContentHash string
+	// Adhoc is true for a job that exists only because tasks naming it
+	// were seen (published straight to the topic), not through CreateJob.
+	Adhoc     bool
+	Counts    Counts
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// FinishedAt is when the last task became terminal; zero while any
+	// task is not.
+	FinishedAt time.Time
+}
+
+// Done reports whether every task of the job is terminal.
+func (j Job) Done() bool { return !j.FinishedAt.IsZero() }
+
+// NewJob describes a job to create.
+type NewJob struct {
+	ID          string   // task.ValidJobID
+	Model       string   // task.ValidModel
+	ContentHash string   // non-empty; equal content must give equal hashes
+	TaskIDs     []string // task.TaskID of every request; Total becomes the number of distinct ids
+}
+
+// Ref names one task and carries what the store needs to register a task
+// it has never seen (a user-published message): its key and model.
+type Ref struct {
+	JobID  string // task.ValidJobID
+	TaskID string // task.TaskID(JobID, Key)
+	Key    string // the request key, stored as data
+	Model  string // the job's model, used if the job must be created
+}
+
+// RefOf returns the Ref of a decoded envelope.
+func RefOf(e task.Envelope) Ref {
+	return Ref{JobID: e.JobID, TaskID: e.TaskID, Key: e.Key, Model: e.Model}
+}
+
+func (r Ref) check() error {
+	switch {
+	case !task.ValidJobID(r.JobID):
+		return fmt.Errorf("store: invalid job id %q", r.JobID)
+	case r.TaskID != task.TaskID(r.JobID, r.Key):
+		return fmt.Errorf("store: task id %q does not match job %s and its key", r.TaskID, r.JobID)
+	case task.ValidateKey(r.Key) != nil:
+		return fmt.Errorf("store: %w", task.ValidateKey(r.Key))
+	case !task.ValidModel(r.Model):
+		return fmt.Errorf("store: invalid model %q", r.Model)
+	}
+	return nil
+}
+
+// Outcome says what a task transition did.
+type Outcome int
+
+// The outcomes.
+const (
+	// Applied: the transition happened (for Lease: the caller now holds
+	// the lease; for Complete and Fail: this call wrote the terminal state).
+	Applied Outcome = iota + 1
+	// AlreadyDone: the task was already terminal; nothing changed.
+	AlreadyDone
+	// HeldElsewhere: another holder's lease is live; nothing changed.
+	HeldElsewhere
+)
+
+// String returns "applied", "already_done" or "held_elsewhere".
+func (o Outcome) String() string {
+	switch o {
+	case Applied:
+		return "applied"
+	case AlreadyDone:
+		return "already_done"
+	case HeldElsewhere:
+		return "held_elsewhere"
+	}
+	return "Outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Record is one task as stored.
+type Record struct {
+	Key    string
+	TaskID string
+	State  State
+	// Response is the GenerateContentResponse JSON (Succeeded only).
+	Response json.RawMessage
+	// Error is the error JSON given to Fail (Failed only).
+	Error json.RawMessage
+	// FinishedAt is when the task became terminal; zero otherwise.
+	FinishedAt time.Time
+	// Seq is the task's position in the job's finish order (1, 2, …);
+	// zero while not terminal. Pass it to ResultsPage as after.
+	Seq int64
+}
+
+func jobKey(jobID, part string) string { return "gemq:job:{" + jobID + "}:" + part }
+func metaKey(jobID string) string      { return jobKey(jobID, "meta") }
+func tasksKey(jobID string) string     { return jobKey(jobID, "tasks") }
+func doneKey(jobID string) string      { return jobKey(jobID, "done") }
+func taskKey(jobID, taskID string) string {
+	return jobKey(jobID, "task:"+taskID)
+}
+
+// taskKeys are the KEYS of every transition script.
+func taskKeys(r Ref) []string {
+	return []string{metaKey(r.JobID), tasksKey(r.JobID), doneKey(r.JobID), taskKey(r.JobID, r.TaskID)}
+}
+
+func (s *Store) ttlMS() int64 { return s.ttl.Milliseconds() }
+
+// CreateJob creates a job record with its task ids, idempotently: if the job
+// exists with the same ContentHash it returns the existing job and created
+// false (and makes sure every id is registered, so a retried ingest after a
+// crash completes the set); with another hash it returns ErrConflict.
+// Call it before publishing the job's tasks.
+func (s *Store) CreateJob(ctx context.Context, nj NewJob) (job Job, created bool, err error) {
+	switch {
+	case !task.ValidJobID(nj.ID):
+		return Job{}, false, fmt.Errorf("store: create job: invalid job id %q", nj.ID)
+	case !task.ValidModel(nj.Model):
+		return Job{}, false, fmt.Errorf("store: create job: invalid model %q", nj.Model)
+	case nj.ContentHash == "":
+		return Job{}, false, errors.New("store: create job: empty content hash")
+	}
+	for _, id := range nj.TaskIDs {
+		if !task.ValidTaskID(id) {
+			return Job{}, false, fmt.Errorf("store: create job: invalid task id %q", id)
+		}
+	}
+	keys := []string{metaKey(nj.ID), tasksKey(nj.ID)}
+	first := true
+	for start := 0; first || start < len(nj.TaskIDs); start += createChunk {
+		end := min(start+createChunk, len(nj.TaskIDs))
+		args := make([]any, 0, 4+end-start)
+		args = append(args, s.ttlMS(), nj.ID, nj.Model, nj.ContentHash)
+		for _, id := range nj.TaskIDs[start:end] {
+			args = append(args, id)
+		}
+		n, err := createJobScript.Run(ctx, s.rdb, keys, args...).Int64()
+		if err != nil {
+			return Job{}, false, fmt.Errorf("store: create job script: %w", err)
+		}
+		if n < 0 {
+			return Job{}, false, ErrConflict
+		}
+		if first {
+			created = n == 1
+			first = false
+		}
+	}
+	job, err = s.GetJob(ctx, nj.ID)
+	return job, created, err
+}
+
+// GetJob returns a job's record and counts, or ErrNotFound.
+func (s *Store) GetJob(ctx context.Context, jobID string) (Job, error) {
+	if !task.ValidJobID(jobID) {
+		return Job{}, ErrNotFound
+	}
+	vals, err := getJobScript.Run(ctx, s.rdb, []string{metaKey(jobID)}).StringSlice()
+	if err != nil {
+		return Job{}, fmt.Errorf("store: get job script: %w", err)
+	}
+	if len(vals) == 0 {
+		return Job{}, ErrNotFound
+	}
+	m := make(map[string]string, len(vals)/2)
+	for i := 0; i+1 < len(vals); i += 2 {
+		m[vals[i]] = vals[i+1]
+	}
+	n := func(f string) int64 { v, _ := strconv.ParseInt(m[f], 10, 64); return v }
+	j := Job{
+		ID:          jobID,
+		Model:       m["model"],
+		ContentHash: m["hash"],
+		Adhoc:       m["adhoc"] == "1",
+		Counts: Counts{
+			Total: n("total"), Waiting: n("waiting"), Running: n("running"),
+			Succeeded: n("succeeded"), Failed: n("failed"),
+		},
+		CreatedAt:  msTime(n("created_ms")),
+		UpdatedAt:  msTime(n("updated_ms")),
+		FinishedAt: msTime(n("finished_ms")),
+	}
+	c := &j.Counts
+	c.Queued = c.Total - c.Waiting - c.Running - c.Succeeded - c.Failed
+	return j, nil
+}
+
+func msTime(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+// Lease claims a task for holder for ttl. Applied: the caller holds it and
+// may call Gemini. AlreadyDone: the task is terminal (ack the duplicate).
+// HeldElsewhere: another holder's lease has not expired (ack; that holder
+// finishes it, or the message is redelivered after its lease expired). The
+// same holder leasing again extends its lease. A task or job never seen
+// before is registered first (Total grows by one), so user-published tasks
+// show up in the job's counts and results.
+func (s *Store) Lease(ctx context.Context, r Ref, holder string, ttl time.Duration) (Outcome, error) {
+	if err := r.check(); err != nil {
+		return 0, err
+	}
+	if holder == "" || ttl <= 0 {
+		return 0, errors.New("store: lease: empty holder or non-positive ttl")
+	}
+	return s.transition(ctx, "lease", leaseScript, r, holder, ttl.Milliseconds())
+}
+
+// MarkWaiting moves a task to Waiting (deferred until its quota slot) and
+// drops holder's lease. AlreadyDone if terminal; HeldElsewhere if another
+// holder's lease is live.
+func (s *Store) MarkWaiting(ctx context.Context, r Ref, holder string) (Outcome, error) {
+	if err := r.check(); err != nil {
+		return 0, err
+	}
+	return s.transition(ctx, "mark waiting", waitScript, r, holder)
+}
+
+// ReleaseLease gives up holder's lease: a Running task goes back to Queued
+// (e.g. before answering non-2xx so the message is redelivered, or when a
+// retry is scheduled). AlreadyDone if terminal; HeldElsewhere if another
+// holder's lease is live; Applied otherwise (also when there was no lease).
+func (s *Store) ReleaseLease(ctx context.Context, r Ref, holder string) (Outcome, error) {
+	if err := r.check(); err != nil {
+		return 0, err
+	}
+	return s.transition(ctx, "release lease", releaseScript, r, holder)
+}
+
+// Complete records a task's response (the GenerateContentResponse JSON) and
+// moves it to Succeeded, exactly once: Applied for the call that wrote it,
+// AlreadyDone (nothing written) for any later Complete or Fail. The first
+// terminal write wins whoever holds the lease, since its Gemini call was
+// made; holder is recorded.
+func (s *Store) Complete(ctx context.Context, r Ref, holder string, response []byte) (Outcome, error) {
+	return s.finish(ctx, "complete", r, holder, Succeeded, "response", response)
+}
+
+// Fail records a task's terminal error (JSON, e.g. {"code":400,
+// "message":"…","status":"INVALID_ARGUMENT"}) and moves it to Failed,
+// exactly once, like Complete.
+func (s *Store) Fail(ctx context.Context, r Ref, holder string, errJSON []byte) (Outcome, error) {
+	return s.finish(ctx, "fail", r, holder, Failed, "error", errJSON)
+}
+
+func (s *Store) finish(ctx context.Context, op string, r Ref, holder string, st State, field string, payload []byte) (Outcome, error) {
+	if err := r.check(); err != nil {
+		return 0, err
+	}
+	if !json.Valid(payload) {
+		return 0, fmt.Errorf("store: %s: %s is not valid JSON", op, field)
+	}
+	return s.transition(ctx, op, finishScript, r, holder, string(st), field, payload)
+}
+
+func (s *Store) transition(ctx context.Context, op string, script *redis.Script, r Ref, holder string, extra ...any) (Outcome, error) {
+	args := append([]any{s.ttlMS(), r.JobID, r.TaskID, r.Key, r.Model, holder}, extra...)
+	n, err := script.Run(ctx, s.rdb, taskKeys(r), args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("store: %s script: %w", op, err)
+	}
+	o := Outcome(n)
+	if o < Applied || o > HeldElsewhere {
+		return 0, fmt.Errorf("store: %s script: unexpected result %d", op, n)
+	}
+	return o, nil
+}
+
+// Result returns the task with the given key in a job, whatever its state,
+// or ErrNotFound when the job has no such task.
+func (s *Store) Result(ctx context.Context, jobID, key string) (Record, error) {
+	if !task.ValidJobID(jobID) || task.ValidateKey(key) != nil {
+		return Record{}, ErrNotFound
+	}
+	id := task.TaskID(jobID, key)
+	vals, err := resultScript.Run(ctx, s.rdb, []string{tasksKey(jobID), taskKey(jobID, id), doneKey(jobID)}, id).Slice()
+	if err != nil {
+		if errors.Is(err, redis.Nil) {
+			return Record{}, ErrNotFound
+		}
+		return Record{}, fmt.Errorf("store: result script: %w", err)
+	}
+	rec := record(id, vals)
+	if rec.Key == "" {
+		rec.Key = key
+	}
+	return rec, nil
+}
+
+// record turns {key, state, response, error, finished_ms, seq} into a Record.
+func record(id string, v []any) Record {
+	str := func(i int) string {
+		if i < len(v) {
+			if s, ok := v[i].(string); ok {
+				return s
+			}
+		}
+		return ""
+	}
+	raw := func(i int) json.RawMessage {
+		if s := str(i); s != "" {
+			return json.RawMessage(s)
+		}
+		return nil
+	}
+	fin, _ := strconv.ParseInt(str(4), 10, 64)
+	seq, _ := strconv.ParseInt(str(5), 10, 64)
+	st := State(str(1))
+	if st == "" {
+		st = Queued
+	}
+	return Record{Key: str(0), TaskID: id, State: st, Response: raw(2), Error: raw(3), FinishedAt: msTime(fin), Seq: seq}
+}
+
+// ResultsPage returns up to limit finished tasks of a job in finish order,
+// starting after sequence number after (0 for the start), and the after to
+// pass next time (equal to after when there was nothing new). Order is
+// stable: tasks finishing later are appended. A finished task whose record
+// has already expired is skipped.
+func (s *Store) ResultsPage(ctx context.Context, jobID string, after int64, limit int) ([]Record, int64, error) {
+	if !task.ValidJobID(jobID) {
+		return nil, after, ErrNotFound
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	ids, err := pageScript.Run(ctx, s.rdb, []string{doneKey(jobID)}, after, limit).StringSlice()
+	if err != nil {
+		return nil, after, fmt.Errorf("store: results page script: %w", err)
+	}
+	if len(ids) == 0 {
+		return nil, after, nil
+	}
+	keys := make([]string, 0, len(ids)/2)
+	for i := 0; i+1 < len(ids); i += 2 {
+		keys = append(keys, taskKey(jobID, ids[i]))
+	}
+	rows, err := readTasksScript.Run(ctx, s.rdb, keys).Slice()
+	if err != nil {
+		return nil, after, fmt.Errorf("store: read tasks script: %w", err)
+	}
+	recs := make([]Record, 0, len(keys))
+	next := after
+	for i, row := range rows {
+		seq, _ := strconv.ParseInt(ids[2*i+1], 10, 64)
+		next = max(next, seq)
+		fields, _ := row.([]any)
+		rec := record(ids[2*i], fields)
+		if rec.State != Succeeded && rec.State != Failed {
+			continue // its record expired
+		}
+		rec.Seq = seq
+		recs = append(recs, rec)
+	}
+	return recs, next, nil
+}
+
+// Results iterates over a job's finished tasks in finish order, reading
+// pageSize records at a time (100 when pageSize <= 0), until none are left.
+// It stops at the first error, which it yields.
+func (s *Store) Results(ctx context.Context, jobID string, pageSize int) iter.Seq2[Record, error] {
+	return func(yield func(Record, error) bool) {
+		var after int64
+		for {
+			recs, next, err := s.ResultsPage(ctx, jobID, after, pageSize)
+			if err != nil {
+				yield(Record{}, err)
+				return
+			}
+			for _, r := range recs {
+				if !yield(r, nil) {
+					return
+				}
+			}
+			if next == after {
+				return
+			}
+			after = next
+		}
+	}
+}

@@ -1,0 +1,473 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/gemq-dev/gemq/internal/redistest"
+	"github.com/gemq-dev/gemq/internal/store"
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+const model = "gemini-2.5-flash"
+
+var ctx = context.Background()
+
+func newStore(t *testing.T, ttl time.Duration) (*store.Store, *redis.Client) {
+	t.Helper()
+	rdb := redistest.Start(t).Client(t)
+	return store.New(rdb, store.Options{TTL: ttl}), rdb
+}
+
+func ref(job, key string) store.Ref {
+	return store.Ref{JobID: job, TaskID: task.TaskID(job, key), Key: key, Model: model}
+}
+
+func keys(n int) []string {
+	k := make([]string, n)
+	for i := range k {
+		k[i] = "k" + strconv.Itoa(i)
+	}
+	return k
+}
+
+func ids(job string, keys []string) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = task.TaskID(job, k)
+	}
+	return out
+}
+
+func counts(t *testing.T, s *store.Store, job string) store.Counts {
+	t.Helper()
+	j, err := s.GetJob(ctx, job)
+	if err != nil {
+		t.Fatalf("GetJob(%s): %v", job, err)
+	}
+	return j.Counts
+}
+
+func wantCounts(t *testing.T, s *store.Store, job string, want store.Counts) {
+	t.Helper()
+	if diff := cmp.Diff(want, counts(t, s, job)); diff != "" {
+		t.Errorf("counts of %s (-want +got):\n%s", job, diff)
+	}
+}
+
+func must(t *testing.T, want store.Outcome) func(store.Outcome, error) {
+	t.Helper()
+	return func(got store.Outcome, err error) {
+		t.Helper()
+		if err != nil || got != want {
+			t.Fatalf("got (%v, %v), want %v", got, err, want)
+		}
+	}
+}
+
+func TestCreateJobIdempotentAndConflict(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	ks := keys(2500) // more than one script chunk
+	nj := store.NewJob{ID: "job1", Model: model, ContentHash: "h1", TaskIDs: ids("job1", ks)}
+	j, created, err := s.CreateJob(ctx, nj)
+	if err != nil || !created {
+		t.Fatalf("CreateJob = (%v, %v), want created", created, err)
+	}
+	if j.ID != "job1" || j.Model != model || j.ContentHash != "h1" || j.Adhoc || j.CreatedAt.IsZero() || j.Done() {
+		t.Errorf("job = %+v", j)
+	}
+	want := store.Counts{Total: 2500, Queued: 2500}
+	wantCounts(t, s, "job1", want)
+
+	again, created, err := s.CreateJob(ctx, nj)
+	if err != nil || created || !again.CreatedAt.Equal(j.CreatedAt) {
+		t.Fatalf("second CreateJob = (%v, %v, %v), want existing", again, created, err)
+	}
+	wantCounts(t, s, "job1", want)
+
+	nj.ContentHash = "h2"
+	if _, _, err := s.CreateJob(ctx, nj); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("CreateJob with another hash: %v, want ErrConflict", err)
+	}
+	wantCounts(t, s, "job1", want)
+
+	if _, err := s.GetJob(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetJob(nope) = %v, want ErrNotFound", err)
+	}
+	bad := []store.NewJob{
+		{ID: "a{b}", Model: model, ContentHash: "h"},
+		{ID: "a", Model: "models/x", ContentHash: "h"},
+		{ID: "a", Model: model},
+		{ID: "a", Model: model, ContentHash: "h", TaskIDs: []string{"not-an-id"}},
+	}
+	for _, b := range bad {
+		if _, _, err := s.CreateJob(ctx, b); err == nil {
+			t.Errorf("CreateJob(%+v) succeeded", b)
+		}
+	}
+}
+
+func TestLeaseExclusive(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: []string{r.TaskID}}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	results := make([]store.Outcome, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			o, err := s.Lease(ctx, r, "holder"+strconv.Itoa(i), time.Minute)
+			if err != nil {
+				t.Error(err)
+			}
+			results[i] = o
+		})
+	}
+	wg.Wait()
+	won := 0
+	for _, o := range results {
+		switch o {
+		case store.Applied:
+			won++
+		case store.HeldElsewhere:
+		default:
+			t.Errorf("Lease outcome %v", o)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d holders won the lease, want 1", won)
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Running: 1})
+}
+
+func TestLeaseExpiryAndRenewal(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	must(t, store.Applied)(s.Lease(ctx, r, "a", 150*time.Millisecond))
+	must(t, store.Applied)(s.Lease(ctx, r, "a", 150*time.Millisecond)) // same holder extends
+	must(t, store.HeldElsewhere)(s.Lease(ctx, r, "b", time.Minute))
+	time.Sleep(250 * time.Millisecond)
+	must(t, store.Applied)(s.Lease(ctx, r, "b", time.Minute))
+	must(t, store.HeldElsewhere)(s.Lease(ctx, r, "a", time.Minute))
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Running: 1})
+}
+
+func TestWaitingAndRelease(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", keys(3))}); err != nil {
+		t.Fatal(err)
+	}
+	must(t, store.Applied)(s.Lease(ctx, r, "a", time.Minute))
+	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Running: 1})
+	must(t, store.HeldElsewhere)(s.MarkWaiting(ctx, r, "b"))
+	must(t, store.Applied)(s.MarkWaiting(ctx, r, "a"))
+	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Waiting: 1})
+	must(t, store.Applied)(s.MarkWaiting(ctx, r, "a")) // repeated: still one waiting
+	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Waiting: 1})
+
+	// The deferred task comes back through Cloud Tasks to another instance.
+	must(t, store.Applied)(s.Lease(ctx, r, "b", time.Minute))
+	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Running: 1})
+	must(t, store.HeldElsewhere)(s.ReleaseLease(ctx, r, "a"))
+	must(t, store.Applied)(s.ReleaseLease(ctx, r, "b"))
+	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 3})
+	must(t, store.Applied)(s.ReleaseLease(ctx, r, "b")) // nothing to release
+
+	must(t, store.Applied)(s.Lease(ctx, r, "c", time.Minute))
+	must(t, store.Applied)(s.Complete(ctx, r, "c", []byte(`{"candidates":[]}`)))
+	for _, f := range []func(context.Context, store.Ref, string) (store.Outcome, error){s.MarkWaiting, s.ReleaseLease} {
+		must(t, store.AlreadyDone)(f(ctx, r, "c"))
+	}
+	must(t, store.AlreadyDone)(s.Lease(ctx, r, "d", time.Minute))
+	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Succeeded: 1})
+}
+
+func TestExactlyOnceTerminal(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	const tasks, callers = 20, 8
+	ks := keys(tasks)
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", ks)}); err != nil {
+		t.Fatal(err)
+	}
+	applied := make([]int, tasks)
+	succeeded := 0
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, k := range ks {
+		r := ref("job1", k)
+		for c := range callers {
+			wg.Go(func() {
+				holder := "h" + strconv.Itoa(c)
+				s.Lease(ctx, r, holder, time.Minute) // some win, some see it held or done
+				var o store.Outcome
+				var err error
+				if c%2 == 0 {
+					o, err = s.Complete(ctx, r, holder, []byte(`{"n":`+strconv.Itoa(c)+`}`))
+				} else {
+					o, err = s.Fail(ctx, r, holder, []byte(`{"code":400,"message":"bad"}`))
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if o == store.Applied {
+					mu.Lock()
+					applied[i]++
+					if c%2 == 0 {
+						succeeded++
+					}
+					mu.Unlock()
+				} else if o != store.AlreadyDone {
+					t.Errorf("terminal outcome %v", o)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	for i, n := range applied {
+		if n != 1 {
+			t.Errorf("task %d: %d terminal writes applied, want 1", i, n)
+		}
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: tasks, Succeeded: int64(succeeded), Failed: int64(tasks - succeeded)})
+	j, _ := s.GetJob(ctx, "job1")
+	if !j.Done() || j.FinishedAt.Before(j.CreatedAt) {
+		t.Errorf("job not finished: %+v", j)
+	}
+}
+
+func TestUserPublishedTasksRegister(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	a, b := ref("adhoc-1", "a"), ref("adhoc-1", "b")
+	must(t, store.Applied)(s.Lease(ctx, a, "w", time.Minute))
+	must(t, store.Applied)(s.Lease(ctx, a, "w", time.Minute)) // redelivery: not registered twice
+	must(t, store.Applied)(s.Fail(ctx, b, "w", []byte(`{"code":400}`)))
+	j, err := s.GetJob(ctx, "adhoc-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !j.Adhoc || j.Model != model || j.ContentHash != "" {
+		t.Errorf("job = %+v, want adhoc", j)
+	}
+	wantCounts(t, s, "adhoc-1", store.Counts{Total: 2, Running: 1, Failed: 1})
+	if j.Done() {
+		t.Error("job done with a task running")
+	}
+	must(t, store.Applied)(s.Complete(ctx, a, "w", []byte(`{}`)))
+	if j, _ := s.GetJob(ctx, "adhoc-1"); !j.Done() {
+		t.Error("job not done")
+	}
+	// A new task arriving reopens the job.
+	must(t, store.Applied)(s.MarkWaiting(ctx, ref("adhoc-1", "c"), "w"))
+	wantCounts(t, s, "adhoc-1", store.Counts{Total: 3, Waiting: 1, Succeeded: 1, Failed: 1})
+	if j, _ := s.GetJob(ctx, "adhoc-1"); j.Done() {
+		t.Error("job done with a task waiting")
+	}
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "adhoc-1", Model: model, ContentHash: "h"}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("CreateJob over an adhoc job: %v, want ErrConflict", err)
+	}
+
+	// A task of an ingest-created job is not counted twice.
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job2", Model: model, ContentHash: "h", TaskIDs: ids("job2", keys(2))}); err != nil {
+		t.Fatal(err)
+	}
+	must(t, store.Applied)(s.Lease(ctx, ref("job2", "k0"), "w", time.Minute))
+	must(t, store.Applied)(s.Lease(ctx, ref("job2", "extra"), "w", time.Minute))
+	wantCounts(t, s, "job2", store.Counts{Total: 3, Queued: 1, Running: 2})
+}
+
+func TestInvalidInput(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	good := ref("job1", "k")
+	bad := []store.Ref{
+		{JobID: "a}b", TaskID: task.TaskID("a}b", "k"), Key: "k", Model: model},
+		{JobID: "job1", TaskID: task.TaskID("job1", "other"), Key: "k", Model: model},
+		{JobID: "job1", TaskID: task.TaskID("job1", ""), Key: "", Model: model},
+		{JobID: "job1", TaskID: good.TaskID, Key: "k", Model: "bad model"},
+	}
+	for _, r := range bad {
+		if _, err := s.Lease(ctx, r, "w", time.Minute); err == nil {
+			t.Errorf("Lease(%+v) succeeded", r)
+		}
+	}
+	if _, err := s.Lease(ctx, good, "", time.Minute); err == nil {
+		t.Error("Lease with empty holder succeeded")
+	}
+	if _, err := s.Complete(ctx, good, "w", []byte(`{not json`)); err == nil {
+		t.Error("Complete with invalid JSON succeeded")
+	}
+	if _, err := s.GetJob(ctx, "job1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("invalid calls created the job: %v", err)
+	}
+}
+
+func TestResults(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	ks := keys(250)
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", ks)}); err != nil {
+		t.Fatal(err)
+	}
+	// Finish in reverse order, every 7th as a failure, leave the last key queued.
+	var order []string
+	for i := len(ks) - 1; i >= 1; i-- {
+		r := ref("job1", ks[i])
+		if i%7 == 0 {
+			must(t, store.Applied)(s.Fail(ctx, r, "w", []byte(`{"code":400,"message":"m`+ks[i]+`"}`)))
+		} else {
+			must(t, store.Applied)(s.Complete(ctx, r, "w", []byte(`{"text":"`+ks[i]+`"}`)))
+		}
+		order = append(order, ks[i])
+	}
+	var got []string
+	var seq int64
+	for rec, err := range s.Results(ctx, "job1", 7) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Seq <= seq {
+			t.Fatalf("seq %d after %d", rec.Seq, seq)
+		}
+		seq = rec.Seq
+		var want json.RawMessage
+		payload := rec.Response
+		if rec.State == store.Failed {
+			want = json.RawMessage(`{"code":400,"message":"m` + rec.Key + `"}`)
+			payload = rec.Error
+		} else {
+			want = json.RawMessage(`{"text":"` + rec.Key + `"}`)
+		}
+		if string(payload) != string(want) || rec.TaskID != task.TaskID("job1", rec.Key) || rec.FinishedAt.IsZero() {
+			t.Errorf("record %+v", rec)
+		}
+		got = append(got, rec.Key)
+	}
+	if diff := cmp.Diff(order, got); diff != "" {
+		t.Errorf("results order (-want +got):\n%s", diff)
+	}
+
+	// Paging by hand, with new results arriving between pages.
+	page, next, err := s.ResultsPage(ctx, "job1", 0, 1000)
+	if err != nil || len(page) != 249 {
+		t.Fatalf("ResultsPage = %d records, %v", len(page), err)
+	}
+	must(t, store.Applied)(s.Complete(ctx, ref("job1", "k0"), "w", []byte(`{}`)))
+	page, next2, err := s.ResultsPage(ctx, "job1", next, 1000)
+	if err != nil || len(page) != 1 || page[0].Key != "k0" || next2 != next+1 {
+		t.Fatalf("ResultsPage after %d = %+v, %d, %v", next, page, next2, err)
+	}
+	if page, n, err := s.ResultsPage(ctx, "job1", next2, 10); err != nil || len(page) != 0 || n != next2 {
+		t.Errorf("empty page = %v, %d, %v", page, n, err)
+	}
+
+	rec, err := s.Result(ctx, "job1", "k7")
+	if err != nil || rec.State != store.Failed || string(rec.Error) == "" || rec.Response != nil {
+		t.Errorf("Result(k7) = %+v, %v", rec, err)
+	}
+	if _, err := s.Result(ctx, "job1", "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Result(missing) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Result(ctx, "nojob", "k1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Result(nojob) = %v, want ErrNotFound", err)
+	}
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job2", Model: model, ContentHash: "h", TaskIDs: ids("job2", keys(1))}); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := s.Result(ctx, "job2", "k0"); err != nil || rec.State != store.Queued || rec.Key != "k0" {
+		t.Errorf("Result(queued) = %+v, %v", rec, err)
+	}
+}
+
+func TestTTLOnEveryKey(t *testing.T) {
+	const ttl = time.Hour
+	s, rdb := newStore(t, ttl)
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", keys(3))}); err != nil {
+		t.Fatal(err)
+	}
+	must(t, store.Applied)(s.Lease(ctx, ref("job1", "k0"), "w", time.Minute))
+	must(t, store.Applied)(s.Complete(ctx, ref("job1", "k0"), "w", []byte(`{}`)))
+	must(t, store.Applied)(s.MarkWaiting(ctx, ref("job1", "k1"), "w"))
+	must(t, store.Applied)(s.Fail(ctx, ref("adhoc-x", "k"), "w", []byte(`{}`)))
+	must(t, store.Applied)(s.ReleaseLease(ctx, ref("adhoc-y", "k"), "w"))
+	n := 0
+	iter := rdb.Scan(ctx, 0, "*", 100).Iterator()
+	for iter.Next(ctx) {
+		n++
+		d, err := rdb.PTTL(ctx, iter.Val()).Result()
+		if err != nil || d <= 0 || d > ttl {
+			t.Errorf("key %s: PTTL %v, %v; want in (0, %v]", iter.Val(), d, err, ttl)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n < 10 {
+		t.Errorf("scanned %d keys, expected at least 10", n)
+	}
+}
+
+func TestExpiredTaskRecordIsNotRerun(t *testing.T) {
+	s, rdb := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	must(t, store.Applied)(s.Complete(ctx, r, "w", []byte(`{}`)))
+	must(t, store.Applied)(s.Lease(ctx, ref("job1", "k1"), "w", time.Minute))
+	// The task's record expires before the job's (it finished earlier).
+	if err := rdb.Del(ctx, "gemq:job:{job1}:task:"+r.TaskID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	must(t, store.AlreadyDone)(s.Lease(ctx, r, "w2", time.Minute))
+	must(t, store.AlreadyDone)(s.Complete(ctx, r, "w2", []byte(`{}`)))
+	wantCounts(t, s, "job1", store.Counts{Total: 2, Running: 1, Succeeded: 1})
+	if rec, err := s.Result(ctx, "job1", "k0"); err != nil || rec.State != store.Expired {
+		t.Errorf("Result = %+v, %v; want expired", rec, err)
+	}
+	n := 0
+	for _, err := range s.Results(ctx, "job1", 10) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if n != 0 {
+		t.Errorf("Results yielded %d records, want 0", n)
+	}
+}
+
+func TestCluster(t *testing.T) {
+	addrs := redistest.StartCluster(t, 3)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	t.Cleanup(func() { rdb.Close() })
+	s := store.New(rdb, store.Options{TTL: time.Hour})
+	for j := range 6 { // spread over the masters
+		job := fmt.Sprintf("job%d", j)
+		ks := keys(5)
+		if _, created, err := s.CreateJob(ctx, store.NewJob{ID: job, Model: model, ContentHash: "h", TaskIDs: ids(job, ks)}); err != nil || !created {
+			t.Fatalf("CreateJob(%s) = %v, %v", job, created, err)
+		}
+		must(t, store.Applied)(s.Lease(ctx, ref(job, "k0"), "w", time.Minute))
+		must(t, store.Applied)(s.Complete(ctx, ref(job, "k0"), "w", []byte(`{}`)))
+		must(t, store.AlreadyDone)(s.Fail(ctx, ref(job, "k0"), "w", []byte(`{}`)))
+		must(t, store.Applied)(s.MarkWaiting(ctx, ref(job, "k1"), "w"))
+		must(t, store.Applied)(s.Fail(ctx, ref(job, "k2"), "w", []byte(`{}`)))
+		must(t, store.Applied)(s.Lease(ctx, ref(job, "new"), "w", time.Minute))
+		wantCounts(t, s, job, store.Counts{Total: 6, Queued: 2, Waiting: 1, Running: 1, Succeeded: 1, Failed: 1})
+		page, _, err := s.ResultsPage(ctx, job, 0, 10)
+		if err != nil || len(page) != 2 || page[0].Key != "k0" || page[1].Key != "k2" {
+			t.Errorf("ResultsPage(%s) = %+v, %v", job, page, err)
+		}
+		if rec, err := s.Result(ctx, job, "k1"); err != nil || rec.State != store.Waiting {
+			t.Errorf("Result(%s, k1) = %+v, %v", job, rec, err)
+		}
+	}
+}

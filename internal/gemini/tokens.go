@@ -1,0 +1,102 @@
+package gemini
+
+import (
+	"encoding/json"
+	"unicode/utf8"
+
+	"google.golang.org/genai"
+)
+
+// MediaPartTokens is what one inlineData or fileData part (an image, audio, a PDF...) counts as, whatever
+// its size. 258 is what the Gemini API charges for one image of up to 384×384 pixels.
+const MediaPartTokens = 258
+
+// TextTokens counts the tokens of a text with gemq's deterministic rule: every four ASCII characters make a
+// token (rounded up) and every non-ASCII character is a token of its own. It approximates Gemini's
+// tokenizer (about four characters per token for English, about one per CJK character) and is exactly the
+// rule the Gemini stand-in (infra/geminisim) charges, so estimates and "truth" can be compared.
+func TextTokens(s string) int64 {
+	var ascii, other int64
+	for i := 0; i < len(s); {
+		if s[i] < utf8.RuneSelf {
+			ascii++
+			i++
+			continue
+		}
+		_, n := utf8.DecodeRuneInString(s[i:])
+		other++
+		i += n
+	}
+	return (ascii+3)/4 + other
+}
+
+// PartTokens counts one part: text (thoughts included) by TextTokens; inlineData and fileData as
+// MediaPartTokens; a functionCall or functionResponse as the text of its name plus its JSON arguments or
+// response; executableCode and codeExecutionResult as their text. A nil part counts 0.
+func PartTokens(p *genai.Part) int64 {
+	if p == nil {
+		return 0
+	}
+	n := TextTokens(p.Text)
+	if p.InlineData != nil {
+		n += MediaPartTokens
+	}
+	if p.FileData != nil {
+		n += MediaPartTokens
+	}
+	if fc := p.FunctionCall; fc != nil {
+		n += TextTokens(fc.Name) + jsonTokens(fc.Args)
+	}
+	if fr := p.FunctionResponse; fr != nil {
+		n += TextTokens(fr.Name) + jsonTokens(fr.Response)
+	}
+	if ec := p.ExecutableCode; ec != nil {
+		n += TextTokens(ec.Code)
+	}
+	if cr := p.CodeExecutionResult; cr != nil {
+		n += TextTokens(cr.Output)
+	}
+	return n
+}
+
+func jsonTokens(v map[string]any) int64 {
+	if len(v) == 0 {
+		return 0
+	}
+	b, err := json.Marshal(v) // map keys are sorted, so the count is deterministic
+	if err != nil {
+		return 0
+	}
+	return TextTokens(string(b))
+}
+
+// ContentsTokens counts the input tokens of a prompt: every part of the system instruction and of every
+// content, with no per-message overhead (so a system instruction folded into the contents counts the
+// same). Tools, tool config and cached content are not counted.
+func ContentsTokens(system *genai.Content, contents []*genai.Content) int64 {
+	var n int64
+	if system != nil {
+		for _, p := range system.Parts {
+			n += PartTokens(p)
+		}
+	}
+	for _, c := range contents {
+		if c == nil {
+			continue
+		}
+		for _, p := range c.Parts {
+			n += PartTokens(p)
+		}
+	}
+	return n
+}
+
+// EstimateInputTokens is the cheap local estimate of a request's input tokens (ContentsTokens of its
+// system instruction and contents). It is exact against the Gemini stand-in when the stand-in's skew is
+// off, and an approximation against the real API. A nil request counts 0.
+func EstimateInputTokens(r *Request) int64 {
+	if r == nil {
+		return 0
+	}
+	return ContentsTokens(r.SystemInstruction, r.Contents)
+}

@@ -1,0 +1,179 @@
+# The two Cloud Functions (2nd gen, on Cloud Run), built by the Go buildpack from the same source
+# archive: the module's root package registers both entry points.
+
+locals {
+  # The worker tells Cloud Tasks to post deferred tasks to its own URL, which it cannot read from
+  # its own attributes: a function's Cloud Run URL is deterministic, https://NAME-PROJECT_NUMBER.REGION.run.app.
+  worker_name = "${var.name_prefix}-worker"
+  worker_url  = "https://${local.worker_name}-${data.google_project.this.number}.${var.region}.run.app"
+  queue_path  = "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.deferred.name}"
+
+  common_env = merge(
+    {
+      GOOGLE_CLOUD_PROJECT = var.project_id
+      GEMQ_TASKS_TOPIC     = google_pubsub_topic.tasks.name
+      GEMQ_RESULTS_TOPIC   = google_pubsub_topic.results.name
+      REDIS_ADDR           = "${google_redis_instance.limiter.host}:${google_redis_instance.limiter.port}"
+      REDIS_TLS            = tostring(local.redis_tls)
+      GEMQ_QUOTAS          = var.quotas_json
+      GEMQ_RESULT_TTL      = var.result_ttl
+      GEMQ_LOG_LEVEL       = var.log_level
+    },
+    local.redis_tls ? { REDIS_TLS_CA = google_redis_instance.limiter.server_ca_certs[0].cert } : {},
+    length(var.allowed_models) > 0 ? { GEMQ_ALLOWED_MODELS = join(",", var.allowed_models) } : {},
+    var.default_model != "" ? { GEMQ_DEFAULT_MODEL = var.default_model } : {},
+  )
+
+  redis_secret_env = var.redis.auth_enabled ? [{
+    key    = "REDIS_PASSWORD"
+    secret = google_secret_manager_secret.redis_auth[0].secret_id
+  }] : []
+  gemini_secret_env = var.gemini_backend == "api_key" ? [{
+    key    = "GEMINI_API_KEY"
+    secret = local.gemini_secret_id
+  }] : []
+}
+
+resource "google_cloudfunctions2_function" "ingest" {
+  name        = "${var.name_prefix}-ingest"
+  location    = var.region
+  description = "gemq ingest: accepts jobs, publishes one task message per request, serves status and results."
+  labels      = var.labels
+
+  build_config {
+    runtime         = var.go_runtime
+    entry_point     = "Ingest"
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = var.ingest.memory
+    available_cpu                    = var.ingest.cpu
+    timeout_seconds                  = var.ingest.timeout_seconds
+    max_instance_request_concurrency = var.ingest.concurrency
+    min_instance_count               = var.ingest.min_instances
+    max_instance_count               = var.ingest.max_instances
+    ingress_settings                 = var.ingest.ingress_settings
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.ingest.email
+    vpc_connector                    = google_vpc_access_connector.this.id
+    vpc_connector_egress_settings    = "PRIVATE_RANGES_ONLY"
+    environment_variables = merge(local.common_env, {
+      GEMQ_MAX_BODY_BYTES = tostring(var.ingest.max_body_bytes)
+    })
+
+    dynamic "secret_environment_variables" {
+      for_each = local.redis_secret_env
+      content {
+        key        = secret_environment_variables.value.key
+        project_id = var.project_id
+        secret     = secret_environment_variables.value.secret
+        version    = "latest"
+      }
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_secret_manager_secret_iam_member.redis_auth,
+    google_secret_manager_secret_version.redis_auth,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "worker" {
+  name        = local.worker_name
+  location    = var.region
+  description = "gemq worker: one task per call, from the Pub/Sub push subscription or a deferred Cloud Task."
+  labels      = var.labels
+
+  build_config {
+    runtime         = var.go_runtime
+    entry_point     = "Worker"
+    service_account = google_service_account.build.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = var.worker.memory
+    available_cpu                    = var.worker.cpu
+    timeout_seconds                  = var.worker.timeout_seconds
+    max_instance_request_concurrency = var.worker.concurrency
+    min_instance_count               = var.worker.min_instances
+    max_instance_count               = var.worker.max_instances
+    ingress_settings                 = var.worker.ingress_settings
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.worker.email
+    vpc_connector                    = google_vpc_access_connector.this.id
+    vpc_connector_egress_settings    = "PRIVATE_RANGES_ONLY"
+    environment_variables = merge(
+      local.common_env,
+      {
+        GEMQ_TASKS_QUEUE           = local.queue_path
+        GEMQ_WORKER_URL            = local.worker_url
+        GEMQ_TASKS_SERVICE_ACCOUNT = google_service_account.tasks_invoker.email
+        GEMQ_GEMINI_TIMEOUT        = "${var.gemini_timeout_seconds}s"
+        GEMQ_MAX_ATTEMPTS          = tostring(var.max_attempts)
+        GEMQ_TOKEN_ESTIMATOR       = var.token_estimator
+      },
+      var.gemini_backend == "vertex" ? {
+        GOOGLE_GENAI_USE_VERTEXAI = "true"
+        GOOGLE_CLOUD_LOCATION     = var.vertex_location
+      } : {},
+    )
+
+    dynamic "secret_environment_variables" {
+      for_each = concat(local.redis_secret_env, local.gemini_secret_env)
+      content {
+        key        = secret_environment_variables.value.key
+        project_id = var.project_id
+        secret     = secret_environment_variables.value.secret
+        version    = "latest"
+      }
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_secret_manager_secret_iam_member.redis_auth,
+    google_secret_manager_secret_version.redis_auth,
+    google_secret_manager_secret_iam_member.worker_reads_gemini_key,
+  ]
+}
+
+# Invokers. A 2nd gen function is a Cloud Run service of the same name: run.invoker on it is what
+# lets a caller in (cloudfunctions.invoker does not).
+resource "google_cloud_run_service_iam_member" "worker_invokers" {
+  for_each = {
+    push  = google_service_account.push.member
+    tasks = google_service_account.tasks_invoker.member
+  }
+
+  project  = var.project_id
+  location = var.region
+  service  = google_cloudfunctions2_function.worker.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+resource "google_cloud_run_service_iam_member" "ingest_invokers" {
+  for_each = toset(var.ingest_invokers)
+
+  project  = var.project_id
+  location = var.region
+  service  = google_cloudfunctions2_function.ingest.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}

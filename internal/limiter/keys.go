@@ -1,0 +1,45 @@
+package limiter
+
+import (
+	"strings"
+	"time"
+)
+
+// scopePrefix returns "gemq:{<project>/<model>}", the prefix of every key of
+// scope s. The names are percent-escaped outside [A-Za-z0-9._@:-], so '{',
+// '}' and '/' can never break the hash tag or make two scopes share keys.
+func scopePrefix(s Scope) string {
+	return "gemq:{" + escapeKey(s.Project) + "/" + escapeKey(s.Model) + "}"
+}
+
+func escapeKey(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '.', c == '_', c == '-', c == '@', c == ':':
+			b.WriteByte(c)
+		default:
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	return b.String()
+}
+
+// metaKey is the scope's HASH of counters, last entry time and cooldown.
+func metaKey(prefix string) string { return prefix + ":meta" }
+
+// windowKey is the LIST of entries of a sliding dimension.
+func windowKey(prefix, dim string) string { return prefix + ":w:" + dim }
+
+// dayKey is the counter of a daily dimension for the Pacific day starting at start.
+func dayKey(prefix, dim string, start time.Time) string {
+	return prefix + ":d:" + dim + ":" + pacificDayName(start)
+}
+
+// permitKey is the state of one permit.
+func permitKey(prefix, id string) string { return prefix + ":p:" + id }

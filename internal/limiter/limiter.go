@@ -1,0 +1,408 @@
+// Package limiter grants Gemini calls permits so that, across every function
+// instance, no quota dimension of a (project, model) scope is ever exceeded.
+//
+// One Lua script decides all dimensions of a scope atomically in Redis, with
+// Redis's clock. A decision is one of:
+//
+//   - Granted: call Gemini now.
+//   - Reserved: the earliest slot At at which the call fits every dimension
+//     has been reserved for it (FIFO: later requests queue behind it); come
+//     back at At and Claim the permit, which then grants without asking again.
+//   - Denied: the earliest fit lies beyond the horizon (e.g. the daily quota
+//     is spent until Pacific midnight, or a long cooldown); nothing is
+//     reserved and At is the earliest time worth asking again (the time from
+//     which a new Acquire can reserve that fit).
+//   - Rejected: the cost exceeds a whole bucket (capacity of a window or a
+//     day); permanent.
+//
+// # The guarantee
+//
+// For every sliding dimension with limit L and period P, the calls made under
+// permits, as Gemini receives them, total at most floor(safety × L) in ANY
+// window of length P; for a daily dimension, at most floor(safety × L) per
+// Pacific calendar day. This holds provided each call reaches Gemini within
+// its latency budget: with guard g (Quota.Guard), a call made right after a
+// Granted Acquire must reach Gemini within 3g/4 of the permit's At, and a call
+// made after a Granted Claim within g/2 of the Claim. How: the script keeps,
+// per sliding dimension, an exact FIFO log of admissions and admits at time t
+// only if the window (t-P-g, t] holds room, and calls happen in
+// [At-g/4, At+3g/4]; a window of length P at Gemini's side therefore maps
+// into one of length P+g in the log. The cost is at most g/(P+g) of
+// throughput (1.6% for g = 1s, P = 1m). Daily dimensions admit nothing within
+// 3g/4 before and g/4 after Pacific midnight, so a call is always counted in
+// the day Gemini sees it in.
+//
+// Reservations are exact, not bucketed: for each dimension the earliest t at
+// which sum(entries in (t-P-g, t]) + cost <= capacity is found by walking the
+// log from its head; entries that can no longer matter are popped, so each
+// decision is O(1) amortised and every list stays bounded by the admissions of
+// one horizon plus one window.
+//
+// All keys of a scope share the hash tag {<project>/<model>} and carry TTLs, so
+// the limiter runs on Redis Cluster and leaves nothing behind. Scripts are run
+// with EVALSHA and reloaded after SCRIPT FLUSH.
+package limiter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Outcome is a permit decision. Its values are JSON-friendly strings.
+type Outcome string
+
+const (
+	// Granted: call Gemini now.
+	Granted Outcome = "granted"
+	// Reserved: a slot at Permit.At is held; come back then and Claim.
+	Reserved Outcome = "reserved"
+	// Denied: nothing held; ask again (Acquire or Claim) at Permit.At.
+	Denied Outcome = "denied"
+	// Rejected: the cost can never fit; a permanent failure.
+	Rejected Outcome = "rejected"
+)
+
+// Permit is a decision. It is JSON-serialisable and travels inside the Cloud
+// Task body, so that Claim, Reconcile and Release can find its state later.
+type Permit struct {
+	// ID identifies the permit's state in Redis ([A-Za-z0-9_-]).
+	ID string `json:"id"`
+	// Scope and Cost are those of the request.
+	Scope Scope `json:"scope"`
+	Cost  Cost  `json:"cost"`
+	// Outcome is the decision.
+	Outcome Outcome `json:"outcome"`
+	// At is, for Granted, the admission time (≈ now); for Reserved, the
+	// reserved slot to come back at; for Denied, when to ask again; zero for
+	// Rejected.
+	At time.Time `json:"at"`
+	// Reason says what held the permit back (Reserved, Denied, Rejected): the
+	// binding dimension's name, "fifo" (queued behind earlier reservations),
+	// or "cooldown: <reason>". Empty for Granted.
+	Reason string `json:"reason,omitempty"`
+}
+
+// ErrUnknownScope is returned (wrapped) for a scope with no configured quota.
+var ErrUnknownScope = errors.New("no quota configured for the scope")
+
+// Limiter decides permits. It is safe for concurrent use.
+type Limiter struct {
+	rdb   redis.Scripter
+	cfg   Config
+	plans sync.Map // Scope -> *plan
+
+	// clock, when set (tests only), replaces Redis TIME in the scripts and
+	// time.Now in the client.
+	clock func() time.Time
+}
+
+// New returns a Limiter over rdb (any go-redis client: standalone, cluster,
+// ring) with quotas cfg.
+func New(rdb redis.Scripter, cfg Config) *Limiter {
+	return &Limiter{rdb: rdb, cfg: cfg}
+}
+
+const (
+	// ttlSlack is added to every key's TTL.
+	ttlSlack = time.Minute
+	// permitTTL is how long a permit's state outlives its slot beyond the
+	// longest window, so a Reconcile after a long call still finds it.
+	permitTTL = time.Hour
+)
+
+// plan is the precomputed, per-scope part of every script call.
+type plan struct {
+	q              Quota
+	prefix         string
+	sliding, daily []Dimension
+	fp             string
+	early          time.Duration
+	claimLate      time.Duration
+	meta           string
+	windows        []string
+	acquireArgs    []any // ARGV[3..9]
+	dimArgs        []any // ARGV[12..] up to the day bounds
+	adjustDimArgs  []any
+}
+
+func (l *Limiter) plan(s Scope) (*plan, error) {
+	if p, ok := l.plans.Load(s); ok {
+		return p.(*plan), nil
+	}
+	q, ok := l.cfg.Quota(s)
+	if !ok {
+		return nil, fmt.Errorf("%s: %w", s, ErrUnknownScope)
+	}
+	g := q.Guard
+	p := &plan{q: q, prefix: scopePrefix(s), early: g / 4, claimLate: g / 4}
+	p.meta = metaKey(p.prefix)
+	h := fnv.New64a()
+	var maxWin time.Duration
+	for _, d := range q.Dimensions {
+		fmt.Fprintf(h, "%s|%s|%s;", d.Name, d.Unit, d.Per)
+		if d.Daily() {
+			p.daily = append(p.daily, d)
+			continue
+		}
+		p.sliding = append(p.sliding, d)
+		p.windows = append(p.windows, windowKey(p.prefix, d.Name))
+		maxWin = max(maxWin, d.Period+g)
+	}
+	p.fp = strconv.FormatUint(h.Sum64(), 16)
+	p.acquireArgs = []any{
+		q.Horizon.Milliseconds(), p.early.Milliseconds(), p.claimLate.Milliseconds(),
+		(3 * g / 4).Milliseconds(), ttlSlack.Milliseconds(), (maxWin + permitTTL).Milliseconds(), p.fp,
+	}
+	p.dimArgs = []any{len(p.sliding), len(p.daily)}
+	p.adjustDimArgs = []any{len(p.sliding), len(p.daily)}
+	for _, d := range p.sliding {
+		p.dimArgs = append(p.dimArgs, d.Name, unitCode(d.Unit), q.Capacity(d), (d.Period + g).Milliseconds())
+		p.adjustDimArgs = append(p.adjustDimArgs, d.Name, unitCode(d.Unit))
+	}
+	for _, d := range p.daily {
+		p.dimArgs = append(p.dimArgs, d.Name, unitCode(d.Unit), q.Capacity(d))
+		p.adjustDimArgs = append(p.adjustDimArgs, unitCode(d.Unit))
+	}
+	actual, _ := l.plans.LoadOrStore(s, p)
+	return actual.(*plan), nil
+}
+
+func unitCode(u Unit) string {
+	if u == InputTokens {
+		return "t"
+	}
+	return "r"
+}
+
+// dayWindow caches the Pacific day boundaries used while the clock stays in
+// one day.
+type dayWindow struct {
+	bounds [5]int64
+	starts [5]time.Time
+}
+
+// lastDays caches the most recent dayWindow: it changes once a day.
+var lastDays atomic.Pointer[dayWindow]
+
+// days returns the boundaries of the Pacific days d-1 .. d+2 (5 boundaries)
+// around the day d containing now.
+func days(now time.Time) *dayWindow {
+	ms := now.UnixMilli()
+	if w := lastDays.Load(); w != nil && w.bounds[1] <= ms && ms < w.bounds[2] {
+		return w
+	}
+	w := &dayWindow{}
+	for k := range 5 {
+		w.starts[k] = PacificDayStart(now, k-1)
+		w.bounds[k] = w.starts[k].UnixMilli()
+	}
+	lastDays.Store(w)
+	return w
+}
+
+func (l *Limiter) now() (time.Time, string) {
+	if l.clock != nil {
+		t := l.clock()
+		return t, strconv.FormatInt(t.UnixMilli(), 10)
+	}
+	return time.Now(), ""
+}
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func newID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Acquire decides a permit for one call of cost in scope, for every dimension
+// of the scope at once: either all dimensions are charged or none is. A
+// Granted or Reserved permit holds its charge until Released (or its windows
+// pass). Errors: ErrUnknownScope (wrapped), invalid cost, Redis failures —
+// on error nothing is held and the caller must not call Gemini.
+func (l *Limiter) Acquire(ctx context.Context, scope Scope, cost Cost) (Permit, error) {
+	p, err := l.decide(ctx, "a", Permit{ID: newID(), Scope: scope, Cost: cost})
+	if err != nil {
+		return Permit{}, fmt.Errorf("limiter acquire: %w", err)
+	}
+	return p, nil
+}
+
+// Claim uses permit p when its task comes back. For a Reserved permit
+// arriving in time (from At-g/4 to At+g/4, g the guard) it returns Granted
+// with the reserved At without charging again; arriving early it returns p
+// unchanged (come back at At). Arriving late, during a cooldown, or for any
+// permit not currently reserved (Granted and already used, Denied, released,
+// expired) it gives back what p held and decides afresh as Acquire does, under
+// the same ID, so a late call never lands in a window planned without it and
+// one reservation never grants twice. A Rejected permit is returned unchanged.
+func (l *Limiter) Claim(ctx context.Context, p Permit) (Permit, error) {
+	if p.Outcome == Rejected {
+		return p, nil
+	}
+	if !idRE.MatchString(p.ID) {
+		return Permit{}, fmt.Errorf("limiter claim: invalid permit id %q", p.ID)
+	}
+	np, err := l.decide(ctx, "c", p)
+	if err != nil {
+		return Permit{}, fmt.Errorf("limiter claim: %w", err)
+	}
+	if np.Outcome == Reserved && np.Reason == "" {
+		np.Reason = p.Reason
+	}
+	return np, nil
+}
+
+func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, error) {
+	cost := in.Cost
+	if cost.Requests < 0 || cost.InputTokens < 0 {
+		return Permit{}, fmt.Errorf("invalid cost %+v: negative", cost)
+	}
+	pl, err := l.plan(in.Scope)
+	if err != nil {
+		return Permit{}, err
+	}
+	out := Permit{ID: in.ID, Scope: in.Scope, Cost: cost}
+	for _, d := range pl.q.Dimensions {
+		if c, cp := cost.of(d.Unit), pl.q.Capacity(d); c > cp {
+			out.Outcome = Rejected
+			out.Reason = fmt.Sprintf("%s: cost %d exceeds the whole bucket of %d %s", d.Name, c, cp, d.Unit)
+			return out, nil
+		}
+	}
+	now, nowArg := l.now()
+	dw := days(now)
+	keys := make([]string, 0, 2+len(pl.windows)+4*len(pl.daily))
+	keys = append(keys, pl.meta)
+	keys = append(keys, pl.windows...)
+	for _, d := range pl.daily {
+		for k := range 4 {
+			keys = append(keys, dayKey(pl.prefix, d.Name, dw.starts[k]))
+		}
+	}
+	keys = append(keys, permitKey(pl.prefix, in.ID))
+	args := make([]any, 0, 2+len(pl.acquireArgs)+2+len(pl.dimArgs)+5)
+	args = append(args, nowArg, mode)
+	args = append(args, pl.acquireArgs...)
+	args = append(args, cost.Requests, cost.InputTokens)
+	args = append(args, pl.dimArgs...)
+	for _, b := range dw.bounds {
+		args = append(args, b)
+	}
+	res, err := acquireScript.Run(ctx, l.rdb, keys, args...).Slice()
+	if err != nil {
+		return Permit{}, fmt.Errorf("redis script: %w", err)
+	}
+	if len(res) != 4 {
+		return Permit{}, fmt.Errorf("redis script: unexpected reply %v", res)
+	}
+	code, _ := res[0].(int64)
+	at, _ := res[1].(int64)
+	out.Reason, _ = res[2].(string)
+	out.At = time.UnixMilli(at).UTC()
+	switch code {
+	case 1:
+		out.Outcome = Granted
+	case 2:
+		out.Outcome = Reserved
+	case 3:
+		out.Outcome = Denied
+	default:
+		return Permit{}, fmt.Errorf("redis script: unexpected reply %v", res)
+	}
+	return out, nil
+}
+
+// Reconcile sets the input-token charge of permit p to actualInputTokens (from
+// usageMetadata.promptTokenCount): a refund when the estimate was high, an
+// extra charge when it was low, in every input-token dimension. It is
+// idempotent (it sets, not adds). An extra charge holds back only decisions
+// made after it. Entries whose windows have passed, and permits that are not
+// Granted or Reserved or whose state expired, are left alone (nil error).
+func (l *Limiter) Reconcile(ctx context.Context, p Permit, actualInputTokens int64) error {
+	if actualInputTokens < 0 {
+		return fmt.Errorf("limiter reconcile: negative input tokens %d", actualInputTokens)
+	}
+	if err := l.adjust(ctx, "r", p, actualInputTokens); err != nil {
+		return fmt.Errorf("limiter reconcile: %w", err)
+	}
+	return nil
+}
+
+// Release gives back everything a Granted or Reserved permit holds, e.g. when
+// the task failed permanently before calling Gemini. Releasing is always safe
+// for the guarantee; releasing twice, or a permit holding nothing, is a no-op.
+func (l *Limiter) Release(ctx context.Context, p Permit) error {
+	if err := l.adjust(ctx, "x", p, 0); err != nil {
+		return fmt.Errorf("limiter release: %w", err)
+	}
+	return nil
+}
+
+func (l *Limiter) adjust(ctx context.Context, mode string, p Permit, tokens int64) error {
+	if p.Outcome != Granted && p.Outcome != Reserved {
+		return nil
+	}
+	if !idRE.MatchString(p.ID) {
+		return fmt.Errorf("invalid permit id %q", p.ID)
+	}
+	pl, err := l.plan(p.Scope)
+	if err != nil {
+		return err
+	}
+	var starts [3]time.Time
+	for k := range starts {
+		starts[k] = PacificDayStart(p.At, k-1)
+	}
+	keys := make([]string, 0, 2+len(pl.windows)+3*len(pl.daily))
+	keys = append(keys, pl.meta)
+	keys = append(keys, pl.windows...)
+	for _, d := range pl.daily {
+		for _, s := range starts {
+			keys = append(keys, dayKey(pl.prefix, d.Name, s))
+		}
+	}
+	keys = append(keys, permitKey(pl.prefix, p.ID))
+	args := make([]any, 0, 3+len(pl.adjustDimArgs)+3)
+	args = append(args, mode, pl.fp, tokens)
+	args = append(args, pl.adjustDimArgs...)
+	for _, s := range starts {
+		args = append(args, s.UnixMilli())
+	}
+	if err := adjustScript.Run(ctx, l.rdb, keys, args...).Err(); err != nil {
+		return fmt.Errorf("redis script: %w", err)
+	}
+	return nil
+}
+
+// Cooldown pauses scope until the given time, e.g. when Gemini answered 429
+// with a RetryInfo: every later Acquire (and Claim) in the scope, from any
+// instance, admits nothing before until, and says "cooldown: <reason>". A
+// cooldown only ever extends; an earlier or past until is a no-op.
+func (l *Limiter) Cooldown(ctx context.Context, scope Scope, until time.Time, reason string) error {
+	pl, err := l.plan(scope)
+	if err != nil {
+		return fmt.Errorf("limiter cooldown: %w", err)
+	}
+	if len(reason) > 200 {
+		reason = reason[:200]
+	}
+	_, nowArg := l.now()
+	err = cooldownScript.Run(ctx, l.rdb, []string{pl.meta}, nowArg, until.UnixMilli(), reason, ttlSlack.Milliseconds()).Err()
+	if err != nil {
+		return fmt.Errorf("limiter cooldown: redis script: %w", err)
+	}
+	return nil
+}

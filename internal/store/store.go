@@ -126,6 +126,15 @@ type Job struct {
 // Done reports whether every task of the job is terminal.
 func (j Job) Done() bool { return !j.FinishedAt.IsZero() }
 
+// State is "done" when every task is terminal, else "running" (the status
+// API's "state").
+func (j Job) State() string {
+	if j.Done() {
+		return "done"
+	}
+	return "running"
+}
+
 // NewJob describes a job to create.
 type NewJob struct {
 	ID          string   // task.ValidJobID

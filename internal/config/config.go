@@ -1,0 +1,482 @@
+// Package config is gemq's typed configuration, read once from the
+// environment by both functions (Terraform sets the variables; the local
+// stack sets the same ones).
+//
+// Load parses every variable and checks what both functions need;
+// LoadFor adds what one function needs (the worker needs the Cloud Tasks
+// queue and Gemini credentials, ingest does not). Every problem is reported
+// at once, as one *Error naming each variable.
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/gemq-dev/gemq/internal/limiter"
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+// Function selects the requirements of one deployed function.
+type Function int
+
+// The functions.
+const (
+	Ingest Function = iota + 1 // the HTTP ingest function
+	Worker                     // the task worker
+)
+
+// String returns "ingest" or "worker".
+func (f Function) String() string {
+	switch f {
+	case Ingest:
+		return "ingest"
+	case Worker:
+		return "worker"
+	}
+	return "Function(" + strconv.Itoa(int(f)) + ")"
+}
+
+// Estimator is how the worker estimates a request's input tokens.
+type Estimator string
+
+// The estimators.
+const (
+	EstimateLocal       Estimator = "local"        // cheap local count (internal/gemini.EstimateInputTokens)
+	EstimateCountTokens Estimator = "count_tokens" // Gemini countTokens call
+)
+
+// Policy is the limiter policy.
+type Policy string
+
+// The policies.
+const (
+	PolicyReserve Policy = "reserve" // gemq: reserve the earliest slot and defer to it
+	PolicySeed    Policy = "seed"    // deny-and-retry, as the seed does (benchmarks only)
+)
+
+// Config is the configuration of both functions. Each field names its
+// environment variable and default. Load returns it fully defaulted; it is a
+// plain value, safe to copy and share.
+type Config struct {
+	// RedisAddr is host:port of Redis/Memorystore. REDIS_ADDR, required.
+	RedisAddr string
+	// RedisPassword is the AUTH string. REDIS_PASSWORD, default empty. Secret.
+	RedisPassword string
+	// RedisTLS connects with TLS (Memorystore in-transit encryption).
+	// REDIS_TLS, default false.
+	RedisTLS bool
+	// RedisTLSCA is the PEM of the server CA, used with RedisTLS instead of
+	// the system pool. REDIS_TLS_CA, default empty (system pool).
+	RedisTLSCA string
+
+	// Project is the Google Cloud project (Pub/Sub, Cloud Tasks, default
+	// quota project). GOOGLE_CLOUD_PROJECT, required.
+	Project string
+	// TasksTopic is the Pub/Sub topic id of task messages.
+	// GEMQ_TASKS_TOPIC, default "gemq-tasks".
+	TasksTopic string
+	// ResultsTopic is the Pub/Sub topic id of results.
+	// GEMQ_RESULTS_TOPIC, default "gemq-results".
+	ResultsTopic string
+	// TasksQueue is the Cloud Tasks queue, projects/P/locations/L/queues/Q.
+	// GEMQ_TASKS_QUEUE, required by the worker.
+	TasksQueue string
+	// WorkerURL is the URL Cloud Tasks posts deferred tasks to.
+	// GEMQ_WORKER_URL, required by the worker.
+	WorkerURL string
+	// TasksServiceAccount is the service account email of the Cloud Task
+	// OIDC token; empty sends no token (local). GEMQ_TASKS_SERVICE_ACCOUNT,
+	// default empty.
+	TasksServiceAccount string
+	// CloudTasksEndpoint is host:port of a Cloud Tasks emulator (insecure
+	// gRPC); empty uses the real service. GEMQ_CLOUDTASKS_ENDPOINT, default empty.
+	CloudTasksEndpoint string
+	// PubSubEmulatorHost is informational: the Pub/Sub client library reads
+	// PUBSUB_EMULATOR_HOST itself. Default empty.
+	PubSubEmulatorHost string
+
+	// Quotas is the parsed quota configuration. GEMQ_QUOTAS (JSON) or
+	// GEMQ_QUOTAS_FILE (path); exactly one is required.
+	Quotas limiter.Config
+	// AllowedModels are the models ingest accepts, each with a quota for
+	// Project. GEMQ_ALLOWED_MODELS (comma-separated), default the models
+	// in Quotas.
+	AllowedModels []string
+	// DefaultModel is the model of a job that names none; empty means jobs
+	// must name one. GEMQ_DEFAULT_MODEL, default empty.
+	DefaultModel string
+
+	// GeminiAPIKey is the Gemini API key. GEMINI_API_KEY, required by the
+	// worker unless Vertex. Secret.
+	GeminiAPIKey string
+	// Vertex uses Vertex AI (Location, ADC credentials) instead of the
+	// Gemini API. GOOGLE_GENAI_USE_VERTEXAI, default false.
+	Vertex bool
+	// Location is the Vertex AI location. GOOGLE_CLOUD_LOCATION, default
+	// "us-central1".
+	Location string
+	// GeminiBaseURL overrides the Gemini base URL (the local stand-in).
+	// GOOGLE_GEMINI_BASE_URL, default empty.
+	GeminiBaseURL string
+	// GeminiTimeout bounds one Gemini call. GEMQ_GEMINI_TIMEOUT, default 120s.
+	GeminiTimeout time.Duration
+	// Lease is how long a worker holds a task; longer than GeminiTimeout.
+	// GEMQ_LEASE, default GeminiTimeout + 60s.
+	Lease time.Duration
+	// ResultTTL is how long results and task state live in Redis.
+	// GEMQ_RESULT_TTL, default 168h.
+	ResultTTL time.Duration
+	// MaxAttempts bounds attempts on transient Gemini failures before
+	// dead-lettering. GEMQ_MAX_ATTEMPTS, default 5.
+	MaxAttempts int
+	// TokenEstimator is how input tokens are estimated. GEMQ_TOKEN_ESTIMATOR,
+	// default "local".
+	TokenEstimator Estimator
+	// LimitPolicy is the limiter policy. GEMQ_LIMIT_POLICY, default "reserve".
+	LimitPolicy Policy
+	// MaxBodyBytes caps an ingest request body (after decompression).
+	// GEMQ_MAX_BODY_BYTES, default 33554432 (32 MiB).
+	MaxBodyBytes int64
+	// LogLevel is the minimum log level. GEMQ_LOG_LEVEL (debug, info, warn,
+	// error), default info.
+	LogLevel slog.Level
+}
+
+// Defaults.
+const (
+	DefaultTasksTopic    = "gemq-tasks"
+	DefaultResultsTopic  = "gemq-results"
+	DefaultLocation      = "us-central1"
+	DefaultGeminiTimeout = 120 * time.Second
+	DefaultLeaseMargin   = 60 * time.Second // Lease = GeminiTimeout + DefaultLeaseMargin
+	DefaultResultTTL     = 168 * time.Hour
+	DefaultMaxAttempts   = 5
+	DefaultMaxBodyBytes  = 32 << 20
+)
+
+// Problem is one invalid or missing variable.
+type Problem struct {
+	Var string // the environment variable, e.g. "REDIS_ADDR"
+	Msg string // what is wrong, e.g. "required"
+}
+
+// Error lists every configuration problem found.
+type Error struct {
+	Problems []Problem
+}
+
+// Error implements error: "config: REDIS_ADDR: required; GEMQ_LEASE: …".
+func (e *Error) Error() string {
+	parts := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		parts[i] = p.Var + ": " + p.Msg
+	}
+	return "config: " + strings.Join(parts, "; ")
+}
+
+// problems collects Problems; err returns nil when there are none.
+type problems []Problem
+
+func (ps *problems) add(v, format string, args ...any) {
+	*ps = append(*ps, Problem{Var: v, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (ps problems) err() error {
+	if len(ps) == 0 {
+		return nil
+	}
+	return &Error{Problems: ps}
+}
+
+// Load reads the configuration through getenv (os.Getenv in production) and
+// checks everything both functions need. Any problems are returned together
+// as one *Error.
+func Load(getenv func(string) string) (Config, error) {
+	var ps problems
+	c := load(getenv, &ps)
+	return c, ps.err()
+}
+
+// LoadFor is Load followed by the requirements of function f, all problems
+// reported in one *Error.
+func LoadFor(f Function, getenv func(string) string) (Config, error) {
+	var ps problems
+	c := load(getenv, &ps)
+	c.validateFor(f, &ps)
+	return c, ps.err()
+}
+
+// ValidateFor checks what function f needs beyond Load, returning an *Error
+// or nil.
+func (c Config) ValidateFor(f Function) error {
+	var ps problems
+	c.validateFor(f, &ps)
+	return ps.err()
+}
+
+func (c Config) validateFor(f Function, ps *problems) {
+	switch f {
+	case Ingest:
+	case Worker:
+		if c.TasksQueue == "" {
+			ps.add("GEMQ_TASKS_QUEUE", "required by the worker")
+		}
+		if c.WorkerURL == "" {
+			ps.add("GEMQ_WORKER_URL", "required by the worker")
+		}
+		if c.GeminiAPIKey == "" && !c.Vertex {
+			ps.add("GEMINI_API_KEY", "required by the worker unless GOOGLE_GENAI_USE_VERTEXAI=true")
+		}
+	default:
+		ps.add("", "unknown function %v", f)
+	}
+}
+
+var queueRE = regexp.MustCompile(`^projects/[a-z0-9:.-]+/locations/[a-z0-9-]+/queues/[A-Za-z0-9-]{1,100}$`)
+
+func load(getenv func(string) string, ps *problems) Config {
+	str := func(v, def string) string {
+		if s := strings.TrimSpace(getenv(v)); s != "" {
+			return s
+		}
+		return def
+	}
+	boolean := func(v string) bool {
+		s := str(v, "false")
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			ps.add(v, "want true or false, got %q", s)
+		}
+		return b
+	}
+	duration := func(v string, def time.Duration) time.Duration {
+		s := str(v, "")
+		if s == "" {
+			return def
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			ps.add(v, "want a positive Go duration such as 90s or 2h, got %q", s)
+			return def
+		}
+		return d
+	}
+	integer := func(v string, def, lo, hi int64) int64 {
+		s := str(v, "")
+		if s == "" {
+			return def
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < lo || n > hi {
+			ps.add(v, "want an integer from %d to %d, got %q", lo, hi, s)
+			return def
+		}
+		return n
+	}
+	required := func(v string) string {
+		s := str(v, "")
+		if s == "" {
+			ps.add(v, "required")
+		}
+		return s
+	}
+
+	c := Config{
+		RedisAddr:           required("REDIS_ADDR"),
+		RedisPassword:       getenv("REDIS_PASSWORD"),
+		RedisTLS:            boolean("REDIS_TLS"),
+		RedisTLSCA:          str("REDIS_TLS_CA", ""),
+		Project:             required("GOOGLE_CLOUD_PROJECT"),
+		TasksTopic:          str("GEMQ_TASKS_TOPIC", DefaultTasksTopic),
+		ResultsTopic:        str("GEMQ_RESULTS_TOPIC", DefaultResultsTopic),
+		TasksQueue:          str("GEMQ_TASKS_QUEUE", ""),
+		WorkerURL:           str("GEMQ_WORKER_URL", ""),
+		TasksServiceAccount: str("GEMQ_TASKS_SERVICE_ACCOUNT", ""),
+		CloudTasksEndpoint:  str("GEMQ_CLOUDTASKS_ENDPOINT", ""),
+		PubSubEmulatorHost:  str("PUBSUB_EMULATOR_HOST", ""),
+		DefaultModel:        str("GEMQ_DEFAULT_MODEL", ""),
+		GeminiAPIKey:        strings.TrimSpace(getenv("GEMINI_API_KEY")),
+		Vertex:              boolean("GOOGLE_GENAI_USE_VERTEXAI"),
+		Location:            str("GOOGLE_CLOUD_LOCATION", DefaultLocation),
+		GeminiBaseURL:       str("GOOGLE_GEMINI_BASE_URL", ""),
+		GeminiTimeout:       duration("GEMQ_GEMINI_TIMEOUT", DefaultGeminiTimeout),
+		ResultTTL:           duration("GEMQ_RESULT_TTL", DefaultResultTTL),
+		MaxAttempts:         int(integer("GEMQ_MAX_ATTEMPTS", DefaultMaxAttempts, 1, task.MaxCount)),
+		TokenEstimator:      Estimator(str("GEMQ_TOKEN_ESTIMATOR", string(EstimateLocal))),
+		LimitPolicy:         Policy(str("GEMQ_LIMIT_POLICY", string(PolicyReserve))),
+		MaxBodyBytes:        integer("GEMQ_MAX_BODY_BYTES", DefaultMaxBodyBytes, 1, 1<<40),
+	}
+	c.Lease = duration("GEMQ_LEASE", c.GeminiTimeout+DefaultLeaseMargin)
+	if c.Lease <= c.GeminiTimeout {
+		ps.add("GEMQ_LEASE", "%v must be longer than GEMQ_GEMINI_TIMEOUT (%v)", c.Lease, c.GeminiTimeout)
+	}
+
+	if c.RedisAddr != "" {
+		if _, _, err := net.SplitHostPort(c.RedisAddr); err != nil {
+			ps.add("REDIS_ADDR", "want host:port, got %q", c.RedisAddr)
+		}
+	}
+	if c.RedisTLSCA != "" {
+		if !c.RedisTLS {
+			ps.add("REDIS_TLS_CA", "set, but REDIS_TLS is not true")
+		} else if !x509.NewCertPool().AppendCertsFromPEM([]byte(c.RedisTLSCA)) {
+			ps.add("REDIS_TLS_CA", "no PEM certificate found")
+		}
+	}
+	if c.TasksQueue != "" && !queueRE.MatchString(c.TasksQueue) {
+		ps.add("GEMQ_TASKS_QUEUE", "want projects/PROJECT/locations/LOCATION/queues/QUEUE, got %q", c.TasksQueue)
+	}
+	if c.WorkerURL != "" {
+		if u, err := url.Parse(c.WorkerURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			ps.add("GEMQ_WORKER_URL", "want an absolute http(s) URL, got %q", c.WorkerURL)
+		}
+	}
+	if c.GeminiBaseURL != "" {
+		if u, err := url.Parse(c.GeminiBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			ps.add("GOOGLE_GEMINI_BASE_URL", "want an absolute http(s) URL, got %q", c.GeminiBaseURL)
+		}
+	}
+	if c.TokenEstimator != EstimateLocal && c.TokenEstimator != EstimateCountTokens {
+		ps.add("GEMQ_TOKEN_ESTIMATOR", "want local or count_tokens, got %q", c.TokenEstimator)
+	}
+	if c.LimitPolicy != PolicyReserve && c.LimitPolicy != PolicySeed {
+		ps.add("GEMQ_LIMIT_POLICY", "want reserve or seed, got %q", c.LimitPolicy)
+	}
+	if s := str("GEMQ_LOG_LEVEL", "info"); !validLevel(s) || c.LogLevel.UnmarshalText([]byte(s)) != nil {
+		ps.add("GEMQ_LOG_LEVEL", "want debug, info, warn or error, got %q", s)
+	}
+
+	quotas, err := limiter.LoadConfig(getenv)
+	if err != nil {
+		v := "GEMQ_QUOTAS"
+		if getenv("GEMQ_QUOTAS_FILE") != "" && getenv("GEMQ_QUOTAS") == "" {
+			v = "GEMQ_QUOTAS_FILE"
+		}
+		ps.add(v, "%v", err)
+		return c
+	}
+	c.Quotas = quotas
+	c.AllowedModels = quotas.Models()
+	before := len(*ps)
+	if s := str("GEMQ_ALLOWED_MODELS", ""); s != "" {
+		c.AllowedModels = nil
+		for m := range strings.SplitSeq(s, ",") {
+			m = strings.TrimSpace(m)
+			switch {
+			case m == "":
+			case !task.ValidModel(m):
+				ps.add("GEMQ_ALLOWED_MODELS", "invalid model id %q", m)
+			default:
+				if _, ok := quotas.Quota(limiter.Scope{Project: c.Project, Model: m}); !ok {
+					ps.add("GEMQ_ALLOWED_MODELS", "model %q has no quota in the quota configuration", m)
+				}
+				c.AllowedModels = append(c.AllowedModels, m)
+			}
+		}
+	}
+	if len(c.AllowedModels) == 0 && len(*ps) == before {
+		ps.add("GEMQ_ALLOWED_MODELS", "no model allowed (the quota configuration names none)")
+	}
+	if c.DefaultModel != "" && !c.ModelAllowed(c.DefaultModel) {
+		ps.add("GEMQ_DEFAULT_MODEL", "%q is not an allowed model (%s)", c.DefaultModel, strings.Join(c.AllowedModels, ", "))
+	}
+	return c
+}
+
+func validLevel(s string) bool {
+	switch strings.ToLower(s) {
+	case "debug", "info", "warn", "error":
+		return true
+	}
+	return false
+}
+
+// ModelAllowed reports whether ingest accepts model m.
+func (c Config) ModelAllowed(m string) bool {
+	for _, a := range c.AllowedModels {
+		if a == m {
+			return true
+		}
+	}
+	return false
+}
+
+// RedisOptions returns go-redis options for c: address, password, and with
+// RedisTLS a TLS 1.2+ configuration trusting RedisTLSCA (or the system pool).
+func (c Config) RedisOptions() (*redis.Options, error) {
+	o := &redis.Options{Addr: c.RedisAddr, Password: c.RedisPassword}
+	if !c.RedisTLS {
+		return o, nil
+	}
+	host, _, err := net.SplitHostPort(c.RedisAddr)
+	if err != nil {
+		return nil, fmt.Errorf("config: REDIS_ADDR: %w", err)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	if c.RedisTLSCA != "" {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM([]byte(c.RedisTLSCA)) {
+			return nil, errors.New("config: REDIS_TLS_CA: no PEM certificate found")
+		}
+		tc.RootCAs = pool
+	}
+	o.TLSConfig = tc
+	return o, nil
+}
+
+// NewRedis returns a Redis client for c (see RedisOptions). It does not
+// connect until first used.
+func NewRedis(c Config) (*redis.Client, error) {
+	o, err := c.RedisOptions()
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewClient(o), nil
+}
+
+// LogValue implements slog.LogValuer: the configuration without secrets
+// (password and API key are reported only as set or not).
+func (c Config) LogValue() slog.Value {
+	set := func(s string) string {
+		if s == "" {
+			return "unset"
+		}
+		return "set"
+	}
+	return slog.GroupValue(
+		slog.String("redis_addr", c.RedisAddr),
+		slog.String("redis_password", set(c.RedisPassword)),
+		slog.Bool("redis_tls", c.RedisTLS),
+		slog.String("project", c.Project),
+		slog.String("tasks_topic", c.TasksTopic),
+		slog.String("results_topic", c.ResultsTopic),
+		slog.String("tasks_queue", c.TasksQueue),
+		slog.String("worker_url", c.WorkerURL),
+		slog.String("cloudtasks_endpoint", c.CloudTasksEndpoint),
+		slog.Any("allowed_models", c.AllowedModels),
+		slog.String("default_model", c.DefaultModel),
+		slog.String("gemini_api_key", set(c.GeminiAPIKey)),
+		slog.Bool("vertex", c.Vertex),
+		slog.String("location", c.Location),
+		slog.String("gemini_base_url", c.GeminiBaseURL),
+		slog.Duration("gemini_timeout", c.GeminiTimeout),
+		slog.Duration("lease", c.Lease),
+		slog.Duration("result_ttl", c.ResultTTL),
+		slog.Int("max_attempts", c.MaxAttempts),
+		slog.String("token_estimator", string(c.TokenEstimator)),
+		slog.String("limit_policy", string(c.LimitPolicy)),
+		slog.Int64("max_body_bytes", c.MaxBodyBytes),
+		slog.String("log_level", c.LogLevel.String()),
+	)
+}

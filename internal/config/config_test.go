@@ -1,0 +1,304 @@
+package config
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/gemq-dev/gemq/internal/redistest"
+)
+
+const quotas = `{"scopes":[
+ {"project":"*","model":"gemini-2.5-flash","dimensions":[{"name":"rpm","unit":"requests","limit":1000,"period":"1m"}]},
+ {"project":"*","model":"gemini-2.5-pro","dimensions":[{"name":"rpm","unit":"requests","limit":150,"period":"1m"}]}]}`
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func base(kv ...string) map[string]string {
+	m := map[string]string{
+		"REDIS_ADDR":           "10.0.0.3:6379",
+		"GOOGLE_CLOUD_PROJECT": "proj",
+		"GEMQ_QUOTAS":          quotas,
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load(env(base()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		RedisAddr:      "10.0.0.3:6379",
+		Project:        "proj",
+		TasksTopic:     "gemq-tasks",
+		ResultsTopic:   "gemq-results",
+		Quotas:         c.Quotas,
+		AllowedModels:  []string{"gemini-2.5-flash", "gemini-2.5-pro"},
+		Location:       "us-central1",
+		GeminiTimeout:  120 * time.Second,
+		Lease:          180 * time.Second,
+		ResultTTL:      168 * time.Hour,
+		MaxAttempts:    5,
+		TokenEstimator: EstimateLocal,
+		LimitPolicy:    PolicyReserve,
+		MaxBodyBytes:   32 << 20,
+		LogLevel:       slog.LevelInfo,
+	}
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Errorf("Load (-want +got):\n%s", diff)
+	}
+	if len(c.Quotas.Scopes) != 2 {
+		t.Errorf("quotas not parsed: %+v", c.Quotas)
+	}
+	if err := c.ValidateFor(Ingest); err != nil {
+		t.Errorf("ValidateFor(Ingest) = %v", err)
+	}
+}
+
+func TestLoadAll(t *testing.T) {
+	dir := t.TempDir()
+	qf := filepath.Join(dir, "q.json")
+	if err := os.WriteFile(qf, []byte(quotas), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := base(
+		"GEMQ_QUOTAS", "",
+		"GEMQ_QUOTAS_FILE", qf,
+		"REDIS_PASSWORD", "pw",
+		"GEMQ_TASKS_TOPIC", "t",
+		"GEMQ_RESULTS_TOPIC", "r",
+		"GEMQ_TASKS_QUEUE", "projects/proj/locations/us-central1/queues/gemq",
+		"GEMQ_WORKER_URL", "https://worker-abc.a.run.app/",
+		"GEMQ_TASKS_SERVICE_ACCOUNT", "tasks@proj.iam.gserviceaccount.com",
+		"GEMQ_CLOUDTASKS_ENDPOINT", "127.0.0.1:8123",
+		"PUBSUB_EMULATOR_HOST", "127.0.0.1:8085",
+		"GEMQ_ALLOWED_MODELS", "gemini-2.5-pro, gemini-2.5-flash",
+		"GEMQ_DEFAULT_MODEL", "gemini-2.5-flash",
+		"GEMINI_API_KEY", "key",
+		"GOOGLE_CLOUD_LOCATION", "europe-west4",
+		"GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9000",
+		"GEMQ_GEMINI_TIMEOUT", "30s",
+		"GEMQ_LEASE", "45s",
+		"GEMQ_RESULT_TTL", "24h",
+		"GEMQ_MAX_ATTEMPTS", "3",
+		"GEMQ_TOKEN_ESTIMATOR", "count_tokens",
+		"GEMQ_LIMIT_POLICY", "seed",
+		"GEMQ_MAX_BODY_BYTES", "1024",
+		"GEMQ_LOG_LEVEL", "DEBUG",
+	)
+	c, err := LoadFor(Worker, env(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		RedisAddr: "10.0.0.3:6379", RedisPassword: "pw", Project: "proj", TasksTopic: "t", ResultsTopic: "r",
+		TasksQueue: "projects/proj/locations/us-central1/queues/gemq", WorkerURL: "https://worker-abc.a.run.app/",
+		TasksServiceAccount: "tasks@proj.iam.gserviceaccount.com", CloudTasksEndpoint: "127.0.0.1:8123",
+		PubSubEmulatorHost: "127.0.0.1:8085", Quotas: c.Quotas,
+		AllowedModels: []string{"gemini-2.5-pro", "gemini-2.5-flash"}, DefaultModel: "gemini-2.5-flash",
+		GeminiAPIKey: "key", Location: "europe-west4", GeminiBaseURL: "http://127.0.0.1:9000",
+		GeminiTimeout: 30 * time.Second, Lease: 45 * time.Second, ResultTTL: 24 * time.Hour, MaxAttempts: 3,
+		TokenEstimator: EstimateCountTokens, LimitPolicy: PolicySeed, MaxBodyBytes: 1024, LogLevel: slog.LevelDebug,
+	}
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Errorf("LoadFor (-want +got):\n%s", diff)
+	}
+	if !c.ModelAllowed("gemini-2.5-pro") || c.ModelAllowed("gemini-1.0") {
+		t.Error("ModelAllowed")
+	}
+	// Secrets stay out of logs.
+	var b strings.Builder
+	slog.New(slog.NewJSONHandler(&b, nil)).Info("config", "config", c)
+	if strings.Contains(b.String(), `"pw"`) || strings.Contains(b.String(), `"key"`) {
+		t.Errorf("secret in log line: %s", b.String())
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		fn   Function
+		env  map[string]string
+		vars []string // every variable the one error must name
+	}{
+		{"nothing set", Ingest, map[string]string{},
+			[]string{"REDIS_ADDR", "GOOGLE_CLOUD_PROJECT", "GEMQ_QUOTAS"}},
+		{"worker requirements", Worker, base(),
+			[]string{"GEMQ_TASKS_QUEUE", "GEMQ_WORKER_URL", "GEMINI_API_KEY"}},
+		{"invalid values", Ingest, base(
+			"REDIS_ADDR", "nohost",
+			"REDIS_TLS", "yes please",
+			"GEMQ_GEMINI_TIMEOUT", "120",
+			"GEMQ_RESULT_TTL", "-1h",
+			"GEMQ_MAX_ATTEMPTS", "0",
+			"GEMQ_TOKEN_ESTIMATOR", "magic",
+			"GEMQ_LIMIT_POLICY", "yolo",
+			"GEMQ_MAX_BODY_BYTES", "big",
+			"GEMQ_LOG_LEVEL", "loud",
+			"GEMQ_TASKS_QUEUE", "gemq",
+			"GEMQ_WORKER_URL", "worker",
+			"GOOGLE_GEMINI_BASE_URL", "ftp://x",
+			"GOOGLE_GENAI_USE_VERTEXAI", "maybe",
+		), []string{"REDIS_ADDR", "REDIS_TLS", "GEMQ_GEMINI_TIMEOUT", "GEMQ_RESULT_TTL", "GEMQ_MAX_ATTEMPTS",
+			"GEMQ_TOKEN_ESTIMATOR", "GEMQ_LIMIT_POLICY", "GEMQ_MAX_BODY_BYTES", "GEMQ_LOG_LEVEL",
+			"GEMQ_TASKS_QUEUE", "GEMQ_WORKER_URL", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_GENAI_USE_VERTEXAI"}},
+		{"lease not above timeout", Ingest, base("GEMQ_GEMINI_TIMEOUT", "60s", "GEMQ_LEASE", "60s"), []string{"GEMQ_LEASE"}},
+		{"bad quotas", Ingest, base("GEMQ_QUOTAS", `{"scopes":[{"model":1}]}`), []string{"GEMQ_QUOTAS"}},
+		{"missing quota file", Ingest, base("GEMQ_QUOTAS", "", "GEMQ_QUOTAS_FILE", "/nonexistent"), []string{"GEMQ_QUOTAS_FILE"}},
+		{"model without quota", Ingest, base("GEMQ_ALLOWED_MODELS", "gemini-2.5-flash,gemini-9"), []string{"GEMQ_ALLOWED_MODELS"}},
+		{"bad model id", Ingest, base("GEMQ_ALLOWED_MODELS", "models/x"), []string{"GEMQ_ALLOWED_MODELS"}},
+		{"default model not allowed", Ingest, base("GEMQ_DEFAULT_MODEL", "gemini-9"), []string{"GEMQ_DEFAULT_MODEL"}},
+		{"CA without TLS", Ingest, base("REDIS_TLS_CA", "x"), []string{"REDIS_TLS_CA"}},
+		{"CA not PEM", Ingest, base("REDIS_TLS", "true", "REDIS_TLS_CA", "x"), []string{"REDIS_TLS_CA"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadFor(tt.fn, env(tt.env))
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("LoadFor = %v, want *Error", err)
+			}
+			var got []string
+			for _, p := range ce.Problems {
+				got = append(got, p.Var)
+			}
+			if diff := cmp.Diff(tt.vars, got, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+				t.Errorf("problems (-want +got):\n%s\nerror: %v", diff, err)
+			}
+			for _, v := range tt.vars {
+				if !strings.Contains(err.Error(), v) {
+					t.Errorf("error %q does not name %s", err, v)
+				}
+			}
+		})
+	}
+}
+
+func TestVertexNeedsNoKey(t *testing.T) {
+	_, err := LoadFor(Worker, env(base(
+		"GOOGLE_GENAI_USE_VERTEXAI", "true",
+		"GEMQ_TASKS_QUEUE", "projects/p/locations/l/queues/q",
+		"GEMQ_WORKER_URL", "http://127.0.0.1:8080/Worker",
+	)))
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRedisTLS connects through RedisOptions to a real redis-server that
+// speaks TLS only with a private CA and requires a password, as
+// Memorystore with in-transit encryption and AUTH does.
+func TestRedisTLS(t *testing.T) {
+	dir := t.TempDir()
+	caPEM, certFile, keyFile := writeCerts(t, dir)
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	srv := redistest.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
+		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "no")
+	if err := srv.Client(t).ConfigSet(context.Background(), "requirepass", "s3cret").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := Load(env(base("REDIS_ADDR", "127.0.0.1:"+strconv.Itoa(tlsPort), "REDIS_PASSWORD", "s3cret",
+		"REDIS_TLS", "true", "REDIS_TLS_CA", string(caPEM))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb, err := NewRedis(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	if err := rdb.Ping(context.Background()).Err(); err != nil {
+		t.Fatalf("PING over TLS: %v", err)
+	}
+
+	// A wrong password is refused.
+	wrong := c
+	wrong.RedisPassword = "nope"
+	bad, err := NewRedis(wrong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if err := bad.Ping(context.Background()).Err(); err == nil {
+		t.Error("PING succeeded with a wrong password")
+	}
+
+	// Without the CA the server is not trusted.
+	c.RedisTLSCA = ""
+	untrusted, err := NewRedis(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer untrusted.Close()
+	if err := untrusted.Ping(context.Background()).Err(); err == nil {
+		t.Error("PING succeeded without trusting the CA")
+	}
+}
+
+func writeCerts(t *testing.T, dir string) (caPEM []byte, certFile, keyFile string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "redis"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), certFile, keyFile
+}

@@ -535,9 +535,11 @@ func (s *Server) CreateTask(_ context.Context, req *cloudtaskspb.CreateTaskReque
 			pb.Name = req.GetParent() + "/tasks/" + randomTaskID()
 		}
 	} else if s.nameTaken(q, pb.Name, now) {
+		s.stats.AlreadyExists++
 		return nil, status.Error(codes.AlreadyExists, "Requested entity already exists (task name exists or was used recently)")
 	}
 	t := &task{pb: pb, index: -1}
+	s.stats.Created++
 	q.tasks[pb.Name] = t
 	q.schedule(t, sched)
 	return view(pb, req.GetResponseView()), nil

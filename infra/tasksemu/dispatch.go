@@ -225,7 +225,7 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 func (s *Server) finish(a *attempt, httpCode int, retryAfter time.Duration, errText string, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.dispatches = append(s.dispatches, Dispatch{
+	s.record(Dispatch{
 		Queue: a.queue, Task: a.name, Attempt: a.no, ScheduleTime: a.sched, DispatchTime: a.start,
 		ResponseTime: now, StatusCode: httpCode, Err: errText, Forced: a.forced,
 	})
@@ -246,6 +246,7 @@ func (s *Server) finish(a *attempt, httpCode int, retryAfter time.Duration, errT
 		pb.ResponseCount++
 	}
 	if httpCode >= 200 && httpCode < 300 {
+		s.stats.Succeeded++
 		s.forget(q, t, now)
 		return
 	}
@@ -259,6 +260,7 @@ func (s *Server) finish(a *attempt, httpCode int, retryAfter time.Duration, errT
 	rc := effectiveRetry(q.pb.RetryConfig, pb.RetryConfig)
 	if exhausted(rc, int(pb.DispatchCount), now.Sub(t.firstTry)) {
 		s.log.Debug("tasksemu: retries exhausted, task deleted", "task", a.name, "attempts", pb.DispatchCount)
+		s.stats.Exhausted++
 		s.forget(q, t, now)
 		return
 	}

@@ -68,6 +68,21 @@ type Options struct {
 	// Logger receives one debug line per dispatch and warnings; default slog.Default().
 	// Task bodies are never logged.
 	Logger *slog.Logger
+	// DispatchLogLimit bounds the attempts Dispatches keeps (the oldest are dropped);
+	// default DefaultDispatchLogLimit. Stats counts every attempt regardless.
+	DispatchLogLimit int
+}
+
+// DefaultDispatchLogLimit is the default of Options.DispatchLogLimit.
+const DefaultDispatchLogLimit = 200_000
+
+// Stats are running totals over the emulator's life, across all queues.
+type Stats struct {
+	Created       int // tasks created by CreateTask
+	AlreadyExists int // CreateTask calls answered ALREADY_EXISTS (de-duplicated)
+	Attempts      int // dispatch attempts finished (including RunTask's)
+	Succeeded     int // tasks completed by a 2xx response
+	Exhausted     int // tasks deleted because their retries ran out
 }
 
 // Dispatch is one recorded attempt, for tests and the local stack.
@@ -103,6 +118,7 @@ type Server struct {
 	tombstones map[string]time.Time // task name → when it may be reused
 	creates    int                  // CreateTask calls, to sweep tombstones now and then
 	dispatches []Dispatch
+	stats      Stats
 	stopped    bool
 }
 
@@ -142,6 +158,9 @@ func New(opts Options) *Server {
 	}
 	if opts.MinDispatchDeadline <= 0 {
 		opts.MinDispatchDeadline = DefaultMinDispatchDeadline
+	}
+	if opts.DispatchLogLimit <= 0 {
+		opts.DispatchLogLimit = DefaultDispatchLogLimit
 	}
 	if opts.Addr == "" {
 		opts.Addr = "127.0.0.1:0"
@@ -220,8 +239,25 @@ func (s *Server) Stop() {
 	s.wg.Wait()
 }
 
-// Dispatches returns a copy of every attempt recorded so far, in the order the
-// attempts finished.
+// Stats returns the running totals.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// record appends d to the dispatch log, dropping the oldest half when it is full.
+func (s *Server) record(d Dispatch) {
+	if len(s.dispatches) >= s.opts.DispatchLogLimit {
+		keep := s.opts.DispatchLogLimit / 2
+		s.dispatches = append(s.dispatches[:0:0], s.dispatches[len(s.dispatches)-keep:]...)
+	}
+	s.dispatches = append(s.dispatches, d)
+	s.stats.Attempts++
+}
+
+// Dispatches returns a copy of the attempts recorded so far (at most
+// Options.DispatchLogLimit, the most recent), in the order the attempts finished.
 func (s *Server) Dispatches() []Dispatch {
 	s.mu.Lock()
 	defer s.mu.Unlock()

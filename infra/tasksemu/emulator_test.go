@@ -283,6 +283,11 @@ func TestTaskNamesAndDedup(t *testing.T) {
 	wantCode(t, err, codes.NotFound, "CreateTask in a missing queue")
 	_, err = c.GetTask(ctx, &cloudtaskspb.GetTaskRequest{Name: qname + "/tasks/nope"})
 	wantCode(t, err, codes.NotFound, "GetTask missing")
+
+	// 3 valid + ran + 2 after the window + unnamed created; 3 de-duplicated.
+	if st := emu.Stats(); st.Created != 7 || st.AlreadyExists != 3 || st.Succeeded != 1 {
+		t.Errorf("Stats = %+v, want 7 created, 3 already-exists, 1 succeeded", st)
+	}
 }
 
 func truncate(s string) string {
@@ -522,6 +527,9 @@ func TestRetriesWithBackoffAndMaxAttempts(t *testing.T) {
 	}
 	_, err := c.GetTask(ctx, &cloudtaskspb.GetTaskRequest{Name: task.Name})
 	wantCode(t, err, codes.NotFound, "GetTask after retries exhausted")
+	if st := emu.Stats(); st.Exhausted != 1 || st.Attempts != 5 || st.Succeeded != 0 {
+		t.Errorf("Stats = %+v", st)
+	}
 }
 
 func TestMaxRetryDuration(t *testing.T) {

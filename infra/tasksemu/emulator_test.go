@@ -633,7 +633,7 @@ func TestPauseResumePurgeRun(t *testing.T) {
 	if _, err := c.RunTask(ctx, &cloudtaskspb.RunTaskRequest{Name: qname + "/tasks/p0"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "forced dispatch", func() bool { return len(tg.got()) == 1 })
+	waitFor(t, 5*time.Second, "forced dispatch", func() bool { return len(emu.Dispatches()) == 1 })
 	if d := emu.Dispatches(); !d[0].Forced {
 		t.Errorf("dispatch not marked forced: %+v", d[0])
 	}

@@ -24,6 +24,25 @@ locals {
     var.default_model != "" ? { GEMQ_DEFAULT_MODEL = var.default_model } : {},
   )
 
+  ingest_env = merge(local.common_env, {
+    GEMQ_MAX_BODY_BYTES = tostring(var.ingest.max_body_bytes)
+  })
+  worker_env = merge(
+    local.common_env,
+    {
+      GEMQ_TASKS_QUEUE           = local.queue_path
+      GEMQ_WORKER_URL            = local.worker_url
+      GEMQ_TASKS_SERVICE_ACCOUNT = google_service_account.tasks_invoker.email
+      GEMQ_GEMINI_TIMEOUT        = "${var.gemini_timeout_seconds}s"
+      GEMQ_MAX_ATTEMPTS          = tostring(var.max_attempts)
+      GEMQ_TOKEN_ESTIMATOR       = var.token_estimator
+    },
+    var.gemini_backend == "vertex" ? {
+      GOOGLE_GENAI_USE_VERTEXAI = "true"
+      GOOGLE_CLOUD_LOCATION     = var.vertex_location
+    } : {},
+  )
+
   redis_secret_env = var.redis.auth_enabled ? [{
     key    = "REDIS_PASSWORD"
     secret = google_secret_manager_secret.redis_auth[0].secret_id
@@ -64,9 +83,7 @@ resource "google_cloudfunctions2_function" "ingest" {
     service_account_email            = google_service_account.ingest.email
     vpc_connector                    = google_vpc_access_connector.this.id
     vpc_connector_egress_settings    = "PRIVATE_RANGES_ONLY"
-    environment_variables = merge(local.common_env, {
-      GEMQ_MAX_BODY_BYTES = tostring(var.ingest.max_body_bytes)
-    })
+    environment_variables            = local.ingest_env
 
     dynamic "secret_environment_variables" {
       for_each = local.redis_secret_env
@@ -117,21 +134,7 @@ resource "google_cloudfunctions2_function" "worker" {
     service_account_email            = google_service_account.worker.email
     vpc_connector                    = google_vpc_access_connector.this.id
     vpc_connector_egress_settings    = "PRIVATE_RANGES_ONLY"
-    environment_variables = merge(
-      local.common_env,
-      {
-        GEMQ_TASKS_QUEUE           = local.queue_path
-        GEMQ_WORKER_URL            = local.worker_url
-        GEMQ_TASKS_SERVICE_ACCOUNT = google_service_account.tasks_invoker.email
-        GEMQ_GEMINI_TIMEOUT        = "${var.gemini_timeout_seconds}s"
-        GEMQ_MAX_ATTEMPTS          = tostring(var.max_attempts)
-        GEMQ_TOKEN_ESTIMATOR       = var.token_estimator
-      },
-      var.gemini_backend == "vertex" ? {
-        GOOGLE_GENAI_USE_VERTEXAI = "true"
-        GOOGLE_CLOUD_LOCATION     = var.vertex_location
-      } : {},
-    )
+    environment_variables            = local.worker_env
 
     dynamic "secret_environment_variables" {
       for_each = concat(local.redis_secret_env, local.gemini_secret_env)

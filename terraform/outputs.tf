@@ -53,3 +53,19 @@ output "service_accounts" {
     build         = google_service_account.build.email
   }
 }
+
+output "environment_variable_names" {
+  description = "Names of the plain environment variables each function gets (secrets come as secret environment variables instead)."
+  value = {
+    ingest = sort(keys(local.ingest_env))
+    worker = sort(keys(local.worker_env))
+  }
+}
+
+output "secret_environment_variable_names" {
+  description = "Names of the environment variables each function reads from Secret Manager."
+  value = {
+    ingest = [for s in local.redis_secret_env : s.key]
+    worker = [for s in concat(local.redis_secret_env, local.gemini_secret_env) : s.key]
+  }
+}

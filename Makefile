@@ -5,7 +5,7 @@ GOFLAGS_TEST ?= -race -count=1 -timeout 30m
 .PHONY: test vet fmt-check unit bench-limiter
 
 ## test: everything CI checks (formatting, vet, all tests with the race detector)
-test: fmt-check vet unit
+test: fmt-check vet tf-check unit
 
 fmt-check:
 	@out=$$(gofmt -l .); \
@@ -16,3 +16,21 @@ vet:
 
 unit:
 	CI=$${CI:-} $(GO) test $(GOFLAGS_TEST) ./...
+
+.PHONY: tf-check tf-schema
+
+## tf-check: terraform fmt, then init/validate/plan offline against the stand-in provider,
+## the JSON-plan assertions and the deploy-bundle build (infra/tfcheck); fails when terraform is missing
+tf-check:
+	terraform fmt -check -recursive -diff terraform
+	CI=$${CI:-} $(GO) test -count=1 -timeout 10m ./infra/tfcheck
+
+## tf-schema: re-extract the provider schemas the stand-in serves from cdktf's generated code
+## (needs npm; edit infra/tfprovider/schema/*.types to serve more resource types)
+tf-schema:
+	d=$$(mktemp -d) && cd $$d && npm init -y >/dev/null && \
+	npm install --no-audit --no-fund --ignore-scripts @cdktf/provider-google@16.12.1 @cdktf/provider-archive@11.0.1 >/dev/null && \
+	cd $(CURDIR)/infra/tfprovider/schema && \
+	node extract.js $$d/node_modules @cdktf/provider-google google.types google.json && \
+	node extract.js $$d/node_modules @cdktf/provider-archive archive.types archive.json && \
+	rm -rf $$d

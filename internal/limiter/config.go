@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"regexp"
@@ -418,7 +419,7 @@ func decodeValue(data []byte, path string, dst any) error {
 		}
 		return cfgErr(path, "invalid JSON: %v", err)
 	}
-	if _, err := dec.Token(); err == nil {
+	if _, err := dec.Token(); err != io.EOF {
 		return cfgErr(path, "unexpected data after the JSON value")
 	}
 	return nil

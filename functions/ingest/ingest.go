@@ -1,0 +1,172 @@
+// Package ingest is gemq's HTTP ingest function, registered with the
+// functions framework as "Ingest". It accepts jobs and publishes one task
+// message per request, and serves job status and results:
+//
+//	POST /v1/jobs                          submit a job (JSON, or Batch API JSONL) → 202
+//	GET  /v1/jobs/{id}                     state and counts
+//	GET  /v1/jobs/{id}/results             finished tasks as JSONL (Batch API output format)
+//	GET  /v1/jobs/{id}/requests/{key}      one task
+//
+// Paths are matched on the part from "/v1/jobs" on, after any prefix (Cloud
+// Functions serve the function at "/", the local stack may at "/Ingest").
+// Every error is JSON: {"error": {"code", "status", "message", "field", ...}}.
+//
+// A submission is checked completely (syntax, strict field names, duplicate
+// and case-variant keys, UTF-8, model, request values, prompt size against
+// the model's input limit, envelope size) before anything is stored or
+// published; 202 is answered only after every task is published. See submit
+// for the idempotency rules.
+//
+// init only registers the function: the Redis and Pub/Sub clients are built
+// from internal/config on the first request, race-free, and kept only once
+// they were built successfully.
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/gemq-dev/gemq/internal/config"
+	"github.com/gemq-dev/gemq/internal/limiter"
+	"github.com/gemq-dev/gemq/internal/logging"
+	"github.com/gemq-dev/gemq/internal/queue"
+	"github.com/gemq-dev/gemq/internal/store"
+)
+
+func init() {
+	functions.HTTP("Ingest", handle)
+}
+
+// lazy holds the server built from the environment on first use. The mutex
+// caches only success: a failed build (bad configuration) is retried by the
+// next request and reported each time.
+var lazy struct {
+	mu  sync.Mutex
+	srv *server
+}
+
+// handle is the registered function.
+func handle(w http.ResponseWriter, r *http.Request) {
+	s, err := current()
+	if err != nil {
+		logging.New(os.Stdout, slog.LevelInfo).Error("ingest setup failed", "error", err.Error())
+		writeJSON(w, http.StatusInternalServerError, struct {
+			Error *apiError `json:"error"`
+		}{&apiError{Code: http.StatusInternalServerError, Status: "INTERNAL", Message: "ingest is not configured: " + err.Error()}})
+		return
+	}
+	s.ServeHTTP(w, r)
+}
+
+func current() (*server, error) {
+	lazy.mu.Lock()
+	defer lazy.mu.Unlock()
+	if lazy.srv != nil {
+		return lazy.srv, nil
+	}
+	s, err := fromEnv(context.Background(), os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	lazy.srv = s
+	return s, nil
+}
+
+// fromEnv builds the server with real clients from the configuration. No
+// client connects here; the first use does.
+func fromEnv(ctx context.Context, getenv func(string) string) (*server, error) {
+	cfg, err := config.LoadFor(config.Ingest, getenv)
+	if err != nil {
+		return nil, err
+	}
+	rdb, err := config.NewRedis(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ps, err := queue.NewPubSubClient(ctx, cfg.Project)
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	log := logging.New(os.Stdout, cfg.LogLevel)
+	log.Info("ingest configured", "config", cfg)
+	return newServer(deps{
+		store:        store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
+		marks:        redisMarks{rdb: rdb, ttl: cfg.ResultTTL},
+		publisher:    queue.NewPublisher(ps, cfg.TasksTopic),
+		limits:       quotaLimits{cfg: cfg.Quotas, project: cfg.Project},
+		allowed:      cfg.AllowedModels,
+		defaultModel: cfg.DefaultModel,
+		maxBodyBytes: cfg.MaxBodyBytes,
+		log:          log,
+	}), nil
+}
+
+// redisMarks keeps the "published" mark of a job in Redis, under the job's
+// hash tag, with the results' TTL:
+//
+//	gemq:ingest:{<job>}:published   string "1"
+type redisMarks struct {
+	rdb redis.Cmdable
+	ttl time.Duration
+}
+
+func publishedKey(jobID string) string { return "gemq:ingest:{" + jobID + "}:published" }
+
+// Published reports whether MarkPublished was called for jobID.
+func (m redisMarks) Published(ctx context.Context, jobID string) (bool, error) {
+	n, err := m.rdb.Exists(ctx, publishedKey(jobID)).Result()
+	if err != nil {
+		return false, fmt.Errorf("redis exists: %w", err)
+	}
+	return n == 1, nil
+}
+
+// MarkPublished records that every task of jobID was published.
+func (m redisMarks) MarkPublished(ctx context.Context, jobID string) error {
+	ttl := m.ttl
+	if ttl <= 0 {
+		ttl = store.DefaultTTL
+	}
+	if err := m.rdb.Set(ctx, publishedKey(jobID), "1", ttl).Err(); err != nil {
+		return fmt.Errorf("redis set: %w", err)
+	}
+	return nil
+}
+
+// quotaLimits derives a model's input limit from the quota configuration:
+// a prompt larger than the capacity of an input-token dimension (e.g. the
+// tokens-per-minute bucket) can never be admitted by the limiter, so it is
+// refused at ingest instead of failing later.
+type quotaLimits struct {
+	cfg     limiter.Config
+	project string
+}
+
+// InputTokenLimit returns the smallest capacity of the model's input-token
+// dimensions, or 0 when the quota has none.
+func (q quotaLimits) InputTokenLimit(_ context.Context, model string) (int64, string, error) {
+	quota, ok := q.cfg.Quota(limiter.Scope{Project: q.project, Model: model})
+	if !ok {
+		return 0, "", nil
+	}
+	var limit int64
+	what := ""
+	for _, d := range quota.Dimensions {
+		if d.Unit != limiter.InputTokens {
+			continue
+		}
+		if c := quota.Capacity(d); limit == 0 || c < limit {
+			limit, what = c, fmt.Sprintf("the %s quota's capacity", d.Name)
+		}
+	}
+	return limit, what, nil
+}

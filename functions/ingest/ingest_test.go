@@ -1,0 +1,883 @@
+package ingest
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/pstest"
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/gemq-dev/gemq/internal/limiter"
+	"github.com/gemq-dev/gemq/internal/logging"
+	"github.com/gemq-dev/gemq/internal/queue"
+	"github.com/gemq-dev/gemq/internal/redistest"
+	"github.com/gemq-dev/gemq/internal/store"
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+const (
+	model     = "gemini-2.5-flash"
+	tinyModel = "gemini-tiny" // a 95-token input capacity, for the input limit test
+	topic     = "gemq-tasks"
+)
+
+const quotas = `{"safety": 0.95, "scopes": [
+  {"project": "*", "model": "gemini-2.5-flash", "dimensions": [
+    {"name": "rpm", "unit": "requests", "limit": 1000, "period": "1m"},
+    {"name": "tpm", "unit": "input_tokens", "limit": 1000000, "period": "1m"}]},
+  {"project": "*", "model": "gemini-tiny", "dimensions": [
+    {"name": "tpm", "unit": "input_tokens", "limit": 100, "period": "1m"}]},
+  {"project": "*", "model": "gemini-2.0-flash", "dimensions": [
+    {"name": "rpm", "unit": "requests", "limit": 10, "period": "1m"}]}]}`
+
+// env is one test's ingest server with a real Redis and a pstest Pub/Sub
+// reached through the real client.
+type env struct {
+	t   *testing.T
+	srv *server
+	ps  *pstest.Server
+	rdb *redis.Client
+	st  *store.Store
+	pub *queue.Publisher
+}
+
+func newEnv(t *testing.T, opts ...func(*deps)) *env {
+	t.Helper()
+	ctx := t.Context()
+	rdb := redistest.Start(t).Client(t)
+	ps := pstest.NewServer()
+	t.Cleanup(func() { ps.Close() })
+	conn, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := pubsub.NewClient(ctx, "test-project", option.WithGRPCConn(conn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	if err := queue.EnsureTopic(ctx, client, topic); err != nil {
+		t.Fatal(err)
+	}
+	pub := queue.NewPublisher(client, topic)
+	t.Cleanup(pub.Stop)
+	qc, err := limiter.ParseConfig([]byte(quotas))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := store.New(rdb, store.Options{TTL: time.Hour})
+	d := deps{
+		store:        st,
+		marks:        redisMarks{rdb: rdb, ttl: time.Hour},
+		publisher:    pub,
+		limits:       quotaLimits{cfg: qc, project: "test-project"},
+		allowed:      []string{model, tinyModel},
+		maxBodyBytes: 2 << 20,
+		maxRequests:  400,
+	}
+	for _, o := range opts {
+		o(&d)
+	}
+	return &env{t: t, srv: newServer(d), ps: ps, rdb: rdb, st: st, pub: pub}
+}
+
+// do sends one request to the handler; hdr holds header name/value pairs.
+func (e *env) do(method, path string, body []byte, hdr ...string) *httptest.ResponseRecorder {
+	e.t.Helper()
+	r := httptest.NewRequestWithContext(e.t.Context(), method, path, bytes.NewReader(body))
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	e.srv.ServeHTTP(w, r)
+	return w
+}
+
+func (e *env) postJSON(body string, hdr ...string) *httptest.ResponseRecorder {
+	e.t.Helper()
+	return e.do(http.MethodPost, "/v1/jobs", []byte(body), append([]string{"Content-Type", "application/json"}, hdr...)...)
+}
+
+// published returns the envelopes pstest has received, decoded.
+func (e *env) published() []task.Envelope {
+	e.t.Helper()
+	var out []task.Envelope
+	for _, m := range e.ps.Messages() {
+		env, err := task.Decode(m.Data)
+		if err != nil {
+			e.t.Fatalf("published message does not decode: %v", err)
+		}
+		if m.Attributes["job_id"] != env.JobID || m.Attributes["task_id"] != env.TaskID {
+			e.t.Errorf("attributes %v do not match the envelope (%s, %s)", m.Attributes, env.JobID, env.TaskID)
+		}
+		out = append(out, env)
+	}
+	return out
+}
+
+// keys returns every key in Redis.
+func (e *env) keys() []string {
+	e.t.Helper()
+	ks, err := e.rdb.Keys(context.Background(), "*").Result()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+type errBody struct {
+	Error struct {
+		Code    int    `json:"code"`
+		Status  string `json:"status"`
+		Message string `json:"message"`
+		Field   string `json:"field"`
+		Line    int    `json:"line"`
+		Key     string `json:"key"`
+	} `json:"error"`
+}
+
+func decodeErr(t *testing.T, w *httptest.ResponseRecorder) errBody {
+	t.Helper()
+	var b errBody
+	if ct := w.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("error Content-Type = %q, want application/json", ct)
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil {
+		t.Fatalf("error body %q: %v", w.Body.String(), err)
+	}
+	if b.Error.Code != w.Code || b.Error.Status == "" || b.Error.Message == "" {
+		t.Errorf("error body %s: code/status/message missing or wrong for HTTP %d", w.Body.String(), w.Code)
+	}
+	return b
+}
+
+func gz(t *testing.T, data []byte) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	zw.Write(data)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// req builds a request object with one user text part.
+func req(text string) string {
+	b, _ := json.Marshal(text)
+	return `{"contents": [{"role": "user", "parts": [{"text": ` + string(b) + `}]}]}`
+}
+
+// job builds a JSON job body with the given items ("key" → request JSON).
+func job(head string, items ...string) string {
+	var b strings.Builder
+	b.WriteString("{" + head)
+	if head != "" {
+		b.WriteString(", ")
+	}
+	b.WriteString(`"requests": [`)
+	for i := 0; i+1 < len(items); i += 2 {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		k, _ := json.Marshal(items[i])
+		fmt.Fprintf(&b, `{"key": %s, "request": %s}`, k, items[i+1])
+	}
+	b.WriteString("]}")
+	return b.String()
+}
+
+func lines(items ...string) string {
+	var b strings.Builder
+	for i := 0; i+1 < len(items); i += 2 {
+		k, _ := json.Marshal(items[i])
+		fmt.Fprintf(&b, "{\"key\": %s, \"request\": %s}\n", k, items[i+1])
+	}
+	return b.String()
+}
+
+const m = `"model": "gemini-2.5-flash"`
+
+func TestBadInput(t *testing.T) {
+	e := newEnv(t, func(d *deps) { d.maxRequests = 3 })
+	jsonl := []string{"Content-Type", "application/jsonl"}
+	ctJSON := []string{"Content-Type", "application/json"}
+	bomb := gz(t, bytes.Repeat([]byte(" "), 3<<20)) // 3 MiB of spaces, about 3 kB compressed
+	bigInline := `{"contents": [{"parts": [{"inlineData": {"mimeType": "image/png", "data": "` +
+		base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, task.MaxPublishBytes)) + `"}}]}]}`
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		hdr    []string
+		body   string
+		raw    []byte // instead of body
+		code   int
+		field  string
+		line   int
+		key    string
+		msg    string // substring of the message
+	}{
+		{name: "malformed JSON", body: `{"model": "gemini-2.5-flash", "requests": [`, code: 400, field: "requests[0]", msg: "unexpected end"},
+		{name: "not JSON at all", body: `model=gemini`, code: 400, msg: "expected a value"},
+		{name: "empty body", body: ``, code: 400, msg: "empty input"},
+		{name: "trailing data", body: job(m, "a", req("hi")) + ` {"x": 1}`, code: 400, msg: "after the JSON value"},
+		{name: "unknown top-level field", body: `{"model": "gemini-2.5-flash", "requets": []}`, code: 400, field: "requets", msg: "unknown field"},
+		{name: "case-variant field", body: `{"Model": "gemini-2.5-flash", "requests": []}`, code: 400, field: "Model", msg: `did you mean "model"`},
+		{name: "unknown field in item", body: `{"model": "gemini-2.5-flash", "requests": [{"key": "a", "request": {}, "metadata": {}}]}`, code: 400, field: "requests[0].metadata", msg: "unknown field"},
+		{name: "unknown field in request", body: job(m, "a", req("x"), "b", `{"contents": [{"parts": [{"txt": "hi"}]}]}`), code: 400, field: "requests[1].request.contents[0].parts[0].txt", key: "b", msg: "unknown field"},
+		{name: "duplicate key", body: `{"model": "gemini-2.5-flash", "model": "gemini-tiny", "requests": []}`, code: 400, field: "model", msg: "duplicate key"},
+		{name: "case-variant duplicate key", body: job(m, "a", `{"contents": [], "Contents": [{"parts": [{"text": "x"}]}]}`), code: 400, field: "requests[0].request.Contents", msg: "only in case"},
+		{name: "case-variant duplicate deep", body: job(m, "a", `{"contents": [{"parts": [{"text": "x", "TEXT": "y"}]}]}`), code: 400, field: "requests[0].request.contents[0].parts[0].TEXT", msg: "only in case"},
+		{name: "invalid UTF-8", body: job(m, "a", req("ok"), "b", `{"contents": [{"parts": [{"text": "caf`+"\xe9"+`"}]}]}`), code: 400, field: "requests[1].request.contents[0].parts[0].text", msg: "invalid UTF-8"},
+		{name: "lone surrogate", body: job(m, "a", `{"contents": [{"parts": [{"text": "\ud83d"}]}]}`), code: 400, field: "requests[0].request.contents[0].parts[0].text", msg: "surrogate"},
+		{name: "no content type", hdr: []string{}, body: job(m, "a", req("x")), code: 415, field: "Content-Type"},
+		{name: "wrong content type", hdr: []string{"Content-Type", "text/plain"}, body: job(m, "a", req("x")), code: 415, field: "Content-Type"},
+		{name: "form content type", hdr: []string{"Content-Type", "application/x-www-form-urlencoded"}, body: "a=b", code: 415, field: "Content-Type"},
+		{name: "wrong charset", hdr: []string{"Content-Type", "application/json; charset=latin1"}, body: job(m, "a", req("x")), code: 415, field: "Content-Type"},
+		{name: "unsupported encoding", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "br"}, body: job(m, "a", req("x")), code: 415, field: "Content-Encoding"},
+		{name: "gzip bomb", hdr: []string{"Content-Type", "application/jsonl", "Content-Encoding", "gzip"}, raw: bomb, code: 413, msg: "decompressed"},
+		{name: "not gzip", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "gzip"}, body: job(m, "a", req("x")), code: 400, field: "Content-Encoding"},
+		{name: "truncated gzip", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "gzip"}, raw: gz(t, []byte(job(m, "a", req("x"))))[:30], code: 400, field: "Content-Encoding"},
+		{name: "body over the cap", body: job(m, "a", req(strings.Repeat("x", 3<<20))), code: 413, msg: "larger than the limit"},
+		{name: "empty batch", body: `{"model": "gemini-2.5-flash", "requests": []}`, code: 400, field: "requests", msg: "no requests"},
+		{name: "no requests member", body: `{"model": "gemini-2.5-flash"}`, code: 400, field: "requests", msg: "no requests"},
+		{name: "empty JSONL", hdr: jsonl, body: "\n\n", code: 400, msg: "no JSON lines"},
+		{name: "oversized batch", body: job(m, "a", req("x"), "b", req("x"), "c", req("x"), "d", req("x")), code: 400, field: "requests", msg: "more than the limit of 3"},
+		{name: "oversized JSONL batch", hdr: jsonl, path: "/v1/jobs?model=gemini-2.5-flash", body: lines("a", req("x"), "b", req("x"), "c", req("x"), "d", req("x")), code: 400, field: "requests", line: 4, msg: "more than 3"},
+		{name: "empty prompt text", body: job(m, "a", req("")), code: 400, field: "requests[0].request.contents[0].parts[0]", key: "a", msg: "no data"},
+		{name: "prompt without parts", body: job(m, "a", `{"contents": [{"role": "user", "parts": []}]}`), code: 400, field: "requests[0].request.contents[0].parts", key: "a", msg: "must not be empty"},
+		{name: "no contents", body: job(m, "a", `{}`), code: 400, field: "requests[0].request.contents", key: "a", msg: "required"},
+		{name: "null request", body: job(m, "a", `null`), code: 400, field: "requests[0].request", key: "a", msg: "required"},
+		{name: "missing request", body: `{"model": "gemini-2.5-flash", "requests": [{"key": "a"}]}`, code: 400, field: "requests[0].request", key: "a", msg: "required"},
+		{name: "request not an object", body: job(m, "a", `"hello"`), code: 400, field: "requests[0].request", msg: "JSON object"},
+		{name: "prompt beyond the input limit", body: job(`"model": "gemini-tiny"`, "a", req("ok"), "b", req(strings.Repeat("word ", 100))), code: 400, field: "requests[1].request.contents", key: "b", msg: "over the limit of 95"},
+		{name: "no model", body: job(``, "a", req("x")), code: 400, field: "model", msg: "required"},
+		{name: "unknown model", body: job(`"model": "gemini-9-ultra"`, "a", req("x")), code: 400, field: "model", msg: "not allowed"},
+		{name: "model with a quota but not allowed", body: job(`"model": "gemini-2.0-flash"`, "a", req("x")), code: 400, field: "model", msg: "not allowed"},
+		{name: "malformed model", body: job(`"model": "gemini/../x"`, "a", req("x")), code: 400, field: "model"},
+		{name: "model of the wrong type", body: `{"model": 5, "requests": []}`, code: 400, field: "model", msg: "expected a string"},
+		{name: "temperature out of range", body: job(m, "a", `{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"temperature": 3}}`), code: 400, field: "requests[0].request.generationConfig.temperature", key: "a"},
+		{name: "topK of the wrong type", body: job(m, "a", `{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"topK": "many"}}`), code: 400, field: "requests[0].request.generationConfig.topK"},
+		{name: "job-level temperature out of range", body: job(m+`, "generation_config": {"temperature": 5}`, "a", req("x")), code: 400, field: "generation_config.temperature"},
+		{name: "job-level unknown config field", body: job(m+`, "generation_config": {"temprature": 1}`, "a", req("x")), code: 400, field: "generation_config.temprature"},
+		{name: "job-level bad system instruction", body: job(m+`, "system_instruction": {"parts": [{"text": "x", "extra": 1}]}`, "a", req("x")), code: 400, field: "system_instruction.parts[0].extra"},
+		{name: "duplicate request keys", body: job(m, "a", req("x"), "b", req("y"), "a", req("z")), code: 400, field: "requests[2].key", key: "a", msg: "first used by requests[0]"},
+		{name: "duplicate JSONL keys", hdr: jsonl, path: "/v1/jobs?model=gemini-2.5-flash", body: lines("a", req("x"), "a", req("y")), code: 400, field: "key", line: 2, key: "a", msg: "first used by line 1"},
+		{name: "empty key", body: job(m, "", req("x")), code: 400, field: "requests[0].key", msg: "required"},
+		{name: "key too long", body: job(m, strings.Repeat("k", task.MaxKeyBytes+1), req("x")), code: 400, field: "requests[0].key", msg: "over the limit"},
+		{name: "key of the wrong type", body: `{"model": "gemini-2.5-flash", "requests": [{"key": 7, "request": {}}]}`, code: 400, field: "requests[0].key", msg: "expected a string"},
+		{name: "job id with a hash tag", body: job(m+`, "job_id": "a}{b"`, "a", req("x")), code: 400, field: "job_id"},
+		{name: "job id with a newline", body: job(m+`, "job_id": "a\nINFO fake log line"`, "a", req("x")), code: 400, field: "job_id"},
+		{name: "job id too long", body: job(m+`, "job_id": "`+strings.Repeat("j", 65)+`"`, "a", req("x")), code: 400, field: "job_id"},
+		{name: "job id in query", path: "/v1/jobs?job_id=bad%20id", hdr: jsonl, body: lines("a", req("x")), code: 400, field: "job_id"},
+		{name: "query and body disagree", path: "/v1/jobs?model=gemini-tiny", body: job(m, "a", req("x")), code: 400, field: "model", msg: "differs"},
+		{name: "unknown query parameter", path: "/v1/jobs?modle=x", body: job(m, "a", req("x")), code: 400, field: "modle"},
+		{name: "repeated query parameter", path: "/v1/jobs?model=a&model=b", hdr: jsonl, body: lines("a", req("x")), code: 400, field: "model"},
+		{name: "bad JSONL default config", path: "/v1/jobs?model=gemini-2.5-flash&generation_config=" + url.QueryEscape(`{"topP": 2}`), hdr: jsonl, body: lines("a", req("x")), code: 400, field: "generation_config.topP"},
+		{name: "JSONL line with an unknown field", path: "/v1/jobs?model=gemini-2.5-flash", hdr: jsonl, body: lines("a", req("x")) + "{\"key\": \"b\", \"request\": {}, \"bad\": 1}\n", code: 400, field: "bad", line: 2},
+		{name: "JSONL request error names the line", path: "/v1/jobs?model=gemini-2.5-flash", hdr: jsonl, body: lines("a", req("x"), "b", `{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": 99}}`), code: 400, field: "request.generationConfig.candidateCount", line: 2, key: "b"},
+		{name: "pretty-printed JSONL", path: "/v1/jobs?model=gemini-2.5-flash", hdr: jsonl, body: "{\n\"key\": \"a\", \"request\": {}}\n", code: 400, line: 1},
+		{name: "task too large for Cloud Tasks", body: job(m, "small", req("x"), "big one", bigInline), code: 413, field: "requests[1].request", key: "big one", msg: `"big one"`},
+		{name: "wrong method", method: http.MethodPut, body: job(m, "a", req("x")), code: 405},
+		{name: "GET on the collection", method: http.MethodGet, code: 405},
+		{name: "POST on a job", method: http.MethodPost, path: "/v1/jobs/j1", body: job(m, "a", req("x")), code: 405},
+		{name: "unknown path", path: "/v2/jobs", body: job(m, "a", req("x")), code: 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e.t = t
+			method, path, hdr, body := tt.method, tt.path, tt.hdr, tt.raw
+			if method == "" {
+				method = http.MethodPost
+			}
+			if path == "" {
+				path = "/v1/jobs"
+			}
+			if hdr == nil {
+				hdr = ctJSON
+			}
+			if body == nil {
+				body = []byte(tt.body)
+			}
+			w := e.do(method, path, body, hdr...)
+			if w.Code != tt.code {
+				t.Fatalf("%s %s = %d %s, want %d", method, path, w.Code, w.Body.String(), tt.code)
+			}
+			b := decodeErr(t, w)
+			if b.Error.Field != tt.field || b.Error.Line != tt.line || (tt.key != "" && b.Error.Key != tt.key) || !strings.Contains(b.Error.Message, tt.msg) {
+				t.Errorf("error = %+v, want field %q, line %d, key %q, message containing %q", b.Error, tt.field, tt.line, tt.key, tt.msg)
+			}
+			if tt.code == 405 && w.Header().Get("Allow") == "" {
+				t.Error("405 without an Allow header")
+			}
+			if n := len(e.ps.Messages()); n != 0 {
+				t.Errorf("%d messages published for a refused request", n)
+			}
+			if ks := e.keys(); len(ks) != 0 {
+				t.Errorf("Redis holds %v after a refused request", ks)
+			}
+		})
+	}
+}
+
+func TestAllowHeader(t *testing.T) {
+	e := newEnv(t)
+	if w := e.do(http.MethodDelete, "/v1/jobs", nil); w.Header().Get("Allow") != "POST" {
+		t.Errorf("Allow = %q, want POST", w.Header().Get("Allow"))
+	}
+	if w := e.do(http.MethodPost, "/v1/jobs/x/results", nil); w.Header().Get("Allow") != "GET, HEAD" {
+		t.Errorf("Allow = %q, want GET, HEAD", w.Header().Get("Allow"))
+	}
+}
+
+func decodeAccepted(t *testing.T, w *httptest.ResponseRecorder) accepted {
+	t.Helper()
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("POST = %d %s, want 202", w.Code, w.Body.String())
+	}
+	var a accepted
+	if err := json.Unmarshal(w.Body.Bytes(), &a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestSubmitJSON(t *testing.T) {
+	e := newEnv(t)
+	body := job(`"job_id": "nightly-1", "model": "models/gemini-2.5-flash",
+		"system_instruction": {"parts": [{"text": "Be brief."}]},
+		"generation_config": {"temperature": 0.5, "max_output_tokens": 100}`,
+		"a", req("first"),
+		"b/with slash", `{"contents": [{"parts": [{"text": "second"}]}], "generationConfig": {"temperature": 1.5}, "systemInstruction": {"parts": [{"text": "Own."}]}}`,
+		"c", `{"contents": [{"parts": [{"text": "third"}]}], "generation_config": {"maxOutputTokens": 7, "thinkingConfig": {"thinkingBudget": 0}}}`)
+	a := decodeAccepted(t, e.postJSON(body))
+	if diff := cmp.Diff(accepted{JobID: "nightly-1", Accepted: 3}, a); diff != "" {
+		t.Errorf("202 body (-want +got):\n%s", diff)
+	}
+	got := map[string]string{}
+	for _, env := range e.published() {
+		if env.JobID != "nightly-1" || env.Model != model || env.TaskID != task.TaskID("nightly-1", env.Key) {
+			t.Errorf("envelope %+v: wrong job, model or task id", env)
+		}
+		got[env.Key] = string(env.Request)
+	}
+	want := map[string]string{
+		"a":            `{"contents":[{"role":"user","parts":[{"text":"first"}]}],"generationConfig":{"temperature":0.5,"max_output_tokens":100},"systemInstruction":{"parts":[{"text":"Be brief."}]}}`,
+		"b/with slash": `{"contents":[{"parts":[{"text":"second"}]}],"generationConfig":{"max_output_tokens":100,"temperature":1.5},"systemInstruction":{"parts":[{"text":"Own."}]}}`,
+		"c":            `{"contents":[{"parts":[{"text":"third"}]}],"generation_config":{"maxOutputTokens":7,"temperature":0.5,"thinkingConfig":{"thinkingBudget":0}},"systemInstruction":{"parts":[{"text":"Be brief."}]}}`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("published requests, defaults applied (-want +got):\n%s", diff)
+	}
+	j, err := e.st.GetJob(t.Context(), "nightly-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(store.Counts{Total: 3, Queued: 3}, j.Counts); diff != "" {
+		t.Errorf("stored counts (-want +got):\n%s", diff)
+	}
+}
+
+func TestSubmitWithoutJobID(t *testing.T) {
+	e := newEnv(t)
+	a1 := decodeAccepted(t, e.postJSON(job(m, "a", req("x"))))
+	a2 := decodeAccepted(t, e.postJSON(job(m, "a", req("x"))))
+	if !task.ValidJobID(a1.JobID) || a1.JobID == a2.JobID {
+		t.Errorf("generated job ids %q, %q: want two distinct valid ids", a1.JobID, a2.JobID)
+	}
+	if n := len(e.published()); n != 2 {
+		t.Errorf("published %d, want 2", n)
+	}
+}
+
+func TestSubmitDefaultModel(t *testing.T) {
+	e := newEnv(t, func(d *deps) { d.defaultModel = model })
+	a := decodeAccepted(t, e.postJSON(job(``, "a", req("x"))))
+	if envs := e.published(); len(envs) != 1 || envs[0].Model != model || envs[0].JobID != a.JobID {
+		t.Errorf("published %+v, want one task for %s with the default model", envs, a.JobID)
+	}
+}
+
+// TestSubmitBatchFile submits the example Batch API input file unchanged, as
+// JSONL and gzip-compressed JSONL, under a prefix as the local stack serves it.
+func TestSubmitBatchFile(t *testing.T) {
+	data, err := os.ReadFile("../../examples/prompts.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := bytes.Count(bytes.TrimSpace(data), []byte("\n")) + 1
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name, jobID, ctype string
+		gzip               bool
+	}{
+		{"jsonl", "batch-plain", "application/jsonl", false},
+		{"ndjson gzip", "batch-gzip", "application/x-ndjson; charset=utf-8", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.t = t
+			body, hdr := data, []string{"Content-Type", tc.ctype}
+			if tc.gzip {
+				body, hdr = gz(t, data), append(hdr, "Content-Encoding", "gzip")
+			}
+			w := e.do(http.MethodPost, "/Ingest/v1/jobs?model=gemini-2.5-flash&job_id="+tc.jobID, body, hdr...)
+			if a := decodeAccepted(t, w); a != (accepted{JobID: tc.jobID, Accepted: n}) {
+				t.Errorf("202 body %+v, want %d accepted for %s", a, n, tc.jobID)
+			}
+		})
+	}
+	e.t = t
+	keys := map[string]map[string]bool{}
+	for _, env := range e.published() {
+		if keys[env.JobID] == nil {
+			keys[env.JobID] = map[string]bool{}
+		}
+		keys[env.JobID][env.Key] = true
+	}
+	if len(keys["batch-plain"]) != n || len(keys["batch-gzip"]) != n {
+		t.Errorf("published %d and %d distinct keys, want %d each", len(keys["batch-plain"]), len(keys["batch-gzip"]), n)
+	}
+}
+
+func TestIdempotentRetryAndConflict(t *testing.T) {
+	e := newEnv(t)
+	body := job(`"job_id": "retry-1", `+m, "a", req("x"), "b", req("y"))
+	first := e.postJSON(body)
+	decodeAccepted(t, first)
+	// The same job as JSONL is the same content.
+	again := e.do(http.MethodPost, "/v1/jobs?job_id=retry-1&model=gemini-2.5-flash", []byte(lines("a", req("x"), "b", req("y"))), "Content-Type", "application/jsonl")
+	if again.Code != first.Code || again.Body.String() != first.Body.String() {
+		t.Errorf("retry = %d %s, want the first answer %d %s", again.Code, again.Body, first.Code, first.Body)
+	}
+	if n := len(e.published()); n != 2 {
+		t.Errorf("published %d messages after a retry, want 2 (nothing republished)", n)
+	}
+	for _, changed := range []string{
+		job(`"job_id": "retry-1", `+m, "a", req("x"), "b", req("z")),
+		job(`"job_id": "retry-1", `+m, "a", req("x")),
+		job(`"job_id": "retry-1", `+m, "b", req("y"), "a", req("x")),
+		job(`"job_id": "retry-1", "model": "gemini-tiny"`, "a", req("x"), "b", req("y")),
+		job(`"job_id": "retry-1", `+m+`, "generation_config": {"temperature": 1}`, "a", req("x"), "b", req("y")),
+	} {
+		w := e.postJSON(changed)
+		if w.Code != http.StatusConflict {
+			t.Fatalf("same id, different content = %d %s, want 409", w.Code, w.Body)
+		}
+		if b := decodeErr(t, w); b.Error.Field != "job_id" || b.Error.Status != "ALREADY_EXISTS" {
+			t.Errorf("409 body %+v, want field job_id, status ALREADY_EXISTS", b.Error)
+		}
+	}
+	if n := len(e.published()); n != 2 {
+		t.Errorf("published %d messages after conflicts, want 2", n)
+	}
+}
+
+// flakyPublisher publishes the first half of the messages of its first call
+// and then fails, as an instance dying mid-publish would.
+type flakyPublisher struct {
+	pub   publisher
+	mu    sync.Mutex
+	calls int
+}
+
+func (f *flakyPublisher) Publish(ctx context.Context, msgs []queue.Message) error {
+	f.mu.Lock()
+	f.calls++
+	first := f.calls == 1
+	f.mu.Unlock()
+	if first {
+		if err := f.pub.Publish(ctx, msgs[:len(msgs)/2]); err != nil {
+			return err
+		}
+		return errors.New("pubsub publish: connection reset")
+	}
+	return f.pub.Publish(ctx, msgs)
+}
+
+func TestRetryAfterPartialPublish(t *testing.T) {
+	var flaky *flakyPublisher
+	e := newEnv(t, func(d *deps) {
+		flaky = &flakyPublisher{pub: d.publisher}
+		d.publisher = flaky
+	})
+	body := job(`"job_id": "crash-1", `+m, "a", req("1"), "b", req("2"), "c", req("3"), "d", req("4"))
+	w := e.postJSON(body)
+	if w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("POST with a failing publish = %d %s, want 503", w.Code, w.Body)
+	}
+	if b := decodeErr(t, w); b.Error.Status != "UNAVAILABLE" {
+		t.Errorf("503 body %+v", b.Error)
+	}
+	if n := len(e.published()); n != 2 {
+		t.Fatalf("published %d before the failure, want 2", n)
+	}
+	decodeAccepted(t, e.postJSON(body))
+	ids := map[string]int{}
+	for _, env := range e.published() {
+		ids[env.TaskID]++
+	}
+	if len(ids) != 4 {
+		t.Errorf("distinct tasks published = %d, want 4", len(ids))
+	}
+	// Now complete: a further retry publishes nothing.
+	total := len(e.published())
+	decodeAccepted(t, e.postJSON(body))
+	if n := len(e.published()); n != total {
+		t.Errorf("published %d after a retry of a complete job, want %d", n, total)
+	}
+	if j, err := e.st.GetJob(t.Context(), "crash-1"); err != nil || j.Counts.Total != 4 {
+		t.Errorf("job after retries = %+v, %v; want total 4", j.Counts, err)
+	}
+}
+
+func TestConcurrentIdenticalSubmissions(t *testing.T) {
+	e := newEnv(t)
+	body := job(`"job_id": "race-1", `+m, "a", req("1"), "b", req("2"))
+	var wg sync.WaitGroup
+	codes := make([]int, 8)
+	for i := range codes {
+		wg.Go(func() {
+			r := httptest.NewRequest(http.MethodPost, "/v1/jobs", strings.NewReader(body))
+			r.Header.Set("Content-Type", "application/json")
+			w := httptest.NewRecorder()
+			e.srv.ServeHTTP(w, r)
+			codes[i] = w.Code
+		})
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != http.StatusAccepted {
+			t.Errorf("submission %d = %d, want 202", i, c)
+		}
+	}
+	ids := map[string]bool{}
+	for _, env := range e.published() {
+		ids[env.TaskID] = true
+	}
+	if len(ids) != 2 {
+		t.Errorf("distinct tasks published = %d, want 2", len(ids))
+	}
+}
+
+// seed finishes tasks of a job through the store, as the worker would.
+func seed(t *testing.T, st *store.Store, jobID string, succeed map[string]string, fail map[string]string) {
+	t.Helper()
+	ctx := t.Context()
+	finish := func(key string, ok bool, payload string) {
+		ref := store.Ref{JobID: jobID, TaskID: task.TaskID(jobID, key), Key: key, Model: model}
+		if _, err := st.Lease(ctx, ref, "w1", time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if ok {
+			_, err = st.Complete(ctx, ref, "w1", []byte(payload))
+		} else {
+			_, err = st.Fail(ctx, ref, "w1", []byte(payload))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, v := range succeed {
+		finish(k, true, v)
+	}
+	for k, v := range fail {
+		finish(k, false, v)
+	}
+}
+
+func TestStatusAndResults(t *testing.T) {
+	e := newEnv(t)
+	weird := "key/with slash?and#hash %2F"
+	decodeAccepted(t, e.postJSON(job(`"job_id": "st-1", `+m, "a", req("1"), "b", req("2"), weird, req("3"), "d", req("4"))))
+	resp := `{"candidates":[{"content":{"role":"model","parts":[{"text":"hi"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":1}}`
+	errJSON := `{"code":400,"message":"bad","status":"INVALID_ARGUMENT"}`
+	seed(t, e.st, "st-1", map[string]string{"a": resp, weird: resp}, map[string]string{"b": errJSON})
+	ref := store.Ref{JobID: "st-1", TaskID: task.TaskID("st-1", "d"), Key: "d", Model: model}
+	if _, err := e.st.Lease(t.Context(), ref, "w2", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
+	w := e.do(http.MethodGet, "/v1/jobs/st-1", nil)
+	if w.Code != http.StatusOK {
+		t.Fatalf("GET job = %d %s", w.Code, w.Body)
+	}
+	var v map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &v); err != nil {
+		t.Fatal(err)
+	}
+	wantCounts := map[string]any{"total": 4.0, "queued": 0.0, "waiting": 0.0, "running": 1.0, "succeeded": 2.0, "failed": 1.0}
+	if diff := cmp.Diff(wantCounts, v["counts"]); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+	if v["job_id"] != "st-1" || v["model"] != model || v["state"] != "running" || v["created_at"] == nil || v["updated_at"] == nil {
+		t.Errorf("job view %v", v)
+	}
+	if _, ok := v["finished_at"]; ok {
+		t.Errorf("finished_at set on a running job: %v", v)
+	}
+
+	got := results(t, e, "st-1", "running")
+	want := []string{
+		`{"key":"a","response":` + resp + `}`,
+		`{"key":"b","error":` + errJSON + `}`,
+		`{"key":` + mustJSON(weird) + `,"response":` + resp + `}`,
+	}
+	sort.Strings(want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+
+	// One request, by key (escaped in the path).
+	w = e.do(http.MethodGet, "/v1/jobs/st-1/requests/"+url.PathEscape(weird), nil)
+	if w.Code != http.StatusOK {
+		t.Fatalf("GET request = %d %s", w.Code, w.Body)
+	}
+	if diff := cmp.Diff(`{"key":`+mustJSON(weird)+`,"state":"succeeded","response":`+resp+`}`, strings.TrimSpace(w.Body.String())); diff != "" {
+		t.Errorf("GET request (-want +got):\n%s", diff)
+	}
+	w = e.do(http.MethodGet, "/v1/jobs/st-1/requests/b", nil)
+	if got := strings.TrimSpace(w.Body.String()); got != `{"key":"b","state":"failed","error":`+errJSON+`}` {
+		t.Errorf("GET failed request = %s", got)
+	}
+	w = e.do(http.MethodGet, "/v1/jobs/st-1/requests/d", nil)
+	if got := strings.TrimSpace(w.Body.String()); got != `{"key":"d","state":"running"}` {
+		t.Errorf("GET running request = %s", got)
+	}
+
+	// Finish the last one: the job is done.
+	if _, err := e.st.Complete(t.Context(), ref, "w2", []byte(resp)); err != nil {
+		t.Fatal(err)
+	}
+	w = e.do(http.MethodGet, "/Ingest/v1/jobs/st-1", nil)
+	v = nil
+	json.Unmarshal(w.Body.Bytes(), &v)
+	if v["state"] != "done" || v["finished_at"] == nil {
+		t.Errorf("finished job view %v", v)
+	}
+	if got := results(t, e, "st-1", "done"); len(got) != 4 {
+		t.Errorf("results of the finished job: %d lines, want 4", len(got))
+	}
+}
+
+func mustJSON(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// results GETs a job's results and returns its lines, sorted.
+func results(t *testing.T, e *env, jobID, state string) []string {
+	t.Helper()
+	ts := httptest.NewServer(e.srv)
+	defer ts.Close()
+	resp, err := http.Get(ts.URL + "/v1/jobs/" + jobID + "/results")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/jsonl") {
+		t.Fatalf("GET results = %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	if got := resp.Header.Get("X-Gemq-Job-State"); got != state {
+		t.Errorf("X-Gemq-Job-State = %q, want %q", got, state)
+	}
+	var out []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var v struct {
+			Key      string          `json:"key"`
+			Response json.RawMessage `json:"response"`
+			Error    json.RawMessage `json:"error"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil || (v.Response == nil) == (v.Error == nil) {
+			t.Errorf("result line %s: want exactly one of response and error (%v)", sc.Text(), err)
+		}
+		out = append(out, sc.Text())
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.Trailer.Get("X-Gemq-Results-Complete"); got != "true" {
+		t.Errorf("trailer X-Gemq-Results-Complete = %q, want true", got)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestResultsManyPages(t *testing.T) {
+	e := newEnv(t, func(d *deps) { d.maxRequests = 2000 })
+	var items []string
+	succeed := map[string]string{}
+	for i := range resultsPageSize + 50 {
+		k := fmt.Sprintf("k%04d", i)
+		items = append(items, k, req("x"))
+		succeed[k] = `{"candidates":[]}`
+	}
+	decodeAccepted(t, e.postJSON(job(`"job_id": "pages", `+m, items...)))
+	seed(t, e.st, "pages", succeed, nil)
+	if got := results(t, e, "pages", "done"); len(got) != len(succeed) {
+		t.Errorf("results: %d lines, want %d", len(got), len(succeed))
+	}
+}
+
+func TestLookupErrors(t *testing.T) {
+	e := newEnv(t)
+	decodeAccepted(t, e.postJSON(job(`"job_id": "look", `+m, "a", req("x"))))
+	for _, tc := range []struct {
+		path  string
+		code  int
+		field string
+	}{
+		{"/v1/jobs/nope", 404, "job_id"},
+		{"/v1/jobs/nope/results", 404, "job_id"},
+		{"/v1/jobs/nope/requests/a", 404, "job_id"},
+		{"/v1/jobs/look/requests/zzz", 404, "key"},
+		{"/v1/jobs/bad%7Bid%7D", 400, "job_id"},
+		{"/v1/jobs/look/other", 404, ""},
+		{"/v1/jobs/look/requests/a/b", 404, ""},
+		{"/v1/jobsx", 404, ""},
+	} {
+		w := e.do(http.MethodGet, tc.path, nil)
+		if w.Code != tc.code {
+			t.Errorf("GET %s = %d %s, want %d", tc.path, w.Code, w.Body, tc.code)
+			continue
+		}
+		if b := decodeErr(t, w); b.Error.Field != tc.field {
+			t.Errorf("GET %s: field %q, want %q", tc.path, b.Error.Field, tc.field)
+		}
+	}
+	w := e.do(http.MethodGet, "/v1/jobs/look/requests/a", nil)
+	if got := strings.TrimSpace(w.Body.String()); w.Code != 200 || got != `{"key":"a","state":"queued"}` {
+		t.Errorf("GET queued request = %d %s", w.Code, got)
+	}
+}
+
+func TestParseRoute(t *testing.T) {
+	tests := []struct {
+		path string
+		want route
+		ok   bool
+	}{
+		{"/v1/jobs", route{name: "jobs", allow: "POST"}, true},
+		{"/v1/jobs/", route{name: "jobs", allow: "POST"}, true},
+		{"/Ingest/v1/jobs", route{name: "jobs", allow: "POST"}, true},
+		{"/x/v1/jobsy/v1/jobs/j", route{name: "job", jobID: "j", allow: "GET"}, true},
+		{"/v1/jobs/j/results", route{name: "results", jobID: "j", allow: "GET"}, true},
+		{"/v1/jobs/j/requests/a%2Fb%20c", route{name: "request", jobID: "j", key: "a/b c", allow: "GET"}, true},
+		{"/v1/jobs/j/requests/", route{}, false},
+		{"/v1/jobs/j/requests/%zz", route{}, false},
+		{"/", route{}, false},
+	}
+	for _, tt := range tests {
+		got, ok := parseRoute(tt.path)
+		if ok != tt.ok || got != tt.want {
+			t.Errorf("parseRoute(%q) = %+v, %v; want %+v, %v", tt.path, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestApplyDefaults(t *testing.T) {
+	sys := json.RawMessage(`{"parts":[{"text":"S"}]}`)
+	gen := json.RawMessage(`{"temperature":0.1,"topK":3}`)
+	tests := []struct{ in, want string }{
+		{`{"contents":[]}`, `{"contents":[],"generationConfig":{"temperature":0.1,"topK":3},"systemInstruction":{"parts":[{"text":"S"}]}}`},
+		{`{"contents":[],"system_instruction":{"parts":[]},"generationConfig":null}`, `{"contents":[],"generationConfig":{"temperature":0.1,"topK":3},"system_instruction":{"parts":[]}}`},
+		{`{"contents":[],"generationConfig":{"top_k":9}}`, `{"contents":[],"generationConfig":{"temperature":0.1,"top_k":9},"systemInstruction":{"parts":[{"text":"S"}]}}`},
+	}
+	for _, tt := range tests {
+		got, err := applyDefaults(json.RawMessage(tt.in), sys, gen)
+		if err != nil || string(got) != tt.want {
+			t.Errorf("applyDefaults(%s) = %s, %v; want %s", tt.in, got, err, tt.want)
+		}
+	}
+	if got, _ := applyDefaults(json.RawMessage(`{"contents":[]}`), nil, json.RawMessage("null")); string(got) != `{"contents":[]}` {
+		t.Errorf("applyDefaults without defaults changed the request: %s", got)
+	}
+}
+
+func TestLogsCarryNoInput(t *testing.T) {
+	var buf syncBuffer
+	e := newEnv(t, func(d *deps) { d.log = newTestLogger(&buf) })
+	secret := "SECRET-PROMPT-TEXT"
+	decodeAccepted(t, e.postJSON(job(`"job_id": "logs-1", `+m, "KEY-"+secret, req(secret))))
+	e.postJSON(job(`"job_id": "logs-2", `+m, "KEY-"+secret, req(secret), "KEY-"+secret, req(secret)))
+	e.postJSON(job(`"job_id": "logs-3", `+m, "k", `{"contents": [{"parts": [{"text": "`+secret+`", "`+secret+`": 1}]}]}`))
+	e.do(http.MethodGet, "/v1/jobs/logs-1/requests/KEY-"+secret, nil)
+	e.do(http.MethodGet, "/v1/jobs/"+secret+"%7B/results", nil)
+	out := buf.String()
+	if strings.Contains(out, secret) {
+		t.Errorf("logs contain input:\n%s", out)
+	}
+	for _, want := range []string{`"severity":"INFO"`, `"message":"job accepted"`, `"job_id":"logs-1"`, `"job_id":"(invalid)"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("logs lack %s:\n%s", want, out)
+		}
+	}
+}
+
+func TestFromEnv(t *testing.T) {
+	env := map[string]string{
+		"REDIS_ADDR":           "127.0.0.1:1",
+		"GOOGLE_CLOUD_PROJECT": "p",
+		"GEMQ_QUOTAS":          quotas,
+		"PUBSUB_EMULATOR_HOST": "127.0.0.1:1",
+		"GEMQ_ALLOWED_MODELS":  "gemini-2.5-flash",
+		"GEMQ_MAX_BODY_BYTES":  "1000",
+	}
+	t.Setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+	s, err := fromEnv(t.Context(), func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatalf("fromEnv: %v", err)
+	}
+	if s.maxBodyBytes != 1000 || len(s.allowed) != 1 || s.allowed[0] != model {
+		t.Errorf("server settings: max body %d, allowed %v", s.maxBodyBytes, s.allowed)
+	}
+	delete(env, "REDIS_ADDR")
+	if _, err := fromEnv(t.Context(), func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "REDIS_ADDR") {
+		t.Errorf("fromEnv without REDIS_ADDR = %v, want an error naming it", err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newTestLogger(w io.Writer) *slog.Logger { return logging.New(w, slog.LevelDebug) }

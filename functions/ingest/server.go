@@ -1,0 +1,411 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gemq-dev/gemq/internal/logging"
+	"github.com/gemq-dev/gemq/internal/queue"
+	"github.com/gemq-dev/gemq/internal/store"
+)
+
+// jobStore is what ingest needs of internal/store.
+type jobStore interface {
+	CreateJob(ctx context.Context, nj store.NewJob) (store.Job, bool, error)
+	GetJob(ctx context.Context, jobID string) (store.Job, error)
+	Result(ctx context.Context, jobID, key string) (store.Record, error)
+	ResultsPage(ctx context.Context, jobID string, after int64, limit int) ([]store.Record, int64, error)
+}
+
+var _ jobStore = (*store.Store)(nil)
+
+// publisher is what ingest needs of internal/queue: Publish returns only
+// once every message is published, or an error.
+type publisher interface {
+	Publish(ctx context.Context, msgs []queue.Message) error
+}
+
+// publishMarks records that every task of a job was published, so that a
+// client's retry of a completed submission publishes nothing, while a retry
+// after a crash between CreateJob and the end of publishing republishes.
+type publishMarks interface {
+	Published(ctx context.Context, jobID string) (bool, error)
+	MarkPublished(ctx context.Context, jobID string) error
+}
+
+// inputLimits gives a model's input token limit (0: none known) and what
+// the limit is, for messages.
+type inputLimits interface {
+	InputTokenLimit(ctx context.Context, model string) (limit int64, what string, err error)
+}
+
+// deps are the server's collaborators and settings. The registered function
+// builds them from internal/config; tests build them directly.
+type deps struct {
+	store     jobStore
+	marks     publishMarks
+	publisher publisher
+	// limits gives per-model input token limits; nil: not checked.
+	limits inputLimits
+	// allowed is the set of models accepted; empty allows none.
+	allowed []string
+	// defaultModel is used when a job names none; "" makes model required.
+	defaultModel string
+	// maxBodyBytes caps the body as sent and after decompression.
+	maxBodyBytes int64
+	// maxRequests caps the requests of one job; 0 means DefaultMaxRequests.
+	maxRequests int
+	// log receives structured logs; nil discards them.
+	log *slog.Logger
+	// newJobID returns a fresh job id for jobs submitted without one.
+	newJobID func() string
+	// publishTimeout bounds publishing a job's messages; 0 means 5 minutes.
+	publishTimeout time.Duration
+}
+
+// DefaultMaxRequests is the most requests one job may hold.
+const DefaultMaxRequests = 100_000
+
+// resultsPageSize is how many results GET .../results reads per store call.
+const resultsPageSize = 500
+
+// server is the ingest HTTP handler.
+type server struct {
+	deps
+}
+
+// newServer returns the handler for d, filling in defaults.
+func newServer(d deps) *server {
+	if d.log == nil {
+		d.log = logging.Discard()
+	}
+	if d.maxRequests <= 0 {
+		d.maxRequests = DefaultMaxRequests
+	}
+	if d.maxBodyBytes <= 0 {
+		d.maxBodyBytes = 32 << 20
+	}
+	if d.newJobID == nil {
+		d.newJobID = randomJobID
+	}
+	if d.publishTimeout <= 0 {
+		d.publishTimeout = 5 * time.Minute
+	}
+	return &server{deps: d}
+}
+
+// route is one parsed request path: the part after ".../v1/jobs".
+type route struct {
+	name  string // "jobs", "job", "results", "request": for logs, never the raw path
+	jobID string
+	key   string
+	allow string // the methods this route accepts
+}
+
+// parseRoute finds "/v1/jobs" in the escaped path (after any prefix such as
+// "/Ingest") and splits what follows. Segments are unescaped one by one, so
+// a key may contain "/" as %2F.
+func parseRoute(escapedPath string) (route, bool) {
+	const base = "/v1/jobs"
+	i := strings.Index(escapedPath, base)
+	for i >= 0 {
+		rest := escapedPath[i+len(base):]
+		if rest == "" || rest[0] == '/' {
+			break
+		}
+		j := strings.Index(escapedPath[i+1:], base)
+		if j < 0 {
+			i = -1
+			break
+		}
+		i += 1 + j
+	}
+	if i < 0 {
+		return route{}, false
+	}
+	rest := strings.TrimPrefix(escapedPath[i+len(base):], "/")
+	if rest == "" {
+		return route{name: "jobs", allow: http.MethodPost}, true
+	}
+	segs := strings.Split(rest, "/")
+	un := make([]string, len(segs))
+	for k, s := range segs {
+		u, err := url.PathUnescape(s)
+		if err != nil || u == "" {
+			return route{}, false
+		}
+		un[k] = u
+	}
+	switch {
+	case len(un) == 1:
+		return route{name: "job", jobID: un[0], allow: http.MethodGet}, true
+	case len(un) == 2 && un[1] == "results":
+		return route{name: "results", jobID: un[0], allow: http.MethodGet}, true
+	case len(un) == 3 && un[1] == "requests":
+		return route{name: "request", jobID: un[0], key: un[2], allow: http.MethodGet}, true
+	}
+	return route{}, false
+}
+
+// ServeHTTP routes a request. Every answer other than a results stream is
+// JSON; every error is an apiError.
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rw := &statusWriter{ResponseWriter: w}
+	rt, ok := parseRoute(r.URL.EscapedPath())
+	log := s.log.With("route", rt.name)
+	if rt.jobID != "" {
+		log = log.With(logging.JobID, safeID(rt.jobID))
+	}
+	ctx := logging.With(r.Context(), log)
+	r = r.WithContext(ctx)
+	switch {
+	case !ok:
+		s.fail(rw, r, &apiError{Code: http.StatusNotFound, Message: "no such resource: use POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs/{id}/results or GET /v1/jobs/{id}/requests/{key}"})
+	case r.Method != rt.allow && !(rt.allow == http.MethodGet && r.Method == http.MethodHead):
+		allow := rt.allow
+		if allow == http.MethodGet {
+			allow = "GET, HEAD"
+		}
+		rw.Header().Set("Allow", allow)
+		s.fail(rw, r, &apiError{Code: http.StatusMethodNotAllowed, Message: fmt.Sprintf("method %s not allowed here; allowed: %s", r.Method, allow)})
+	case rt.name == "jobs":
+		s.submit(rw, r)
+	case rt.name == "job":
+		s.getJob(rw, r, rt.jobID)
+	case rt.name == "results":
+		s.getResults(rw, r, rt.jobID)
+	case rt.name == "request":
+		s.getRequest(rw, r, rt.jobID, rt.key)
+	}
+	if rw.logger != nil {
+		log = rw.logger
+	}
+	log.Info("request", "method", r.Method, "status", rw.status, "duration_ms", time.Since(start).Milliseconds())
+}
+
+// safeID returns id when it is a valid job id, else a placeholder, so that
+// arbitrary client input never reaches the logs.
+func safeID(id string) string {
+	if validJobID(id) {
+		return id
+	}
+	return "(invalid)"
+}
+
+// statusWriter remembers the status written, and a logger with the job id
+// once a handler knows it.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	logger *slog.Logger
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer (Flush).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// setLogger makes the final request log line carry l's attributes.
+func setLogger(w http.ResponseWriter, l *slog.Logger) {
+	if sw, ok := w.(*statusWriter); ok {
+		sw.logger = l
+	}
+}
+
+// jobView is the JSON of GET /v1/jobs/{id}.
+type jobView struct {
+	JobID      string       `json:"job_id"`
+	Model      string       `json:"model"`
+	State      string       `json:"state"`
+	Counts     store.Counts `json:"counts"`
+	CreatedAt  time.Time    `json:"created_at"`
+	UpdatedAt  time.Time    `json:"updated_at"`
+	FinishedAt *time.Time   `json:"finished_at,omitempty"`
+}
+
+func viewOf(j store.Job) jobView {
+	v := jobView{JobID: j.ID, Model: j.Model, State: "running", Counts: j.Counts, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
+	if j.Done() {
+		v.State = "done"
+		f := j.FinishedAt
+		v.FinishedAt = &f
+	}
+	return v
+}
+
+// lookupJob answers 400 for a malformed id and 404 for an unknown job; ok
+// is false when it has answered.
+func (s *server) lookupJob(w http.ResponseWriter, r *http.Request, id string) (store.Job, bool) {
+	if !validJobID(id) {
+		s.fail(w, r, &apiError{Code: http.StatusBadRequest, Field: "job_id", Message: jobIDRule})
+		return store.Job{}, false
+	}
+	j, err := s.store.GetJob(r.Context(), id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		s.fail(w, r, &apiError{Code: http.StatusNotFound, Field: "job_id", Message: fmt.Sprintf("job %s not found", id)})
+		return store.Job{}, false
+	case err != nil:
+		s.internal(w, r, "get job", err)
+		return store.Job{}, false
+	}
+	return j, true
+}
+
+func (s *server) getJob(w http.ResponseWriter, r *http.Request, id string) {
+	j, ok := s.lookupJob(w, r, id)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, viewOf(j))
+}
+
+// resultLine is one line of GET .../results in the Batch API output format.
+type resultLine struct {
+	Key      string          `json:"key"`
+	Response json.RawMessage `json:"response,omitempty"`
+	Error    json.RawMessage `json:"error,omitempty"`
+}
+
+func lineOf(rec store.Record) resultLine {
+	l := resultLine{Key: rec.Key}
+	if rec.State == store.Succeeded {
+		l.Response = rec.Response
+	} else {
+		l.Error = rec.Error
+		if len(l.Error) == 0 {
+			l.Error = json.RawMessage(`{"code":500,"message":"task failed","status":"INTERNAL"}`)
+		}
+	}
+	return l
+}
+
+// getResults streams the finished tasks as JSONL, in finish order. The first
+// page is read before the status is written, so a store failure up front is
+// a 503; a failure later ends the stream early with the trailer
+// X-Gemq-Results-Complete: false (true when every finished task was sent).
+// X-Gemq-Job-State tells whether more results may come (running) or not.
+func (s *server) getResults(w http.ResponseWriter, r *http.Request, id string) {
+	j, ok := s.lookupJob(w, r, id)
+	if !ok {
+		return
+	}
+	pages := s.pages(r.Context(), id)
+	next, stop := iter.Pull2(pages)
+	defer stop()
+	first, err, _ := next()
+	if err != nil {
+		s.internal(w, r, "read results", err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/jsonl; charset=utf-8")
+	h.Set("X-Gemq-Job-State", viewOf(j).State)
+	h.Set("Trailer", "X-Gemq-Results-Complete")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return
+	}
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	rc := http.NewResponseController(w)
+	n := 0
+	complete := "true"
+	for recs := first; recs != nil; {
+		for _, rec := range recs {
+			if err := enc.Encode(lineOf(rec)); err != nil {
+				complete = "false"
+				logging.From(r.Context(), s.log).Warn("results stream: write", "error", err.Error(), "sent", n)
+				h.Set("X-Gemq-Results-Complete", complete)
+				return
+			}
+			n++
+		}
+		rc.Flush()
+		recs, err, _ = next()
+		if err != nil {
+			complete = "false"
+			logging.From(r.Context(), s.log).Error("results stream: read", "error", err.Error(), "sent", n)
+			break
+		}
+	}
+	h.Set("X-Gemq-Results-Complete", complete)
+}
+
+// pages yields the job's finished records page by page; the sequence ends
+// (with a nil page) when there are no more.
+func (s *server) pages(ctx context.Context, id string) iter.Seq2[[]store.Record, error] {
+	return func(yield func([]store.Record, error) bool) {
+		var after int64
+		for {
+			recs, next, err := s.store.ResultsPage(ctx, id, after, resultsPageSize)
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			if next == after {
+				yield(nil, nil)
+				return
+			}
+			after = next
+			if recs == nil {
+				recs = []store.Record{}
+			}
+			if !yield(recs, nil) {
+				return
+			}
+		}
+	}
+}
+
+// requestView is the JSON of GET /v1/jobs/{id}/requests/{key}.
+type requestView struct {
+	Key      string          `json:"key"`
+	State    store.State     `json:"state"`
+	Response json.RawMessage `json:"response,omitempty"`
+	Error    json.RawMessage `json:"error,omitempty"`
+}
+
+func (s *server) getRequest(w http.ResponseWriter, r *http.Request, id, key string) {
+	if _, ok := s.lookupJob(w, r, id); !ok {
+		return
+	}
+	rec, err := s.store.Result(r.Context(), id, key)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		s.fail(w, r, &apiError{Code: http.StatusNotFound, Field: "key", Message: "the job has no request with this key"})
+		return
+	case err != nil:
+		s.internal(w, r, "get result", err)
+		return
+	}
+	v := requestView{Key: key, State: rec.State}
+	switch rec.State {
+	case store.Succeeded:
+		v.Response = rec.Response
+	case store.Failed:
+		v.Error = rec.Error
+	}
+	writeJSON(w, http.StatusOK, v)
+}

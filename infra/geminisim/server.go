@@ -279,6 +279,9 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, method, model, v
 		fail("bad_request", errInvalid("Failed to read the request body."))
 		return
 	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		body = []byte("{}") // genai sends no body for an empty request; the API treats it as {}
+	}
 	if method == "countTokens" {
 		s.countTokens(&e, body, answer, fail)
 		return

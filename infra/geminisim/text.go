@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"strings"
 
+	"google.golang.org/genai"
+
 	"github.com/gemq-dev/gemq/internal/gemini"
 )
 
@@ -199,4 +201,10 @@ func toInt(v any) (int, bool) {
 		return n, true
 	}
 	return 0, false
+}
+
+// CountTokens is the stand-in's deterministic token counter (before any Options.TokenSkew): the same rule
+// as gemini.EstimateInputTokens (gemini.ContentsTokens), so gemq's local estimates are exact against it.
+func CountTokens(system *genai.Content, contents []*genai.Content) int64 {
+	return gemini.ContentsTokens(system, contents)
 }

@@ -13,6 +13,7 @@ import "github.com/redis/go-redis/v9"
 //
 //	meta    HASH   e = epoch (creation time; permits remember it), l = time of the
 //	               newest entry, cd = cooldown until, cr = cooldown reason,
+//	               x = expiry last set on meta and lists (TTLs refreshed only past it),
 //	               s:<dim> = sum of the amounts in the dimension's list,
 //	               n:<dim> = number of entries ever appended (the next absolute index)
 //	w:<dim> LIST   "time_ms|amount", FIFO, times non-decreasing; an entry with absolute
@@ -100,7 +101,9 @@ end
 // then ns × (name, unit "r"|"t", capacity, window ms), nd × (name, unit, capacity),
 // then 5 Pacific day boundaries in ms (4 consecutive days).
 // Output: {code (1 granted, 2 reserved, 3 denied), at_ms, reason, now_ms}
-var acquireScript = redis.NewScript(luaCommon + `
+var acquireScript = redis.NewScript(acquireLua)
+
+const acquireLua = luaCommon + `
 local now = now_ms(ARGV[1])
 local mode = ARGV[2]
 local horizon, early, claimlate = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -133,7 +136,7 @@ if now < bounds[1] or now >= bounds[5] then
   return redis.error_reply('gemq: Redis time ' .. fmt(now) .. ' is outside the Pacific days computed by the client (clock skew?)')
 end
 
-local fields = {'e', 'l', 'cd', 'cr'}
+local fields = {'e', 'l', 'cd', 'cr', 'x'}
 for i = 1, ns do
   fields[#fields + 1] = 's:' .. sl[i].name
   fields[#fields + 1] = 'n:' .. sl[i].name
@@ -145,10 +148,11 @@ if not epoch then
   if ns > 0 then redis.call('DEL', unpack(KEYS, 2, 1 + ns)) end
   epoch = fmt(now)
 end
-local last, cd, cr = tonumber(m[2]) or 0, tonumber(m[3]) or 0, m[4] or ''
+local last, cd, cr, expiry = tonumber(m[2]) or 0, tonumber(m[3]) or 0, m[4] or '', tonumber(m[5]) or 0
+if not m[1] then expiry = 0 end
 for i = 1, ns do
-  sl[i].sum = tonumber(m[3 + 2 * i]) or 0
-  sl[i].n = tonumber(m[4 + 2 * i]) or 0
+  sl[i].sum = tonumber(m[4 + 2 * i]) or 0
+  sl[i].n = tonumber(m[5 + 2 * i]) or 0
 end
 
 local function write_meta(t)
@@ -159,10 +163,22 @@ local function write_meta(t)
     hs[#hs + 1] = 'n:' .. sl[i].name
     hs[#hs + 1] = fmt(sl[i].n)
   end
-  redis.call('HSET', meta, unpack(hs))
-  local ttl = math.max(t, cd, now) - now + maxwin + slack
-  redis.call('PEXPIRE', meta, ttl)
-  for i = 1, ns do redis.call('PEXPIRE', sl[i].key, ttl) end
+  -- TTLs are refreshed only when the keys would expire too early, and then
+  -- one window further, so most decisions skip the PEXPIREs.
+  local need = math.max(t, cd, now) + maxwin + slack
+  if need > expiry then
+    expiry = need + maxwin
+    hs[#hs + 1] = 'x'
+    hs[#hs + 1] = fmt(expiry)
+    redis.call('HSET', meta, unpack(hs))
+    redis.call('PEXPIRE', meta, expiry - now)
+    for i = 1, ns do redis.call('PEXPIRE', sl[i].key, expiry - now) end
+  else
+    redis.call('HSET', meta, unpack(hs))
+    for i = 1, ns do
+      if sl[i].created then redis.call('PEXPIRE', sl[i].key, expiry - now) end
+    end
+  end
 end
 
 local dirty = false
@@ -192,14 +208,16 @@ end
 local function entry(d, k)
   if k > d.blen then
     if d.eof then return nil end
-    local chunk = redis.call('LRANGE', d.key, d.blen, d.blen + 63)
+    -- Chunks of 1, 2, 4 ... 64: usually only the head is needed.
+    local size = math.min(64, d.blen + 1)
+    local chunk = redis.call('LRANGE', d.key, d.blen, d.blen + size - 1)
     for _, s in ipairs(chunk) do
       local bar = string.find(s, '|', 1, true)
       d.bt[#d.bt + 1] = tonumber(string.sub(s, 1, bar - 1))
       d.ba[#d.ba + 1] = tonumber(string.sub(s, bar + 1))
     end
     d.blen = #d.bt
-    if #chunk < 64 then d.eof = true end
+    if #chunk < size then d.eof = true end
     if k > d.blen then return nil end
   end
   return d.bt[k], d.ba[k]
@@ -286,7 +304,8 @@ for i = 1, ns do
     redis.call('LTRIM', d.key, d.pos, -1)
     d.sum = d.sum - d.rem
   end
-  redis.call('RPUSH', d.key, fmt(t) .. '|' .. fmt(d.cost))
+  -- A list emptied by LTRIM is gone: the new one needs its TTL.
+  d.created = redis.call('RPUSH', d.key, fmt(t) .. '|' .. fmt(d.cost)) == 1
   idx[i] = fmt(d.n)
   d.n = d.n + 1
   d.sum = d.sum + d.cost
@@ -300,8 +319,10 @@ for k = 1, 4 do
     for i = 1, nd do
       local d = dl[i]
       if d.cost > 0 then
-        redis.call('INCRBY', d.keys[k], d.cost)
-        redis.call('PEXPIRE', d.keys[k], bounds[k + 1] - now + slack)
+        -- A new counter lives until its day ends (INCRBY keeps the TTL).
+        if redis.call('INCRBY', d.keys[k], d.cost) == d.cost then
+          redis.call('PEXPIRE', d.keys[k], bounds[k + 1] - now + slack)
+        end
       end
     end
   end
@@ -313,7 +334,7 @@ local pv = state .. '|' .. fmt(t) .. '|' .. fmt(creq) .. '|' .. fmt(ctok) .. '|'
 if ns > 0 then pv = pv .. '|' .. table.concat(idx, '|') end
 redis.call('SET', pkey, pv, 'PX', t - now + pbase)
 return {code, t, why, now}
-`)
+`
 
 // adjustScript reconciles or releases a permit: it sets the amounts of the
 // permit's entries in place (refund or extra charge) and in its day counter.
@@ -396,5 +417,8 @@ if cur >= untilms then return 0 end
 redis.call('HSET', KEYS[1], 'cd', fmt(untilms), 'cr', reason)
 local ttl = untilms - now + slack
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+-- The lists' TTL is not extended here: the next decision refreshes it
+-- (the cooldown raises its need above the recorded expiry).
+
 return 1
 `)

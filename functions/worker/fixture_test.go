@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,19 +81,23 @@ const quotaJSON = `{
 // (its queue paused, so scheduled tasks stay put for inspection), and the
 // Gemini stand-in through the genai client.
 type fixture struct {
-	t      *testing.T
-	redis  *redistest.Server
-	rdb    *redis.Client
-	store  *store.Store
-	lim    *limiter.Limiter
-	ps     *pstest.Server
-	pub    *queue.Publisher
-	tasks  *tasksemu.Server
-	ct     *cloudtasks.Client
-	sim    *geminisim.Server
-	gem    *gemini.Client
-	h      *handler
-	limCfg limiter.Config
+	t     *testing.T
+	redis *redistest.Server
+	rdb   *redis.Client
+	store *store.Store
+	lim   *limiter.Limiter
+	ps    *pstest.Server
+	pub   *queue.Publisher
+	tasks *tasksemu.Server
+	ct    *cloudtasks.Client
+	// ctEndpoint is the Cloud Tasks emulator's host:port.
+	ctEndpoint string
+	sim        *geminisim.Server
+	gem        *gemini.Client
+	h          *handler
+	limCfg     limiter.Config
+	logMu      sync.Mutex
+	logBuf     bytes.Buffer
 }
 
 // fixtureOptions tweak a fixture.
@@ -137,6 +142,7 @@ func newFixture(t *testing.T, fo fixtureOptions) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.tasks.Stop)
+	f.ctEndpoint = addr
 	f.ct, err = queue.NewCloudTasksClient(ctx, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -178,17 +184,31 @@ func newFixture(t *testing.T, fo fixtureOptions) *fixture {
 	}
 	f.h = newHandler(f.store, &redisMarks{rdb: f.rdb}, f.lim, f.gem,
 		queue.NewScheduler(f.ct, testQueue, "http://127.0.0.1:9/worker", ""), f.pub, opts,
-		logging.New(testWriter{t}, slog.LevelDebug))
+		logging.New(testWriter{t, &f.logMu, &f.logBuf}, slog.LevelDebug))
 	return f
 }
 
-// testWriter sends log lines to t.Log.
-type testWriter struct{ t *testing.T }
+// testWriter sends log lines to t.Log and keeps them.
+type testWriter struct {
+	t   *testing.T
+	mu  *sync.Mutex
+	buf *bytes.Buffer
+}
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
+	w.mu.Lock()
+	w.buf.Write(p)
+	w.mu.Unlock()
 	w.t.Log(string(bytes.TrimRight(p, "\n")))
 	return len(p), nil
+}
+
+// logs returns every log line written so far.
+func (f *fixture) logs() string {
+	f.logMu.Lock()
+	defer f.logMu.Unlock()
+	return f.logBuf.String()
 }
 
 // envelope returns a task envelope for a one-prompt request.

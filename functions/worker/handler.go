@@ -672,7 +672,18 @@ type errorObject struct {
 
 // finishSucceeded writes the response once and publishes it.
 func (h *handler) finishSucceeded(ctx context.Context, j *job, response json.RawMessage) answer {
-	o, err := h.store.Complete(ctx, j.ref, j.holder, response)
+	// A Redis blip here would cost a second Gemini call on redelivery:
+	// try the write a few times first.
+	var o store.Outcome
+	var err error
+	for try := range 3 {
+		if try > 0 {
+			time.Sleep(time.Duration(try) * 200 * time.Millisecond)
+		}
+		if o, err = h.store.Complete(ctx, j.ref, j.holder, response); err == nil || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
 		j.log.ErrorContext(ctx, "store complete", "error", err.Error())
 		return h.abort(ctx, j)

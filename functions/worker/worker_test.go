@@ -1,8 +1,10 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -613,5 +615,103 @@ func TestNotPost(t *testing.T) {
 	f.h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Fatalf("GET answered %d", rec.Code)
+	}
+}
+
+// Logs carry ids and outcomes, never prompts, outputs or keys.
+func TestLogsCarryIdsNotContent(t *testing.T) {
+	f := newFixture(t, fixtureOptions{sim: geminisim.Options{Faults: geminisim.Faults{Error500: 0.5}, Seed: 7}})
+	const secret = "PROMPT-SECRET-7f3a"
+	var ids []string
+	for i := range 6 {
+		e := envelope("job-logs", fmt.Sprintf("KEY-SECRET-%d", i), modelOpen, fmt.Sprintf("%s number %d", secret, i))
+		ids = append(ids, e.TaskID)
+		f.push(e)
+	}
+	bad := envelope("job-logs", "KEY-SECRET-bad", modelOpen, "")
+	bad.Request = json.RawMessage(`{"contents":[{"parts":[{"text":"` + secret + `"}]}],"generationConfig":{"temperature":9}}`)
+	f.push(bad)
+	logs := f.logs()
+	for _, s := range []string{secret, "KEY-SECRET", "candidates", apiKey} {
+		if strings.Contains(logs, s) {
+			t.Errorf("logs contain %q", s)
+		}
+	}
+	for _, id := range ids {
+		if !strings.Contains(logs, `"task_id":"`+id+`"`) {
+			t.Errorf("logs lack task id %s", id)
+		}
+	}
+	for _, l := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil || m["severity"] == nil || m["message"] == nil {
+			t.Errorf("log line is not JSON with severity and message: %s", l)
+		}
+	}
+}
+
+// The registered entry point builds its clients from the environment on
+// first use (never at init), once, even under concurrent first requests.
+func TestEntryPointBuildsLazilyFromTheEnvironment(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	built.mu.Lock()
+	if built.h != nil {
+		t.Fatal("a handler was built before the first request (at init?)")
+	}
+	built.mu.Unlock()
+	t.Cleanup(func() { built.mu.Lock(); built.h = nil; built.mu.Unlock() })
+
+	for k, v := range map[string]string{
+		"REDIS_ADDR":               f.redis.Addr,
+		"GOOGLE_CLOUD_PROJECT":     testProject,
+		"PUBSUB_EMULATOR_HOST":     f.ps.Addr,
+		"GEMQ_RESULTS_TOPIC":       testTopic,
+		"GEMQ_TASKS_QUEUE":         testQueue,
+		"GEMQ_WORKER_URL":          "http://127.0.0.1:9/worker",
+		"GEMQ_CLOUDTASKS_ENDPOINT": f.ctEndpoint,
+		"GEMQ_QUOTAS":              quotaJSON,
+		"GEMINI_API_KEY":           apiKey,
+		"GOOGLE_GEMINI_BASE_URL":   f.sim.URL(),
+		"GEMQ_LOG_LEVEL":           "error",
+	} {
+		t.Setenv(k, v)
+	}
+	var wg sync.WaitGroup
+	codes := make([]int, 4)
+	for i := range codes {
+		wg.Go(func() {
+			e := envelope("job-entry", fmt.Sprintf("k%d", i), modelOpen, "via the entry point")
+			rec := httptest.NewRecorder()
+			handle(rec, httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(pushBody(encode(t, e)))))
+			codes[i] = rec.Code
+		})
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != http.StatusOK {
+			t.Errorf("request %d answered %d", i, c)
+		}
+	}
+	if d := cmp.Diff(store.Counts{Total: 4, Succeeded: 4}, f.counts("job-entry")); d != "" {
+		t.Errorf("counts (-want +got):\n%s", d)
+	}
+	if n := len(f.published()); n != 4 {
+		t.Errorf("published = %d, want 4", n)
+	}
+}
+
+func TestEntryPointMisconfiguredAnswersNon2xx(t *testing.T) {
+	t.Cleanup(func() { built.mu.Lock(); built.h = nil; built.mu.Unlock() })
+	t.Setenv("REDIS_ADDR", "")
+	t.Setenv("GOOGLE_CLOUD_PROJECT", "")
+	rec := httptest.NewRecorder()
+	handle(rec, httptest.NewRequest(http.MethodPost, "/", strings.NewReader("{}")))
+	if rec.Code < 500 {
+		t.Fatalf("answered %d, want 5xx so nothing is lost", rec.Code)
+	}
+	built.mu.Lock()
+	defer built.mu.Unlock()
+	if built.h != nil {
+		t.Fatal("a failed build was cached")
 	}
 }

@@ -25,10 +25,12 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
@@ -50,7 +52,7 @@ func init() {
 // next request and reported each time.
 var lazy struct {
 	mu  sync.Mutex
-	srv *server
+	srv atomic.Pointer[server]
 }
 
 // handle is the registered function.
@@ -67,22 +69,25 @@ func handle(w http.ResponseWriter, r *http.Request) {
 }
 
 func current() (*server, error) {
+	if s := lazy.srv.Load(); s != nil {
+		return s, nil
+	}
 	lazy.mu.Lock()
 	defer lazy.mu.Unlock()
-	if lazy.srv != nil {
-		return lazy.srv, nil
+	if s := lazy.srv.Load(); s != nil {
+		return s, nil
 	}
-	s, err := fromEnv(context.Background(), os.Getenv)
+	s, err := fromEnv(context.Background(), os.Getenv, os.Stdout)
 	if err != nil {
 		return nil, err
 	}
-	lazy.srv = s
+	lazy.srv.Store(s)
 	return s, nil
 }
 
-// fromEnv builds the server with real clients from the configuration. No
-// client connects here; the first use does.
-func fromEnv(ctx context.Context, getenv func(string) string) (*server, error) {
+// fromEnv builds the server with real clients from the configuration,
+// logging to logOut. No client connects here; the first use does.
+func fromEnv(ctx context.Context, getenv func(string) string, logOut io.Writer) (*server, error) {
 	cfg, err := config.LoadFor(config.Ingest, getenv)
 	if err != nil {
 		return nil, err
@@ -96,7 +101,7 @@ func fromEnv(ctx context.Context, getenv func(string) string) (*server, error) {
 		rdb.Close()
 		return nil, err
 	}
-	log := logging.New(os.Stdout, cfg.LogLevel)
+	log := logging.New(logOut, cfg.LogLevel)
 	log.Info("ingest configured", "config", cfg)
 	return newServer(deps{
 		store:        store.New(rdb, store.Options{TTL: cfg.ResultTTL}),

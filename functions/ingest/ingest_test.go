@@ -245,6 +245,7 @@ func TestBadInput(t *testing.T) {
 		{name: "not JSON at all", body: `model=gemini`, code: 400, msg: "expected a value"},
 		{name: "empty body", body: ``, code: 400, msg: "empty input"},
 		{name: "trailing data", body: job(m, "a", req("hi")) + ` {"x": 1}`, code: 400, msg: "after the JSON value"},
+		{name: "JSONL sent as JSON", body: lines("a", req("x"), "b", req("y")), code: 400, field: "key", msg: "application/jsonl"},
 		{name: "unknown top-level field", body: `{"model": "gemini-2.5-flash", "requets": []}`, code: 400, field: "requets", msg: "unknown field"},
 		{name: "case-variant field", body: `{"Model": "gemini-2.5-flash", "requests": []}`, code: 400, field: "Model", msg: `did you mean "model"`},
 		{name: "unknown field in item", body: `{"model": "gemini-2.5-flash", "requests": [{"key": "a", "request": {}, "metadata": {}}]}`, code: 400, field: "requests[0].metadata", msg: "unknown field"},
@@ -849,7 +850,7 @@ func TestFromEnv(t *testing.T) {
 		"GEMQ_MAX_BODY_BYTES":  "1000",
 	}
 	t.Setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
-	s, err := fromEnv(t.Context(), func(k string) string { return env[k] })
+	s, err := fromEnv(t.Context(), func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatalf("fromEnv: %v", err)
 	}
@@ -857,7 +858,7 @@ func TestFromEnv(t *testing.T) {
 		t.Errorf("server settings: max body %d, allowed %v", s.maxBodyBytes, s.allowed)
 	}
 	delete(env, "REDIS_ADDR")
-	if _, err := fromEnv(t.Context(), func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "REDIS_ADDR") {
+	if _, err := fromEnv(t.Context(), func(k string) string { return env[k] }, io.Discard); err == nil || !strings.Contains(err.Error(), "REDIS_ADDR") {
 		t.Errorf("fromEnv without REDIS_ADDR = %v, want an error naming it", err)
 	}
 }
@@ -881,3 +882,25 @@ func (s *syncBuffer) String() string {
 }
 
 func newTestLogger(w io.Writer) *slog.Logger { return logging.New(w, slog.LevelDebug) }
+
+// TestHandleMisconfigured drives the registered function without
+// configuration: a JSON 500 naming what is missing, and nothing cached, so
+// a later request builds the server again.
+func TestHandleMisconfigured(t *testing.T) {
+	for _, v := range []string{"REDIS_ADDR", "GOOGLE_CLOUD_PROJECT", "GEMQ_QUOTAS", "GEMQ_QUOTAS_FILE"} {
+		t.Setenv(v, "")
+	}
+	for range 2 {
+		w := httptest.NewRecorder()
+		handle(w, httptest.NewRequest(http.MethodGet, "/v1/jobs/x", nil))
+		if w.Code != http.StatusInternalServerError {
+			t.Fatalf("handle = %d %s, want 500", w.Code, w.Body)
+		}
+		if b := decodeErr(t, w); !strings.Contains(b.Error.Message, "REDIS_ADDR") {
+			t.Errorf("error %q does not name REDIS_ADDR", b.Error.Message)
+		}
+		if lazy.srv.Load() != nil {
+			t.Fatal("a failed build was cached")
+		}
+	}
+}

@@ -107,7 +107,6 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, aerr)
 		return
 	}
-	body = nil
 	j, aerr := s.build(r.Context(), spec)
 	if aerr != nil {
 		s.fail(w, r, aerr)
@@ -277,7 +276,11 @@ func (s *server) parse(r *http.Request, f format, body []byte) (jobSpec, *apiErr
 	case formatJSON:
 		var b jobBody
 		if err := jsonstrict.Decode(body, &b, strictLimits); err != nil {
-			return jobSpec{}, strictError(err, 0)
+			ae := strictError(err, 0)
+			if ae.reason == string(jsonstrict.Trailing) || ae.Field == "key" || ae.Field == "request" {
+				ae.Message += " (a JSONL body needs Content-Type application/jsonl)"
+			}
+			return jobSpec{}, ae
 		}
 		spec = jobSpec{jobID: b.JobID, model: b.Model, sys: b.SystemInstruction, gen: b.GenerationConfig}
 		if len(b.Requests) > s.maxRequests {

@@ -904,3 +904,34 @@ func TestHandleMisconfigured(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysAreHashed submits keys that would break Redis hash tags, log lines
+// and Cloud Task names: they are accepted, and appear in no Redis key name.
+func TestKeysAreHashed(t *testing.T) {
+	e := newEnv(t)
+	keys := []string{"a}{b", "line\nbreak", "tab\there", "../../etc", "ключ", "*"}
+	var items []string
+	for _, k := range keys {
+		items = append(items, k, req("x"))
+	}
+	decodeAccepted(t, e.postJSON(job(`"job_id": "keys-1", `+m, items...)))
+	for _, rk := range e.keys() {
+		if !strings.HasPrefix(rk, "gemq:job:{keys-1}:") && rk != publishedKey("keys-1") {
+			t.Errorf("unexpected Redis key %q", rk)
+		}
+		for _, k := range keys {
+			if strings.Contains(rk, k) {
+				t.Errorf("Redis key %q contains the request key %q", rk, k)
+			}
+		}
+	}
+	for _, env := range e.published() {
+		if !task.ValidTaskID(env.TaskID) {
+			t.Errorf("task id %q is not a hash", env.TaskID)
+		}
+	}
+	w := e.do(http.MethodGet, "/v1/jobs/keys-1/requests/"+url.PathEscape("a}{b"), nil)
+	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"state":"queued"`) {
+		t.Errorf("GET by a key with braces = %d %s", w.Code, w.Body)
+	}
+}

@@ -245,9 +245,8 @@ type jobView struct {
 }
 
 func viewOf(j store.Job) jobView {
-	v := jobView{JobID: j.ID, Model: j.Model, State: "running", Counts: j.Counts, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
+	v := jobView{JobID: j.ID, Model: j.Model, State: j.State(), Counts: j.Counts, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
 	if j.Done() {
-		v.State = "done"
 		f := j.FinishedAt
 		v.FinishedAt = &f
 	}

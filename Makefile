@@ -34,3 +34,7 @@ tf-schema:
 	node extract.js $$d/node_modules @cdktf/provider-google google.types google.json && \
 	node extract.js $$d/node_modules @cdktf/provider-archive archive.types archive.json && \
 	rm -rf $$d
+
+## bench-limiter: gemq's 3-dimension Acquire vs redis_rate AllowN vs EVALSHA no-op, 1/16/64/256 callers
+bench-limiter:
+	$(GO) run ./cmd/benchlimiter

@@ -37,6 +37,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/gemq-dev/gemq/internal/config"
+	"github.com/gemq-dev/gemq/internal/gemini"
 	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
@@ -156,15 +157,19 @@ type quotaLimits struct {
 	project string
 }
 
-// InputTokenLimit returns the smallest capacity of the model's input-token
-// dimensions, or 0 when the quota has none.
+// InputTokenLimit returns the smaller of the model's published input token
+// limit (gemini.KnownModelLimits) and the smallest capacity of its quota's
+// input-token dimensions, or 0 when neither is known.
 func (q quotaLimits) InputTokenLimit(_ context.Context, model string) (int64, string, error) {
-	quota, ok := q.cfg.Quota(limiter.Scope{Project: q.project, Model: model})
-	if !ok {
-		return 0, "", nil
-	}
 	var limit int64
 	what := ""
+	if ml, ok := gemini.KnownModelLimits(model); ok {
+		limit, what = ml.InputTokens, "the model's input token limit"
+	}
+	quota, ok := q.cfg.Quota(limiter.Scope{Project: q.project, Model: model})
+	if !ok {
+		return limit, what, nil
+	}
 	for _, d := range quota.Dimensions {
 		if d.Unit != limiter.InputTokens {
 			continue

@@ -2,22 +2,247 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/gemq-dev/gemq/infra/geminisim"
+	"github.com/gemq-dev/gemq/infra/stack"
 )
 
-// cmdDev starts the local stack and leaves it running.
-func cmdDev(ctx context.Context, args []string, e env) error {
-	fs := newFlagSet("dev", "dev [flags]", e)
-	if _, err := parse(fs, args, e, 0); err != nil {
-		return err
-	}
-	return &exitError{code: exitStack, msg: "the local stack is not wired yet (waiting for functions/ingest and functions/worker)"}
+// stackFlags are the flags `dev` and `run` share.
+type stackFlags struct {
+	dir                    *string
+	model                  *string
+	minute                 *time.Duration
+	rpm, tpm, rpd          *int64
+	latency                *string
+	ingestAddr, pubsubAddr *string
+	workerAddr, tasksAddr  *string
+	geminiAddr             *string
 }
 
-// cmdRun runs the example job on the local stack.
-func cmdRun(ctx context.Context, args []string, e env) error {
-	fs := newFlagSet("run", "run [flags]", e)
+func addStackFlags(fs *flag.FlagSet, minute time.Duration, rpm, tpm int64, ingestAddr, pubsubAddr string) *stackFlags {
+	return &stackFlags{
+		dir:        fs.String("dir", "", "directory for the log file (default a new temporary directory, kept)"),
+		model:      fs.String("model", stack.DefaultModel, "model the stand-in serves and the quota covers"),
+		minute:     fs.Duration("minute", minute, "how long a quota minute lasts for the Gemini stand-in and the limiter (1m = real time)"),
+		rpm:        fs.Int64("rpm", rpm, "stand-in limit: requests per minute"),
+		tpm:        fs.Int64("tpm", tpm, "stand-in limit: input tokens per minute"),
+		rpd:        fs.Int64("rpd", 100_000, "stand-in limit: requests per Pacific day"),
+		latency:    fs.String("latency", "lognormal:median=1.5s,sigma=0.5,max=20s", `stand-in latency in its own time: "none", "fixed:800ms", "uniform:200ms,2s", "lognormal:median=1.5s,sigma=0.5,max=20s"`),
+		ingestAddr: fs.String("ingest-addr", ingestAddr, "ingest listen address (port 0: a free one)"),
+		workerAddr: fs.String("worker-addr", "127.0.0.1:0", "worker listen address"),
+		pubsubAddr: fs.String("pubsub-addr", pubsubAddr, "pstest (Pub/Sub) listen address, unless PUBSUB_EMULATOR_HOST is set"),
+		tasksAddr:  fs.String("tasks-addr", "127.0.0.1:0", "Cloud Tasks emulator listen address"),
+		geminiAddr: fs.String("gemini-addr", "127.0.0.1:0", "Gemini stand-in listen address"),
+	}
+}
+
+// start redirects the process' stdout and stderr (where the functions log,
+// as on Cloud Run) to the stack's log file, then starts the stack.
+func (f *stackFlags) start(ctx context.Context, e env) (*stack.Stack, error) {
+	lat, err := geminisim.ParseLatency(*f.latency)
+	if err != nil {
+		return nil, &exitError{code: exitUsage, msg: err.Error()}
+	}
+	dir := *f.dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "gemq-"); err != nil {
+			return nil, &exitError{code: exitStack, msg: err.Error()}
+		}
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, &exitError{code: exitStack, msg: err.Error()}
+	}
+	logPath := filepath.Join(dir, "gemq.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, &exitError{code: exitStack, msg: err.Error()}
+	}
+	os.Stdout, os.Stderr = logFile, logFile
+	log.SetOutput(logFile)
+	s, err := stack.Start(ctx, stack.Options{
+		Getenv:     e.getenv,
+		Dir:        dir,
+		Log:        logFile,
+		Model:      *f.model,
+		Minute:     *f.minute,
+		RPM:        *f.rpm,
+		TPM:        *f.tpm,
+		RPD:        *f.rpd,
+		Gemini:     stack.GeminiOptions{Latency: lat},
+		IngestAddr: *f.ingestAddr, WorkerAddr: *f.workerAddr,
+		PubSubAddr: *f.pubsubAddr, TasksAddr: *f.tasksAddr, GeminiAddr: *f.geminiAddr,
+	})
+	if err != nil {
+		msg := fmt.Sprintf("the local stack could not start: %v\n  (log: %s)", err, logPath)
+		if errors.Is(err, stack.ErrNoRedis) {
+			msg = err.Error()
+		}
+		return nil, &exitError{code: exitStack, msg: msg}
+	}
+	s.LogPath = logPath
+	return s, nil
+}
+
+func describeGemini(s *stack.Stack) string {
+	if r := s.RealGemini(); r != "" {
+		return fmt.Sprintf("the real %s (quotas from GEMQ_QUOTAS / GEMQ_QUOTAS_FILE, else a free-tier default)", r)
+	}
+	l := s.Limits
+	scale := ""
+	if l.Minute != time.Minute {
+		scale = fmt.Sprintf("; time scaled: 1 quota minute = %s", l.Minute)
+	}
+	return fmt.Sprintf("stand-in %s, limits %d requests/min, %d input tokens/min, %d requests/day (gemq keeps to %.0f%%%s)",
+		s.GeminiURL, l.RPM, l.TPM, l.RPD, l.Safety*100, scale)
+}
+
+// cmdDev starts the local stack and leaves it running until Ctrl-C.
+func cmdDev(ctx context.Context, args []string, e env) error {
+	fs := newFlagSet("dev", "dev [flags]\n\nStarts the whole stack on this machine and leaves it running until Ctrl-C: Redis, Pub/Sub\n(pstest) with a push loop, the Cloud Tasks emulator, the Gemini stand-in (or the real Gemini API when\nGEMINI_API_KEY is set), and the Ingest and Worker functions served by the functions framework.", e)
+	sf := addStackFlags(fs, time.Minute, 60, 100_000, "127.0.0.1:8080", "127.0.0.1:8085")
 	if _, err := parse(fs, args, e, 0); err != nil {
 		return err
 	}
-	return &exitError{code: exitStack, msg: "the local stack is not wired yet (waiting for functions/ingest and functions/worker)"}
+	s, err := sf.start(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	w := e.stdout
+	fmt.Fprintf(w, "gemq dev: the local stack is running (Ctrl-C stops it)\n\n")
+	fmt.Fprintf(w, "  ingest       %s\n", s.IngestURL)
+	fmt.Fprintf(w, "  worker       %s (push loop from %s, Cloud Tasks target)\n", s.WorkerURL, stack.PushSubscription)
+	fmt.Fprintf(w, "  pubsub       %s, project %s: topics %s, %s, %s\n", s.PubSubHost, s.Project, stack.TasksTopic, stack.ResultsTopic, stack.DeadLetterTopic)
+	fmt.Fprintf(w, "  cloud tasks  %s, queue %s\n", s.TasksEndpoint, s.QueuePath)
+	fmt.Fprintf(w, "  gemini       %s\n", describeGemini(s))
+	fmt.Fprintf(w, "  redis        %s\n", s.RedisAddr)
+	fmt.Fprintf(w, "  logs         %s\n\n", s.LogPath)
+	fmt.Fprintf(w, "In another shell:\n\n")
+	fmt.Fprintf(w, "  export GEMQ_URL=%s\n", s.IngestURL)
+	fmt.Fprintf(w, "  gemq submit examples/prompts.jsonl --wait -o results.jsonl\n\n")
+	fmt.Fprintf(w, "  curl -s -X POST \"$GEMQ_URL/v1/jobs?job_id=demo\" -H 'Content-Type: application/jsonl' --data-binary @examples/prompts.jsonl\n")
+	fmt.Fprintf(w, "  curl -s \"$GEMQ_URL/v1/jobs/demo\"\n")
+	fmt.Fprintf(w, "  curl -s \"$GEMQ_URL/v1/jobs/demo/results\"\n\n")
+	fmt.Fprintf(w, "  # publish a task envelope straight to the topic with any Pub/Sub client library\n")
+	fmt.Fprintf(w, "  # (pstest speaks gRPC only, so gcloud's REST calls cannot reach it):\n")
+	fmt.Fprintf(w, "  export PUBSUB_EMULATOR_HOST=%s GOOGLE_CLOUD_PROJECT=%s\n", s.PubSubHost, s.Project)
+	fmt.Fprintf(w, "  # topic %s, data: {\"v\":1,\"job_id\":\"mine\",\"key\":\"k1\",\"model\":\"%s\",\"request\":{\"contents\":[{\"parts\":[{\"text\":\"Hello\"}]}]}}\n", stack.TasksTopic, s.Model)
+	if s.GeminiURL != "" {
+		fmt.Fprintf(w, "\n  curl -s %s/_stats   # what the Gemini stand-in received: windows, 429s, duplicates\n", s.GeminiURL)
+	}
+	<-ctx.Done()
+	fmt.Fprintf(w, "\ngemq dev: stopping\n")
+	if err := s.Close(); err != nil {
+		return &exitError{code: exitStack, msg: fmt.Sprintf("shutdown: %v", err)}
+	}
+	return nil
+}
+
+// cmdRun runs the example job on a fresh local stack and prints a summary.
+func cmdRun(ctx context.Context, args []string, e env) error {
+	fs := newFlagSet("run", "run [flags]\n\nStarts the local stack on free ports, submits the example job (a Batch API JSONL file), shows\nprogress, writes the results and prints what gemq achieved against the quota. This is `make run`.", e)
+	sf := addStackFlags(fs, 10*time.Second, 100, 40_000, "127.0.0.1:0", "127.0.0.1:0")
+	file := fs.String("file", "examples/prompts.jsonl", "the job: a Gemini Batch API JSONL file")
+	out := fs.String("o", "results.jsonl", "results file (Batch API JSONL)")
+	timeout := fs.Duration("timeout", 30*time.Minute, "give up after this long")
+	if _, err := parse(fs, args, e, 0); err != nil {
+		return err
+	}
+	f, err := readJobFile(*file)
+	if err != nil {
+		return err
+	}
+	s, err := sf.start(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	w := e.stderr
+	fmt.Fprintf(w, "gemq run: local stack up (ingest %s; logs %s)\n", s.IngestURL, s.LogPath)
+	fmt.Fprintf(w, "gemq run: Gemini: %s\n", describeGemini(s))
+
+	c, err := newClient(ctx, s.IngestURL, e.getenv)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	ans, err := c.submit(ctx, f.data, *sf.model, newJobID(*file))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "gemq run: submitted %s: job %s, %d requests\n", *file, ans.JobID, ans.Accepted)
+	live := func() string {
+		st := s.Stats()
+		return fmt.Sprintf("429s %d", st.Gemini.Quota429+st.Gemini.Capacity429)
+	}
+	if s.RealGemini() != "" {
+		live = nil
+	}
+	st, err := waitJob(ctx, c, ans.JobID, 250*time.Millisecond, e, live)
+	if err != nil {
+		return err
+	}
+	wall := time.Since(start)
+	if _, _, err := writeResults(ctx, c, ans.JobID, *out, e); err != nil {
+		return err
+	}
+	printSummary(e, s, st, wall, *out)
+	return jobOutcome(st)
+}
+
+// printSummary prints what the run achieved against the limits, measured at
+// the Gemini stand-in (its request log is the ground truth).
+func printSummary(e env, s *stack.Stack, st jobStatus, wall time.Duration, out string) {
+	w := e.stdout
+	stats := s.Stats()
+	c := st.Counts
+	perTask := func(n int64) string {
+		if c.Total == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f", float64(n)/float64(c.Total))
+	}
+	fmt.Fprintf(w, "\ngemq run summary\n")
+	fmt.Fprintf(w, "  tasks                 %d (%d succeeded, %d failed)\n", c.Total, c.Succeeded, c.Failed)
+	fmt.Fprintf(w, "  wall time             %s\n", wall.Round(10*time.Millisecond))
+	g := stats.Gemini
+	ms := g.Models[s.Model]
+	if s.RealGemini() == "" && ms != nil {
+		l := s.Limits
+		if l.Minute != time.Minute {
+			fmt.Fprintf(w, "  time scale            1 quota minute = %s (the stand-in and the limiter alike)\n", l.Minute)
+		}
+		pct := func(v float64, lim int64) string {
+			if lim <= 0 {
+				return ""
+			}
+			return fmt.Sprintf(" = %.0f%% of %d", 100*v/float64(lim), lim)
+		}
+		fmt.Fprintf(w, "  achieved (mean)       %.1f requests/min%s, %.0f input tokens/min%s\n",
+			ms.MeanPerMinute.Requests, pct(ms.MeanPerMinute.Requests, l.RPM),
+			ms.MeanPerMinute.InputTokens, pct(ms.MeanPerMinute.InputTokens, l.TPM))
+		fmt.Fprintf(w, "  busiest minute        %d requests%s, %d input tokens%s (gemq keeps to %.0f%%)\n",
+			ms.Peaks.RPM, pct(float64(ms.Peaks.RPM), l.RPM), ms.Peaks.TPM, pct(float64(ms.Peaks.TPM), l.TPM), 100*l.Safety)
+		fmt.Fprintf(w, "  429s from Gemini      %d (quota %d, capacity %d); windows over the limit: %d\n",
+			g.Quota429+g.Capacity429, g.Quota429, g.Capacity429, len(ms.Violations))
+		fmt.Fprintf(w, "  Gemini calls          %d (%s per task; %d duplicate)\n", g.Requests, perTask(int64(g.Requests)), g.DuplicateCalls)
+	} else {
+		mins := wall.Minutes()
+		fmt.Fprintf(w, "  achieved (mean)       %.1f tasks/min against %s\n", float64(c.Total)/mins, describeGemini(s))
+	}
+	fmt.Fprintf(w, "  worker invocations    %d (%s per task: %d pushes, %d Cloud Tasks callbacks)\n",
+		stats.WorkerCalls, perTask(stats.WorkerCalls), stats.WorkerCalls-stats.WorkerTaskCalls, stats.WorkerTaskCalls)
+	fmt.Fprintf(w, "  results               %s\n", out)
+	fmt.Fprintf(w, "  logs                  %s\n", s.LogPath)
+	if c.Failed > 0 {
+		fmt.Fprintf(w, "  %d task(s) failed: see the \"error\" lines in %s\n", c.Failed, out)
+	}
 }

@@ -119,8 +119,14 @@ type Pusher struct {
 	attempts map[string]int // message id → failed or in-flight deliveries so far
 	timers   map[*time.Timer]struct{}
 
+	duplicate atomic.Bool // Options.DuplicateDelivery, changeable at run time
+
 	pulled, deliveries, acks, nacks, deadLettered atomic.Int64
 }
+
+// SetDuplicateDelivery turns Options.DuplicateDelivery on or off for the
+// deliveries that start from now on.
+func (p *Pusher) SetDuplicateDelivery(on bool) { p.duplicate.Store(on) }
 
 // New returns a Pusher for subscription (an id in client's project, or a full
 // "projects/P/subscriptions/S" name). It reads the subscription's ack
@@ -192,6 +198,7 @@ func New(ctx context.Context, client *pubsub.Client, subscription string, opts O
 		attempts: make(map[string]int),
 		timers:   make(map[*time.Timer]struct{}),
 	}
+	p.duplicate.Store(opts.DuplicateDelivery)
 	if opts.DeadLetterTopic != "" {
 		p.dlq = client.Publisher(opts.DeadLetterTopic)
 		p.dlqName = p.dlq.String()
@@ -408,7 +415,7 @@ func (p *Pusher) deliver(ctx context.Context, msg *pubsubpb.PubsubMessage, attem
 	if err != nil {
 		return false, err.Error()
 	}
-	if !p.opts.DuplicateDelivery {
+	if !p.duplicate.Load() {
 		return p.post(ctx, body)
 	}
 	type result struct {

@@ -459,3 +459,23 @@ func TestNewErrors(t *testing.T) {
 		t.Errorf("New for a missing subscription: %v", err)
 	}
 }
+
+func TestSetDuplicateDelivery(t *testing.T) {
+	f := newFixture(t, nil)
+	var n atomic.Int64
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { n.Add(1) }))
+	defer ts.Close()
+	p, err := pushsub.New(context.Background(), f.client, "s", pushsub.Options{Endpoint: ts.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, p)
+	f.publish(t, 3)
+	waitFor(t, "acks", func() bool { return p.Stats().Acks == 3 })
+	p.SetDuplicateDelivery(true)
+	f.publish(t, 3)
+	waitFor(t, "acks", func() bool { return p.Stats().Acks == 6 })
+	if got := n.Load(); got != 3+6 {
+		t.Errorf("endpoint saw %d requests, want 3 single then 3 double deliveries", got)
+	}
+}

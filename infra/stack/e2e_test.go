@@ -1,0 +1,349 @@
+package stack_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+
+	"github.com/gemq-dev/gemq/infra/geminisim"
+	"github.com/gemq-dev/gemq/infra/stack"
+	"github.com/gemq-dev/gemq/internal/redistest"
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+// The end-to-end scenarios share one Stack: the functions read their
+// configuration once per process, as they do in the cloud. Time is scaled:
+// a quota "minute" lasts two seconds.
+const (
+	minute = 2 * time.Second
+	rpm    = 60
+	tpm    = 12_000
+)
+
+func TestEndToEnd(t *testing.T) {
+	rds := redistest.Start(t)
+	ctx := context.Background()
+	s, err := stack.Start(ctx, stack.Options{
+		Getenv: func(k string) string {
+			return map[string]string{"REDIS_ADDR": rds.Addr}[k]
+		},
+		Dir:    t.TempDir(),
+		Minute: minute,
+		RPM:    rpm, TPM: tpm, RPD: 1_000_000,
+		// Timeouts fail fast; two attempts make dead letters likely in the
+		// fault scenario.
+		GeminiTimeout: 1500 * time.Millisecond,
+		MaxAttempts:   2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("stack log: %s", s.LogPath)
+		}
+	}()
+	t.Logf("stack: ingest %s, worker %s, gemini %s, log %s", s.IngestURL, s.WorkerURL, s.GeminiURL, s.LogPath)
+
+	t.Run("backlog", func(t *testing.T) {
+		before, _ := s.WorkerInvocations()
+		keys := submit(t, s, "backlog", 520, 1)
+		r := waitDone(t, s, "backlog", len(keys), 90*time.Second)
+		if r.Counts.Succeeded != len(keys) || r.Counts.Failed != 0 {
+			t.Errorf("counts = %+v, want all %d succeeded", r.Counts, len(keys))
+		}
+		lines := results(t, s, "backlog")
+		checkOneResultPerKey(t, keys, lines)
+		for _, l := range lines {
+			if l.Response == nil {
+				t.Errorf("key %s: no response: %s", l.Key, l.Error)
+				break
+			}
+		}
+		st := s.GeminiStandIn().Stats(1)
+		checkInvariant(t, s, st)
+		if st.Quota429 != 0 || st.Capacity429 != 0 {
+			t.Errorf("stand-in answered %d quota 429s and %d capacity 429s, want none", st.Quota429, st.Capacity429)
+		}
+		if st.DuplicateCalls != 0 || st.Tasks != len(keys) {
+			t.Errorf("Gemini calls: %d tasks called, %d duplicate calls; want %d and 0", st.Tasks, st.DuplicateCalls, len(keys))
+		}
+		after, unparsed := s.WorkerInvocations()
+		worst, total := 0, 0
+		for _, k := range keys {
+			n := after[task.TaskID("backlog", k)] - before[task.TaskID("backlog", k)]
+			worst, total = max(worst, n), total+n
+		}
+		t.Logf("worker invocations: %d for %d tasks (%.2f per task, worst %d), %d unparsed; stand-in peaks %+v",
+			total, len(keys), float64(total)/float64(len(keys)), worst, unparsed, st.Models[stack.DefaultModel].Peaks)
+		if worst > 2 {
+			t.Errorf("a task took %d worker invocations, want at most 2", worst)
+		}
+		if total < len(keys) {
+			t.Errorf("%d worker invocations for %d tasks", total, len(keys))
+		}
+	})
+
+	t.Run("faults", func(t *testing.T) {
+		if err := s.ResetGemini(stack.GeminiOptions{
+			Faults: geminisim.Faults{Error500: 0.06, Error503: 0.06, Error504: 0.04, Hang: 0.04},
+			Seed:   7,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		keys := submit(t, s, "faults", 500, 2)
+		r := waitDone(t, s, "faults", len(keys), 120*time.Second)
+		lines := results(t, s, "faults")
+		checkOneResultPerKey(t, keys, lines)
+		failed := 0
+		for _, l := range lines {
+			if l.Response == nil {
+				failed++
+				var e struct {
+					Message string `json:"message"`
+				}
+				if json.Unmarshal(l.Error, &e); e.Message == "" {
+					t.Errorf("key %s failed without a reason: %s", l.Key, l.Error)
+				}
+			}
+		}
+		if failed != r.Counts.Failed || r.Counts.Succeeded+r.Counts.Failed != len(keys) {
+			t.Errorf("counts %+v vs %d failed results", r.Counts, failed)
+		}
+		// Every failure was dead-lettered after its retries, with a reason,
+		// on the results topic.
+		dead := pullResults(t, s, "faults")
+		for _, k := range keys {
+			m, ok := dead[task.TaskID("faults", k)]
+			switch {
+			case !ok:
+				t.Errorf("key %s: no message on the results topic", k)
+			case m["outcome"] == "dead_letter" && m["reason"] == "":
+				t.Errorf("key %s dead-lettered without a reason: %v", k, m)
+			case m["outcome"] != "succeeded" && m["outcome"] != "dead_letter":
+				t.Errorf("key %s ended %q, want succeeded or dead_letter", k, m["outcome"])
+			}
+		}
+		st := s.GeminiStandIn().Stats(1)
+		checkInvariant(t, s, st)
+		if st.Quota429 != 0 {
+			t.Errorf("stand-in answered %d quota 429s, want none", st.Quota429)
+		}
+		t.Logf("faults: %d succeeded, %d dead-lettered; stand-in outcomes %v", r.Counts.Succeeded, failed, st.ByOutcome)
+		if failed == 0 || failed == len(keys) {
+			t.Errorf("%d of %d dead-lettered: the faults did not bite as expected", failed, len(keys))
+		}
+	})
+
+	t.Run("duplicate delivery", func(t *testing.T) {
+		if err := s.ResetGemini(stack.GeminiOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		s.SetDuplicateDelivery(true)
+		defer s.SetDuplicateDelivery(false)
+		pushBefore := s.Stats().Push
+		keys := submit(t, s, "dupes", 200, 3)
+		r := waitDone(t, s, "dupes", len(keys), 90*time.Second)
+		if r.Counts.Succeeded != len(keys) {
+			t.Errorf("counts = %+v", r.Counts)
+		}
+		checkOneResultPerKey(t, keys, results(t, s, "dupes"))
+		push := s.Stats().Push
+		if d := push.Deliveries - pushBefore.Deliveries; d < 2*int64(len(keys)) {
+			t.Errorf("push loop made %d deliveries for %d messages, want every message twice", d, len(keys))
+		}
+		st := s.GeminiStandIn().Stats(1)
+		if st.Tasks != len(keys) || st.DuplicateCalls != 0 || st.Requests != len(keys) {
+			t.Errorf("Gemini saw %d calls for %d tasks (%d duplicates), want exactly one per task", st.Requests, st.Tasks, st.DuplicateCalls)
+		}
+	})
+}
+
+// submit posts a JSONL job of n requests with varied prompt lengths and
+// returns the keys.
+func submit(t *testing.T, s *stack.Stack, jobID string, n int, seed uint64) []string {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, 1))
+	var body bytes.Buffer
+	var keys []string
+	for i := range n {
+		key := fmt.Sprintf("%s-%04d", jobID, i)
+		words := 10 + r.IntN(120)
+		if r.IntN(10) == 0 {
+			words += 300
+		}
+		prompt := strings.TrimSpace(strings.Repeat("lorem ipsum ", words/2))
+		line, _ := json.Marshal(map[string]any{"key": key, "request": map[string]any{
+			"contents": []any{map[string]any{"role": "user", "parts": []any{map[string]any{"text": prompt}}}},
+		}})
+		body.Write(line)
+		body.WriteByte('\n')
+		keys = append(keys, key)
+	}
+	resp, err := http.Post(s.IngestURL+"/v1/jobs?job_id="+jobID, "application/jsonl", &body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ans struct {
+		JobID    string `json:"job_id"`
+		Accepted int    `json:"accepted"`
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(b, &ans) != nil || ans.Accepted != n || ans.JobID != jobID {
+		t.Fatalf("POST /v1/jobs: %d %s", resp.StatusCode, b)
+	}
+	return keys
+}
+
+type jobStatus struct {
+	State  string `json:"state"`
+	Counts struct {
+		Total, Queued, Waiting, Running, Succeeded, Failed int
+	} `json:"counts"`
+}
+
+// waitDone polls the job until it is done and every task is terminal.
+func waitDone(t *testing.T, s *stack.Stack, jobID string, n int, limit time.Duration) jobStatus {
+	t.Helper()
+	start := time.Now()
+	var st jobStatus
+	for time.Since(start) < limit {
+		resp, err := http.Get(s.IngestURL + "/v1/jobs/" + jobID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET job: %d %s", resp.StatusCode, b)
+		}
+		if err := json.Unmarshal(b, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Counts.Total != n {
+			t.Fatalf("job total %d, want %d", st.Counts.Total, n)
+		}
+		if st.State == "done" {
+			c := st.Counts
+			if c.Succeeded+c.Failed != n || c.Queued+c.Waiting+c.Running != 0 {
+				t.Errorf("done job counts %+v", c)
+			}
+			t.Logf("job %s: %d tasks done in %v", jobID, n, time.Since(start).Round(time.Millisecond))
+			return st
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("job %s not done after %v: %+v; stack stats %+v", jobID, limit, st, s.Stats())
+	return st
+}
+
+type resultLine struct {
+	Key      string          `json:"key"`
+	Response json.RawMessage `json:"response"`
+	Error    json.RawMessage `json:"error"`
+}
+
+func results(t *testing.T, s *stack.Stack, jobID string) []resultLine {
+	t.Helper()
+	resp, err := http.Get(s.IngestURL + "/v1/jobs/" + jobID + "/results")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET results: %d %s", resp.StatusCode, b)
+	}
+	var out []resultLine
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 8<<20)
+	for sc.Scan() {
+		var l resultLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("result line %q: %v", sc.Text(), err)
+		}
+		if (l.Response == nil) == (l.Error == nil) {
+			t.Errorf("result line needs exactly one of response and error: %s", sc.Text())
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+func checkOneResultPerKey(t *testing.T, keys []string, lines []resultLine) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, l := range lines {
+		seen[l.Key]++
+	}
+	for _, k := range keys {
+		if seen[k] != 1 {
+			t.Errorf("key %s has %d results, want 1", k, seen[k])
+		}
+	}
+	if len(lines) != len(keys) {
+		t.Errorf("%d result lines for %d keys", len(lines), len(keys))
+	}
+}
+
+// checkInvariant asserts the stand-in's log has no sliding window over the
+// limits.
+func checkInvariant(t *testing.T, s *stack.Stack, st stack.GeminiStats) {
+	t.Helper()
+	ms := st.Models[stack.DefaultModel]
+	if ms == nil {
+		t.Fatalf("stand-in saw no traffic for %s", stack.DefaultModel)
+	}
+	if len(ms.Violations) != 0 {
+		t.Errorf("sliding windows over the limit at the stand-in: %+v", ms.Violations)
+	}
+	if ms.Peaks.RPM > rpm || ms.Peaks.TPM > tpm {
+		t.Errorf("peaks %+v over the limits %d rpm, %d tpm", ms.Peaks, rpm, tpm)
+	}
+}
+
+// pullResults reads the results topic's subscription and returns, per task
+// id of jobID, the message attributes.
+func pullResults(t *testing.T, s *stack.Stack, jobID string) map[string]map[string]string {
+	t.Helper()
+	c := s.PubSubClient()
+	name := "projects/" + s.Project + "/subscriptions/" + stack.ResultsSubscription
+	out := map[string]map[string]string{}
+	for {
+		resp, err := c.SubscriptionAdminClient.Pull(context.Background(), &pubsubpb.PullRequest{
+			Subscription: name, MaxMessages: 1000, ReturnImmediately: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs := resp.GetReceivedMessages()
+		if len(msgs) == 0 {
+			return out
+		}
+		var ids []string
+		for _, m := range msgs {
+			a := m.GetMessage().GetAttributes()
+			if a["job_id"] == jobID {
+				out[a["task_id"]] = a
+			}
+			ids = append(ids, m.GetAckId())
+		}
+		if err := c.SubscriptionAdminClient.Acknowledge(context.Background(), &pubsubpb.AcknowledgeRequest{Subscription: name, AckIds: ids}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

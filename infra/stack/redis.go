@@ -1,0 +1,122 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrNoRedis is wrapped by Start's error when REDIS_ADDR is unset and no
+// redis-server is on PATH.
+var ErrNoRedis = errors.New("no Redis: set REDIS_ADDR=host:port, or install redis-server " +
+	"(Debian/Ubuntu: sudo apt-get install -y redis-server; macOS: brew install redis) so gemq can start one on a free port")
+
+// redisServer is a redis-server child process started for the stack.
+type redisServer struct {
+	addr string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startRedis starts redis-server from PATH on addr ("" → a free loopback
+// port), keeping nothing on disk, with its log in logw.
+func startRedis(ctx context.Context, addr, dir string, logw io.Writer) (*redisServer, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNoRedis, err)
+	}
+	var lastErr error
+	for range 5 {
+		a := addr
+		if a == "" {
+			if a, err = freeAddr(); err != nil {
+				return nil, err
+			}
+		}
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("redis address %q: %w", a, err)
+		}
+		// maxmemory-policy noeviction as in the deployment: limiter state must
+		// never be evicted.
+		cmd := exec.Command(bin, "--bind", host, "--port", port, "--save", "", "--appendonly", "no",
+			"--dir", dir, "--maxmemory-policy", "noeviction", "--loglevel", "warning")
+		cmd.Stdout, cmd.Stderr = logw, logw
+		if err := cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start redis-server: %w", err)
+		}
+		r := &redisServer{addr: a, cmd: cmd, done: make(chan struct{})}
+		go func() { cmd.Wait(); close(r.done) }()
+		if lastErr = r.waitReady(ctx); lastErr == nil {
+			return r, nil
+		}
+		r.stop()
+		if addr != "" {
+			break // a fixed address that does not work will not start working
+		}
+	}
+	return nil, fmt.Errorf("start redis-server: %w", lastErr)
+}
+
+func (r *redisServer) waitReady(ctx context.Context) error {
+	c := redis.NewClient(&redis.Options{Addr: r.addr, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case <-r.done:
+			return fmt.Errorf("redis-server on %s exited at start (port taken?)", r.addr)
+		default:
+		}
+		if err := c.Ping(ctx).Err(); err == nil {
+			return nil
+		} else if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("redis-server on %s not answering PING: %w", r.addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop terminates the server and waits for it.
+func (r *redisServer) stop() {
+	if r == nil || r.cmd.Process == nil {
+		return
+	}
+	r.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Second):
+		r.cmd.Process.Kill()
+		<-r.done
+	}
+}
+
+// pingRedis checks a Redis the user pointed REDIS_ADDR at.
+func pingRedis(ctx context.Context, addr, password string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, Password: password})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis PING %s (REDIS_ADDR): %w", addr, err)
+	}
+	return nil
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port), nil
+}

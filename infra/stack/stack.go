@@ -1,0 +1,561 @@
+// Package stack runs all of gemq on one machine, in one process, wired the
+// way it is deployed: the real Ingest and Worker functions served by the
+// functions framework, Redis, Pub/Sub (pstest or an emulator) with a push
+// loop acting as the push subscription (infra/pushsub), the Cloud Tasks
+// emulator (infra/tasksemu) through the real client, and the Gemini
+// stand-in (infra/geminisim), or the real Gemini API / Vertex AI.
+//
+// It is what `gemq dev`, `gemq run` (`make run`) and the end-to-end tests
+// start. Nothing is short-circuited: jobs go in through ingest's HTTP API,
+// tasks travel as Pub/Sub messages and Cloud Tasks, and the functions read
+// their configuration from the environment variables Terraform sets in the
+// cloud (see CONTRACTS / README "Configuration").
+//
+// One Stack per process: the functions build their clients once per process
+// from the environment, and functions-framework servers cannot be stopped,
+// so Start refuses a second Stack while one is running, and a later Stack in
+// the same process must use the same configuration as the first.
+package stack
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cloud.google.com/go/cloudtasks/apiv2"
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/pstest"
+
+	"github.com/gemq-dev/gemq/infra/pushsub"
+	"github.com/gemq-dev/gemq/infra/tasksemu"
+	"github.com/gemq-dev/gemq/internal/queue"
+)
+
+// Resource names the stack creates (ids in Options.Project).
+const (
+	TasksTopic             = "gemq-tasks"
+	ResultsTopic           = "gemq-results"
+	DeadLetterTopic        = "gemq-dead-letter"
+	PushSubscription       = "gemq-tasks-push"
+	DeadLetterSubscription = "gemq-dead-letter-sub"
+	ResultsSubscription    = "gemq-results-sub"
+	QueueLocation          = "us-central1"
+	QueueID                = "gemq-deferred"
+	DefaultProject         = "gemq-local"
+	DefaultModel           = "gemini-2.5-flash"
+	// LocalAPIKey is the API key the stand-in accepts and the worker sends.
+	LocalAPIKey = "gemq-local-key"
+)
+
+// Options configures a Stack. Zero values give a stack on free ports with
+// the Gemini stand-in at small real-time limits.
+type Options struct {
+	// Getenv reads the user's environment (default os.Getenv): REDIS_ADDR
+	// (and REDIS_PASSWORD) to use an existing Redis, PUBSUB_EMULATOR_HOST to
+	// use a running Pub/Sub emulator, GEMINI_API_KEY or
+	// GOOGLE_GENAI_USE_VERTEXAI=true (+ GOOGLE_CLOUD_PROJECT,
+	// GOOGLE_CLOUD_LOCATION) for the real Gemini, GEMQ_QUOTAS or
+	// GEMQ_QUOTAS_FILE for its quotas.
+	Getenv func(string) string
+	// Dir holds the log file and Redis' working directory (default a new
+	// temporary directory, removed by Close when the stack made it).
+	Dir string
+	// Log receives the stack's own log lines and redis-server's output
+	// (default Dir/gemq.log).
+	Log io.Writer
+
+	// Project is the Google Cloud project id the emulators use (default
+	// "gemq-local"; the real project when using Vertex AI).
+	Project string
+	// Model is the model the stand-in serves and the quota covers (default
+	// gemini-2.5-flash).
+	Model string
+
+	// IngestAddr, WorkerAddr, PubSubAddr, TasksAddr, GeminiAddr are the
+	// listen addresses (default "127.0.0.1:0": a free port each).
+	IngestAddr, WorkerAddr, PubSubAddr, TasksAddr, GeminiAddr string
+
+	// Minute is how long a quota "minute" lasts, for the stand-in and the
+	// limiter alike (default 1m; tests use e.g. 2s). Ignored with the real
+	// Gemini.
+	Minute time.Duration
+	// RPM, TPM and RPD are the stand-in's limits: requests and input tokens
+	// per Minute, requests per Pacific day (defaults 60, 100000, 100000).
+	RPM, TPM, RPD int64
+	// Safety is the limiter's safety factor (default 0.95).
+	Safety float64
+	// Gemini configures the stand-in's latency and faults.
+	Gemini GeminiOptions
+
+	// GeminiTimeout is GEMQ_GEMINI_TIMEOUT (default 120s, scaled by Minute).
+	GeminiTimeout time.Duration
+	// MaxAttempts is GEMQ_MAX_ATTEMPTS (default 5).
+	MaxAttempts int
+	// Env adds or overrides environment variables of the functions.
+	Env map[string]string
+
+	// Push configures the push subscription loop.
+	Push PushOptions
+}
+
+// PushOptions configures the push loop standing in for the push subscription.
+type PushOptions struct {
+	// Concurrency bounds deliveries in flight (default 32).
+	Concurrency int
+	// MinBackoff, MaxBackoff are the subscription's retry policy (default
+	// 10s and 600s as Pub/Sub's, scaled by Minute).
+	MinBackoff, MaxBackoff time.Duration
+	// MaxDeliveryAttempts before dead-lettering (default 5).
+	MaxDeliveryAttempts int
+	// DuplicateDelivery delivers every message twice.
+	DuplicateDelivery bool
+}
+
+// Stack is a running local gemq. Its exported fields are read-only.
+type Stack struct {
+	// IngestURL is the ingest function's URL (the API is under /v1/jobs).
+	IngestURL string
+	// WorkerURL is the worker function's URL (push loop and Cloud Tasks target).
+	WorkerURL string
+	// RedisAddr, PubSubHost (PUBSUB_EMULATOR_HOST), TasksEndpoint
+	// (GEMQ_CLOUDTASKS_ENDPOINT) and GeminiURL (empty: real Gemini) locate
+	// the services.
+	RedisAddr, PubSubHost, TasksEndpoint, GeminiURL string
+	// Project, Model and QueuePath name what the stack created.
+	Project, Model, QueuePath string
+	// LogPath is the log file (empty when Options.Log was given).
+	LogPath string
+	// Env is the environment the functions run with (secrets included:
+	// do not print it whole).
+	Env map[string]string
+	// Quotas is the GEMQ_QUOTAS JSON the limiter enforces.
+	Quotas string
+	// Limits are the quota limits per minute, for reports.
+	Limits Limits
+
+	opts    Options
+	log     *slog.Logger
+	logFile *os.File
+	tmpDir  string
+
+	redis    *redisServer
+	pstest   *pstest.Server
+	psClient *pubsub.Client
+	tasks    *tasksemu.Server
+	ctClient *cloudtasks.Client
+	gemini   *geminiSide
+	ingest   *front
+	worker   *front
+	pusher   *pushsub.Pusher
+
+	pushCancel context.CancelFunc
+	pushDone   chan error
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// Limits are the quota the stack runs under, per quota minute.
+type Limits struct {
+	RPM, TPM, RPD int64
+	Minute        time.Duration
+	Safety        float64
+}
+
+var live atomic.Bool
+
+// Start starts every part of the stack and returns when ingest and the
+// worker answer. Close it to stop. On error, whatever was started is stopped.
+func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
+	if !live.CompareAndSwap(false, true) {
+		return nil, errors.New("stack: another Stack is running in this process")
+	}
+	s := &Stack{}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := s.start(ctx, opts); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) start(ctx context.Context, opts Options) error {
+	opts = withDefaults(opts)
+	s.opts = opts
+	getenv := opts.Getenv
+	s.Project, s.Model = opts.Project, opts.Model
+	s.Limits = Limits{RPM: opts.RPM, TPM: opts.TPM, RPD: opts.RPD, Minute: opts.Minute, Safety: opts.Safety}
+
+	// Files and logs.
+	if opts.Dir == "" {
+		dir, err := os.MkdirTemp("", "gemq-stack-")
+		if err != nil {
+			return fmt.Errorf("stack: temp dir: %w", err)
+		}
+		opts.Dir, s.tmpDir = dir, dir
+	}
+	logw := opts.Log
+	if logw == nil {
+		s.LogPath = filepath.Join(opts.Dir, "gemq.log")
+		f, err := os.OpenFile(s.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return fmt.Errorf("stack: log file: %w", err)
+		}
+		s.logFile, logw = f, f
+	}
+	s.log = slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo})).With("component", "stack")
+
+	// Redis.
+	if addr := getenv("REDIS_ADDR"); addr != "" {
+		if err := pingRedis(ctx, addr, getenv("REDIS_PASSWORD")); err != nil {
+			return err
+		}
+		s.RedisAddr = addr
+	} else {
+		r, err := startRedis(ctx, "", opts.Dir, logw)
+		if err != nil {
+			return err
+		}
+		s.redis, s.RedisAddr = r, r.addr
+	}
+
+	// Pub/Sub.
+	if host := getenv("PUBSUB_EMULATOR_HOST"); host != "" {
+		s.PubSubHost = host
+	} else {
+		addr := opts.PubSubAddr
+		if addr == "" {
+			addr = "127.0.0.1:0"
+		}
+		s.pstest = pstest.NewServerWithAddress(addr)
+		s.PubSubHost = s.pstest.Addr
+	}
+	// The functions' clients read PUBSUB_EMULATOR_HOST themselves; so does
+	// ours, so it must be set before any client is made.
+	os.Setenv("PUBSUB_EMULATOR_HOST", s.PubSubHost)
+	psc, err := queue.NewPubSubClient(ctx, s.Project)
+	if err != nil {
+		return err
+	}
+	s.psClient = psc
+	for _, t := range []string{TasksTopic, ResultsTopic, DeadLetterTopic} {
+		if err := queue.EnsureTopic(ctx, psc, t); err != nil {
+			return err
+		}
+	}
+	// The push subscription: its ack deadline covers a Gemini call; retry and
+	// dead-letter policies are applied by the push loop (pstest's own
+	// dead-lettering repeats messages, so none is set on the subscription).
+	ackDeadline := min(max(opts.GeminiTimeout+30*time.Second, 10*time.Second), 600*time.Second)
+	if err := queue.EnsureSubscription(ctx, psc, PushSubscription, TasksTopic, queue.SubscriptionOptions{
+		AckDeadline: ackDeadline,
+		MinBackoff:  opts.Push.MinBackoff, MaxBackoff: opts.Push.MaxBackoff,
+	}); err != nil {
+		return err
+	}
+	for sub, topic := range map[string]string{DeadLetterSubscription: DeadLetterTopic, ResultsSubscription: ResultsTopic} {
+		if err := queue.EnsureSubscription(ctx, psc, sub, topic, queue.SubscriptionOptions{AckDeadline: 60 * time.Second}); err != nil {
+			return err
+		}
+	}
+
+	// Cloud Tasks.
+	if s.TasksEndpoint = getenv("GEMQ_CLOUDTASKS_ENDPOINT"); s.TasksEndpoint == "" {
+		s.tasks = tasksemu.New(tasksemu.Options{
+			Addr:                opts.TasksAddr,
+			MinDispatchDeadline: time.Second,
+			Logger:              slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "tasksemu"),
+		})
+		if s.TasksEndpoint, err = s.tasks.Start(); err != nil {
+			return err
+		}
+	}
+	if s.ctClient, err = queue.NewCloudTasksClient(ctx, s.TasksEndpoint); err != nil {
+		return err
+	}
+	s.QueuePath = fmt.Sprintf("projects/%s/locations/%s/queues/%s", s.Project, QueueLocation, QueueID)
+	if err := queue.EnsureQueue(ctx, s.ctClient, s.QueuePath, queue.QueueOptions{
+		MaxDispatchesPerSecond:  500,
+		MaxConcurrentDispatches: 1000,
+		MaxAttempts:             -1,
+		MinBackoff:              scale(time.Second, opts.Minute),
+		MaxBackoff:              scale(60*time.Second, opts.Minute),
+	}); err != nil {
+		return err
+	}
+
+	// Gemini.
+	if s.gemini, err = startGemini(ctx, opts, logw); err != nil {
+		return err
+	}
+	s.GeminiURL = s.gemini.url
+
+	// Front servers first, so GEMQ_WORKER_URL is known before the functions
+	// read their configuration.
+	fns, err := serveFunctionsLazy()
+	if err != nil {
+		return err
+	}
+	if s.ingest, err = startFront(opts.IngestAddr, fns.addr(TargetIngest), false); err != nil {
+		return err
+	}
+	if s.worker, err = startFront(opts.WorkerAddr, fns.addr(TargetWorker), true); err != nil {
+		return err
+	}
+	s.IngestURL, s.WorkerURL = s.ingest.url, s.worker.url
+
+	// The functions' environment, as Terraform sets it in the cloud.
+	s.Quotas = s.gemini.quotas
+	env := map[string]string{
+		"REDIS_ADDR":               s.RedisAddr,
+		"REDIS_PASSWORD":           getenv("REDIS_PASSWORD"),
+		"GOOGLE_CLOUD_PROJECT":     s.Project,
+		"GEMQ_TASKS_TOPIC":         TasksTopic,
+		"GEMQ_RESULTS_TOPIC":       ResultsTopic,
+		"GEMQ_TASKS_QUEUE":         s.QueuePath,
+		"GEMQ_WORKER_URL":          s.WorkerURL,
+		"GEMQ_CLOUDTASKS_ENDPOINT": s.TasksEndpoint,
+		"PUBSUB_EMULATOR_HOST":     s.PubSubHost,
+		"GEMQ_QUOTAS":              s.Quotas,
+		"GEMQ_QUOTAS_FILE":         "",
+		"GEMQ_DEFAULT_MODEL":       s.Model,
+		"GEMQ_GEMINI_TIMEOUT":      opts.GeminiTimeout.String(),
+		"GEMQ_MAX_ATTEMPTS":        strconv.Itoa(opts.MaxAttempts),
+		"GEMQ_LOG_LEVEL":           "info",
+	}
+	for k, v := range s.gemini.env {
+		env[k] = v
+	}
+	for k, v := range opts.Env {
+		env[k] = v
+	}
+	s.Env = env
+	for k, v := range env {
+		if v == "" {
+			os.Unsetenv(k)
+		} else {
+			os.Setenv(k, v)
+		}
+	}
+
+	// The push subscription.
+	s.pusher, err = pushsub.New(ctx, psc, PushSubscription, pushsub.Options{
+		Endpoint:            s.WorkerURL,
+		Concurrency:         opts.Push.Concurrency,
+		DeadLetterTopic:     DeadLetterTopic,
+		MaxDeliveryAttempts: opts.Push.MaxDeliveryAttempts,
+		DuplicateDelivery:   opts.Push.DuplicateDelivery,
+		Logger:              slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "pushsub"),
+	})
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithCancel(context.Background())
+	s.pushCancel, s.pushDone = cancel, make(chan error, 1)
+	go func() { s.pushDone <- s.pusher.Run(pctx) }()
+
+	s.log.Info("stack started", "ingest", s.IngestURL, "worker", s.WorkerURL, "redis", s.RedisAddr,
+		"pubsub", s.PubSubHost, "cloudtasks", s.TasksEndpoint, "gemini", s.GeminiURL)
+	return nil
+}
+
+func withDefaults(o Options) Options {
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if o.Project == "" {
+		o.Project = DefaultProject
+	}
+	if o.Model == "" {
+		o.Model = DefaultModel
+	}
+	if o.Minute <= 0 {
+		o.Minute = time.Minute
+	}
+	if o.RPM <= 0 {
+		o.RPM = 60
+	}
+	if o.TPM <= 0 {
+		o.TPM = 100_000
+	}
+	if o.RPD <= 0 {
+		o.RPD = 100_000
+	}
+	if o.Safety <= 0 {
+		o.Safety = 0.95
+	}
+	if o.GeminiTimeout <= 0 {
+		o.GeminiTimeout = scale(120*time.Second, o.Minute)
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 5
+	}
+	if o.Push.Concurrency <= 0 {
+		o.Push.Concurrency = 32
+	}
+	if o.Push.MinBackoff <= 0 {
+		o.Push.MinBackoff = scale(10*time.Second, o.Minute)
+	}
+	if o.Push.MaxBackoff <= 0 {
+		o.Push.MaxBackoff = scale(600*time.Second, o.Minute)
+	}
+	if o.Push.MaxDeliveryAttempts <= 0 {
+		o.Push.MaxDeliveryAttempts = 5
+	}
+	return o
+}
+
+// scale maps a real-time duration onto a stack whose minute lasts minute.
+func scale(d, minute time.Duration) time.Duration {
+	return time.Duration(float64(d) * float64(minute) / float64(time.Minute))
+}
+
+// quotasJSON is the GEMQ_QUOTAS document for model with limits per minute.
+func quotasJSON(model string, rpm, tpm, rpd int64, minute time.Duration, safety float64) string {
+	type dim struct {
+		Name   string `json:"name"`
+		Unit   string `json:"unit"`
+		Limit  int64  `json:"limit"`
+		Period string `json:"period,omitempty"`
+		Per    string `json:"per,omitempty"`
+	}
+	doc := map[string]any{
+		"safety": safety,
+		"scopes": []any{map[string]any{
+			"project": "*", "model": model,
+			"dimensions": []dim{
+				{Name: "rpm", Unit: "requests", Limit: rpm, Period: minute.String()},
+				{Name: "tpm", Unit: "input_tokens", Limit: tpm, Period: minute.String()},
+				{Name: "rpd", Unit: "requests", Limit: rpd, Per: "pacific_day"},
+			},
+		}},
+	}
+	b, _ := json.Marshal(doc)
+	return string(b)
+}
+
+// Stats are the stack's counters, for progress and summaries.
+type Stats struct {
+	// IngestCalls counts HTTP requests to ingest.
+	IngestCalls int64
+	// WorkerCalls counts worker invocations; WorkerTaskCalls of them came
+	// from Cloud Tasks, the rest from the push loop.
+	WorkerCalls, WorkerTaskCalls int64
+	// Push is the push loop's counters.
+	Push pushsub.Stats
+	// Tasks is the Cloud Tasks emulator's (zero with an external one).
+	Tasks tasksemu.Stats
+	// Gemini is the stand-in's (zero with the real Gemini).
+	Gemini GeminiStats
+}
+
+// Stats returns the counters so far.
+func (s *Stack) Stats() Stats {
+	st := Stats{
+		IngestCalls:     s.ingest.calls.Load(),
+		WorkerCalls:     s.worker.calls.Load(),
+		WorkerTaskCalls: s.worker.tasks.Load(),
+		Push:            s.pusher.Stats(),
+	}
+	if s.tasks != nil {
+		st.Tasks = s.tasks.Stats()
+	}
+	st.Gemini = s.gemini.stats()
+	return st
+}
+
+// WorkerInvocations returns how many times the worker was invoked for each
+// task id, and how many invocations carried no readable task (poison).
+func (s *Stack) WorkerInvocations() (perTask map[string]int, unparsed int) {
+	s.worker.mu.Lock()
+	defer s.worker.mu.Unlock()
+	perTask = make(map[string]int, len(s.worker.invoked))
+	for k, v := range s.worker.invoked {
+		perTask[k] = v
+	}
+	return perTask, s.worker.unparsed
+}
+
+// SetDuplicateDelivery makes the push loop deliver every message twice (or
+// stop doing so), as at-least-once delivery may.
+func (s *Stack) SetDuplicateDelivery(on bool) { s.pusher.SetDuplicateDelivery(on) }
+
+// PubSubClient returns the stack's Pub/Sub client (for publishing tasks
+// straight to the topic or reading the dead-letter and results
+// subscriptions). It is closed by Close.
+func (s *Stack) PubSubClient() *pubsub.Client { return s.psClient }
+
+// Close stops the stack: the push loop, then Cloud Tasks dispatches, then
+// the front servers (waiting for requests in flight), the stand-in, Pub/Sub
+// and Redis. The functions-framework servers stay (they cannot be stopped)
+// but receive nothing more. Close is idempotent.
+func (s *Stack) Close() error {
+	s.closeOnce.Do(func() {
+		defer live.Store(false)
+		var errs []error
+		if s.pushCancel != nil {
+			s.pushCancel()
+			if err := <-s.pushDone; err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if s.tasks != nil {
+			s.tasks.Stop()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, f := range []*front{s.ingest, s.worker} {
+			if err := f.stop(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("stop front server: %w", err))
+			}
+		}
+		if s.ctClient != nil {
+			s.ctClient.Close()
+		}
+		if s.gemini != nil {
+			s.gemini.stop()
+		}
+		if s.psClient != nil {
+			s.psClient.Close()
+		}
+		if s.pstest != nil {
+			s.pstest.Close()
+		}
+		s.redis.stop()
+		if s.log != nil {
+			s.log.Info("stack stopped")
+		}
+		if s.logFile != nil {
+			s.logFile.Close()
+		}
+		if s.tmpDir != "" {
+			os.RemoveAll(s.tmpDir)
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// fnAddrs are the funcframework servers' addresses by target.
+type fnAddrs map[string]string
+
+func (f fnAddrs) addr(target string) string { return f[target] }
+
+func serveFunctionsLazy() (fnAddrs, error) {
+	a, err := serveFunctions()
+	if err != nil {
+		return nil, fmt.Errorf("stack: serve functions: %w (are functions/ingest and functions/worker linked in?)", err)
+	}
+	return fnAddrs(a), nil
+}

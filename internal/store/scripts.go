@@ -84,13 +84,54 @@ if terminal(t[1]) then return 2 end
 if held_elsewhere(t, now) then return 3 end
 move(t[1], 'running')
 redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[6], 'lease_ms', tostring(now + tonumber(ARGV[7])))
+redis.call('HDEL', KEYS[4], 'wait_until_ms')
 redis.call('HINCRBY', KEYS[4], 'leases', 1)
 touch(now)
 return 1
 `)
 
+// leaseTaskScript is Lease that knows which delivery a waiting task waits
+// for.
+//
+//	ARGV[7] -> lease in ms
+//	ARGV[8] -> the deferral number the delivery carries
+//	ARGV[9] -> '1': take over only a stale task (running under an expired
+//	           lease, or waiting past its deadline), else answer 5
+//	Output: {code, previous state, published, deferral, wait_until_ms, lease_ms}
+//	code: 1 leased, 2 terminal, 3 held elsewhere, 4 waiting for another
+//	deferral until wait_until_ms, 5 nothing stale to take over;
+//	published: '1' when the terminal result was marked published;
+//	deferral: the deferral number the task was last marked waiting for;
+//	lease_ms: when the live lease (code 3) or the new one (code 1) expires
+var leaseTaskScript = redis.NewScript(prelude + `
+local now = now_ms()
+if register(now) then return {2, 'expired', '1', '0', '0', '0'} end
+local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms', 'published', 'deferral', 'wait_until_ms')
+local prev = t[1]
+local deferral = t[5] or '0'
+local waituntil = tonumber(t[6]) or 0
+if terminal(prev) then return {2, prev, t[4] or '0', deferral, '0', '0'} end
+if held_elsewhere(t, now) then return {3, prev, '0', deferral, '0', t[3]} end
+local stale = (prev == 'running' and (tonumber(t[3]) or 0) <= now) or
+  (prev == 'waiting' and waituntil > 0 and waituntil <= now)
+if prev == 'waiting' and waituntil > now and tostring(ARGV[8]) ~= deferral then
+  return {4, prev, '0', deferral, t[6], '0'}
+end
+if ARGV[9] == '1' and not stale then return {5, prev, '0', deferral, t[6] or '0', t[3] or '0'} end
+move(prev, 'running')
+local lease = tostring(now + tonumber(ARGV[7]))
+redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[6], 'lease_ms', lease)
+redis.call('HDEL', KEYS[4], 'wait_until_ms')
+redis.call('HINCRBY', KEYS[4], 'leases', 1)
+touch(now)
+return {1, prev, '0', deferral, t[6] or '0', lease}
+`)
+
 // waitScript:
 //
+//	ARGV[7] -> deferral number the task now waits for ('' for none)
+//	ARGV[8] -> deadline in ms (Unix) after which any delivery may take the
+//	           task over ('' for none: any delivery may, at once)
 //	Output: 1 waiting, 2 terminal, 3 held elsewhere
 var waitScript = redis.NewScript(prelude + `
 local now = now_ms()
@@ -100,8 +141,24 @@ if terminal(t[1]) then return 2 end
 if held_elsewhere(t, now) then return 3 end
 move(t[1], 'waiting')
 redis.call('HSET', KEYS[4], 'state', 'waiting')
-redis.call('HDEL', KEYS[4], 'holder', 'lease_ms')
+redis.call('HDEL', KEYS[4], 'holder', 'lease_ms', 'wait_until_ms')
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[4], 'deferral', ARGV[7])
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[4], 'wait_until_ms', ARGV[8]) end
+end
 touch(now)
+return 1
+`)
+
+// publishedScript marks a terminal task's result as published.
+//
+//	KEYS[1] -> gemq:job:{<job>}:task:<task>
+//	Output: 1 marked, 0 no such record, -1 not terminal (nothing written)
+var publishedScript = redis.NewScript(`
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
+if state ~= 'succeeded' and state ~= 'failed' then return -1 end
+redis.call('HSET', KEYS[1], 'published', '1')
 return 1
 `)
 
@@ -191,12 +248,14 @@ var getJobScript = redis.NewScript(`return redis.call('HGETALL', KEYS[1])`)
 //	KEYS[2] -> gemq:job:{<job>}:task:<task>
 //	KEYS[3] -> gemq:job:{<job>}:done
 //	ARGV[1] -> task id
-//	Output: nil when the job has no such task, else {key, state, response, error, finished_ms, seq};
+//	Output: nil when the job has no such task, else {key, state, response, error, finished_ms, seq, published};
 //	state is 'expired' for a finished task whose record has expired
 var resultScript = redis.NewScript(`
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return false end
-local r = redis.call('HMGET', KEYS[2], 'key', 'state', 'response', 'error', 'finished_ms')
+local r = redis.call('HMGET', KEYS[2], 'key', 'state', 'response', 'error', 'finished_ms', 'published')
+local published = r[6]
 r[6] = redis.call('ZSCORE', KEYS[3], ARGV[1])
+r[7] = published
 if not r[2] and r[6] then r[2] = 'expired' end
 return r
 `)
@@ -214,11 +273,13 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES'
 // readTasksScript:
 //
 //	KEYS[i] -> gemq:job:{<job>}:task:<task>
-//	Output: for each key {key, state, response, error, finished_ms}
+//	Output: for each key {key, state, response, error, finished_ms, nil, published}
 var readTasksScript = redis.NewScript(`
 local out = {}
 for i = 1, #KEYS do
-  out[i] = redis.call('HMGET', KEYS[i], 'key', 'state', 'response', 'error', 'finished_ms')
+  local r = redis.call('HMGET', KEYS[i], 'key', 'state', 'response', 'error', 'finished_ms', 'published')
+  r[7], r[6] = r[6], false
+  out[i] = r
 end
 return out
 `)

@@ -10,7 +10,7 @@
 //	gemq:job:{<job>}:tasks         set: ids of every task the job has (ingest's plus first-seen ones)
 //	gemq:job:{<job>}:done          sorted set: finished task ids, scored by finish sequence
 //	gemq:job:{<job>}:task:<task>   hash: key, state, holder, lease_ms, leases, finished_ms,
-//	                               response | error
+//	                               response | error, deferral, wait_until_ms, published
 //
 // Job ids and task ids come from internal/task, whose alphabets cannot break a
 // hash tag; request keys are stored only as data. Every write sets the TTL
@@ -22,6 +22,17 @@
 // waiting (deferred for quota; not a failure) → running → succeeded or failed.
 // The terminal states are written once: the first Complete or Fail wins and
 // later ones report AlreadyDone. The counts of Job always add up to Total.
+//
+// Deliveries are at least once, so the store tells a task's expected
+// delivery from duplicates: MarkWaitingFor records that a waiting task waits
+// for deferral n (the Cloud Task carrying its reservation) until a deadline;
+// until then LeaseTask answers Awaiting to any delivery not carrying deferral
+// n (a duplicate push, an older Cloud Task), which the worker acknowledges
+// without touching the limiter, while the delivery carrying n leases it. Past
+// the deadline (its Cloud Task was lost or gave up) any delivery takes it
+// over. MarkPublished records that a terminal result was published, and
+// LeaseTask reports it with AlreadyDone, so a redelivery publishes a result
+// only when that never happened.
 //
 // A Store is safe for concurrent use.
 package store
@@ -183,9 +194,18 @@ const (
 	AlreadyDone
 	// HeldElsewhere: another holder's lease is live; nothing changed.
 	HeldElsewhere
+	// Awaiting (LeaseTask only): the task is waiting for another delivery
+	// (the Cloud Task of its deferral, LeaseResult.Deferral) until
+	// LeaseResult.WaitUntil; nothing changed.
+	Awaiting
+	// NotStale (LeaseTask with TakeoverOnly only): the task is neither
+	// running under an expired lease nor waiting past its deadline, so there
+	// is nothing to take over; nothing changed.
+	NotStale
 )
 
-// String returns "applied", "already_done" or "held_elsewhere".
+// String returns "applied", "already_done", "held_elsewhere", "awaiting" or
+// "not_stale".
 func (o Outcome) String() string {
 	switch o {
 	case Applied:
@@ -194,6 +214,10 @@ func (o Outcome) String() string {
 		return "already_done"
 	case HeldElsewhere:
 		return "held_elsewhere"
+	case Awaiting:
+		return "awaiting"
+	case NotStale:
+		return "not_stale"
 	}
 	return "Outcome(" + strconv.Itoa(int(o)) + ")"
 }
@@ -212,6 +236,9 @@ type Record struct {
 	// Seq is the task's position in the job's finish order (1, 2, …);
 	// zero while not terminal. Pass it to ResultsPage as after.
 	Seq int64
+	// Published is true once MarkPublished recorded that the terminal
+	// result was published.
+	Published bool
 }
 
 func jobKey(jobID, part string) string { return "gemq:job:{" + jobID + "}:" + part }
@@ -332,14 +359,152 @@ func (s *Store) Lease(ctx context.Context, r Ref, holder string, ttl time.Durati
 	return s.transition(ctx, "lease", leaseScript, r, holder, ttl.Milliseconds())
 }
 
+// LeaseRequest says who asks LeaseTask for a task's lease, and which
+// delivery it is.
+type LeaseRequest struct {
+	// Holder identifies the lease holder (one per delivery); required.
+	Holder string
+	// TTL is the lease's length; required (> 0).
+	TTL time.Duration
+	// Deferral is the deferral number the delivery carries (the envelope's
+	// deferrals: 0 for a Pub/Sub message, n for the Cloud Task of deferral
+	// n). A task waiting for another deferral is not leased before its
+	// deadline (Awaiting).
+	Deferral int
+	// TakeoverOnly leases the task only when it is stale: running under an
+	// expired lease, or waiting past its deadline; otherwise the answer is
+	// NotStale (or AlreadyDone, HeldElsewhere). For lease checks.
+	TakeoverOnly bool
+}
+
+// LeaseResult is LeaseTask's answer.
+type LeaseResult struct {
+	// Outcome: Applied (the caller holds the lease), AlreadyDone,
+	// HeldElsewhere, Awaiting or NotStale (nothing changed).
+	Outcome Outcome
+	// Previous is the task's state before the call (Queued for a task
+	// never seen; Expired for a finished task whose record expired).
+	Previous State
+	// Published (AlreadyDone only) is true when the terminal result was
+	// marked published (MarkPublished), or its record has expired.
+	Published bool
+	// Deferral is the deferral number the task was last marked waiting for
+	// (MarkWaitingFor), 0 if never. A new deferral must number beyond it.
+	Deferral int
+	// WaitUntil is the waiting deadline (Awaiting; and for Applied, the
+	// deadline of the wait this lease ended, zero if none).
+	WaitUntil time.Time
+	// LeaseUntil is when the live lease expires: the other holder's
+	// (HeldElsewhere) or the caller's new one (Applied).
+	LeaseUntil time.Time
+}
+
+// LeaseTask claims a task for one delivery, like Lease, and reports the
+// state it found. On top of Lease's rules, a task waiting for deferral n
+// (MarkWaitingFor) until a deadline answers Awaiting to a delivery carrying
+// another deferral number, and is leased by the one carrying n; past the
+// deadline any delivery takes it over (Previous is then Waiting). With
+// TakeoverOnly, only a stale task is leased.
+func (s *Store) LeaseTask(ctx context.Context, r Ref, req LeaseRequest) (LeaseResult, error) {
+	if err := r.check(); err != nil {
+		return LeaseResult{}, err
+	}
+	if req.Holder == "" || req.TTL <= 0 || req.Deferral < 0 {
+		return LeaseResult{}, errors.New("store: lease task: empty holder, non-positive ttl or negative deferral")
+	}
+	takeover := "0"
+	if req.TakeoverOnly {
+		takeover = "1"
+	}
+	args := []any{s.ttlMS(), r.JobID, r.TaskID, r.Key, r.Model, req.Holder, req.TTL.Milliseconds(), req.Deferral, takeover}
+	vals, err := leaseTaskScript.Run(ctx, s.rdb, taskKeys(r), args...).Slice()
+	if err != nil {
+		return LeaseResult{}, fmt.Errorf("store: lease task script: %w", err)
+	}
+	if len(vals) != 6 {
+		return LeaseResult{}, fmt.Errorf("store: lease task script: unexpected result %v", vals)
+	}
+	str := func(i int) string {
+		switch v := vals[i].(type) {
+		case string:
+			return v
+		case int64:
+			return strconv.FormatInt(v, 10)
+		}
+		return ""
+	}
+	num := func(i int) int64 { n, _ := strconv.ParseInt(str(i), 10, 64); return n }
+	code, _ := vals[0].(int64)
+	res := LeaseResult{
+		Outcome:    Outcome(code),
+		Previous:   State(str(1)),
+		Published:  str(2) == "1",
+		Deferral:   int(num(3)),
+		WaitUntil:  msTime(num(4)),
+		LeaseUntil: msTime(num(5)),
+	}
+	if res.Previous == "" {
+		res.Previous = Queued
+	}
+	if res.Outcome < Applied || res.Outcome > NotStale {
+		return LeaseResult{}, fmt.Errorf("store: lease task script: unexpected result %d", code)
+	}
+	return res, nil
+}
+
 // MarkWaiting moves a task to Waiting (deferred until its quota slot) and
 // drops holder's lease. AlreadyDone if terminal; HeldElsewhere if another
-// holder's lease is live.
+// holder's lease is live. Any delivery may lease the task afterwards; see
+// MarkWaitingFor to have duplicates acknowledged instead.
 func (s *Store) MarkWaiting(ctx context.Context, r Ref, holder string) (Outcome, error) {
 	if err := r.check(); err != nil {
 		return 0, err
 	}
-	return s.transition(ctx, "mark waiting", waitScript, r, holder)
+	return s.transition(ctx, "mark waiting", waitScript, r, holder, "", "")
+}
+
+// MarkWaitingFor is MarkWaiting for a task whose next delivery is the Cloud
+// Task of deferral number deferral (> 0): until the deadline until (its
+// scheduled time plus a grace; compared with Redis's clock), LeaseTask
+// answers Awaiting to every other delivery, so duplicates cost nothing;
+// after it, any delivery may take the task over. A zero until means no
+// deadline: only that deferral leases it (use with care: a lost Cloud Task
+// then strands the task).
+func (s *Store) MarkWaitingFor(ctx context.Context, r Ref, holder string, deferral int, until time.Time) (Outcome, error) {
+	if err := r.check(); err != nil {
+		return 0, err
+	}
+	if deferral <= 0 {
+		return 0, fmt.Errorf("store: mark waiting: deferral %d is not positive", deferral)
+	}
+	deadline := ""
+	if !until.IsZero() {
+		deadline = strconv.FormatInt(max(until.UnixMilli(), 1), 10)
+	} else {
+		deadline = strconv.FormatInt(1<<62, 10)
+	}
+	return s.transition(ctx, "mark waiting", waitScript, r, holder, strconv.Itoa(deferral), deadline)
+}
+
+// MarkPublished records that a terminal task's result was published to the
+// results topic; LeaseTask then reports Published with AlreadyDone, and
+// Result and ResultsPage set Record.Published. ErrNotFound when the task has
+// no record (never seen, or expired); an error when it is not terminal.
+func (s *Store) MarkPublished(ctx context.Context, r Ref) error {
+	if err := r.check(); err != nil {
+		return err
+	}
+	n, err := publishedScript.Run(ctx, s.rdb, []string{taskKey(r.JobID, r.TaskID)}).Int64()
+	if err != nil {
+		return fmt.Errorf("store: mark published script: %w", err)
+	}
+	switch n {
+	case 0:
+		return ErrNotFound
+	case -1:
+		return errors.New("store: mark published: task is not terminal")
+	}
+	return nil
 }
 
 // ReleaseLease gives up holder's lease: a Running task goes back to Queued
@@ -413,7 +578,8 @@ func (s *Store) Result(ctx context.Context, jobID, key string) (Record, error) {
 	return rec, nil
 }
 
-// record turns {key, state, response, error, finished_ms, seq} into a Record.
+// record turns {key, state, response, error, finished_ms, seq, published}
+// into a Record.
 func record(id string, v []any) Record {
 	str := func(i int) string {
 		if i < len(v) {
@@ -435,7 +601,8 @@ func record(id string, v []any) Record {
 	if st == "" {
 		st = Queued
 	}
-	return Record{Key: str(0), TaskID: id, State: st, Response: raw(2), Error: raw(3), FinishedAt: msTime(fin), Seq: seq}
+	return Record{Key: str(0), TaskID: id, State: st, Response: raw(2), Error: raw(3), FinishedAt: msTime(fin), Seq: seq,
+		Published: str(6) == "1"}
 }
 
 // ResultsPage returns up to limit finished tasks of a job in finish order,

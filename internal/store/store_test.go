@@ -471,3 +471,156 @@ func TestCluster(t *testing.T) {
 		}
 	}
 }
+
+// leaseTask calls LeaseTask and fails the test on an error or another outcome.
+func leaseTask(t *testing.T, s *store.Store, r store.Ref, req store.LeaseRequest, want store.Outcome) store.LeaseResult {
+	t.Helper()
+	if req.TTL == 0 {
+		req.TTL = time.Minute
+	}
+	res, err := s.LeaseTask(ctx, r, req)
+	if err != nil || res.Outcome != want {
+		t.Fatalf("LeaseTask(%+v) = %+v, %v; want %v", req, res, err, want)
+	}
+	return res
+}
+
+// A task waiting for deferral n answers Awaiting to every other delivery
+// until its deadline, and is leased by the delivery carrying n.
+func TestLeaseTaskWaitingForADeferral(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	res := leaseTask(t, s, r, store.LeaseRequest{Holder: "a"}, store.Applied)
+	if res.Previous != store.Queued || res.Deferral != 0 || time.Until(res.LeaseUntil) < 50*time.Second {
+		t.Fatalf("first lease = %+v", res)
+	}
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, "a", 1, time.Now().Add(time.Minute)))
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Waiting: 1})
+
+	// A duplicate push (deferral 0) and an unknown deferral: acknowledged.
+	for _, d := range []int{0, 2} {
+		res = leaseTask(t, s, r, store.LeaseRequest{Holder: "dup", Deferral: d}, store.Awaiting)
+		if res.Previous != store.Waiting || res.Deferral != 1 || time.Until(res.WaitUntil) < 50*time.Second {
+			t.Fatalf("awaiting = %+v", res)
+		}
+	}
+	// A lease check finds nothing stale.
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "check", Deferral: 1, TakeoverOnly: true}, store.NotStale)
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Waiting: 1})
+
+	// The Cloud Task of deferral 1.
+	res = leaseTask(t, s, r, store.LeaseRequest{Holder: "b", Deferral: 1}, store.Applied)
+	if res.Previous != store.Waiting || res.Deferral != 1 {
+		t.Fatalf("lease of the expected deferral = %+v", res)
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Running: 1})
+	// Its duplicate: held.
+	res = leaseTask(t, s, r, store.LeaseRequest{Holder: "b2", Deferral: 1}, store.HeldElsewhere)
+	if time.Until(res.LeaseUntil) < 50*time.Second {
+		t.Fatalf("held elsewhere reports lease until %v", res.LeaseUntil)
+	}
+
+	// Deferred again (early arrival): the old Cloud Task is now a duplicate.
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, "b", 2, time.Now().Add(time.Minute)))
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "old", Deferral: 1}, store.Awaiting)
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "c", Deferral: 2}, store.Applied)
+	must(t, store.Applied)(s.Complete(ctx, r, "c", []byte(`{}`)))
+
+	res = leaseTask(t, s, r, store.LeaseRequest{Holder: "late", Deferral: 2}, store.AlreadyDone)
+	if res.Published || res.Previous != store.Succeeded {
+		t.Fatalf("after complete = %+v, want not yet published", res)
+	}
+	if err := s.MarkPublished(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	res = leaseTask(t, s, r, store.LeaseRequest{Holder: "late", TakeoverOnly: true}, store.AlreadyDone)
+	if !res.Published {
+		t.Fatalf("after MarkPublished = %+v, want published", res)
+	}
+	if rec, err := s.Result(ctx, "job1", "k0"); err != nil || !rec.Published {
+		t.Fatalf("Result = %+v, %v; want Published", rec, err)
+	}
+	recs, _, err := s.ResultsPage(ctx, "job1", 0, 10)
+	if err != nil || len(recs) != 1 || !recs[0].Published || recs[0].Seq != 1 {
+		t.Fatalf("ResultsPage = %+v, %v; want one published record with seq 1", recs, err)
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Succeeded: 1})
+}
+
+// A waiting task whose deadline passed (its Cloud Task was lost) is taken
+// over by any delivery, a lease check included; a running task is taken over
+// by a lease check only once its lease expired.
+func TestLeaseTaskTakesOverStaleTasks(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "a"}, store.Applied)
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, "a", 3, time.Now().Add(150*time.Millisecond)))
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "dup"}, store.Awaiting)
+	time.Sleep(200 * time.Millisecond)
+	res := leaseTask(t, s, r, store.LeaseRequest{Holder: "dup"}, store.Applied)
+	if res.Previous != store.Waiting || res.Deferral != 3 || res.WaitUntil.IsZero() {
+		t.Fatalf("takeover = %+v, want previous waiting for deferral 3", res)
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Running: 1})
+
+	// Lease checks: a live lease is held elsewhere; an expired one is taken over.
+	r2 := ref("job1", "k1")
+	leaseTask(t, s, r2, store.LeaseRequest{Holder: "dead", TTL: 150 * time.Millisecond}, store.Applied)
+	leaseTask(t, s, r2, store.LeaseRequest{Holder: "check", TakeoverOnly: true}, store.HeldElsewhere)
+	time.Sleep(200 * time.Millisecond)
+	res = leaseTask(t, s, r2, store.LeaseRequest{Holder: "check", TakeoverOnly: true}, store.Applied)
+	if res.Previous != store.Running {
+		t.Fatalf("lease check takeover = %+v", res)
+	}
+	// A queued task (released for its redelivery) is not the check's.
+	must(t, store.Applied)(s.ReleaseLease(ctx, r2, "check"))
+	leaseTask(t, s, r2, store.LeaseRequest{Holder: "check2", TakeoverOnly: true}, store.NotStale)
+	// Lease after a plain MarkWaiting: any delivery leases at once.
+	leaseTask(t, s, r2, store.LeaseRequest{Holder: "x"}, store.Applied)
+	must(t, store.Applied)(s.MarkWaiting(ctx, r2, "x"))
+	leaseTask(t, s, r2, store.LeaseRequest{Holder: "y", Deferral: 7}, store.Applied)
+	wantCounts(t, s, "job1", store.Counts{Total: 2, Running: 2})
+
+	if _, err := s.LeaseTask(ctx, r, store.LeaseRequest{Holder: "", TTL: time.Minute}); err == nil {
+		t.Error("LeaseTask with no holder succeeded")
+	}
+	if _, err := s.MarkWaitingFor(ctx, r, "dup", 0, time.Now()); err == nil {
+		t.Error("MarkWaitingFor deferral 0 succeeded")
+	}
+	if err := s.MarkPublished(ctx, r); err == nil || errors.Is(err, store.ErrNotFound) {
+		t.Errorf("MarkPublished on a running task = %v, want a not-terminal error", err)
+	}
+	if err := s.MarkPublished(ctx, ref("job1", "never")); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("MarkPublished on an unknown task = %v, want ErrNotFound", err)
+	}
+}
+
+// Concurrent duplicates of one waiting task's expected delivery: exactly one
+// leases it.
+func TestLeaseTaskExpectedDeliveryConcurrent(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "a"}, store.Applied)
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, "a", 1, time.Now().Add(time.Minute)))
+	const n = 32
+	got := make([]store.Outcome, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			res, err := s.LeaseTask(ctx, r, store.LeaseRequest{Holder: "h" + strconv.Itoa(i), TTL: time.Minute, Deferral: i % 2})
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = res.Outcome
+		})
+	}
+	wg.Wait()
+	by := map[store.Outcome]int{}
+	for _, o := range got {
+		by[o]++
+	}
+	if by[store.Applied] != 1 || by[store.Awaiting]+by[store.HeldElsewhere] != n-1 {
+		t.Fatalf("outcomes %v, want one applied, the rest awaiting or held", by)
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Running: 1})
+}

@@ -2,7 +2,7 @@
 GO ?= go
 GOFLAGS_TEST ?= -race -count=1 -timeout 30m
 
-.PHONY: test vet fmt-check unit bench-limiter
+.PHONY: test vet fmt-check unit bench-limiter bench run
 
 ## test: everything CI checks (formatting, vet, all tests with the race detector)
 test: fmt-check vet tf-check unit
@@ -38,3 +38,16 @@ tf-schema:
 ## bench-limiter: gemq's 3-dimension Acquire vs redis_rate AllowN vs EVALSHA no-op, 1/16/64/256 callers
 bench-limiter:
 	$(GO) run ./cmd/benchlimiter
+
+## run: the example job (examples/prompts.jsonl) on a local stack: Redis, Pub/Sub (pstest) with a push loop,
+## the Cloud Tasks emulator, the Gemini stand-in and both functions served by the functions framework; shows
+## progress, writes results.jsonl and prints a summary. GEMINI_API_KEY=... uses the real Gemini API instead.
+## More flags: make run RUN_ARGS="--rpm 200 --minute 5s" (see go run ./cmd/gemq run --help).
+run:
+	$(GO) run ./cmd/gemq run $(RUN_ARGS)
+
+## bench: the pipeline benchmarks (quota utilisation, 429s and waste, invocations, gemq vs the seed's
+## policy, overheads) through the local stack, and the limiter under 1,000 simulated instances; prints a
+## table and writes the same figures into BENCHMARKS.md (infra/bench, infra/cmd/gemqbench). Not part of test.
+bench:
+	$(GO) build -o $${TMPDIR:-/tmp}/gemqbench ./infra/cmd/gemqbench && $${TMPDIR:-/tmp}/gemqbench -md BENCHMARKS.md

@@ -44,27 +44,34 @@ func addStackFlags(fs *flag.FlagSet, minute time.Duration, rpm, tpm int64, inges
 }
 
 // start redirects the process' stdout and stderr (where the functions log,
-// as on Cloud Run) to the stack's log file, then starts the stack.
-func (f *stackFlags) start(ctx context.Context, e env) (*stack.Stack, error) {
+// as on Cloud Run) to the stack's log file, then starts the stack. Call
+// restore after closing the stack to undo the redirection.
+func (f *stackFlags) start(ctx context.Context, e env) (_ *stack.Stack, restore func(), err error) {
 	lat, err := geminisim.ParseLatency(*f.latency)
 	if err != nil {
-		return nil, &exitError{code: exitUsage, msg: err.Error()}
+		return nil, nil, &exitError{code: exitUsage, msg: err.Error()}
 	}
 	dir := *f.dir
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "gemq-"); err != nil {
-			return nil, &exitError{code: exitStack, msg: err.Error()}
+			return nil, nil, &exitError{code: exitStack, msg: err.Error()}
 		}
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, &exitError{code: exitStack, msg: err.Error()}
+		return nil, nil, &exitError{code: exitStack, msg: err.Error()}
 	}
 	logPath := filepath.Join(dir, "gemq.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, &exitError{code: exitStack, msg: err.Error()}
+		return nil, nil, &exitError{code: exitStack, msg: err.Error()}
 	}
+	stdout, stderr, logw := os.Stdout, os.Stderr, log.Writer()
 	os.Stdout, os.Stderr = logFile, logFile
 	log.SetOutput(logFile)
+	restore = func() {
+		os.Stdout, os.Stderr = stdout, stderr
+		log.SetOutput(logw)
+		logFile.Close()
+	}
 	s, err := stack.Start(ctx, stack.Options{
 		Getenv:     e.getenv,
 		Dir:        dir,
@@ -83,10 +90,11 @@ func (f *stackFlags) start(ctx context.Context, e env) (*stack.Stack, error) {
 		if errors.Is(err, stack.ErrNoRedis) {
 			msg = err.Error()
 		}
-		return nil, &exitError{code: exitStack, msg: msg}
+		restore()
+		return nil, nil, &exitError{code: exitStack, msg: msg}
 	}
 	s.LogPath = logPath
-	return s, nil
+	return s, restore, nil
 }
 
 func describeGemini(s *stack.Stack) string {
@@ -109,10 +117,11 @@ func cmdDev(ctx context.Context, args []string, e env) error {
 	if _, err := parse(fs, args, e, 0); err != nil {
 		return err
 	}
-	s, err := sf.start(ctx, e)
+	s, restore, err := sf.start(ctx, e)
 	if err != nil {
 		return err
 	}
+	defer restore()
 	defer s.Close()
 	w := e.stdout
 	fmt.Fprintf(w, "gemq dev: the local stack is running (Ctrl-C stops it)\n\n")
@@ -158,10 +167,11 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	s, err := sf.start(ctx, e)
+	s, restore, err := sf.start(ctx, e)
 	if err != nil {
 		return err
 	}
+	defer restore()
 	defer s.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()

@@ -27,6 +27,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -191,6 +192,16 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 }
 
 func (s *Stack) start(ctx context.Context, opts Options) error {
+	if opts.Getenv == nil {
+		opts.Getenv = os.Getenv
+	}
+	if vertex := strings.EqualFold(opts.Getenv("GOOGLE_GENAI_USE_VERTEXAI"), "true"); vertex || opts.Getenv("GEMINI_API_KEY") != "" {
+		// The real Gemini keeps real time; Vertex AI needs the real project.
+		opts.Minute = time.Minute
+		if p := opts.Getenv("GOOGLE_CLOUD_PROJECT"); vertex && opts.Project == "" && p != "" {
+			opts.Project = p
+		}
+	}
 	opts = withDefaults(opts)
 	s.opts = opts
 	getenv := opts.Getenv

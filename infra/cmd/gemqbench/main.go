@@ -4,26 +4,30 @@
 // log (or, for the limiter simulation, the admissions the instances
 // recorded), never against gemq's counters.
 //
+// Each pipeline scenario runs the whole local stack (infra/stack) in a child
+// process of its own, because a process holds one stack and the functions
+// read their configuration (e.g. GEMQ_LIMIT_POLICY) once per process.
+//
 // Usage:
 //
-//	go run ./infra/cmd/gemqbench [-only sim,...] [-md BENCHMARKS.md]
+//	go run ./infra/cmd/gemqbench [-only sim,rpm,tpm,tpm-skew30,seed-rpm] [-md BENCHMARKS.md]
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/gemq-dev/gemq/infra/bench"
 )
-
-// benchmarks in the order they run.
-var all = []string{"sim"}
 
 func main() {
 	if err := run(); err != nil {
@@ -33,12 +37,42 @@ func main() {
 }
 
 func run() error {
+	sc := bench.DefaultScale
+	var all []string
+	for _, o := range sc.Scenarios() {
+		all = append(all, o.Name)
+	}
+	all = append(all, "sim")
+
 	only := flag.String("only", strings.Join(all, ","), "comma-separated benchmarks to run: "+strings.Join(all, ", "))
 	md := flag.String("md", "BENCHMARKS.md", "file to write the figures into (empty: do not write)")
 	instances := flag.Int("instances", 1000, "sim: simulated function instances")
 	simMinute := flag.Duration("sim-minute", 20*time.Second, "sim: the scaled minute")
 	simWindows := flag.Int("sim-windows", 2, "sim: backlog in per-minute quotas")
+	flag.DurationVar(&sc.Minute, "minute", sc.Minute, "pipeline: the scaled quota minute")
+	flag.Int64Var(&sc.RPM, "rpm", sc.RPM, "pipeline: the RPM-bound job's limit (the TPM-bound job's TPM is rpm × 500)")
+	flag.Float64Var(&sc.Backlog, "backlog", sc.Backlog, "pipeline: job size in per-minute quotas")
+	flag.DurationVar(&sc.Guard, "guard", sc.Guard, "pipeline: the limiter's guard (real time)")
+	flag.StringVar(&sc.Latency, "latency", sc.Latency, "pipeline: the stand-in's latency (stand-in time)")
+	flag.IntVar(&sc.PushConcurrency, "push-concurrency", sc.PushConcurrency, "pipeline: push loop deliveries in flight")
+	child := flag.String("child", "", "internal: run one pipeline scenario in this process")
+	childOut := flag.String("child-out", "", "internal: where the child writes its result")
 	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	if *child != "" {
+		o, err := sc.Scenario(*child)
+		if err != nil {
+			return err
+		}
+		r, err := bench.RunPipeline(ctx, o, os.Stderr)
+		if werr := r.WriteJSON(*childOut); werr != nil {
+			return werr
+		}
+		return err
+	}
 
 	want := strings.Split(*only, ",")
 	for _, w := range want {
@@ -50,9 +84,6 @@ func run() error {
 	if len(os.Args) > 1 {
 		command = "go run ./infra/cmd/gemqbench " + strings.Join(os.Args[1:], " ")
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
 	dir, err := os.MkdirTemp("", "gemqbench")
 	if err != nil {
 		return fmt.Errorf("temp dir: %w", err)
@@ -60,10 +91,46 @@ func run() error {
 	defer os.RemoveAll(dir)
 
 	m := bench.ThisMachine()
+	fmt.Printf("machine: %s\n", m)
 	var sections []bench.Section
-	emit := func(s bench.Section) {
-		sections = append(sections, s)
-		fmt.Print(bench.Text(m, []bench.Section{s}))
+	emit := func(ss ...bench.Section) {
+		sections = append(sections, ss...)
+		t := bench.Text(m, ss)
+		fmt.Print(t[strings.Index(t, "\n")+1:]) // the machine line is printed once
+	}
+
+	results := map[string]bench.PipelineResult{}
+	for _, o := range sc.Scenarios() {
+		if !slices.Contains(want, o.Name) {
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "gemqbench: %s: %d tasks through the local stack (policy %s) ...\n", o.Name, o.Tasks, o.Policy)
+		r, err := runChild(ctx, dir, o.Name)
+		if err != nil {
+			return err
+		}
+		results[o.Name] = r
+		switch o.Name {
+		case "rpm":
+			emit(bench.UtilisationSection(r, "Quota utilisation: RPM-bound job", command))
+		case "tpm":
+			emit(bench.UtilisationSection(r, "Quota utilisation: TPM-bound job", command))
+		}
+	}
+	var runs []bench.PipelineResult
+	for _, o := range sc.Scenarios() {
+		if r, ok := results[o.Name]; ok {
+			runs = append(runs, r)
+		}
+	}
+	if len(runs) > 0 {
+		w, inv := bench.WasteSection(runs, command)
+		emit(w, inv)
+	}
+	if g, ok := results["rpm"]; ok {
+		if s, ok := results["seed-rpm"]; ok {
+			emit(bench.SeedSection(g, s, command))
+		}
 	}
 
 	if slices.Contains(want, "sim") {
@@ -89,4 +156,50 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "gemqbench: wrote %s\n", *md)
 	}
 	return nil
+}
+
+// runChild runs one scenario in a child process (its function logs go to a
+// file in dir) and reads its result.
+func runChild(ctx context.Context, dir, name string) (bench.PipelineResult, error) {
+	var r bench.PipelineResult
+	exe, err := os.Executable()
+	if err != nil {
+		return r, fmt.Errorf("executable: %w", err)
+	}
+	out := filepath.Join(dir, name+".json")
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return r, fmt.Errorf("child log: %w", err)
+	}
+	defer logf.Close()
+	args := append([]string{"-child", name, "-child-out", out}, passFlags()...)
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "GEMQ_LOG_LEVEL=info")
+	runErr := cmd.Run()
+	b, err := os.ReadFile(out)
+	if err != nil {
+		tail, _ := exec.Command("tail", "-n", "20", logPath).Output()
+		return r, fmt.Errorf("scenario %s: %v (no result: %v); log tail:\n%s", name, runErr, err, tail)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("scenario %s: result: %w", name, err)
+	}
+	if runErr != nil {
+		fmt.Fprintf(os.Stderr, "gemqbench: %s: %v (%s); reporting what was measured\n", name, runErr, r.Error)
+	}
+	return r, nil
+}
+
+// passFlags returns the pipeline flags given to this process, for the child.
+func passFlags() []string {
+	var out []string
+	flag.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "minute", "rpm", "backlog", "guard", "latency", "push-concurrency":
+			out = append(out, "-"+f.Name+"="+f.Value.String())
+		}
+	})
+	return out
 }

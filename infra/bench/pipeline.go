@@ -1,0 +1,366 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gemq-dev/gemq/infra/geminisim"
+	"github.com/gemq-dev/gemq/infra/stack"
+	"github.com/gemq-dev/gemq/internal/gemini"
+	"github.com/gemq-dev/gemq/internal/limiter"
+)
+
+// PipelineOptions describe one job run through the whole local stack
+// (benchmarks 1-4): ingest over HTTP, Pub/Sub (pstest) with the push loop,
+// the worker over HTTP, the Cloud Tasks emulator, the Gemini stand-in and a
+// real redis-server, all from infra/stack.
+type PipelineOptions struct {
+	// Name identifies the run ("rpm", "seed-rpm", …).
+	Name string `json:"name"`
+	// Policy is GEMQ_LIMIT_POLICY: "reserve" (gemq) or "seed".
+	Policy string `json:"policy"`
+	// Minute is the scaled quota minute (stand-in and limiter alike).
+	Minute time.Duration `json:"minute"`
+	// RPM, TPM, RPD are the stand-in's limits and the limiter's quota.
+	RPM, TPM, RPD int64
+	// Safety is the limiter's safety factor.
+	Safety float64 `json:"safety"`
+	// Guard is the limiter's guard time in real time (GEMQ_QUOTAS "guard").
+	Guard time.Duration `json:"guard"`
+	// Tasks is the job's size; MinTokens..MaxTokens the input tokens of each
+	// request (uniform).
+	Tasks                int `json:"tasks"`
+	MinTokens, MaxTokens int
+	// Latency is the stand-in's latency spec (geminisim.ParseLatency), in
+	// stand-in time.
+	Latency string `json:"latency"`
+	// TokenSkew is the stand-in's token-count skew (0.3: ±30%).
+	TokenSkew float64 `json:"token_skew"`
+	// Seed makes prompts and the stand-in's choices reproducible.
+	Seed uint64 `json:"seed"`
+	// PushConcurrency bounds the push loop's deliveries in flight.
+	PushConcurrency int `json:"push_concurrency"`
+	// Timeout bounds the whole run (real time).
+	Timeout time.Duration `json:"timeout"`
+}
+
+// Model is the model every benchmark job uses.
+const Model = "gemini-2.5-flash"
+
+// PipelineResult is what one run measured. Durations marked "stand-in" are
+// in stand-in time (a quota minute lasts one minute there).
+type PipelineResult struct {
+	Opts PipelineOptions `json:"opts"`
+	// Accepted is what ingest accepted; Succeeded/Failed the job's final
+	// counts (from the job status API, only to know when it is done).
+	Accepted, Succeeded, Failed int
+	// Completion is from the POST to the last successful answer's finish
+	// (stand-in); TMin the theoretical minimum (stand-in), Binding its
+	// dimension.
+	Completion, TMin time.Duration
+	Binding          string
+	// MedianLatency is the stand-in latency model's median (stand-in), part
+	// of TMin (the last call's answer).
+	MedianLatency time.Duration
+	// From the stand-in's log: generateContent calls received, of which OK
+	// and 429; calls for tasks already answered OK (duplicates).
+	GeminiCalls, OK, Status429, Other int
+	DuplicateCalls                    int
+	// Peak sliding windows (1 stand-in minute) and capacities.
+	PeakRPM, PeakTPM, CapRPM, CapTPM int64
+	// Mean and smallest total of the complete stand-in minutes counted
+	// from the first received call (see WindowRates).
+	MeanRPM, MeanTPM       float64
+	MinFullRPM, MinFullTPM int64
+	FullWindows            int
+	// WindowsRPM and WindowsTPM are those complete minutes, in order.
+	WindowsRPM, WindowsTPM []int64
+	// Violations found by limiter.CheckWindows over the log at safety × limit.
+	Violations int
+	// Invocations: worker calls (push + Cloud Tasks), Cloud Tasks created,
+	// the most invocations any task had.
+	WorkerCalls, WorkerTaskCalls, TasksCreated, MaxInvocations int
+	// Wall is the run's real time from POST to done; CPU the process's
+	// (and its redis-server's) user+system CPU over the same run.
+	Wall, CPU time.Duration
+	// Error is set when the run did not finish.
+	Error string `json:",omitempty"`
+}
+
+// quotasJSON is GEMQ_QUOTAS for o: the stand-in's limits in scaled minutes,
+// the guard scaled explicitly.
+func (o PipelineOptions) quotasJSON() string {
+	return fmt.Sprintf(`{"safety": %g, "guard": "%dms", "scopes": [{"project": "*", "model": %q, "dimensions": [
+	 {"name": "rpm", "unit": "requests", "limit": %d, "period": "%dms"},
+	 {"name": "tpm", "unit": "input_tokens", "limit": %d, "period": "%dms"},
+	 {"name": "rpd", "unit": "requests", "limit": %d, "per": "pacific_day"}]}]}`,
+		o.Safety, o.Guard.Milliseconds(), Model, o.RPM, o.Minute.Milliseconds(), o.TPM, o.Minute.Milliseconds(), o.RPD)
+}
+
+var words = strings.Fields(`quota window token request minute limiter gemini reserve sliding cloud task
+	queue worker ingest publish redis script permit burst latency model answer prompt summary`)
+
+// JobJSONL returns a Batch-API JSONL job of n requests whose input tokens
+// (by gemq's counting rule, which the stand-in also uses) are uniform in
+// [minTok, maxTok], and their total.
+func JobJSONL(n, minTok, maxTok int, seed uint64) ([]byte, int64, error) {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	var b bytes.Buffer
+	var total int64
+	for i := range n {
+		want := int64(minTok)
+		if maxTok > minTok {
+			want += rng.Int64N(int64(maxTok-minTok) + 1)
+		}
+		var text strings.Builder
+		fmt.Fprintf(&text, "Task %d:", i)
+		for gemini.TextTokens(text.String()) < want {
+			text.WriteString(" ")
+			text.WriteString(words[rng.IntN(len(words))])
+		}
+		line := map[string]any{"key": fmt.Sprintf("k%06d", i), "request": map[string]any{
+			"contents":         []any{map[string]any{"role": "user", "parts": []any{map[string]any{"text": text.String()}}}},
+			"generationConfig": map[string]any{"maxOutputTokens": 16},
+		}}
+		raw, err := json.Marshal(line)
+		if err != nil {
+			return nil, 0, err
+		}
+		req, err := gemini.ParseRequest(mustField(raw))
+		if err != nil {
+			return nil, 0, fmt.Errorf("generated request %d: %w", i, err)
+		}
+		total += gemini.EstimateInputTokens(req)
+		b.Write(raw)
+		b.WriteByte('\n')
+	}
+	return b.Bytes(), total, nil
+}
+
+func mustField(line []byte) []byte {
+	var v struct {
+		Request json.RawMessage `json:"request"`
+	}
+	json.Unmarshal(line, &v)
+	return v.Request
+}
+
+// cpuTime is this process's user+system CPU plus that of its waited-for
+// children (redis-server once stopped).
+func cpuTime() time.Duration {
+	var total time.Duration
+	for _, who := range []int{syscall.RUSAGE_SELF, syscall.RUSAGE_CHILDREN} {
+		var ru syscall.Rusage
+		if syscall.Getrusage(who, &ru) == nil {
+			total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
+	}
+	return total
+}
+
+// RunPipeline starts a local stack, submits the job, waits until every task
+// has finished, and analyses the stand-in's log. It starts a Stack, so it can
+// run only once per process (see infra/stack); gemqbench runs each scenario in
+// a child process.
+func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (PipelineResult, error) {
+	res := PipelineResult{Opts: o}
+	lat, err := geminisim.ParseLatency(o.Latency)
+	if err != nil {
+		return res, fmt.Errorf("latency: %w", err)
+	}
+	res.MedianLatency = lat.Median
+	if lat.Kind == "fixed" {
+		res.MedianLatency = lat.Fixed
+	}
+	body, _, err := JobJSONL(o.Tasks, o.MinTokens, o.MaxTokens, o.Seed)
+	if err != nil {
+		return res, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	st, err := stack.Start(ctx, stack.Options{
+		Getenv: func(string) string { return "" }, // never the user's REDIS_ADDR, keys or emulators
+		Log:    logw,
+		Model:  Model,
+		Minute: o.Minute, RPM: o.RPM, TPM: o.TPM, RPD: o.RPD, Safety: o.Safety,
+		Gemini: stack.GeminiOptions{Latency: lat, TokenSkew: o.TokenSkew, Seed: o.Seed},
+		Env: map[string]string{
+			"GEMQ_LIMIT_POLICY": o.Policy,
+			"GEMQ_QUOTAS":       o.quotasJSON(),
+		},
+		Push: stack.PushOptions{Concurrency: o.PushConcurrency},
+	})
+	if err != nil {
+		return res, fmt.Errorf("stack start: %w", err)
+	}
+	defer st.Close()
+	sim := st.GeminiStandIn()
+
+	jobID := "bench-" + o.Name
+	cpu0, wall0 := cpuTime(), time.Now()
+	submitted := sim.Now()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, st.IngestURL+"/v1/jobs?model="+Model+"&job_id="+jobID, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/jsonl")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return res, fmt.Errorf("submit: %w", err)
+	}
+	var accepted struct {
+		Accepted int `json:"accepted"`
+	}
+	rb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(rb, &accepted) != nil {
+		return res, fmt.Errorf("submit: %s: %.300s", resp.Status, rb)
+	}
+	res.Accepted = accepted.Accepted
+
+	for {
+		done, s, f, err := jobStatus(ctx, st.IngestURL, jobID)
+		if err != nil {
+			res.Error = err.Error()
+			break
+		}
+		res.Succeeded, res.Failed = s, f
+		if done {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			res.Error = fmt.Sprintf("timed out after %v with %d/%d succeeded", o.Timeout, s, res.Accepted)
+		case <-time.After(100 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	res.Wall = time.Since(wall0)
+	stats := st.Stats()
+	perTask, _ := st.WorkerInvocations()
+	log := sim.Log()
+	st.Close()
+	res.CPU = cpuTime() - cpu0
+	res.WorkerCalls, res.WorkerTaskCalls = int(stats.WorkerCalls), int(stats.WorkerTaskCalls)
+	res.TasksCreated = stats.Tasks.Created
+	for _, n := range perTask {
+		res.MaxInvocations = max(res.MaxInvocations, n)
+	}
+	res.analyse(log, submitted)
+	if res.Error != "" {
+		return res, fmt.Errorf("%s: %s", o.Name, res.Error)
+	}
+	return res, nil
+}
+
+func jobStatus(ctx context.Context, base, id string) (done bool, succeeded, failed int, err error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+id, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, 0, 0, fmt.Errorf("job status: %w", err)
+	}
+	defer resp.Body.Close()
+	var js struct {
+		State  string `json:"state"`
+		Counts struct {
+			Succeeded int `json:"succeeded"`
+			Failed    int `json:"failed"`
+		} `json:"counts"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&js); err != nil {
+		return false, 0, 0, fmt.Errorf("job status: %s: %w", resp.Status, err)
+	}
+	return js.State == "done", js.Counts.Succeeded, js.Counts.Failed, nil
+}
+
+// analyse computes every figure from the stand-in's log (stand-in time).
+func (r *PipelineResult) analyse(log []geminisim.Entry, submitted time.Time) {
+	o := r.Opts
+	var rpm, tpm []Sample
+	var events []limiter.Event
+	okTasks := map[string]bool{}
+	var lastOK time.Time
+	var tokensOK int64
+	for _, e := range log {
+		if e.Method != "generateContent" {
+			continue
+		}
+		r.GeminiCalls++
+		if okTasks[e.TaskID] {
+			r.DuplicateCalls++
+		}
+		switch e.Status {
+		case http.StatusOK:
+			r.OK++
+			okTasks[e.TaskID] = true
+			tokensOK += e.InputTokens
+			if e.Finished.After(lastOK) {
+				lastOK = e.Finished
+			}
+		case http.StatusTooManyRequests:
+			r.Status429++
+		default:
+			r.Other++
+		}
+		if e.Charged {
+			rpm = append(rpm, Sample{e.Received, 1})
+			tpm = append(tpm, Sample{e.Received, e.InputTokens})
+			events = append(events, limiter.Event{At: e.Received, Cost: limiter.Cost{Requests: 1, InputTokens: e.InputTokens}})
+		}
+	}
+	if !lastOK.IsZero() {
+		r.Completion = lastOK.Sub(submitted)
+	}
+	r.CapRPM, r.CapTPM = Capacity(o.RPM, o.Safety), Capacity(o.TPM, o.Safety)
+	tr := TheoreticalMin(int64(r.OK), r.CapRPM, time.Minute)
+	tt := TheoreticalMin(tokensOK, r.CapTPM, time.Minute)
+	r.TMin, r.Binding = tr, "rpm"
+	if tt > tr {
+		r.TMin, r.Binding = tt, "tpm"
+	}
+	r.TMin += r.MedianLatency
+	r.PeakRPM, _ = PeakWindow(rpm, time.Minute)
+	r.PeakTPM, _ = PeakWindow(tpm, time.Minute)
+	fullR, _ := WindowRates(rpm, time.Minute)
+	fullT, _ := WindowRates(tpm, time.Minute)
+	r.FullWindows = len(fullR)
+	r.WindowsRPM, r.WindowsTPM = fullR, fullT
+	r.MeanRPM, r.MinFullRPM = meanMin(fullR)
+	r.MeanTPM, r.MinFullTPM = meanMin(fullT)
+	q := limiter.Quota{Safety: o.Safety, Dimensions: []limiter.Dimension{
+		{Name: "rpm", Unit: limiter.Requests, Limit: o.RPM, Period: time.Minute},
+		{Name: "tpm", Unit: limiter.InputTokens, Limit: o.TPM, Period: time.Minute},
+		{Name: "rpd", Unit: limiter.Requests, Limit: o.RPD, Per: limiter.PacificDay},
+	}}
+	r.Violations = len(limiter.CheckWindows(events, q))
+}
+
+// WriteJSON writes r to path (the child process's answer to gemqbench).
+func (r PipelineResult) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// meanMin returns the mean and the minimum of xs (0, 0 for none).
+func meanMin(xs []int64) (float64, int64) {
+	if len(xs) == 0 {
+		return 0, 0
+	}
+	var sum int64
+	lo := xs[0]
+	for _, x := range xs {
+		sum += x
+		lo = min(lo, x)
+	}
+	return float64(sum) / float64(len(xs)), lo
+}

@@ -339,3 +339,37 @@ func TestSchedulerWithoutServiceAccountAndErrors(t *testing.T) {
 		t.Errorf("missing queue: %v", err)
 	}
 }
+
+// Create reports whether it made the task: true the first time, false (no
+// error) for the same name again, also after it ran; errors as Schedule.
+func TestSchedulerCreateReportsDuplicates(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	env := newTasksEnv(t)
+	s := env.sched("")
+	name := queue.TaskName("job-1/task-8", 2)
+	created, err := s.Create(ctx, name, time.Now().Add(100*time.Millisecond), []byte(`{"first":true}`))
+	if err != nil || !created {
+		t.Fatalf("Create = %v, %v; want created", created, err)
+	}
+	for range 2 {
+		created, err = s.Create(ctx, name, time.Now(), []byte(`{"second":true}`))
+		if err != nil || created {
+			t.Fatalf("Create again = %v, %v; want not created, no error", created, err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(env.received()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if created, err = s.Create(ctx, name, time.Time{}, []byte(`{"third":true}`)); err != nil || created {
+		t.Fatalf("Create after it ran = %v, %v; want not created, no error", created, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := env.received(); len(got) != 1 || got[0].body != `{"first":true}` {
+		t.Fatalf("target received %v, want only the first body", got)
+	}
+	if created, err = s.Create(ctx, "bad.name", time.Now(), nil); err == nil || created || status.Code(unwrapFirst(err)) != codes.InvalidArgument {
+		t.Errorf("invalid name: %v, %v", created, err)
+	}
+}

@@ -53,6 +53,15 @@ func NewScheduler(client *cloudtasks.Client, queuePath, targetURL, serviceAccoun
 // past or zero). A task of that name that exists or ran recently (ALREADY_EXISTS) is
 // success: nil. Other failures are returned wrapped as "cloudtasks create task: ...".
 func (s *Scheduler) Schedule(ctx context.Context, name string, at time.Time, body []byte) error {
+	_, err := s.Create(ctx, name, at, body)
+	return err
+}
+
+// Create is Schedule reporting whether this call created the task: created is
+// false (with a nil error) when a task of that name exists or ran recently
+// (ALREADY_EXISTS), in which case the existing task, with its own body, is the
+// one that will run and body is dropped.
+func (s *Scheduler) Create(ctx context.Context, name string, at time.Time, body []byte) (created bool, err error) {
 	req := &cloudtaskspb.HttpRequest{
 		Url:        s.targetURL,
 		HttpMethod: cloudtaskspb.HttpMethod_POST,
@@ -76,14 +85,14 @@ func (s *Scheduler) Schedule(ctx context.Context, name string, at time.Time, bod
 	if !at.IsZero() {
 		task.ScheduleTime = timestamppb.New(at)
 	}
-	_, err := s.client.CreateTask(ctx, &cloudtaskspb.CreateTaskRequest{Parent: s.queuePath, Task: task})
+	_, err = s.client.CreateTask(ctx, &cloudtaskspb.CreateTaskRequest{Parent: s.queuePath, Task: task})
 	if status.Code(err) == codes.AlreadyExists {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("cloudtasks create task: %w", err)
+		return false, fmt.Errorf("cloudtasks create task: %w", err)
 	}
-	return nil
+	return true, nil
 }
 
 // NewCloudTasksClient returns a Cloud Tasks client: for the real service with

@@ -182,7 +182,7 @@ func newFixture(t *testing.T, fo fixtureOptions) *fixture {
 	if opts.callTimeout == 0 {
 		opts.callTimeout = 3 * time.Second
 	}
-	f.h = newHandler(f.store, &redisMarks{rdb: f.rdb}, f.lim, f.gem,
+	f.h = newHandler(f.store, f.lim, f.gem,
 		queue.NewScheduler(f.ct, testQueue, "http://127.0.0.1:9/worker", ""), f.pub, opts,
 		logging.New(testWriter{t, &f.logMu, &f.logBuf}, slog.LevelDebug))
 	return f

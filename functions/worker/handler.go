@@ -21,23 +21,27 @@ import (
 )
 
 // The dependencies the handler needs, each the narrow part of the real type
-// it uses (the real types are asserted in deps.go).
+// it uses (the real types are asserted below).
 
-// taskStore keeps task states, leases and write-once results (*store.Store).
+var (
+	_ taskStore = (*store.Store)(nil)
+	_ permits   = (*limiter.Limiter)(nil)
+	_ generator = (*gemini.Client)(nil)
+	_ scheduler = (*queue.Scheduler)(nil)
+	_ publisher = (*queue.Publisher)(nil)
+)
+
+// taskStore keeps task states, leases, write-once results and their
+// "published" flags (*store.Store). The flag lets a redelivery after a crash
+// between the terminal write and the publish publish the result (and only
+// then).
 type taskStore interface {
-	Lease(ctx context.Context, r store.Ref, holder string, ttl time.Duration) (store.Outcome, error)
-	MarkWaiting(ctx context.Context, r store.Ref, holder string) (store.Outcome, error)
+	LeaseTask(ctx context.Context, r store.Ref, req store.LeaseRequest) (store.LeaseResult, error)
+	MarkWaitingFor(ctx context.Context, r store.Ref, holder string, deferral int, until time.Time) (store.Outcome, error)
 	ReleaseLease(ctx context.Context, r store.Ref, holder string) (store.Outcome, error)
 	Complete(ctx context.Context, r store.Ref, holder string, response []byte) (store.Outcome, error)
 	Fail(ctx context.Context, r store.Ref, holder string, errJSON []byte) (store.Outcome, error)
 	Result(ctx context.Context, jobID, key string) (store.Record, error)
-}
-
-// publishMarks remembers which terminal results have been published, so a
-// redelivery after a crash between the terminal write and the publish
-// publishes it (and only then).
-type publishMarks interface {
-	Published(ctx context.Context, r store.Ref) (bool, error)
 	MarkPublished(ctx context.Context, r store.Ref) error
 }
 
@@ -57,9 +61,9 @@ type generator interface {
 }
 
 // scheduler creates named Cloud Tasks (*queue.Scheduler); ALREADY_EXISTS is
-// success.
+// success, reported as created false.
 type scheduler interface {
-	Schedule(ctx context.Context, name string, at time.Time, body []byte) error
+	Create(ctx context.Context, name string, at time.Time, body []byte) (created bool, err error)
 }
 
 // publisher publishes to the results topic (*queue.Publisher).
@@ -135,7 +139,6 @@ func (o options) withDefaults() options {
 // use.
 type handler struct {
 	store   taskStore
-	marks   publishMarks
 	lim     permits
 	gem     generator
 	sched   scheduler
@@ -146,12 +149,12 @@ type handler struct {
 }
 
 // newHandler returns a handler on its dependencies.
-func newHandler(st taskStore, marks publishMarks, lim permits, gem generator, sched scheduler, results publisher, opts options, log *slog.Logger) *handler {
+func newHandler(st taskStore, lim permits, gem generator, sched scheduler, results publisher, opts options, log *slog.Logger) *handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &handler{
-		store: st, marks: marks, lim: lim, gem: gem, sched: sched, results: results,
+		store: st, lim: lim, gem: gem, sched: sched, results: results,
 		opts: opts.withDefaults(), log: log, now: time.Now,
 	}
 }
@@ -162,7 +165,7 @@ const (
 	outFailed     = "failed"
 	outDeadLetter = "dead_letter"
 	outPoison     = "poison"
-	outDuplicate  = "duplicate"    // already terminal
+	outDuplicate  = "duplicate"    // already terminal, or waiting for another delivery
 	outBusy       = "held"         // another holder's lease is live
 	outDeferred   = "deferred"     // Cloud Task created for later
 	outRedeliver  = "redeliver"    // non-2xx: infrastructure failure
@@ -206,6 +209,11 @@ type job struct {
 	log    *slog.Logger
 	// leased is true while this delivery holds the task's lease.
 	leased bool
+	// lease is what the store reported when this delivery leased the task
+	// (its Deferral numbers the next Cloud Task).
+	lease store.LeaseResult
+	// carried is the reservation the envelope carries, if any.
+	carried *limiter.Permit
 }
 
 func (h *handler) serve(r *http.Request) answer {
@@ -291,27 +299,47 @@ func (h *handler) process(ctx context.Context, j *job) answer {
 		}
 	}
 
-	if isLeaseCheck(j.d, j.env) {
-		if a, done := h.leaseCheck(ctx, j); done {
-			return a
-		}
-	}
+	j.carried = carried
 
-	// 2. Lease.
-	o, err := h.store.Lease(ctx, j.ref, j.holder, h.opts.lease)
+	// 2. Lease. A delivery that does not lease the task never touches the
+	// limiter, not even to release the permit it carries: that permit is
+	// the task's own reservation, claimed (and maybe used) by the delivery
+	// that runs it, or shared with the next deferral's Cloud Task (an early
+	// arrival passes it on); releasing it could refund a slot in use.
+	check := isLeaseCheck(j.d, j.env)
+	lr, err := h.store.LeaseTask(ctx, j.ref, store.LeaseRequest{
+		Holder: j.holder, TTL: h.opts.lease, Deferral: j.env.Deferrals, TakeoverOnly: check,
+	})
 	if err != nil {
 		j.log.ErrorContext(ctx, "lease task", "error", err.Error())
 		return redeliver
 	}
-	switch o {
+	switch lr.Outcome {
 	case store.AlreadyDone:
-		h.releasePermit(ctx, j, carried)
-		return h.duplicate(ctx, j)
+		return h.duplicate(ctx, j, lr.Published)
 	case store.HeldElsewhere:
-		h.releasePermit(ctx, j, carried)
-		return h.held(ctx, j)
+		return h.held(ctx, j, lr.LeaseUntil)
+	case store.Awaiting:
+		// A duplicate push, or an older Cloud Task: the task waits for
+		// the Cloud Task of its deferral lr.Deferral, which carries its
+		// reservation.
+		j.log.InfoContext(ctx, "task is waiting for another delivery", "awaiting_deferral", lr.Deferral,
+			"until", lr.WaitUntil.UTC().Format(time.RFC3339Nano))
+		return ack(outDuplicate)
+	case store.NotStale:
+		// A lease check that found the task waiting for its Cloud Task, or
+		// released for a redelivery on its way: not its business.
+		return ack(outDuplicate)
+	case store.Applied:
+	default:
+		j.log.ErrorContext(ctx, "lease task: unexpected outcome", "store_outcome", lr.Outcome.String())
+		return redeliver
 	}
-	j.leased = true
+	j.leased, j.lease = true, lr
+	if check || (lr.Previous == store.Waiting && lr.Deferral != j.env.Deferrals) {
+		j.log.WarnContext(ctx, "took over a stale task", "previous_state", string(lr.Previous),
+			"awaited_deferral", lr.Deferral, "lease_check", check)
+	}
 
 	req, err := gemini.ParseRequest(j.env.Request)
 	if err == nil {
@@ -471,7 +499,9 @@ func jitter(d time.Duration) time.Duration {
 // number the Cloud Task); failedAttempt also counts a failed attempt.
 func (h *handler) deferTask(ctx context.Context, j *job, at time.Time, permit *limiter.Permit, why string, failedAttempt bool) answer {
 	next := j.env
-	next.Deferrals++
+	// Number beyond every deferral the task has had: a takeover of a task
+	// whose Cloud Task was lost must not reuse a name that exists or ran.
+	next.Deferrals = max(j.env.Deferrals, j.lease.Deferral) + 1
 	next.Permit = nil
 	if failedAttempt {
 		next.Attempt++
@@ -497,7 +527,8 @@ func (h *handler) deferTask(ctx context.Context, j *job, at time.Time, permit *l
 		return h.finishFailed(ctx, j, http.StatusBadRequest, "INVALID_ARGUMENT", err.Error(), nil)
 	}
 	name := queue.TaskName(j.env.TaskID, next.Deferrals)
-	if err := h.schedule(ctx, name, at, body); err != nil {
+	created, err := h.schedule(ctx, name, at, body)
+	if err != nil {
 		// Not created (or not known to be): redeliver. If it was created
 		// after all, the redelivery's Schedule of the same name answers
 		// ALREADY_EXISTS, and the permit it carries is released here, which
@@ -508,20 +539,34 @@ func (h *handler) deferTask(ctx context.Context, j *job, at time.Time, permit *l
 	}
 	// From here the Cloud Task exists: the answer must be 2xx whatever else
 	// fails, or the task would run twice.
-	if _, err := h.store.MarkWaiting(ctx, j.ref, j.holder); err != nil {
+	if !created {
+		// An earlier delivery created it (and then failed to mark the task
+		// waiting, or its answer was lost): that Cloud Task, with the
+		// reservation it carries, is the one that runs. The reservation
+		// taken here is never used: give it back, unless it is the one
+		// the envelope carried (an early arrival passes its reservation
+		// on under the same id, so the existing task may carry it too).
+		if permit != nil && (j.carried == nil || permit.ID != j.carried.ID) {
+			h.releasePermit(ctx, j, permit)
+		}
+		j.log.InfoContext(ctx, "cloud task already existed", "cloud_task", name)
+	}
+	if _, err := h.store.MarkWaitingFor(ctx, j.ref, j.holder, next.Deferrals, at.Add(h.opts.lease)); err != nil {
 		j.log.WarnContext(ctx, "mark waiting", "error", err.Error())
 	} else {
 		j.leased = false
 	}
-	j.log.InfoContext(ctx, "task deferred", "reason", why, "at", at.UTC().Format(time.RFC3339Nano), "cloud_task", name, "reserved", permit != nil)
+	j.log.InfoContext(ctx, "task deferred", "reason", why, "at", at.UTC().Format(time.RFC3339Nano), "cloud_task", name,
+		"reserved", permit != nil, "created", created)
 	return ack(outDeferred)
 }
 
-// schedule creates a Cloud Task within callTimeout.
-func (h *handler) schedule(ctx context.Context, name string, at time.Time, body []byte) error {
+// schedule creates a Cloud Task within callTimeout; created is false when
+// one of that name existed.
+func (h *handler) schedule(ctx context.Context, name string, at time.Time, body []byte) (created bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, h.opts.callTimeout)
 	defer cancel()
-	return h.sched.Schedule(ctx, name, at, body)
+	return h.sched.Create(ctx, name, at, body)
 }
 
 // abort gives the lease back and answers non-2xx: the message is redelivered.
@@ -535,9 +580,12 @@ func (h *handler) abort(ctx context.Context, j *job) answer {
 // its own redelivery may arrive while the dead lease still looks live and be
 // acknowledged as held too), a lease check comes back as a Cloud Task once
 // that lease has surely expired and takes the task over if it is still
-// running under a dead lease (see leaseCheck). Concurrent duplicates of one
-// envelope share the check's name, so they create one check.
-func (h *handler) held(ctx context.Context, j *job) answer {
+// running under a dead lease (a lease check leases only a stale task:
+// store.LeaseRequest.TakeoverOnly); when the holder finished, deferred or
+// released the task, the check is a no-op costing one store call and no
+// limiter call. Concurrent duplicates of one envelope share the check's name,
+// so they create one check. leaseUntil is when the holder's lease expires.
+func (h *handler) held(ctx context.Context, j *job, leaseUntil time.Time) answer {
 	next := j.env
 	next.Permit = nil
 	if isLeaseCheck(j.d, j.env) {
@@ -556,7 +604,12 @@ func (h *handler) held(ctx context.Context, j *job) answer {
 	}
 	name := leaseCheckName(next)
 	at := h.now().Add(h.opts.lease + 5*time.Second)
-	if err := h.schedule(ctx, name, at, body); err != nil {
+	if !leaseUntil.IsZero() && leaseUntil.Before(at.Add(-5*time.Second)) {
+		// Right after the holder's lease surely expired, not a full lease
+		// from now.
+		at = leaseUntil.Add(5 * time.Second)
+	}
+	if _, err := h.schedule(ctx, name, at, body); err != nil {
 		j.log.ErrorContext(ctx, "schedule lease check", "error", err.Error(), "cloud_task", name)
 		return redeliver
 	}
@@ -577,38 +630,11 @@ func isLeaseCheck(d delivery, e task.Envelope) bool {
 	return d.id == leaseCheckName(e) || strings.HasSuffix(d.id, "/"+leaseCheckName(e))
 }
 
-// leaseCheck handles a lease check before the lease is taken: it only takes
-// the task over when the task is still running (the lease it was scheduled
-// for, or a later one). A waiting task has its Cloud Task; a queued one was
-// released for a redelivery that is on its way; a finished one is a
-// duplicate. done is false when the check should go on to lease the task.
-func (h *handler) leaseCheck(ctx context.Context, j *job) (a answer, done bool) {
-	rec, err := h.store.Result(ctx, j.ref.JobID, j.ref.Key)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		j.log.ErrorContext(ctx, "read task state", "error", err.Error())
-		return redeliver, true
-	}
-	switch {
-	case rec.State.Terminal() || rec.State == "expired":
-		return h.duplicate(ctx, j), true
-	case rec.State == store.Running:
-		j.log.InfoContext(ctx, "lease check: task still running; trying to take it over")
-		return answer{}, false
-	default:
-		return ack(outDuplicate), true
-	}
-}
-
 // duplicate answers a delivery of a task already terminal; if its result was
 // never published (a crash between the terminal write and the publish), it
 // publishes it now.
-func (h *handler) duplicate(ctx context.Context, j *job) answer {
-	done, err := h.marks.Published(ctx, j.ref)
-	if err != nil {
-		j.log.ErrorContext(ctx, "read publish mark", "error", err.Error())
-		return redeliver
-	}
-	if done {
+func (h *handler) duplicate(ctx context.Context, j *job, published bool) answer {
+	if published {
 		return ack(outDuplicate)
 	}
 	rec, err := h.store.Result(ctx, j.ref.JobID, j.ref.Key)
@@ -771,7 +797,7 @@ func (h *handler) publish(ctx context.Context, j *job, line []byte, outcome stri
 		j.log.ErrorContext(ctx, "publish result", "error", err.Error())
 		return redeliver
 	}
-	if err := h.marks.MarkPublished(ctx, j.ref); err != nil {
+	if err := h.store.MarkPublished(ctx, j.ref); err != nil {
 		// The result is out; at worst a redelivery publishes it again.
 		j.log.WarnContext(ctx, "mark published", "error", err.Error())
 	}

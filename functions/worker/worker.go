@@ -125,7 +125,6 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	}
 	h := newHandler(
 		store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
-		&redisMarks{rdb: rdb, ttl: cfg.ResultTTL},
 		limiter.New(rdb, cfg.Quotas),
 		gem,
 		queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),

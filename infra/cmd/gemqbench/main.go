@@ -10,7 +10,7 @@
 //
 // Usage:
 //
-//	go run ./infra/cmd/gemqbench [-only sim,rpm,tpm,tpm-skew30,seed-rpm] [-md BENCHMARKS.md]
+//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,overhead,sim] [-md BENCHMARKS.md]
 package main
 
 import (
@@ -42,7 +42,7 @@ func run() error {
 	for _, o := range sc.Scenarios() {
 		all = append(all, o.Name)
 	}
-	all = append(all, "sim")
+	all = append(all, "overhead", "sim")
 
 	only := flag.String("only", strings.Join(all, ","), "comma-separated benchmarks to run: "+strings.Join(all, ", "))
 	md := flag.String("md", "BENCHMARKS.md", "file to write the figures into (empty: do not write)")
@@ -62,6 +62,16 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
+	if *child == "overhead" {
+		r, err := bench.RunOverhead(ctx, 10_000, os.Stderr)
+		if err != nil {
+			r.Error = err.Error()
+		}
+		if werr := r.WriteJSON(*childOut); werr != nil {
+			return werr
+		}
+		return err
+	}
 	if *child != "" {
 		o, err := sc.Scenario(*child)
 		if err != nil {
@@ -105,9 +115,12 @@ func run() error {
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "gemqbench: %s: %d tasks through the local stack (policy %s) ...\n", o.Name, o.Tasks, o.Policy)
-		r, err := runChild(ctx, dir, o.Name)
-		if err != nil {
+		var r bench.PipelineResult
+		if err := runChild(ctx, dir, o.Name, &r); err != nil {
 			return err
+		}
+		if r.Error != "" {
+			fmt.Fprintf(os.Stderr, "gemqbench: %s: %s; reporting what was measured\n", o.Name, r.Error)
 		}
 		results[o.Name] = r
 		switch o.Name {
@@ -131,6 +144,18 @@ func run() error {
 		if s, ok := results["seed-rpm"]; ok {
 			emit(bench.SeedSection(g, s, command))
 		}
+	}
+
+	if slices.Contains(want, "overhead") {
+		fmt.Fprintf(os.Stderr, "gemqbench: overhead: 10,000 tasks, unlimited zero-latency stand-in ...\n")
+		var r bench.OverheadResult
+		if err := runChild(ctx, dir, "overhead", &r); err != nil {
+			return err
+		}
+		if r.Error != "" {
+			return fmt.Errorf("overhead: %s", r.Error)
+		}
+		emit(r.Section(command))
 	}
 
 	if slices.Contains(want, "sim") {
@@ -159,18 +184,17 @@ func run() error {
 }
 
 // runChild runs one scenario in a child process (its function logs go to a
-// file in dir) and reads its result.
-func runChild(ctx context.Context, dir, name string) (bench.PipelineResult, error) {
-	var r bench.PipelineResult
+// file in dir) and reads its result into r.
+func runChild(ctx context.Context, dir, name string, r any) error {
 	exe, err := os.Executable()
 	if err != nil {
-		return r, fmt.Errorf("executable: %w", err)
+		return fmt.Errorf("executable: %w", err)
 	}
 	out := filepath.Join(dir, name+".json")
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
-		return r, fmt.Errorf("child log: %w", err)
+		return fmt.Errorf("child log: %w", err)
 	}
 	defer logf.Close()
 	args := append([]string{"-child", name, "-child-out", out}, passFlags()...)
@@ -181,15 +205,12 @@ func runChild(ctx context.Context, dir, name string) (bench.PipelineResult, erro
 	b, err := os.ReadFile(out)
 	if err != nil {
 		tail, _ := exec.Command("tail", "-n", "20", logPath).Output()
-		return r, fmt.Errorf("scenario %s: %v (no result: %v); log tail:\n%s", name, runErr, err, tail)
+		return fmt.Errorf("scenario %s: %v (no result: %v); log tail:\n%s", name, runErr, err, tail)
 	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("scenario %s: result: %w", name, err)
+	if err := json.Unmarshal(b, r); err != nil {
+		return fmt.Errorf("scenario %s: result: %w", name, err)
 	}
-	if runErr != nil {
-		fmt.Fprintf(os.Stderr, "gemqbench: %s: %v (%s); reporting what was measured\n", name, runErr, r.Error)
-	}
-	return r, nil
+	return nil
 }
 
 // passFlags returns the pipeline flags given to this process, for the child.

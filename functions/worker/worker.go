@@ -6,7 +6,9 @@
 // Per message, in order:
 //
 //  1. decode the envelope (internal/task); poison → a recorded failure and 2xx;
-//  2. lease the task (internal/store); finished or running elsewhere → 2xx, no Gemini call;
+//  2. lease the task (internal/store); finished, running elsewhere, or waiting
+//     for the Cloud Task of its deferral (a duplicate push or an older Cloud
+//     Task) → 2xx, no Gemini call and no limiter call;
 //  3. estimate input tokens and take a permit (internal/limiter): Acquire, or
 //     Claim for a reservation the envelope carries; reserved or denied → a
 //     named Cloud Task at the permit's time (internal/queue), the task marked

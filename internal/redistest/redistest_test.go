@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -41,15 +42,15 @@ func TestStartCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n := 0
+	var n atomic.Int32 // ForEachMaster calls the function concurrently
 	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
 		size, err := c.DBSize(ctx).Result()
 		if size > 0 {
-			n++
+			n.Add(1)
 		}
 		return err
 	})
-	if err != nil || n != 3 {
-		t.Fatalf("masters holding keys = %d (%v), want 3", n, err)
+	if err != nil || n.Load() != 3 {
+		t.Fatalf("masters holding keys = %d (%v), want 3", n.Load(), err)
 	}
 }

@@ -5,7 +5,7 @@ GOFLAGS_TEST ?= -race -count=1 -timeout 30m
 .PHONY: test vet fmt-check unit bench-limiter bench run
 
 ## test: everything CI checks (formatting, vet, all tests with the race detector)
-test: fmt-check vet tf-check unit
+test: fmt-check vet tf-fmt unit
 
 fmt-check:
 	@out=$$(gofmt -l .); \
@@ -17,13 +17,16 @@ vet:
 unit:
 	CI=$${CI:-} $(GO) test $(GOFLAGS_TEST) ./...
 
-.PHONY: tf-check tf-schema
+.PHONY: tf-check tf-fmt tf-schema
 
 ## tf-check: terraform fmt, then init/validate/plan offline against the stand-in provider,
 ## the JSON-plan assertions and the deploy-bundle build (infra/tfcheck); fails when terraform is missing
-tf-check:
-	terraform fmt -check -recursive -diff terraform
+tf-check: tf-fmt
 	CI=$${CI:-} $(GO) test -count=1 -timeout 10m ./infra/tfcheck
+
+# `make test` runs infra/tfcheck inside `unit` (./...), so it only adds the fmt check.
+tf-fmt:
+	terraform fmt -check -recursive -diff terraform
 
 ## tf-schema: re-extract the provider schemas the stand-in serves from cdktf's generated code
 ## (needs npm; edit infra/tfprovider/schema/*.types to serve more resource types)

@@ -64,7 +64,8 @@ func WasteSection(rs []PipelineResult, command string) (Section, Section) {
 		waste = append(waste,
 			Check(label+": Gemini calls per completed task", fmt.Sprintf("%.3f (%d calls, %d ok, %d duplicates)", calls, r.GeminiCalls, r.OK, r.DuplicateCalls), "≤ 1.01", calls <= 1.01),
 			Check(label+": 429s", fmt.Sprintf("%d (%.2f%% of calls)", r.Status429, 100*rate), target, ok),
-			Check(label+": every task succeeded", fmt.Sprintf("%d / %d", r.Succeeded, r.Accepted), "all", r.Succeeded == r.Accepted && r.Accepted > 0))
+			Check(label+": every task succeeded", fmt.Sprintf("%d / %d", r.Succeeded, r.Accepted), "all", r.Succeeded == r.Accepted && r.Accepted > 0),
+			Info(label+": peak sliding-minute input tokens", fmt.Sprintf("%d (safety×limit %d, limit %d; %d windows over safety×limit)", r.PeakTPM, r.CapTPM, r.Opts.TPM, r.Violations)))
 		inv = append(inv,
 			Check(label+": worker invocations per task", fmt.Sprintf("%.3f (max %d for one task; %d via Cloud Tasks)", perTask(r.WorkerCalls, n), r.MaxInvocations, r.WorkerTaskCalls),
 				"≤ 2.0", perTask(r.WorkerCalls, n) <= 2 && r.MaxInvocations <= 2),

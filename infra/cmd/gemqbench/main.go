@@ -90,9 +90,11 @@ func run() error {
 			return fmt.Errorf("-only: unknown benchmark %q (have %s)", w, strings.Join(all, ", "))
 		}
 	}
+	// `make bench` runs exactly "gemqbench -md BENCHMARKS.md"; anything else
+	// is printed as the go run command that reproduces it.
 	command := "make bench"
-	if len(os.Args) > 1 {
-		command = "go run ./infra/cmd/gemqbench " + strings.Join(os.Args[1:], " ")
+	if args := os.Args[1:]; len(args) > 0 && strings.Join(args, " ") != "-md BENCHMARKS.md" {
+		command = "go run ./infra/cmd/gemqbench " + strings.Join(args, " ")
 	}
 	dir, err := os.MkdirTemp("", "gemqbench")
 	if err != nil {

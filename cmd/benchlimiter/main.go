@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,7 @@ var noop = redis.NewScript(`return 1`)
 type result struct {
 	rate     float64 // decisions per second
 	p50, p99 time.Duration
+	redisUS  float64 // Redis CPU per decision: EVALSHA usec_per_call from INFO commandstats
 }
 
 func main() {
@@ -94,11 +96,16 @@ func run(addr string, duration time.Duration, rounds int) error {
 				},
 			}
 			for i, op := range ops {
+				if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+					rdb.Close()
+					return fmt.Errorf("config resetstat: %w", err)
+				}
 				res, err := measure(ctx, c, duration, op)
 				if err != nil {
 					rdb.Close()
 					return fmt.Errorf("%s, %d callers: %w", names[i], c, err)
 				}
+				res.redisUS = evalshaUS(ctx, rdb)
 				key := names[i] + "/" + strconv.Itoa(c)
 				cells[key] = append(cells[key], res)
 			}
@@ -106,8 +113,8 @@ func run(addr string, duration time.Duration, rounds int) error {
 		}
 	}
 	fmt.Printf("redis %s, GOMAXPROCS=%d, %d rounds × %v per cell (median), Go %s\n\n", redisVersion(ctx, addr), runtimeProcs(), rounds, duration, goVersion())
-	fmt.Println("| callers | contender | decisions/s | p50 | p99 |")
-	fmt.Println("| ---: | --- | ---: | ---: | ---: |")
+	fmt.Println("| callers | contender | decisions/s | p50 | p99 | Redis µs/decision |")
+	fmt.Println("| ---: | --- | ---: | ---: | ---: | ---: |")
 	med := func(key string) result {
 		rs := slices.Clone(cells[key])
 		slices.SortFunc(rs, func(a, b result) int { return int(a.rate - b.rate) })
@@ -116,7 +123,7 @@ func run(addr string, duration time.Duration, rounds int) error {
 	for _, c := range levels {
 		for _, name := range names {
 			r := med(name + "/" + strconv.Itoa(c))
-			fmt.Printf("| %d | %s | %.0f | %v | %v |\n", c, name, r.rate, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond))
+			fmt.Printf("| %d | %s | %.0f | %v | %v | %.1f |\n", c, name, r.rate, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.redisUS)
 		}
 	}
 	fmt.Println()
@@ -175,6 +182,22 @@ func measure(ctx context.Context, c int, d time.Duration, op func(context.Contex
 		p50:  all[len(all)/2],
 		p99:  all[len(all)*99/100],
 	}, nil
+}
+
+// evalshaUS returns the mean Redis CPU time of an EVALSHA (the whole script,
+// commands included) since the last CONFIG RESETSTAT, or 0 when unknown.
+func evalshaUS(ctx context.Context, rdb *redis.Client) float64 {
+	info, err := rdb.InfoMap(ctx, "commandstats").Result()
+	if err != nil {
+		return 0
+	}
+	for _, kv := range strings.Split(info["Commandstats"]["cmdstat_evalsha"], ",") {
+		if v, ok := strings.CutPrefix(kv, "usec_per_call="); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
 }
 
 func startRedis() (string, func(), error) {

@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"strconv"
 	"strings"
 	"time"
 )
@@ -30,15 +31,16 @@ func escapeKey(s string) string {
 	return b.String()
 }
 
-// metaKey is the scope's HASH of counters, last entry time and cooldown.
+// metaKey is the scope's HASH of counters, heads, day counters and cooldown.
 func metaKey(prefix string) string { return prefix + ":meta" }
 
-// windowKey is the LIST of entries of a sliding dimension.
-func windowKey(prefix, dim string) string { return prefix + ":w:" + dim }
+// logKey is the LIST of admissions shared by the sliding dimensions.
+func logKey(prefix string) string { return prefix + ":log" }
 
-// dayKey is the counter of a daily dimension for the Pacific day starting at start.
-func dayKey(prefix, dim string, start time.Time) string {
-	return prefix + ":d:" + dim + ":" + pacificDayName(start)
+// dayField is the field of metaKey counting a daily dimension for the
+// Pacific day starting at start.
+func dayField(dim string, start time.Time) string {
+	return "d:" + dim + ":" + strconv.FormatInt(start.UnixMilli(), 10)
 }
 
 // permitKey is the state of one permit.

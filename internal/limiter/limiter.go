@@ -46,12 +46,15 @@ package limiter
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +94,11 @@ type Permit struct {
 	// binding dimension's name, "fifo" (queued behind earlier reservations),
 	// or "cooldown: <reason>". Empty for Granted.
 	Reason string `json:"reason,omitempty"`
+	// Ref is opaque: for a permit Granted by Acquire it carries the permit's
+	// state (signed by Redis, so a forged or stale Ref is ignored), which
+	// Reconcile and Release need; Redis holds no state for such a permit
+	// until then. Keep it with the permit; empty otherwise.
+	Ref string `json:"ref,omitempty"`
 }
 
 // ErrUnknownScope is returned (wrapped) for a scope with no configured quota.
@@ -101,6 +109,7 @@ type Limiter struct {
 	rdb   redis.Scripter
 	cfg   Config
 	plans sync.Map // Scope -> *plan
+	nonce string   // seeds the secret of a new epoch of a scope's state
 
 	// clock, when set (tests only), replaces Redis TIME in the scripts and
 	// time.Now in the client.
@@ -110,7 +119,7 @@ type Limiter struct {
 // New returns a Limiter over rdb (any go-redis client: standalone, cluster,
 // ring) with quotas cfg.
 func New(rdb redis.Scripter, cfg Config) *Limiter {
-	return &Limiter{rdb: rdb, cfg: cfg}
+	return &Limiter{rdb: rdb, cfg: cfg, nonce: newID()}
 }
 
 const (
@@ -129,11 +138,20 @@ type plan struct {
 	fp             string
 	early          time.Duration
 	claimLate      time.Duration
-	meta           string
-	windows        []string
-	acquireArgs    []any // ARGV[3..9]
-	dimArgs        []any // ARGV[12..] up to the day bounds
-	adjustDimArgs  []any
+	meta, log      string
+	acquireArgs    []any    // ARGV[8..]: settings and dimensions
+	adjustArgs     []any    // ARGV[7..]
+	dayPrefixes    []string // "d:<name>:" of each daily dimension
+}
+
+// packDoubles encodes xs as little-endian IEEE-754 doubles, the layout of
+// Lua's struct.pack('<d...'); integers up to 2^53 are exact.
+func packDoubles(xs ...int64) string {
+	b := make([]byte, 0, 8*len(xs))
+	for _, x := range xs {
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(x)))
+	}
+	return string(b)
 }
 
 func (l *Limiter) plan(s Scope) (*plan, error) {
@@ -146,7 +164,7 @@ func (l *Limiter) plan(s Scope) (*plan, error) {
 	}
 	g := q.Guard
 	p := &plan{q: q, prefix: scopePrefix(s), early: g / 4, claimLate: g / 4}
-	p.meta = metaKey(p.prefix)
+	p.meta, p.log = metaKey(p.prefix), logKey(p.prefix)
 	h := fnv.New64a()
 	var maxWin time.Duration
 	for _, d := range q.Dimensions {
@@ -156,26 +174,46 @@ func (l *Limiter) plan(s Scope) (*plan, error) {
 			continue
 		}
 		p.sliding = append(p.sliding, d)
-		p.windows = append(p.windows, windowKey(p.prefix, d.Name))
 		maxWin = max(maxWin, d.Period+g)
 	}
 	p.fp = strconv.FormatUint(h.Sum64(), 16)
-	p.acquireArgs = []any{
-		q.Horizon.Milliseconds(), p.early.Milliseconds(), p.claimLate.Milliseconds(),
-		(3 * g / 4).Milliseconds(), ttlSlack.Milliseconds(), (maxWin + permitTTL).Milliseconds(), p.fp,
-	}
-	p.dimArgs = []any{len(p.sliding), len(p.daily)}
-	p.adjustDimArgs = []any{len(p.sliding), len(p.daily)}
+	fpNum := int64(h.Sum64() >> 12) // exact as a double
+	pbase := (maxWin + permitTTL).Milliseconds()
+	settings := packDoubles(q.Horizon.Milliseconds(), p.early.Milliseconds(), p.claimLate.Milliseconds(),
+		(3 * g / 4).Milliseconds(), ttlSlack.Milliseconds(), pbase, maxWin.Milliseconds(), fpNum,
+		int64(len(p.sliding)), int64(len(p.daily)))
+	var dims []int64
+	var slidingUnits, dailyUnits string
 	for _, d := range p.sliding {
-		p.dimArgs = append(p.dimArgs, d.Name, unitCode(d.Unit), q.Capacity(d), (d.Period + g).Milliseconds())
-		p.adjustDimArgs = append(p.adjustDimArgs, d.Name, unitCode(d.Unit))
+		dims = append(dims, unitFlag(d.Unit), q.Capacity(d), (d.Period + g).Milliseconds())
+		slidingUnits += unitCode(d.Unit)
 	}
 	for _, d := range p.daily {
-		p.dimArgs = append(p.dimArgs, d.Name, unitCode(d.Unit), q.Capacity(d))
-		p.adjustDimArgs = append(p.adjustDimArgs, unitCode(d.Unit))
+		dims = append(dims, unitFlag(d.Unit), q.Capacity(d))
+		dailyUnits += unitCode(d.Unit)
+	}
+	vfmt := "<" + strings.Repeat("d", 7+3*len(p.sliding))
+	p.acquireArgs = []any{settings, "<" + strings.Repeat("d", len(dims)), packDoubles(dims...), vfmt, l.nonce}
+	for _, d := range p.sliding {
+		p.acquireArgs = append(p.acquireArgs, d.Name)
+	}
+	for _, d := range p.daily {
+		p.acquireArgs = append(p.acquireArgs, d.Name)
+		p.dayPrefixes = append(p.dayPrefixes, "d:"+d.Name+":")
+	}
+	p.adjustArgs = []any{pbase, vfmt, slidingUnits, dailyUnits, fpNum}
+	for _, d := range p.daily {
+		p.adjustArgs = append(p.adjustArgs, d.Name)
 	}
 	actual, _ := l.plans.LoadOrStore(s, p)
 	return actual.(*plan), nil
+}
+
+func unitFlag(u Unit) int64 {
+	if u == InputTokens {
+		return 1
+	}
+	return 0
 }
 
 func unitCode(u Unit) string {
@@ -189,7 +227,8 @@ func unitCode(u Unit) string {
 // one day.
 type dayWindow struct {
 	bounds [5]int64
-	starts [5]time.Time
+	packed string // bounds, packed for the script's ARGV
+	today  string // bounds[1] in decimal: the day of the daily counters read up front
 }
 
 // lastDays caches the most recent dayWindow: it changes once a day.
@@ -204,9 +243,10 @@ func days(now time.Time) *dayWindow {
 	}
 	w := &dayWindow{}
 	for k := range 5 {
-		w.starts[k] = PacificDayStart(now, k-1)
-		w.bounds[k] = w.starts[k].UnixMilli()
+		w.bounds[k] = PacificDayStart(now, k-1).UnixMilli()
 	}
+	w.packed = packDoubles(w.bounds[:]...)
+	w.today = strconv.FormatInt(w.bounds[1], 10)
 	lastDays.Store(w)
 	return w
 }
@@ -284,33 +324,27 @@ func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, e
 	}
 	now, nowArg := l.now()
 	dw := days(now)
-	keys := make([]string, 0, 2+len(pl.windows)+4*len(pl.daily))
-	keys = append(keys, pl.meta)
-	keys = append(keys, pl.windows...)
-	for _, d := range pl.daily {
-		for k := range 4 {
-			keys = append(keys, dayKey(pl.prefix, d.Name, dw.starts[k]))
-		}
-	}
-	keys = append(keys, permitKey(pl.prefix, in.ID))
-	args := make([]any, 0, 2+len(pl.acquireArgs)+2+len(pl.dimArgs)+5)
-	args = append(args, nowArg, mode)
+	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, in.ID)}
+	args := make([]any, 0, 7+len(pl.acquireArgs)+len(pl.dayPrefixes))
+	args = append(args, nowArg, mode, in.ID, pl.fp, cost.Requests, cost.InputTokens, dw.packed)
 	args = append(args, pl.acquireArgs...)
-	args = append(args, cost.Requests, cost.InputTokens)
-	args = append(args, pl.dimArgs...)
-	for _, b := range dw.bounds {
-		args = append(args, b)
+	for _, dp := range pl.dayPrefixes {
+		args = append(args, dp+dw.today)
 	}
 	res, err := acquireScript.Run(ctx, l.rdb, keys, args...).Slice()
 	if err != nil {
 		return Permit{}, fmt.Errorf("redis script: %w", err)
 	}
-	if len(res) != 4 {
+	if len(res) != 5 {
 		return Permit{}, fmt.Errorf("redis script: unexpected reply %v", res)
 	}
 	code, _ := res[0].(int64)
 	at, _ := res[1].(int64)
 	out.Reason, _ = res[2].(string)
+	if state, _ := res[3].(string); state != "" {
+		mac, _ := res[4].(string)
+		out.Ref = state + "|" + mac
+	}
 	out.At = time.UnixMilli(at).UTC()
 	switch code {
 	case 1:
@@ -362,25 +396,11 @@ func (l *Limiter) adjust(ctx context.Context, mode string, p Permit, tokens int6
 	if err != nil {
 		return err
 	}
-	var starts [3]time.Time
-	for k := range starts {
-		starts[k] = PacificDayStart(p.At, k-1)
-	}
-	keys := make([]string, 0, 2+len(pl.windows)+3*len(pl.daily))
-	keys = append(keys, pl.meta)
-	keys = append(keys, pl.windows...)
-	for _, d := range pl.daily {
-		for _, s := range starts {
-			keys = append(keys, dayKey(pl.prefix, d.Name, s))
-		}
-	}
-	keys = append(keys, permitKey(pl.prefix, p.ID))
-	args := make([]any, 0, 3+len(pl.adjustDimArgs)+3)
-	args = append(args, mode, pl.fp, tokens)
-	args = append(args, pl.adjustDimArgs...)
-	for _, s := range starts {
-		args = append(args, s.UnixMilli())
-	}
+	_, nowArg := l.now()
+	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, p.ID)}
+	args := make([]any, 0, 6+len(pl.adjustArgs))
+	args = append(args, nowArg, mode, pl.fp, tokens, p.ID, p.Ref)
+	args = append(args, pl.adjustArgs...)
 	if err := adjustScript.Run(ctx, l.rdb, keys, args...).Err(); err != nil {
 		return fmt.Errorf("redis script: %w", err)
 	}

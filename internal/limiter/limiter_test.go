@@ -2,7 +2,9 @@ package limiter
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -55,22 +57,72 @@ func (f *fixture) claim(t *testing.T, p Permit) Permit {
 	return np
 }
 
+// meta returns the scope's meta hash with the packed field v decoded into
+// named fields: e, fp, l, n, b, x, xm and, per sliding dimension, s:<dim>
+// (sum), h:<dim> (head index) and t:<dim> (head time).
 func (f *fixture) meta(t *testing.T) map[string]string {
 	t.Helper()
 	m, err := f.rdb.HGetAll(context.Background(), metaKey(scopePrefix(scopeA))).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
+	if v, ok := m["v"]; ok {
+		delete(m, "v")
+		names := []string{"e", "fp", "l", "n", "b", "x", "xm"}
+		q, _ := f.l.cfg.Quota(scopeA)
+		for _, d := range q.Dimensions {
+			if !d.Daily() {
+				names = append(names, "s:"+d.Name, "h:"+d.Name, "t:"+d.Name)
+			}
+		}
+		vals := unpackDoubles(t, v)
+		if len(vals) != len(names) {
+			t.Fatalf("meta v holds %d numbers, want %d", len(vals), len(names))
+		}
+		for i, name := range names {
+			m[name] = strconv.FormatInt(vals[i], 10)
+		}
+	}
 	return m
 }
 
+func unpackDoubles(t *testing.T, s string) []int64 {
+	t.Helper()
+	if len(s)%8 != 0 {
+		t.Fatalf("packed doubles of %d bytes", len(s))
+	}
+	var out []int64
+	for i := 0; i < len(s); i += 8 {
+		out = append(out, int64(math.Float64frombits(binary.LittleEndian.Uint64([]byte(s[i:i+8])))))
+	}
+	return out
+}
+
+// list returns the entries of dimension dim's window as "time|amount": the
+// shared log from the dimension's head on.
 func (f *fixture) list(t *testing.T, dim string) []string {
 	t.Helper()
-	l, err := f.rdb.LRange(context.Background(), windowKey(scopePrefix(scopeA), dim), 0, -1).Result()
+	ctx := context.Background()
+	m := f.meta(t)
+	head, _ := strconv.ParseInt(m["h:"+dim], 10, 64)
+	base, _ := strconv.ParseInt(m["b"], 10, 64)
+	l, err := f.rdb.LRange(ctx, logKey(scopePrefix(scopeA)), head-base, -1).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return l
+	q, _ := f.l.cfg.Quota(scopeA)
+	amt := 1
+	for _, d := range q.Dimensions {
+		if d.Name == dim && d.Unit == InputTokens {
+			amt = 2
+		}
+	}
+	out := []string{}
+	for _, e := range l {
+		v := unpackDoubles(t, e)
+		out = append(out, strconv.FormatInt(v[0], 10)+"|"+strconv.FormatInt(v[amt], 10))
+	}
+	return out
 }
 
 func (f *fixture) ms(d time.Duration) time.Time { return f.clock.Now().Add(d).UTC() }

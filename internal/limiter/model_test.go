@@ -263,6 +263,9 @@ func TestRandomAgainstModel(t *testing.T) {
 			extraCharges := seed % 3 // an extra charge can overfill windows already planned
 			var ids []string
 			costs := map[string]Cost{}
+			// held is the latest Granted or Reserved permit of each id, as a
+			// worker holds it (with its Ref), for Reconcile and Release.
+			held := map[string]Permit{}
 			seen := map[string]int{}
 			for op := range 160 {
 				switch x := r.IntN(100); {
@@ -318,14 +321,14 @@ func TestRandomAgainstModel(t *testing.T) {
 					if p := m.permits[id]; extraCharges == 0 && p != nil {
 						tok = r.Int64N(p.tok + 1) // refunds only: the windows must then hold
 					}
-					if err := l.Reconcile(ctx, Permit{ID: id, Scope: scope, Outcome: Granted, At: time.UnixMilli(now)}, tok); err != nil {
+					if err := l.Reconcile(ctx, Permit{ID: id, Scope: scope, Outcome: Granted, At: time.UnixMilli(now), Ref: held[id].Ref}, tok); err != nil {
 						t.Fatal(err)
 					}
 					m.adjust(id, false, tok)
 					continue
 				case x < 96:
 					id := ids[r.IntN(len(ids))]
-					if err := l.Release(ctx, Permit{ID: id, Scope: scope, Outcome: Granted, At: time.UnixMilli(now)}); err != nil {
+					if err := l.Release(ctx, Permit{ID: id, Scope: scope, Outcome: Granted, At: time.UnixMilli(now), Ref: held[id].Ref}); err != nil {
 						t.Fatal(err)
 					}
 					m.adjust(id, true, 0)
@@ -341,6 +344,9 @@ func TestRandomAgainstModel(t *testing.T) {
 				seen[what[:5]+" "+string(got.Outcome)]++
 				if got.Outcome != wantOut {
 					t.Fatalf("op %d %s at %d: outcome %s (at %d, %s), model %s (at %d)", op, what, now, got.Outcome, got.At.UnixMilli(), got.Reason, wantOut, wantAt)
+				}
+				if got.Outcome == Granted || got.Outcome == Reserved {
+					held[got.ID] = got
 				}
 				switch got.Outcome {
 				case Granted, Reserved:

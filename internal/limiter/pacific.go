@@ -25,8 +25,3 @@ func PacificDayStart(t time.Time, offset int) time.Time {
 	p := t.In(pacific)
 	return time.Date(p.Year(), p.Month(), p.Day()+offset, 0, 0, 0, 0, pacific)
 }
-
-// pacificDayName is the date of the Pacific day starting at start, used in keys.
-func pacificDayName(start time.Time) string {
-	return start.In(pacific).Format("2006-01-02")
-}

@@ -59,8 +59,8 @@ func TestPacificMidnight(t *testing.T) {
 				t.Fatalf("got %+v, want reserved at %v", p, want)
 			}
 			// The reservation counts in the new day's key.
-			key := dayKey(scopePrefix(scopeA), "rpd", PacificDayStart(tc.next, 0))
-			if n, _ := f.rdb.Get(ctx, key).Int(); n != 1 {
+			key := dayField("rpd", PacificDayStart(tc.next, 0))
+			if n, _ := f.rdb.HGet(ctx, metaKey(scopePrefix(scopeA)), key).Int(); n != 1 {
 				t.Fatalf("%s = %d, want 1", key, n)
 			}
 			// With the new day full too, the next fit is a day later: denied.

@@ -9,21 +9,33 @@ import "github.com/redis/go-redis/v9"
 // milliseconds and integer amounts; Lua formats them with %d so they never turn
 // into exponent notation.
 //
-// State of one scope (see keys.go):
+// State of one scope (see keys.go). Hot numbers are kept as little-endian
+// doubles packed with Redis's struct library (integers up to 2^53 are exact),
+// so a decision formats and parses almost no strings.
 //
-//	meta    HASH   e = epoch (creation time; permits remember it), l = time of the
-//	               newest entry, cd = cooldown until, cr = cooldown reason,
-//	               x = expiry last set on meta and lists (TTLs refreshed only past it),
-//	               s:<dim> = sum of the amounts in the dimension's list,
-//	               n:<dim> = number of entries ever appended (the next absolute index)
-//	w:<dim> LIST   "time_ms|amount", FIFO, times non-decreasing; an entry with absolute
-//	               index i sits at position i - (n - LLEN)
-//	d:<dim>:<date> STRING counter of one Pacific day
-//	p:<id>  STRING permit state "state|t|requests|tokens|fingerprint|epoch|day_start|idx_1|...|idx_ns"
-//	               (state r = reserved, g = granted/claimed, x = released)
+//	meta  HASH   v = packed doubles: epoch (creation time; permits remember it),
+//	             fingerprint of the dimensions, l = time of the newest entry,
+//	             n = absolute index of the next entry, b = absolute index of the
+//	             log's first element, x = expiry last set on the log, xm = expiry
+//	             last set on meta (TTLs are refreshed only past them), then per
+//	             sliding dimension (configuration order): sum of its amounts in
+//	             entries [head, n), head (absolute index of its oldest entry
+//	             still in its window), time of the entry at the head (-1: unknown);
+//	             k = secret of the epoch (authenticates permit refs),
+//	             cd = cooldown until, cr = cooldown reason,
+//	             d:<dim>:<day start ms> = counter of a daily dimension for one
+//	             Pacific day (meta then lives until that day's end)
+//	log   LIST   packed (time_ms, requests, tokens), one entry per admission shared
+//	             by every sliding dimension, FIFO, times non-decreasing; the entry
+//	             with absolute index i sits at position i - b. Each dimension walks
+//	             it from its own head; it is trimmed lazily to the lowest head.
+//	p:<id> STRING permit state "state|t|requests|tokens|fingerprint|epoch|day_start|idx"
+//	             (state r = reserved, g = granted/claimed, x = released). Written
+//	             for Reserved permits and claims; an immediately Granted permit
+//	             carries the same string, signed with the epoch's secret, in
+//	             Permit.Ref, and its state is written only on its first
+//	             Reconcile or Release.
 const luaCommon = `
-local function fmt(x) return string.format('%d', x) end
-
 local function now_ms(arg)
   if arg ~= '' then return tonumber(arg) end
   -- Redis TIME, not the caller's clock: all instances must agree on "now".
@@ -37,148 +49,174 @@ local function split(s)
   return out
 end
 
--- Sets the amount of the permit's entry in every sliding dimension, when the
--- entry is still in its list, and keeps the list's sum in step. p is a split
--- permit state; amounts(d) returns the new amount for dimension d.
-local function set_entries(sl, p, epoch, newreq, newtok)
+-- Sets the amounts of the permit's log entry (p is a split permit state) and
+-- keeps the sums of the sliding dimensions still counting it in step. vals is
+-- the unpacked meta v; istok[i] tells whether dimension i counts tokens.
+-- Returns true when a sum changed.
+local function set_entry(log, ns, istok, vals, p, newreq, newtok)
+  local idx = tonumber(p[8])
+  if idx == nil or tonumber(p[6]) ~= vals[1] or idx >= vals[4] or idx < vals[5] then return false end
+  local oldreq, oldtok = tonumber(p[3]), tonumber(p[4])
+  if oldreq == newreq and oldtok == newtok then return false end
+  local counted = false
+  for i = 1, ns do
+    if idx >= vals[6 + 3 * i] then counted = true end
+  end
+  if not counted then return false end
+  local ok = redis.pcall('LSET', log, idx - vals[5], struct.pack('<ddd', tonumber(p[2]), newreq, newtok))
+  if type(ok) == 'table' and ok.err then return false end -- the log is gone
   local changed = false
-  for i = 1, #sl do
-    local d = sl[i]
-    local old = tonumber(d.unit == 't' and p[4] or p[3])
-    local new = d.unit == 't' and newtok or newreq
-    if old ~= new and p[6] == epoch and p[7 + i] ~= nil then
-      local len = redis.call('LLEN', d.key)
-      local pos = tonumber(p[7 + i]) - (d.n - len)
-      if pos >= 0 and pos < len then
-        redis.call('LSET', d.key, pos, p[2] .. '|' .. fmt(new))
-        d.sum = d.sum - old + new
+  for i = 1, ns do
+    if idx >= vals[6 + 3 * i] then
+      local old, new = oldreq, newreq
+      if istok[i] then old, new = oldtok, newtok end
+      if old ~= new then
+        vals[5 + 3 * i] = vals[5 + 3 * i] - old + new
         changed = true
       end
     end
   end
   return changed
 end
-
--- Adjusts the daily counters the permit was counted in, if they still exist.
-local function set_days(dl, p, starts, newreq, newtok)
-  for i = 1, #dl do
-    local d = dl[i]
-    local old = tonumber(d.unit == 't' and p[4] or p[3])
-    local new = d.unit == 't' and newtok or newreq
-    if old ~= new then
-      for k = 1, #d.keys do
-        if starts[k] == p[7] then
-          local c = redis.call('GET', d.keys[k])
-          if c then
-            local v = tonumber(c) - old + new
-            if v < 0 then v = 0 end
-            redis.call('SET', d.keys[k], fmt(v), 'KEEPTTL')
-          end
-        end
-      end
-    end
-  end
-end
 `
 
 // acquireScript decides one permit for all dimensions of a scope, atomically.
 //
-// KEYS[1]              -> gemq:{<scope>}:meta
-// KEYS[2..1+ns]        -> gemq:{<scope>}:w:<dim>, one per sliding dimension
-// KEYS[2+ns..1+ns+4nd] -> gemq:{<scope>}:d:<dim>:<date>, four per daily dimension (days ARGV bounds[1..4])
-// KEYS[#KEYS]          -> gemq:{<scope>}:p:<id>
+// KEYS[1] -> gemq:{<scope>}:meta
+// KEYS[2] -> gemq:{<scope>}:log
+// KEYS[3] -> gemq:{<scope>}:p:<id>
 // ARGV[1]  -> now in ms, or "" to use Redis TIME
-// ARGV[2]  -> mode: "a" acquire, "c" claim the permit KEYS[#KEYS] (re-acquire if it cannot be used)
-// ARGV[3]  -> horizon ms
-// ARGV[4]  -> early tolerance ms (grant when t <= now + early; claim from t - early)
-// ARGV[5]  -> claim lateness allowance ms (claim until t + allowance, else re-acquire)
-// ARGV[6]  -> midnight blackout ms (no admission in [midnight - blackout, midnight + early))
-// ARGV[7]  -> TTL slack ms
-// ARGV[8]  -> permit TTL ms beyond its time
-// ARGV[9]  -> dimensions fingerprint
-// ARGV[10] -> requests cost, ARGV[11] -> input tokens cost
-// ARGV[12] -> ns, ARGV[13] -> nd
-// then ns × (name, unit "r"|"t", capacity, window ms), nd × (name, unit, capacity),
-// then 5 Pacific day boundaries in ms (4 consecutive days).
-// Output: {code (1 granted, 2 reserved, 3 denied), at_ms, reason, now_ms}
+// ARGV[2]  -> mode: "a" acquire, "c" claim the permit KEYS[3] (re-acquire if it cannot be used)
+// ARGV[3]  -> permit id
+// ARGV[4]  -> dimensions fingerprint
+// ARGV[5]  -> requests cost, ARGV[6] -> input tokens cost
+// ARGV[7]  -> packed 5 Pacific day boundaries in ms (4 consecutive days, the 2nd contains the client's now)
+// ARGV[8]  -> packed settings (ms where a duration): horizon; early tolerance (grant when
+// t <= now + early, claim from t - early); claim lateness allowance (claim until t + it,
+// else re-acquire); midnight blackout (no admission in [midnight - blackout, midnight +
+// early)); TTL slack; permit lifetime beyond its time; longest window; fingerprint as a
+// number; ns; nd
+// ARGV[9]  -> struct format of ARGV[10]
+// ARGV[10] -> packed ns × (counts tokens 0|1, capacity, window ms), nd × (counts tokens 0|1, capacity)
+// ARGV[11] -> struct format of meta v
+// ARGV[12] -> random nonce (seeds the secret of a new epoch)
+// ARGV[13..] -> ns sliding names, nd daily names, then the meta fields of the nd daily
+// counters of the day between the 2nd and 3rd boundaries
+// Output: {code (1 granted, 2 reserved, 3 denied), at_ms, reason, state, mac};
+// state and mac (Permit.Ref) are set for a Granted permit whose state was not written.
 var acquireScript = redis.NewScript(acquireLua)
 
 const acquireLua = luaCommon + `
 local now = now_ms(ARGV[1])
-local mode = ARGV[2]
-local horizon, early, claimlate = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local blackout, slack, pbase, fp = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
-local creq, ctok = tonumber(ARGV[10]), tonumber(ARGV[11])
-local ns, nd = tonumber(ARGV[12]), tonumber(ARGV[13])
-local meta, pkey = KEYS[1], KEYS[#KEYS]
+local mode, id, fp = ARGV[2], ARGV[3], ARGV[4]
+local creq, ctok = tonumber(ARGV[5]), tonumber(ARGV[6])
+local b1, b2, b3, b4, b5 = struct.unpack('<ddddd', ARGV[7])
+local bounds = {b1, b2, b3, b4, b5}
+local horizon, early, claimlate, blackout, slack, pbase, maxwin, fpnum, ns, nd = struct.unpack('<dddddddddd', ARGV[8])
+local dv = {struct.unpack(ARGV[9], ARGV[10])}
+local vfmt, nv = ARGV[11], 7 + 3 * ns
+local meta, log, pkey = KEYS[1], KEYS[2], KEYS[3]
+local today
+for k = 1, 4 do
+  if bounds[k] <= now and now < bounds[k + 1] then today = k break end
+end
+if not today then
+  return redis.error_reply('gemq: Redis time ' .. string.format('%d', now) .. ' is outside the Pacific days computed by the client (clock skew?)')
+end
 
-local a = 14
-local sl, maxwin = {}, 0
+local istok, cost = {}, {}
 for i = 1, ns do
-  local d = {name = ARGV[a], unit = ARGV[a + 1], cap = tonumber(ARGV[a + 2]), win = tonumber(ARGV[a + 3]), key = KEYS[1 + i]}
-  d.cost = d.unit == 't' and ctok or creq
-  if d.win > maxwin then maxwin = d.win end
-  sl[i] = d
-  a = a + 4
+  istok[i] = dv[3 * i - 2] == 1
+  cost[i] = istok[i] and ctok or creq
 end
 local dl = {}
 for i = 1, nd do
-  local d = {name = ARGV[a], unit = ARGV[a + 1], cap = tonumber(ARGV[a + 2]), keys = {}, counts = {}}
-  d.cost = d.unit == 't' and ctok or creq
-  for k = 1, 4 do d.keys[k] = KEYS[1 + ns + (i - 1) * 4 + k] end
-  dl[i] = d
-  a = a + 3
-end
-local bounds, starts = {}, {}
-for k = 1, 5 do bounds[k] = tonumber(ARGV[a + k - 1]) end
-for k = 1, 4 do starts[k] = ARGV[a + k - 1] end
-if now < bounds[1] or now >= bounds[5] then
-  return redis.error_reply('gemq: Redis time ' .. fmt(now) .. ' is outside the Pacific days computed by the client (clock skew?)')
+  local tok = dv[3 * ns + 2 * i - 1] == 1
+  dl[i] = {name = ARGV[12 + ns + i], cap = dv[3 * ns + 2 * i], cost = tok and ctok or creq, tok = tok, counts = {}, exists = {}, dirty = {}}
 end
 
-local fields = {'e', 'l', 'cd', 'cr', 'x'}
-for i = 1, ns do
-  fields[#fields + 1] = 's:' .. sl[i].name
-  fields[#fields + 1] = 'n:' .. sl[i].name
-end
-local m = redis.call('HMGET', meta, unpack(fields))
-local epoch = m[1]
-if not epoch then
-  -- Fresh state: lists without their meta have unknown indices; drop them.
-  if ns > 0 then redis.call('DEL', unpack(KEYS, 2, 1 + ns)) end
-  epoch = fmt(now)
-end
-local last, cd, cr, expiry = tonumber(m[2]) or 0, tonumber(m[3]) or 0, m[4] or '', tonumber(m[5]) or 0
-if not m[1] then expiry = 0 end
-for i = 1, ns do
-  sl[i].sum = tonumber(m[4 + 2 * i]) or 0
-  sl[i].n = tonumber(m[5 + 2 * i]) or 0
-end
-
-local function write_meta(t)
-  local hs = {'e', epoch, 'l', fmt(t)}
-  for i = 1, ns do
-    hs[#hs + 1] = 's:' .. sl[i].name
-    hs[#hs + 1] = fmt(sl[i].sum)
-    hs[#hs + 1] = 'n:' .. sl[i].name
-    hs[#hs + 1] = fmt(sl[i].n)
-  end
-  -- TTLs are refreshed only when the keys would expire too early, and then
-  -- one window further, so most decisions skip the PEXPIREs.
-  local need = math.max(t, cd, now) + maxwin + slack
-  if need > expiry then
-    expiry = need + maxwin
-    hs[#hs + 1] = 'x'
-    hs[#hs + 1] = fmt(expiry)
-    redis.call('HSET', meta, unpack(hs))
-    redis.call('PEXPIRE', meta, expiry - now)
-    for i = 1, ns do redis.call('PEXPIRE', sl[i].key, expiry - now) end
+local m = redis.call('HMGET', meta, 'v', 'k', 'cd', 'cr', unpack(ARGV, 13 + ns + nd, 12 + ns + 2 * nd))
+local vals, secret, fresh = nil, m[2], false
+if m[1] and secret then
+  local old = {struct.unpack('<ddddddd', m[1])}
+  if old[2] == fpnum and #m[1] == 8 * nv then
+    vals = {struct.unpack(vfmt, m[1])}
   else
-    redis.call('HSET', meta, unpack(hs))
+    -- The dimensions changed: recount every sliding dimension from the log.
+    local n, rows = old[4], redis.call('LRANGE', log, 0, -1)
+    vals = {old[1], fpnum, old[3], n, n - #rows, old[6], old[7]}
     for i = 1, ns do
-      if sl[i].created then redis.call('PEXPIRE', sl[i].key, expiry - now) end
+      local sum, ht = 0, -1
+      for j = 1, #rows do
+        local et, er, ek = struct.unpack('<ddd', rows[j])
+        if j == 1 then ht = et end
+        sum = sum + (istok[i] and ek or er)
+      end
+      vals[5 + 3 * i], vals[6 + 3 * i], vals[7 + 3 * i] = sum, n - #rows, ht
     end
   end
+else
+  -- Fresh state: a log without its meta has unknown indices; drop it.
+  redis.call('DEL', log)
+  fresh = true
+  secret = redis.sha1hex(ARGV[12] .. '|' .. id .. '|' .. string.format('%d', now))
+  vals = {now, fpnum, 0, 0, 0, 0, 0}
+  for i = 1, ns do vals[5 + 3 * i], vals[6 + 3 * i], vals[7 + 3 * i] = 0, 0, -1 end
+end
+local cd, cr = tonumber(m[3]) or 0, m[4] or ''
+for i = 1, nd do
+  local c = m[4 + i]
+  dl[i].exists[2] = c ~= false
+  dl[i].counts[2] = tonumber(c) or 0
+end
+
+-- The counter of daily dimension d for day k (1..4), read once.
+local function dayfield(d, k)
+  return 'd:' .. d.name .. ':' .. string.format('%d', bounds[k])
+end
+local function daycount(d, k)
+  if d.counts[k] == nil then
+    local c = redis.call('HGET', meta, dayfield(d, k))
+    d.exists[k] = c ~= false
+    d.counts[k] = tonumber(c) or 0
+  end
+  return d.counts[k]
+end
+
+local created = false
+local function write_meta(t, dayend)
+  vals[3] = t
+  -- TTLs are refreshed only when the keys would expire too early, and then
+  -- one window further, so most decisions skip the PEXPIREs. The log lives
+  -- until its newest entry's windows have passed; meta at least as long, and
+  -- until the end of every day it counts.
+  local logexp = created
+  local needl = math.max(t, now) + maxwin + slack
+  if ns > 0 and needl > vals[6] then
+    vals[6] = needl + maxwin
+    logexp = true
+  end
+  local need = math.max(t, cd, now) + maxwin + slack
+  if dayend then need = math.max(need, dayend + slack) end
+  need = math.max(need, vals[6])
+  local metaexp = false
+  if need > vals[7] then
+    vals[7] = need + maxwin
+    metaexp = true
+  end
+  local hs = {'v', struct.pack(vfmt, unpack(vals, 1, nv))}
+  if fresh then hs[3], hs[4] = 'k', secret end
+  for i = 1, nd do
+    local d = dl[i]
+    for k = 1, 4 do
+      if d.dirty[k] then
+        hs[#hs + 1], hs[#hs + 2] = k == 2 and ARGV[12 + ns + nd + i] or dayfield(d, k), d.counts[k]
+      end
+    end
+  end
+  redis.call('HSET', meta, unpack(hs))
+  if metaexp then redis.call('PEXPIRE', meta, vals[7] - now) end
+  if logexp then redis.call('PEXPIRE', log, vals[6] - now) end
 end
 
 local dirty = false
@@ -188,15 +226,29 @@ if mode == 'c' then
     local p = split(pv)
     if p[1] == 'r' and p[5] == fp then
       local pt = tonumber(p[2])
-      if now < pt - early then return {2, pt, '', now} end
+      if now < pt - early then return {2, pt, '', '', ''} end
       if now <= pt + claimlate and cd <= now then
         redis.call('SET', pkey, 'g' .. string.sub(pv, 2), 'KEEPTTL')
-        return {1, pt, '', now}
+        return {1, pt, '', '', ''}
       end
       -- Late (or a cooldown began): give the slot back and queue again, so
       -- the late call never lands in a window planned without it.
-      set_entries(sl, p, epoch, 0, 0)
-      set_days(dl, p, starts, 0, 0)
+      set_entry(log, ns, istok, vals, p, 0, 0)
+      for i = 1, nd do
+        local d = dl[i]
+        local old = tonumber(d.tok and p[4] or p[3])
+        if old ~= 0 then
+          for k = 1, 4 do
+            if string.format('%d', bounds[k]) == p[7] then
+              local c = daycount(d, k)
+              if d.exists[k] then
+                d.counts[k] = math.max(0, c - old)
+                d.dirty[k] = true
+              end
+            end
+          end
+        end
+      end
       p[1], p[3], p[4] = 'x', '0', '0'
       redis.call('SET', pkey, table.concat(p, '|'), 'KEEPTTL')
       dirty = true
@@ -204,42 +256,58 @@ if mode == 'c' then
   end
 end
 
--- The k-th entry from the head (1-based), read in chunks.
-local function entry(d, k)
-  if k > d.blen then
-    if d.eof then return nil end
-    -- Chunks of 1, 2, 4 ... 64: usually only the head is needed.
-    local size = math.min(64, d.blen + 1)
-    local chunk = redis.call('LRANGE', d.key, d.blen, d.blen + size - 1)
-    for _, s in ipairs(chunk) do
-      local bar = string.find(s, '|', 1, true)
-      d.bt[#d.bt + 1] = tonumber(string.sub(s, 1, bar - 1))
-      d.ba[#d.ba + 1] = tonumber(string.sub(s, bar + 1))
-    end
-    d.blen = #d.bt
-    if #chunk < size then d.eof = true end
-    if k > d.blen then return nil end
+-- The log, read in chunks of 2, 4 ... 64 entries on demand, by absolute
+-- index. The time of each head is kept in meta, so a decision whose heads
+-- all stay in their windows reads nothing.
+local n, base = vals[4], vals[5]
+local ET, ER, EK = {}, {}, {}
+local chunk = 2
+for i = 1, ns do
+  local h, ht = vals[6 + 3 * i], vals[7 + 3 * i]
+  if ht >= 0 and h < n then ET[h] = ht end
+end
+local function load(k)
+  local rows = redis.call('LRANGE', log, k - base, k - base + chunk - 1)
+  for j = 1, #rows do
+    ET[k + j - 1], ER[k + j - 1], EK[k + j - 1] = struct.unpack('<ddd', rows[j])
   end
-  return d.bt[k], d.ba[k]
+  if #rows < chunk then
+    -- Past the end: the log expired (every entry is out of every window).
+    for j = k + #rows, n - 1 do ET[j], ER[j] = false, false end
+  end
+  chunk = math.min(64, chunk * 2)
+end
+local function etime(k)
+  if k >= n then return nil end
+  if ET[k] == nil then load(k) end
+  return ET[k] or nil
 end
 
--- Smallest t' >= t whose window (t' - win, t'] has room for d.cost. Entries
--- at or before t' - win are consumed; they can never matter again once an
--- entry at t' is appended, so they are popped then.
-local function fit(d, t)
+-- Smallest t' >= t whose window (t' - win, t'] has room for dimension i's
+-- cost. Entries at or before t' - win are consumed; they can never matter
+-- again once an entry at t' is appended, so the head moves past them then.
+local pos, rem = {}, {}
+local function fit(i, t)
+  local win, sum = dv[3 * i], vals[5 + 3 * i]
   while true do
     while true do
-      local et, ea = entry(d, d.pos + 1)
+      local k = pos[i]
+      local et = etime(k)
       if et == nil then
-        d.sum = d.rem -- every entry is out of the window: it is empty
+        pos[i], rem[i] = n, sum -- every entry is out of the window
         return t
       end
-      if et > t - d.win then break end
-      d.pos = d.pos + 1
-      d.rem = d.rem + ea
+      if et > t - win then break end
+      if ER[k] == nil then load(k) end
+      if not ER[k] then
+        pos[i], rem[i] = n, sum
+        return t
+      end
+      pos[i] = k + 1
+      rem[i] = rem[i] + (istok[i] and EK[k] or ER[k])
     end
-    if d.cost == 0 or d.sum - d.rem + d.cost <= d.cap then return t end
-    t = entry(d, d.pos + 1) + d.win
+    if cost[i] == 0 or sum - rem[i] + cost[i] <= dv[3 * i - 1] then return t end
+    t = etime(pos[i]) + win
   end
 end
 
@@ -258,21 +326,14 @@ local function dayfit(d, t)
     elseif t >= bounds[j + 1] - blackout then
       t = bounds[j + 1] + early
     else
-      local c = d.counts[j]
-      if c == nil then
-        c = tonumber(redis.call('GET', d.keys[j])) or 0
-        d.counts[j] = c
-      end
-      if c + d.cost <= d.cap then return t end
+      if daycount(d, j) + d.cost <= d.cap then return t end
       t = bounds[j + 1] + early
     end
   end
 end
 
-for i = 1, ns do
-  local d = sl[i]
-  d.pos, d.rem, d.bt, d.ba, d.blen, d.eof = 0, 0, {}, {}, 0, false
-end
+for i = 1, ns do pos[i], rem[i] = vals[6 + 3 * i], 0 end
+local last = vals[3]
 local t, why = math.max(now, last), 'fifo'
 if cd > t then t, why = cd, 'cooldown: ' .. cr end
 local limit = now + horizon
@@ -281,8 +342,8 @@ while changed and t <= limit do
   changed = false
   for i = 1, ns do
     if t > limit then break end
-    local t2 = fit(sl[i], t)
-    if t2 > t then t, why, changed = t2, sl[i].name, true end
+    local t2 = fit(i, t)
+    if t2 > t then t, why, changed = t2, ARGV[12 + i], true end
   end
   for i = 1, nd do
     if t > limit then break end
@@ -293,110 +354,152 @@ while changed and t <= limit do
 end
 
 if t > limit then
-  if dirty then write_meta(last) end
-  return {3, t - horizon, why, now}
+  if dirty then write_meta(last, nil) end
+  return {3, t - horizon, why, '', ''}
 end
 
-local idx = {}
-for i = 1, ns do
-  local d = sl[i]
-  if d.pos > 0 then
-    redis.call('LTRIM', d.key, d.pos, -1)
-    d.sum = d.sum - d.rem
+local idx = n
+if ns > 0 then
+  local len = redis.call('RPUSH', log, struct.pack('<ddd', t, creq, ctok))
+  vals[4] = n + 1
+  vals[5] = n + 1 - len
+  -- A log emptied by LTRIM (or expired) is gone: the new one needs its TTL.
+  created = len == 1
+  local low = n + 1
+  for i = 1, ns do
+    local h = vals[6 + 3 * i]
+    if pos[i] > h then
+      vals[5 + 3 * i] = vals[5 + 3 * i] - rem[i]
+      h = pos[i]
+      vals[6 + 3 * i] = h
+      if h == idx then vals[7 + 3 * i] = t else vals[7 + 3 * i] = ET[h] end
+    elseif h == idx then
+      vals[7 + 3 * i] = t
+    end
+    vals[5 + 3 * i] = vals[5 + 3 * i] + cost[i]
+    if h < low then low = h end
   end
-  -- A list emptied by LTRIM is gone: the new one needs its TTL.
-  d.created = redis.call('RPUSH', d.key, fmt(t) .. '|' .. fmt(d.cost)) == 1
-  idx[i] = fmt(d.n)
-  d.n = d.n + 1
-  d.sum = d.sum + d.cost
+  -- Consumed entries are trimmed in batches.
+  if low - vals[5] >= 64 then
+    redis.call('LTRIM', log, low - vals[5], -1)
+    vals[5] = low
+  end
+else
+  vals[4] = n + 1
 end
-write_meta(t)
 
-local dstart = '-1'
+local dstart, dayend = -1, nil
 for k = 1, 4 do
   if bounds[k] <= t and t < bounds[k + 1] then
-    dstart = starts[k]
+    dstart = bounds[k]
     for i = 1, nd do
       local d = dl[i]
       if d.cost > 0 then
-        -- A new counter lives until its day ends (INCRBY keeps the TTL).
-        if redis.call('INCRBY', d.keys[k], d.cost) == d.cost then
-          redis.call('PEXPIRE', d.keys[k], bounds[k + 1] - now + slack)
+        local c = daycount(d, k)
+        if not d.exists[k] then
+          -- The first count of a day: drop the counters of days gone by.
+          for _, fname in ipairs(redis.call('HKEYS', meta)) do
+            local ds = string.match(fname, '^d:.*:(%d+)$')
+            if ds and tonumber(ds) < bounds[1] then redis.call('HDEL', meta, fname) end
+          end
+          d.exists[k] = true
         end
+        d.counts[k] = c + d.cost
+        d.dirty[k] = true
+        dayend = bounds[k + 1]
       end
     end
   end
 end
+write_meta(t, dayend)
 
 local code, state = 2, 'r'
 if t <= now + early then code, state, why = 1, 'g', '' end
-local pv = state .. '|' .. fmt(t) .. '|' .. fmt(creq) .. '|' .. fmt(ctok) .. '|' .. fp .. '|' .. epoch .. '|' .. dstart
-if ns > 0 then pv = pv .. '|' .. table.concat(idx, '|') end
+local pv = string.format('%s|%d|%d|%d|%s|%d|%d|%d', state, t, creq, ctok, fp, vals[1], dstart, idx)
+if code == 1 and mode == 'a' then
+  -- No state written: the permit carries it, signed with the epoch's secret.
+  return {1, t, '', pv, redis.sha1hex(secret .. '|' .. id .. '|' .. pv)}
+end
 redis.call('SET', pkey, pv, 'PX', t - now + pbase)
-return {code, t, why, now}
+return {code, t, why, '', ''}
 `
 
 // adjustScript reconciles or releases a permit: it sets the amounts of the
-// permit's entries in place (refund or extra charge) and in its day counter.
+// permit's log entry in place (refund or extra charge), the sums of the
+// dimensions still counting it, and its day counters.
 //
-// KEYS[1]              -> gemq:{<scope>}:meta
-// KEYS[2..1+ns]        -> gemq:{<scope>}:w:<dim>, one per sliding dimension
-// KEYS[2+ns..1+ns+3nd] -> gemq:{<scope>}:d:<dim>:<date>, three per daily dimension (days ARGV starts[1..3])
-// KEYS[#KEYS]          -> gemq:{<scope>}:p:<id>
-// ARGV[1] -> mode: "r" reconcile input tokens to ARGV[3], "x" release (all amounts to 0)
-// ARGV[2] -> dimensions fingerprint
-// ARGV[3] -> actual input tokens
-// ARGV[4] -> ns, ARGV[5] -> nd
-// then ns × (name, unit "r"|"t"), nd × (unit), then 3 Pacific day starts in ms.
+// KEYS[1] -> gemq:{<scope>}:meta
+// KEYS[2] -> gemq:{<scope>}:log
+// KEYS[3] -> gemq:{<scope>}:p:<id>
+// ARGV[1] -> now in ms, or "" to use Redis TIME
+// ARGV[2] -> mode: "r" reconcile input tokens to ARGV[4], "x" release (all amounts to 0)
+// ARGV[3] -> dimensions fingerprint
+// ARGV[4] -> actual input tokens
+// ARGV[5] -> permit id
+// ARGV[6] -> permit ref (Permit.Ref), used when KEYS[3] does not exist
+// ARGV[7] -> permit lifetime ms beyond its time
+// ARGV[8] -> struct format of meta v
+// ARGV[9] -> units of the sliding dimensions, one letter each ("r" requests, "t" tokens)
+// ARGV[10] -> units of the daily dimensions, likewise
+// ARGV[11] -> dimensions fingerprint as a number (as stored in meta v)
+// ARGV[12..] -> names of the daily dimensions
 // Output: 1 when the permit changed, 0 when there was nothing to do
-// (unknown or expired permit, already released, same amount).
+// (unknown, forged or expired permit, already released, same amount).
 var adjustScript = redis.NewScript(luaCommon + `
-local mode, fp = ARGV[1], ARGV[2]
-local ns, nd = tonumber(ARGV[4]), tonumber(ARGV[5])
-local meta, pkey = KEYS[1], KEYS[#KEYS]
+local mode, fp, tokens, id, ref = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local pbase, vfmt, su, du = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
+local ns, nd = #su, #du
+local meta, log, pkey = KEYS[1], KEYS[2], KEYS[3]
 local pv = redis.call('GET', pkey)
-if not pv then return 0 end
+local mac
+if not pv then
+  -- A Granted permit whose state was never written: its ref, if genuine.
+  pv, mac = string.match(ref, '^(g|.*)|(%x+)$')
+  if not pv then return 0 end
+end
 local p = split(pv)
-if p[1] == 'x' or p[5] ~= fp then return 0 end
-local newreq, newtok = tonumber(p[3]), tonumber(ARGV[3])
+if p[1] == 'x' or p[5] ~= fp or #p ~= 8 then return 0 end
+local newreq, newtok = tonumber(p[3]), tokens
 if mode == 'x' then newreq, newtok = 0, 0 end
 if newreq == tonumber(p[3]) and newtok == tonumber(p[4]) and mode ~= 'x' then return 0 end
 
-local a = 6
-local sl, fields = {}, {'e'}
-for i = 1, ns do
-  sl[i] = {name = ARGV[a], unit = ARGV[a + 1], key = KEYS[1 + i]}
-  fields[#fields + 1] = 's:' .. sl[i].name
-  fields[#fields + 1] = 'n:' .. sl[i].name
-  a = a + 2
-end
-local dl = {}
-for i = 1, nd do
-  dl[i] = {unit = ARGV[a], keys = {}}
-  for k = 1, 3 do dl[i].keys[k] = KEYS[1 + ns + (i - 1) * 3 + k] end
-  a = a + 1
-end
-local starts = {ARGV[a], ARGV[a + 1], ARGV[a + 2]}
-
+local fields = {'v', 'k'}
+for i = 1, nd do fields[2 + i] = 'd:' .. ARGV[11 + i] .. ':' .. p[7] end
 local m = redis.call('HMGET', meta, unpack(fields))
-if m[1] and ns > 0 then
-  for i = 1, ns do
-    sl[i].sum = tonumber(m[2 * i]) or 0
-    sl[i].n = tonumber(m[1 + 2 * i]) or 0
-  end
-  if set_entries(sl, p, m[1], newreq, newtok) then
-    local hs = {}
-    for i = 1, ns do
-      hs[#hs + 1] = 's:' .. sl[i].name
-      hs[#hs + 1] = fmt(sl[i].sum)
-    end
-    redis.call('HSET', meta, unpack(hs))
+local now
+if mac then
+  -- Only a ref signed in this epoch, for this id, within the permit's
+  -- lifetime, counts; anything else is left alone.
+  if not m[2] or redis.sha1hex(m[2] .. '|' .. id .. '|' .. pv) ~= mac then return 0 end
+  now = now_ms(ARGV[1])
+  if now >= tonumber(p[2]) + pbase then return 0 end
+end
+
+local hs = {}
+if m[1] and ns > 0 and #m[1] == 8 * (7 + 3 * ns) then
+  local vals = {struct.unpack(vfmt, m[1])}
+  local istok = {}
+  for i = 1, ns do istok[i] = string.sub(su, i, i) == 't' end
+  if vals[2] == tonumber(ARGV[11]) and set_entry(log, ns, istok, vals, p, newreq, newtok) then
+    hs[1], hs[2] = 'v', struct.pack(vfmt, unpack(vals, 1, 7 + 3 * ns))
   end
 end
-set_days(dl, p, starts, newreq, newtok)
+for i = 1, nd do
+  local c = m[2 + i]
+  local old, new = tonumber(p[3]), newreq
+  if string.sub(du, i, i) == 't' then old, new = tonumber(p[4]), newtok end
+  if c and old ~= new then
+    hs[#hs + 1], hs[#hs + 2] = fields[2 + i], math.max(0, tonumber(c) - old + new)
+  end
+end
+if #hs > 0 then redis.call('HSET', meta, unpack(hs)) end
 if mode == 'x' then p[1] = 'x' end
-p[3], p[4] = fmt(newreq), fmt(newtok)
-redis.call('SET', pkey, table.concat(p, '|'), 'KEEPTTL')
+p[3], p[4] = string.format('%d', newreq), string.format('%d', newtok)
+if mac then
+  redis.call('SET', pkey, table.concat(p, '|'), 'PX', tonumber(p[2]) + pbase - now)
+else
+  redis.call('SET', pkey, table.concat(p, '|'), 'KEEPTTL')
+end
 return 1
 `)
 
@@ -414,10 +517,10 @@ local untilms, reason, slack = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 if untilms <= now then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'cd') or '0')
 if cur >= untilms then return 0 end
-redis.call('HSET', KEYS[1], 'cd', fmt(untilms), 'cr', reason)
+redis.call('HSET', KEYS[1], 'cd', untilms, 'cr', reason)
 local ttl = untilms - now + slack
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
--- The lists' TTL is not extended here: the next decision refreshes it
+-- The log's TTL is not extended here: the next decision refreshes it
 -- (the cooldown raises its need above the recorded expiry).
 
 return 1

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/gemini"
 	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/logging"
@@ -97,9 +98,11 @@ type options struct {
 	lease time.Duration
 	// maxAttempts bounds transient failures before dead-letter (GEMQ_MAX_ATTEMPTS).
 	maxAttempts int
-	// retryBase, retryMax shape the transient-failure back-off.
+	// retryBase, retryMax shape the transient-failure back-off
+	// (GEMQ_RETRY_BASE, GEMQ_RETRY_MAX).
 	retryBase, retryMax time.Duration
-	// capacityBase, capacityMax shape the back-off after a 429 without details.
+	// capacityBase, capacityMax shape the back-off after a 429 without
+	// details or a failed countTokens (GEMQ_CAPACITY_BACKOFF_BASE, _MAX).
 	capacityBase, capacityMax time.Duration
 	// quotaRetry is the pause after a per-minute 429 without RetryInfo.
 	quotaRetry time.Duration
@@ -124,10 +127,10 @@ func (o options) withDefaults() options {
 	if o.maxAttempts <= 0 {
 		o.maxAttempts = 5
 	}
-	def(&o.retryBase, 10*time.Second)
-	def(&o.retryMax, 10*time.Minute)
-	def(&o.capacityBase, 5*time.Second)
-	def(&o.capacityMax, 5*time.Minute)
+	def(&o.retryBase, config.DefaultRetryBase)
+	def(&o.retryMax, max(config.DefaultRetryMax, o.retryBase))
+	def(&o.capacityBase, config.DefaultCapacityBackoffBase)
+	def(&o.capacityMax, max(config.DefaultCapacityBackoffMax, o.capacityBase))
 	def(&o.quotaRetry, 60*time.Second)
 	def(&o.seedBase, time.Second)
 	def(&o.seedMax, time.Minute)

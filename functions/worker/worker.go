@@ -117,21 +117,29 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		return nil, err
 	}
 
-	opts := options{
-		project:       cfg.Project,
-		policy:        string(cfg.LimitPolicy),
-		countTokens:   cfg.TokenEstimator == config.EstimateCountTokens,
-		geminiTimeout: cfg.GeminiTimeout,
-		lease:         cfg.Lease,
-		maxAttempts:   cfg.MaxAttempts,
-	}
 	h := newHandler(
 		store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
 		limiter.New(rdb, cfg.Quotas),
 		gem,
 		queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
 		queue.NewPublisher(ps, cfg.ResultsTopic),
-		opts, log)
+		optionsFrom(cfg), log)
 	log.Info("worker ready", "config", cfg)
 	return h, nil
+}
+
+// optionsFrom maps the configuration onto the handler's options.
+func optionsFrom(cfg config.Config) options {
+	return options{
+		project:       cfg.Project,
+		policy:        string(cfg.LimitPolicy),
+		countTokens:   cfg.TokenEstimator == config.EstimateCountTokens,
+		geminiTimeout: cfg.GeminiTimeout,
+		lease:         cfg.Lease,
+		maxAttempts:   cfg.MaxAttempts,
+		retryBase:     cfg.RetryBase,
+		retryMax:      cfg.RetryMax,
+		capacityBase:  cfg.CapacityBackoffBase,
+		capacityMax:   cfg.CapacityBackoffMax,
+	}
 }

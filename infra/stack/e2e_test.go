@@ -40,10 +40,9 @@ func TestEndToEnd(t *testing.T) {
 		Dir:    t.TempDir(),
 		Minute: minute,
 		RPM:    rpm, TPM: tpm, RPD: 1_000_000,
-		// Timeouts fail fast; two attempts make dead letters likely in the
-		// fault scenario.
+		// Timeouts fail fast. GEMQ_MAX_ATTEMPTS keeps its default (5); the
+		// retry back-off is scaled with the minute.
 		GeminiTimeout: 1500 * time.Millisecond,
-		MaxAttempts:   2,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -57,6 +56,18 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}()
 	t.Logf("stack: ingest %s, worker %s, gemini %s, log %s", s.IngestURL, s.WorkerURL, s.GeminiURL, s.LogPath)
+	// Back-offs run in stack time: 10s and 10m, 5s and 5m scaled by the minute.
+	for k, v := range map[string]string{
+		"GEMQ_MAX_ATTEMPTS":          "5",
+		"GEMQ_RETRY_BASE":            "333.333333ms",
+		"GEMQ_RETRY_MAX":             "20s",
+		"GEMQ_CAPACITY_BACKOFF_BASE": "166.666666ms",
+		"GEMQ_CAPACITY_BACKOFF_MAX":  "10s",
+	} {
+		if s.Env[k] != v {
+			t.Errorf("functions' %s = %q, want %q", k, s.Env[k], v)
+		}
+	}
 
 	t.Run("backlog", func(t *testing.T) {
 		before, _ := s.WorkerInvocations()
@@ -98,8 +109,10 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("faults", func(t *testing.T) {
+		// 46% of calls fail, so with 5 attempts about 2% of the tasks
+		// (500·0.46^5 ≈ 10) are dead-lettered, and most retries succeed.
 		if err := s.ResetGemini(stack.GeminiOptions{
-			Faults: geminisim.Faults{Error500: 0.06, Error503: 0.06, Error504: 0.04, Hang: 0.04},
+			Faults: geminisim.Faults{Error500: 0.14, Error503: 0.14, Error504: 0.10, Hang: 0.08},
 			Seed:   7,
 		}); err != nil {
 			t.Fatal(err)

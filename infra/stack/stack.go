@@ -38,6 +38,7 @@ import (
 
 	"github.com/gemq-dev/gemq/infra/pushsub"
 	"github.com/gemq-dev/gemq/infra/tasksemu"
+	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/queue"
 )
 
@@ -101,6 +102,12 @@ type Options struct {
 	GeminiTimeout time.Duration
 	// MaxAttempts is GEMQ_MAX_ATTEMPTS (default 5).
 	MaxAttempts int
+	// RetryBase and RetryMax are GEMQ_RETRY_BASE and GEMQ_RETRY_MAX, the
+	// worker's back-off after a transient Gemini failure (default 10s and
+	// 10m, scaled by Minute). The back-off after a 429 without details
+	// (GEMQ_CAPACITY_BACKOFF_BASE, _MAX: 5s and 5m) is scaled by Minute too;
+	// Env overrides any of them.
+	RetryBase, RetryMax time.Duration
 	// Env adds or overrides environment variables of the functions.
 	Env map[string]string
 
@@ -329,21 +336,25 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 	// The functions' environment, as Terraform sets it in the cloud.
 	s.Quotas = s.gemini.quotas
 	env := map[string]string{
-		"REDIS_ADDR":               s.RedisAddr,
-		"REDIS_PASSWORD":           getenv("REDIS_PASSWORD"),
-		"GOOGLE_CLOUD_PROJECT":     s.Project,
-		"GEMQ_TASKS_TOPIC":         TasksTopic,
-		"GEMQ_RESULTS_TOPIC":       ResultsTopic,
-		"GEMQ_TASKS_QUEUE":         s.QueuePath,
-		"GEMQ_WORKER_URL":          s.WorkerURL,
-		"GEMQ_CLOUDTASKS_ENDPOINT": s.TasksEndpoint,
-		"PUBSUB_EMULATOR_HOST":     s.PubSubHost,
-		"GEMQ_QUOTAS":              s.Quotas,
-		"GEMQ_QUOTAS_FILE":         "",
-		"GEMQ_DEFAULT_MODEL":       s.Model,
-		"GEMQ_GEMINI_TIMEOUT":      opts.GeminiTimeout.String(),
-		"GEMQ_MAX_ATTEMPTS":        strconv.Itoa(opts.MaxAttempts),
-		"GEMQ_LOG_LEVEL":           "info",
+		"REDIS_ADDR":                 s.RedisAddr,
+		"REDIS_PASSWORD":             getenv("REDIS_PASSWORD"),
+		"GOOGLE_CLOUD_PROJECT":       s.Project,
+		"GEMQ_TASKS_TOPIC":           TasksTopic,
+		"GEMQ_RESULTS_TOPIC":         ResultsTopic,
+		"GEMQ_TASKS_QUEUE":           s.QueuePath,
+		"GEMQ_WORKER_URL":            s.WorkerURL,
+		"GEMQ_CLOUDTASKS_ENDPOINT":   s.TasksEndpoint,
+		"PUBSUB_EMULATOR_HOST":       s.PubSubHost,
+		"GEMQ_QUOTAS":                s.Quotas,
+		"GEMQ_QUOTAS_FILE":           "",
+		"GEMQ_DEFAULT_MODEL":         s.Model,
+		"GEMQ_GEMINI_TIMEOUT":        opts.GeminiTimeout.String(),
+		"GEMQ_MAX_ATTEMPTS":          strconv.Itoa(opts.MaxAttempts),
+		"GEMQ_RETRY_BASE":            opts.RetryBase.String(),
+		"GEMQ_RETRY_MAX":             opts.RetryMax.String(),
+		"GEMQ_CAPACITY_BACKOFF_BASE": scale(config.DefaultCapacityBackoffBase, opts.Minute).String(),
+		"GEMQ_CAPACITY_BACKOFF_MAX":  scale(config.DefaultCapacityBackoffMax, opts.Minute).String(),
+		"GEMQ_LOG_LEVEL":             "info",
 	}
 	for k, v := range s.gemini.env {
 		env[k] = v
@@ -410,7 +421,13 @@ func withDefaults(o Options) Options {
 		o.GeminiTimeout = scale(120*time.Second, o.Minute)
 	}
 	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = 5
+		o.MaxAttempts = config.DefaultMaxAttempts
+	}
+	if o.RetryBase <= 0 {
+		o.RetryBase = scale(config.DefaultRetryBase, o.Minute)
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = max(scale(config.DefaultRetryMax, o.Minute), o.RetryBase)
 	}
 	if o.Push.Concurrency <= 0 {
 		o.Push.Concurrency = 32

@@ -140,6 +140,18 @@ type Config struct {
 	// MaxAttempts bounds attempts on transient Gemini failures before
 	// dead-lettering. GEMQ_MAX_ATTEMPTS, default 5.
 	MaxAttempts int
+	// RetryBase and RetryMax shape the back-off before retrying a transient
+	// Gemini failure (5xx, timeout, connection error): attempt n comes back
+	// after RetryBase·2^(n-1), capped at RetryMax, with equal jitter (half
+	// fixed, half random). GEMQ_RETRY_BASE, default 10s; GEMQ_RETRY_MAX,
+	// default 10m; RetryBase > 0 and RetryMax >= RetryBase.
+	RetryBase, RetryMax time.Duration
+	// CapacityBackoffBase and CapacityBackoffMax shape the back-off after a
+	// 429 without quota details (Gemini out of capacity; not a failed
+	// attempt) or a failed countTokens call, the same way, by the task's
+	// number of deferrals. GEMQ_CAPACITY_BACKOFF_BASE, default 5s;
+	// GEMQ_CAPACITY_BACKOFF_MAX, default 5m; base > 0 and max >= base.
+	CapacityBackoffBase, CapacityBackoffMax time.Duration
 	// TokenEstimator is how input tokens are estimated. GEMQ_TOKEN_ESTIMATOR,
 	// default "local".
 	TokenEstimator Estimator
@@ -163,6 +175,11 @@ const (
 	DefaultResultTTL     = 168 * time.Hour
 	DefaultMaxAttempts   = 5
 	DefaultMaxBodyBytes  = 32 << 20
+
+	DefaultRetryBase           = 10 * time.Second
+	DefaultRetryMax            = 10 * time.Minute
+	DefaultCapacityBackoffBase = 5 * time.Second
+	DefaultCapacityBackoffMax  = 5 * time.Minute
 )
 
 // Problem is one invalid or missing variable.
@@ -316,10 +333,20 @@ func load(getenv func(string) string, ps *problems) Config {
 		TokenEstimator:      Estimator(str("GEMQ_TOKEN_ESTIMATOR", string(EstimateLocal))),
 		LimitPolicy:         Policy(str("GEMQ_LIMIT_POLICY", string(PolicyReserve))),
 		MaxBodyBytes:        integer("GEMQ_MAX_BODY_BYTES", DefaultMaxBodyBytes, 1, 1<<40),
+		RetryBase:           duration("GEMQ_RETRY_BASE", DefaultRetryBase),
+		RetryMax:            duration("GEMQ_RETRY_MAX", DefaultRetryMax),
+		CapacityBackoffBase: duration("GEMQ_CAPACITY_BACKOFF_BASE", DefaultCapacityBackoffBase),
+		CapacityBackoffMax:  duration("GEMQ_CAPACITY_BACKOFF_MAX", DefaultCapacityBackoffMax),
 	}
 	c.Lease = duration("GEMQ_LEASE", c.GeminiTimeout+DefaultLeaseMargin)
 	if c.Lease <= c.GeminiTimeout {
 		ps.add("GEMQ_LEASE", "%v must be longer than GEMQ_GEMINI_TIMEOUT (%v)", c.Lease, c.GeminiTimeout)
+	}
+	if c.RetryMax < c.RetryBase {
+		ps.add("GEMQ_RETRY_MAX", "%v must not be shorter than GEMQ_RETRY_BASE (%v)", c.RetryMax, c.RetryBase)
+	}
+	if c.CapacityBackoffMax < c.CapacityBackoffBase {
+		ps.add("GEMQ_CAPACITY_BACKOFF_MAX", "%v must not be shorter than GEMQ_CAPACITY_BACKOFF_BASE (%v)", c.CapacityBackoffMax, c.CapacityBackoffBase)
 	}
 
 	if c.RedisAddr != "" {
@@ -474,6 +501,10 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("lease", c.Lease),
 		slog.Duration("result_ttl", c.ResultTTL),
 		slog.Int("max_attempts", c.MaxAttempts),
+		slog.Duration("retry_base", c.RetryBase),
+		slog.Duration("retry_max", c.RetryMax),
+		slog.Duration("capacity_backoff_base", c.CapacityBackoffBase),
+		slog.Duration("capacity_backoff_max", c.CapacityBackoffMax),
 		slog.String("token_estimator", string(c.TokenEstimator)),
 		slog.String("limit_policy", string(c.LimitPolicy)),
 		slog.Int64("max_body_bytes", c.MaxBodyBytes),

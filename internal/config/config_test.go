@@ -66,6 +66,11 @@ func TestLoadDefaults(t *testing.T) {
 		LimitPolicy:    PolicyReserve,
 		MaxBodyBytes:   32 << 20,
 		LogLevel:       slog.LevelInfo,
+
+		RetryBase:           10 * time.Second,
+		RetryMax:            10 * time.Minute,
+		CapacityBackoffBase: 5 * time.Second,
+		CapacityBackoffMax:  5 * time.Minute,
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("Load (-want +got):\n%s", diff)
@@ -108,6 +113,10 @@ func TestLoadAll(t *testing.T) {
 		"GEMQ_LIMIT_POLICY", "seed",
 		"GEMQ_MAX_BODY_BYTES", "1024",
 		"GEMQ_LOG_LEVEL", "DEBUG",
+		"GEMQ_RETRY_BASE", "250ms",
+		"GEMQ_RETRY_MAX", "20s",
+		"GEMQ_CAPACITY_BACKOFF_BASE", "1s",
+		"GEMQ_CAPACITY_BACKOFF_MAX", "1s",
 	)
 	c, err := LoadFor(Worker, env(m))
 	if err != nil {
@@ -122,6 +131,8 @@ func TestLoadAll(t *testing.T) {
 		GeminiAPIKey: "key", Location: "europe-west4", GeminiBaseURL: "http://127.0.0.1:9000",
 		GeminiTimeout: 30 * time.Second, Lease: 45 * time.Second, ResultTTL: 24 * time.Hour, MaxAttempts: 3,
 		TokenEstimator: EstimateCountTokens, LimitPolicy: PolicySeed, MaxBodyBytes: 1024, LogLevel: slog.LevelDebug,
+		RetryBase: 250 * time.Millisecond, RetryMax: 20 * time.Second,
+		CapacityBackoffBase: time.Second, CapacityBackoffMax: time.Second,
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("LoadFor (-want +got):\n%s", diff)
@@ -165,6 +176,18 @@ func TestLoadErrors(t *testing.T) {
 		), []string{"REDIS_ADDR", "REDIS_TLS", "GEMQ_GEMINI_TIMEOUT", "GEMQ_RESULT_TTL", "GEMQ_MAX_ATTEMPTS",
 			"GEMQ_TOKEN_ESTIMATOR", "GEMQ_LIMIT_POLICY", "GEMQ_MAX_BODY_BYTES", "GEMQ_LOG_LEVEL",
 			"GEMQ_TASKS_QUEUE", "GEMQ_WORKER_URL", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_GENAI_USE_VERTEXAI"}},
+		{"back-offs not positive", Ingest, base(
+			"GEMQ_RETRY_BASE", "0s",
+			"GEMQ_RETRY_MAX", "-1m",
+			"GEMQ_CAPACITY_BACKOFF_BASE", "soon",
+			"GEMQ_CAPACITY_BACKOFF_MAX", "0",
+		), []string{"GEMQ_RETRY_BASE", "GEMQ_RETRY_MAX", "GEMQ_CAPACITY_BACKOFF_BASE", "GEMQ_CAPACITY_BACKOFF_MAX"}},
+		{"back-off max below base", Ingest, base(
+			"GEMQ_RETRY_BASE", "1m", "GEMQ_RETRY_MAX", "30s",
+			"GEMQ_CAPACITY_BACKOFF_BASE", "1h", "GEMQ_CAPACITY_BACKOFF_MAX", "59m",
+			"GEMQ_LEASE", "1s",
+		), []string{"GEMQ_RETRY_MAX", "GEMQ_CAPACITY_BACKOFF_MAX", "GEMQ_LEASE"}},
+		{"back-off max below the default base", Ingest, base("GEMQ_RETRY_MAX", "5s"), []string{"GEMQ_RETRY_MAX"}},
 		{"lease not above timeout", Ingest, base("GEMQ_GEMINI_TIMEOUT", "60s", "GEMQ_LEASE", "60s"), []string{"GEMQ_LEASE"}},
 		{"bad quotas", Ingest, base("GEMQ_QUOTAS", `{"scopes":[{"model":1}]}`), []string{"GEMQ_QUOTAS"}},
 		{"missing quota file", Ingest, base("GEMQ_QUOTAS", "", "GEMQ_QUOTAS_FILE", "/nonexistent"), []string{"GEMQ_QUOTAS_FILE"}},

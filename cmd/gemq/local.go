@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log"
 	"os"
 	"path/filepath"
 	"time"
@@ -43,39 +42,26 @@ func addStackFlags(fs *flag.FlagSet, minute time.Duration, rpm, tpm int64, inges
 	}
 }
 
-// start redirects the process' stdout and stderr (where the functions log,
-// as on Cloud Run) to the stack's log file, then starts the stack. Call
-// restore after closing the stack to undo the redirection.
-func (f *stackFlags) start(ctx context.Context, e env) (_ *stack.Stack, restore func(), err error) {
+// start starts the stack with its log file in --dir (a new temporary
+// directory by default, kept). Everything logs there, not on the terminal:
+// the stack and redis-server, and the functions through GEMQ_LOG_FILE (in
+// the cloud they log to stdout).
+func (f *stackFlags) start(ctx context.Context, e env) (*stack.Stack, error) {
 	lat, err := geminisim.ParseLatency(*f.latency)
 	if err != nil {
-		return nil, nil, &exitError{code: exitUsage, msg: err.Error()}
+		return nil, &exitError{code: exitUsage, msg: err.Error()}
 	}
 	dir := *f.dir
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "gemq-"); err != nil {
-			return nil, nil, &exitError{code: exitStack, msg: err.Error()}
+			return nil, &exitError{code: exitStack, msg: err.Error()}
 		}
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, nil, &exitError{code: exitStack, msg: err.Error()}
-	}
-	logPath := filepath.Join(dir, "gemq.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, nil, &exitError{code: exitStack, msg: err.Error()}
-	}
-	stdout, stderr, logw := os.Stdout, os.Stderr, log.Writer()
-	os.Stdout, os.Stderr = logFile, logFile
-	log.SetOutput(logFile)
-	restore = func() {
-		os.Stdout, os.Stderr = stdout, stderr
-		log.SetOutput(logw)
-		logFile.Close()
+		return nil, &exitError{code: exitStack, msg: err.Error()}
 	}
 	s, err := stack.Start(ctx, stack.Options{
 		Getenv:     e.getenv,
 		Dir:        dir,
-		Log:        logFile,
 		Model:      *f.model,
 		Minute:     *f.minute,
 		RPM:        *f.rpm,
@@ -86,15 +72,13 @@ func (f *stackFlags) start(ctx context.Context, e env) (_ *stack.Stack, restore 
 		PubSubAddr: *f.pubsubAddr, TasksAddr: *f.tasksAddr, GeminiAddr: *f.geminiAddr,
 	})
 	if err != nil {
-		msg := fmt.Sprintf("the local stack could not start: %v\n  (log: %s)", err, logPath)
+		msg := fmt.Sprintf("the local stack could not start: %v\n  (log: %s)", err, filepath.Join(dir, "gemq.log"))
 		if errors.Is(err, stack.ErrNoRedis) {
 			msg = err.Error()
 		}
-		restore()
-		return nil, nil, &exitError{code: exitStack, msg: msg}
+		return nil, &exitError{code: exitStack, msg: msg}
 	}
-	s.LogPath = logPath
-	return s, restore, nil
+	return s, nil
 }
 
 func describeGemini(s *stack.Stack) string {
@@ -117,11 +101,10 @@ func cmdDev(ctx context.Context, args []string, e env) error {
 	if _, err := parse(fs, args, e, 0); err != nil {
 		return err
 	}
-	s, restore, err := sf.start(ctx, e)
+	s, err := sf.start(ctx, e)
 	if err != nil {
 		return err
 	}
-	defer restore()
 	defer s.Close()
 	w := e.stdout
 	fmt.Fprintf(w, "gemq dev: the local stack is running (Ctrl-C stops it)\n\n")
@@ -167,11 +150,10 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	s, restore, err := sf.start(ctx, e)
+	s, err := sf.start(ctx, e)
 	if err != nil {
 		return err
 	}
-	defer restore()
 	defer s.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()

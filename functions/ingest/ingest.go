@@ -60,7 +60,9 @@ var lazy struct {
 func handle(w http.ResponseWriter, r *http.Request) {
 	s, err := current()
 	if err != nil {
-		logging.New(os.Stdout, slog.LevelInfo).Error("ingest setup failed", "error", err.Error())
+		lw := config.SetupLog(os.Getenv, os.Stdout)
+		logging.New(lw, slog.LevelInfo).Error("ingest setup failed", "error", err.Error())
+		lw.Close()
 		writeJSON(w, http.StatusInternalServerError, struct {
 			Error *apiError `json:"error"`
 		}{&apiError{Code: http.StatusInternalServerError, Status: "INTERNAL", Message: "ingest is not configured: " + err.Error()}})
@@ -87,22 +89,30 @@ func current() (*server, error) {
 }
 
 // fromEnv builds the server with real clients from the configuration,
-// logging to logOut. No client connects here; the first use does.
+// logging to logOut (stdout), or to GEMQ_LOG_FILE when it is set (the file
+// stays open as long as the server, the process). No client connects here;
+// the first use does.
 func fromEnv(ctx context.Context, getenv func(string) string, logOut io.Writer) (*server, error) {
 	cfg, err := config.LoadFor(config.Ingest, getenv)
 	if err != nil {
 		return nil, err
 	}
+	logw, err := config.OpenLog(cfg.LogFile, logOut)
+	if err != nil {
+		return nil, err
+	}
 	rdb, err := config.NewRedis(cfg)
 	if err != nil {
+		logw.Close()
 		return nil, err
 	}
 	ps, err := queue.NewPubSubClient(ctx, cfg.Project)
 	if err != nil {
 		rdb.Close()
+		logw.Close()
 		return nil, err
 	}
-	log := logging.New(logOut, cfg.LogLevel)
+	log := logging.New(logw, cfg.LogLevel)
 	log.Info("ingest configured", "config", cfg)
 	return newServer(deps{
 		store:        store.New(rdb, store.Options{TTL: cfg.ResultTTL}),

@@ -63,7 +63,9 @@ func handle(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Configuration or client setup failed: answer non-2xx so nothing
 		// is lost; the message is delivered again.
-		logging.New(os.Stdout, slog.LevelInfo).Error("worker setup failed", "error", err.Error())
+		lw := config.SetupLog(os.Getenv, os.Stdout)
+		logging.New(lw, slog.LevelInfo).Error("worker setup failed", "error", err.Error())
+		lw.Close()
 		http.Error(w, `{"outcome":"setup_error"}`, http.StatusInternalServerError)
 		return
 	}
@@ -91,10 +93,17 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	log := logging.New(os.Stdout, cfg.LogLevel)
+	// Stdout, as Cloud Functions require; GEMQ_LOG_FILE locally. The file
+	// stays open as long as the handler (the process).
+	logw, err := config.OpenLog(cfg.LogFile, os.Stdout)
+	if err != nil {
+		return nil, err
+	}
+	log := logging.New(logw, cfg.LogLevel)
 
 	rdb, err := config.NewRedis(cfg)
 	if err != nil {
+		logw.Close()
 		return nil, err
 	}
 	gem, err := gemini.NewClient(ctx, gemini.Config{
@@ -103,17 +112,20 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	})
 	if err != nil {
 		rdb.Close()
+		logw.Close()
 		return nil, fmt.Errorf("gemini new client: %w", err)
 	}
 	ps, err := queue.NewPubSubClient(ctx, cfg.Project)
 	if err != nil {
 		rdb.Close()
+		logw.Close()
 		return nil, err
 	}
 	ct, err := queue.NewCloudTasksClient(ctx, cfg.CloudTasksEndpoint)
 	if err != nil {
 		rdb.Close()
 		ps.Close()
+		logw.Close()
 		return nil, err
 	}
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +69,21 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("functions' %s = %q, want %q", k, s.Env[k], v)
 		}
 	}
+	if s.LogPath == "" || s.Env["GEMQ_LOG_FILE"] != s.LogPath {
+		t.Errorf("functions' GEMQ_LOG_FILE = %q, want the stack's log file %q", s.Env["GEMQ_LOG_FILE"], s.LogPath)
+	}
+	defer func() {
+		// Both functions logged to the stack's log file.
+		b, err := os.ReadFile(s.LogPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []string{`"message":"ingest configured"`, `"message":"worker ready"`} {
+			if !bytes.Contains(b, []byte(m)) {
+				t.Errorf("stack log file lacks %s", m)
+			}
+		}
+	}()
 
 	t.Run("backlog", func(t *testing.T) {
 		before, _ := s.WorkerInvocations()

@@ -72,7 +72,9 @@ type Options struct {
 	// temporary directory, removed by Close when the stack made it).
 	Dir string
 	// Log receives the stack's own log lines and redis-server's output
-	// (default Dir/gemq.log).
+	// (default Dir/gemq.log). Without Log the functions log to Dir/gemq.log
+	// too (GEMQ_LOG_FILE); with it they log to standard output, as in the
+	// cloud, unless Env sets GEMQ_LOG_FILE.
 	Log io.Writer
 
 	// Project is the Google Cloud project id the emulators use (default
@@ -355,6 +357,9 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 		"GEMQ_CAPACITY_BACKOFF_BASE": scale(config.DefaultCapacityBackoffBase, opts.Minute).String(),
 		"GEMQ_CAPACITY_BACKOFF_MAX":  scale(config.DefaultCapacityBackoffMax, opts.Minute).String(),
 		"GEMQ_LOG_LEVEL":             "info",
+		// The functions' JSON lines go to the stack's log file, not to the
+		// process' stdout (the terminal of gemq run, the output of go test).
+		"GEMQ_LOG_FILE": s.LogPath,
 	}
 	for k, v := range s.gemini.env {
 		env[k] = v

@@ -13,9 +13,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -163,6 +165,11 @@ type Config struct {
 	// LogLevel is the minimum log level. GEMQ_LOG_LEVEL (debug, info, warn,
 	// error), default info.
 	LogLevel slog.Level
+	// LogFile is where the functions write their JSON log lines: empty for
+	// standard output (what Cloud Functions read: leave it empty in the
+	// cloud), else a file path, created if missing and appended to (the
+	// local stack's log file). GEMQ_LOG_FILE, default empty. See OpenLog.
+	LogFile string
 }
 
 // Defaults.
@@ -337,6 +344,7 @@ func load(getenv func(string) string, ps *problems) Config {
 		RetryMax:            duration("GEMQ_RETRY_MAX", DefaultRetryMax),
 		CapacityBackoffBase: duration("GEMQ_CAPACITY_BACKOFF_BASE", DefaultCapacityBackoffBase),
 		CapacityBackoffMax:  duration("GEMQ_CAPACITY_BACKOFF_MAX", DefaultCapacityBackoffMax),
+		LogFile:             str("GEMQ_LOG_FILE", ""),
 	}
 	c.Lease = duration("GEMQ_LEASE", c.GeminiTimeout+DefaultLeaseMargin)
 	if c.Lease <= c.GeminiTimeout {
@@ -472,6 +480,39 @@ func NewRedis(c Config) (*redis.Client, error) {
 	return redis.NewClient(o), nil
 }
 
+// OpenLog returns where the functions write their logs: stdout when path
+// (Config.LogFile) is empty, else the file at path, created (mode 0644) if
+// missing and opened for appending, so that several writers (both
+// functions, the local stack) can share it line by line. Closing the
+// result closes the file; it never closes stdout. The error names
+// GEMQ_LOG_FILE.
+func OpenLog(path string, stdout io.Writer) (io.WriteCloser, error) {
+	if path == "" {
+		return nopCloser{stdout}, nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("config: GEMQ_LOG_FILE: %w", err)
+	}
+	return f, nil
+}
+
+// SetupLog is where a function reports that its setup failed, when the
+// configuration may not have loaded: GEMQ_LOG_FILE read through getenv and
+// opened as OpenLog does, or stdout when it is unset or cannot be opened
+// (which may be the failure being reported). Close it after writing.
+func SetupLog(getenv func(string) string, stdout io.Writer) io.WriteCloser {
+	w, err := OpenLog(strings.TrimSpace(getenv("GEMQ_LOG_FILE")), stdout)
+	if err != nil {
+		return nopCloser{stdout}
+	}
+	return w
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
 // LogValue implements slog.LogValuer: the configuration without secrets
 // (password and API key are reported only as set or not).
 func (c Config) LogValue() slog.Value {
@@ -509,5 +550,6 @@ func (c Config) LogValue() slog.Value {
 		slog.String("limit_policy", string(c.LimitPolicy)),
 		slog.Int64("max_body_bytes", c.MaxBodyBytes),
 		slog.String("log_level", c.LogLevel.String()),
+		slog.String("log_file", c.LogFile),
 	)
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -117,6 +118,7 @@ func TestLoadAll(t *testing.T) {
 		"GEMQ_RETRY_MAX", "20s",
 		"GEMQ_CAPACITY_BACKOFF_BASE", "1s",
 		"GEMQ_CAPACITY_BACKOFF_MAX", "1s",
+		"GEMQ_LOG_FILE", "/var/log/gemq.log",
 	)
 	c, err := LoadFor(Worker, env(m))
 	if err != nil {
@@ -133,6 +135,7 @@ func TestLoadAll(t *testing.T) {
 		TokenEstimator: EstimateCountTokens, LimitPolicy: PolicySeed, MaxBodyBytes: 1024, LogLevel: slog.LevelDebug,
 		RetryBase: 250 * time.Millisecond, RetryMax: 20 * time.Second,
 		CapacityBackoffBase: time.Second, CapacityBackoffMax: time.Second,
+		LogFile: "/var/log/gemq.log",
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("LoadFor (-want +got):\n%s", diff)
@@ -324,4 +327,63 @@ func writeCerts(t *testing.T, dir string) (caPEM []byte, certFile, keyFile strin
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), certFile, keyFile
+}
+
+func TestOpenLog(t *testing.T) {
+	var stdout strings.Builder
+	w, err := OpenLog("", &stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, "to stdout\n")
+	if err := w.Close(); err != nil || stdout.String() != "to stdout\n" {
+		t.Errorf("OpenLog(\"\"): wrote %q, Close %v", stdout.String(), err)
+	}
+
+	// A path is created, then appended to by every writer.
+	path := filepath.Join(t.TempDir(), "gemq.log")
+	a, err := OpenLog(path, &stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenLog(path, &stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(a, "a1\n")
+	io.WriteString(b, "b1\n")
+	io.WriteString(a, "a2\n")
+	a.Close()
+	b.Close()
+	c, err := OpenLog(path, &stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "c1\n")
+	c.Close()
+	if got, _ := os.ReadFile(path); string(got) != "a1\nb1\na2\nc1\n" {
+		t.Errorf("log file = %q", got)
+	}
+	if stdout.String() != "to stdout\n" {
+		t.Errorf("stdout written: %q", stdout.String())
+	}
+
+	// A path that cannot be opened is an error naming the variable; the
+	// setup log then falls back to stdout.
+	bad := filepath.Join(t.TempDir(), "missing", "gemq.log")
+	if _, err := OpenLog(bad, &stdout); err == nil || !strings.Contains(err.Error(), "GEMQ_LOG_FILE") {
+		t.Errorf("OpenLog(%q) = %v, want an error naming GEMQ_LOG_FILE", bad, err)
+	}
+	s := SetupLog(env(map[string]string{"GEMQ_LOG_FILE": bad}), &stdout)
+	io.WriteString(s, "setup\n")
+	s.Close()
+	if stdout.String() != "to stdout\nsetup\n" {
+		t.Errorf("SetupLog with a bad path wrote stdout %q", stdout.String())
+	}
+	s = SetupLog(env(map[string]string{"GEMQ_LOG_FILE": path}), &stdout)
+	io.WriteString(s, "setup\n")
+	s.Close()
+	if got, _ := os.ReadFile(path); !strings.HasSuffix(string(got), "c1\nsetup\n") {
+		t.Errorf("SetupLog with a path: log file = %q", got)
+	}
 }

@@ -1,0 +1,43 @@
+package ingest
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestFromEnvLogFile: with GEMQ_LOG_FILE ingest logs to that file, not to
+// stdout; a file that cannot be opened is a setup error.
+func TestFromEnvLogFile(t *testing.T) {
+	t.Setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+	path := filepath.Join(t.TempDir(), "gemq.log")
+	env := map[string]string{
+		"REDIS_ADDR":           "127.0.0.1:1",
+		"GOOGLE_CLOUD_PROJECT": "p",
+		"GEMQ_QUOTAS":          quotas,
+		"GEMQ_LOG_FILE":        path,
+	}
+	var stdout syncBuffer
+	s, err := fromEnv(t.Context(), func(k string) string { return env[k] }, &stdout)
+	if err != nil {
+		t.Fatalf("fromEnv: %v", err)
+	}
+	s.log.Info("another line")
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(got), "\n"); n != 2 || !strings.Contains(string(got), `"message":"ingest configured"`) ||
+		!strings.Contains(string(got), `"message":"another line"`) {
+		t.Errorf("log file:\n%s", got)
+	}
+	if stdout.b.Len() != 0 {
+		t.Errorf("stdout written with GEMQ_LOG_FILE set: %s", stdout.b.String())
+	}
+
+	env["GEMQ_LOG_FILE"] = filepath.Join(t.TempDir(), "no-such-dir", "gemq.log")
+	if _, err := fromEnv(t.Context(), func(k string) string { return env[k] }, &stdout); err == nil || !strings.Contains(err.Error(), "GEMQ_LOG_FILE") {
+		t.Errorf("fromEnv with an unopenable GEMQ_LOG_FILE: %v, want an error naming it", err)
+	}
+}

@@ -3,14 +3,19 @@
 // dimension) and EVALSHA of a no-op script (the ceiling of this machine), for
 // 1, 16, 64 and 256 concurrent callers, against a real redis-server.
 //
-//	go run ./cmd/benchlimiter [-addr host:port] [-duration 2s] [-rounds 3]
+//	go run ./cmd/benchlimiter [-addr host:port] [-duration 2s] [-rounds 5] [-callers 1,16,64,256]
 //
 // Without -addr it starts redis-server from PATH on a free port and stops it
-// at the end. Each cell is the median of the rounds; contenders alternate
-// within each round so machine noise hits them alike.
+// at the end. Each cell is the median of the rounds. Within each round, for
+// each caller count, the three contenders run back to back in an order that
+// rotates from round to round, so load changes on the (shared) machine hit
+// them alike; the ratios are also reported per round (gemq and redis_rate of
+// the same round) with their median. The load average is printed at the start
+// and at the end.
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -47,15 +52,25 @@ type result struct {
 func main() {
 	addr := flag.String("addr", "", "Redis address (default: start a redis-server)")
 	duration := flag.Duration("duration", 2*time.Second, "measuring time per cell and round")
-	rounds := flag.Int("rounds", 3, "rounds; each cell reports the median")
+	rounds := flag.Int("rounds", 5, "rounds; each cell reports the median")
+	callers := flag.String("callers", "1,16,64,256", "comma-separated numbers of concurrent callers")
 	flag.Parse()
-	if err := run(*addr, *duration, *rounds); err != nil {
+	var levels []int
+	for _, f := range strings.Split(*callers, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || c < 1 {
+			fmt.Fprintf(os.Stderr, "benchlimiter: bad -callers %q\n", *callers)
+			os.Exit(2)
+		}
+		levels = append(levels, c)
+	}
+	if err := run(*addr, *duration, *rounds, levels); err != nil {
 		fmt.Fprintln(os.Stderr, "benchlimiter:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr string, duration time.Duration, rounds int) error {
+func run(addr string, duration time.Duration, rounds int, levels []int) error {
 	if addr == "" {
 		a, stop, err := startRedis()
 		if err != nil {
@@ -69,7 +84,7 @@ func run(addr string, duration time.Duration, rounds int) error {
 		return err
 	}
 	ctx := context.Background()
-	levels := []int{1, 16, 64, 256}
+	loadStart := loadAvg()
 	names := []string{"gemq Acquire (3 dims)", "redis_rate AllowN (1 dim)", "EVALSHA no-op"}
 	cells := map[string][]result{}
 	for round := range rounds {
@@ -95,7 +110,9 @@ func run(addr string, duration time.Duration, rounds int) error {
 					return noop.Run(ctx, rdb, []string{"noop"}).Err()
 				},
 			}
-			for i, op := range ops {
+			for j := range ops {
+				i := (j + round) % len(ops) // rotate the order from round to round
+				op := ops[i]
 				if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
 					rdb.Close()
 					return fmt.Errorf("config resetstat: %w", err)
@@ -112,12 +129,13 @@ func run(addr string, duration time.Duration, rounds int) error {
 			rdb.Close()
 		}
 	}
-	fmt.Printf("redis %s, GOMAXPROCS=%d, %d rounds × %v per cell (median), Go %s\n\n", redisVersion(ctx, addr), runtimeProcs(), rounds, duration, goVersion())
+	fmt.Printf("redis %s, GOMAXPROCS=%d, %d rounds × %v per cell (median), Go %s\n", redisVersion(ctx, addr), runtimeProcs(), rounds, duration, goVersion())
+	fmt.Printf("load average (1/5/15 min): %s at start, %s at end\n\n", loadStart, loadAvg())
 	fmt.Println("| callers | contender | decisions/s | p50 | p99 | Redis µs/decision |")
 	fmt.Println("| ---: | --- | ---: | ---: | ---: | ---: |")
 	med := func(key string) result {
 		rs := slices.Clone(cells[key])
-		slices.SortFunc(rs, func(a, b result) int { return int(a.rate - b.rate) })
+		slices.SortFunc(rs, func(a, b result) int { return cmp.Compare(a.rate, b.rate) })
 		return rs[len(rs)/2]
 	}
 	for _, c := range levels {
@@ -127,11 +145,20 @@ func run(addr string, duration time.Duration, rounds int) error {
 		}
 	}
 	fmt.Println()
-	fmt.Println("| callers | gemq / redis_rate | gemq / ceiling |")
-	fmt.Println("| ---: | ---: | ---: |")
+	fmt.Println("| callers | gemq / redis_rate (of medians) | gemq / ceiling | gemq / redis_rate per round | median of rounds |")
+	fmt.Println("| ---: | ---: | ---: | --- | ---: |")
 	for _, c := range levels {
-		g, r, e := med(names[0]+"/"+strconv.Itoa(c)), med(names[1]+"/"+strconv.Itoa(c)), med(names[2]+"/"+strconv.Itoa(c))
-		fmt.Printf("| %d | %.2f | %.2f |\n", c, g.rate/r.rate, g.rate/e.rate)
+		k := strconv.Itoa(c)
+		g, r, e := med(names[0]+"/"+k), med(names[1]+"/"+k), med(names[2]+"/"+k)
+		var per []float64
+		var strs []string
+		for i := range cells[names[0]+"/"+k] {
+			x := cells[names[0]+"/"+k][i].rate / cells[names[1]+"/"+k][i].rate
+			per = append(per, x)
+			strs = append(strs, fmt.Sprintf("%.2f", x))
+		}
+		slices.Sort(per)
+		fmt.Printf("| %d | %.2f | %.2f | %s | %.2f |\n", c, g.rate/r.rate, g.rate/e.rate, strings.Join(strs, ", "), per[len(per)/2])
 	}
 	return nil
 }
@@ -243,6 +270,19 @@ func redisVersion(ctx context.Context, addr string) string {
 		return "?"
 	}
 	return info["Server"]["redis_version"]
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages from /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

@@ -46,6 +46,7 @@ package limiter
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha1"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -139,9 +140,36 @@ type plan struct {
 	early          time.Duration
 	claimLate      time.Duration
 	meta, log      string
-	acquireArgs    []any    // ARGV[8..]: settings and dimensions
+	acquireFmt     string   // struct format of the packed ARGV[8] of acquireScript
+	acquireTail    string   // settings and dimensions, packed: ARGV[8] after the day boundaries
+	vfmt           string   // struct format of meta v
+	names          []any    // names of the sliding, then the daily dimensions
 	adjustArgs     []any    // ARGV[7..]
 	dayPrefixes    []string // "d:<name>:" of each daily dimension
+
+	day    atomic.Pointer[planDay] // ARGV parts that change once a day
+	secret atomic.Pointer[string]  // the scope's secret as last returned by Redis
+}
+
+// planDay is the part of a plan's script arguments that depends on the
+// Pacific day of the client's clock.
+type planDay struct {
+	dw     *dayWindow
+	packed string // the day boundaries, then plan.acquireTail
+	fields []any  // the meta fields of today's daily counters
+}
+
+// today returns the plan's arguments for the day window dw.
+func (p *plan) today(dw *dayWindow) *planDay {
+	if pd := p.day.Load(); pd != nil && pd.dw == dw {
+		return pd
+	}
+	pd := &planDay{dw: dw, packed: dw.packed + p.acquireTail}
+	for _, dp := range p.dayPrefixes {
+		pd.fields = append(pd.fields, dp+dw.today)
+	}
+	p.day.Store(pd)
+	return pd
 }
 
 // packDoubles encodes xs as little-endian IEEE-754 doubles, the layout of
@@ -193,14 +221,17 @@ func (l *Limiter) plan(s Scope) (*plan, error) {
 		dailyUnits += unitCode(d.Unit)
 	}
 	vfmt := "<" + strings.Repeat("d", 7+3*len(p.sliding))
-	p.acquireArgs = []any{settings, "<" + strings.Repeat("d", len(dims)), packDoubles(dims...), vfmt, l.nonce}
+	p.vfmt = vfmt
+	p.acquireFmt = "<" + strings.Repeat("d", 5+10+len(dims))
+	p.acquireTail = settings + packDoubles(dims...)
 	for _, d := range p.sliding {
-		p.acquireArgs = append(p.acquireArgs, d.Name)
+		p.names = append(p.names, d.Name)
 	}
 	for _, d := range p.daily {
-		p.acquireArgs = append(p.acquireArgs, d.Name)
+		p.names = append(p.names, d.Name)
 		p.dayPrefixes = append(p.dayPrefixes, "d:"+d.Name+":")
 	}
+	p.secret.Store(new(string))
 	p.adjustArgs = []any{pbase, vfmt, slidingUnits, dailyUnits, fpNum}
 	for _, d := range p.daily {
 		p.adjustArgs = append(p.adjustArgs, d.Name)
@@ -323,27 +354,37 @@ func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, e
 		}
 	}
 	now, nowArg := l.now()
-	dw := days(now)
+	pd := pl.today(days(now))
+	secret := *pl.secret.Load()
 	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, in.ID)}
-	args := make([]any, 0, 7+len(pl.acquireArgs)+len(pl.dayPrefixes))
-	args = append(args, nowArg, mode, in.ID, pl.fp, cost.Requests, cost.InputTokens, dw.packed)
-	args = append(args, pl.acquireArgs...)
-	for _, dp := range pl.dayPrefixes {
-		args = append(args, dp+dw.today)
-	}
+	args := make([]any, 0, 11+len(pl.names)+len(pd.fields))
+	args = append(args, nowArg, mode, in.ID, pl.fp, cost.Requests, cost.InputTokens, pl.acquireFmt, pd.packed,
+		pl.vfmt, l.nonce, secret)
+	args = append(args, pl.names...)
+	args = append(args, pd.fields...)
 	res, err := acquireScript.Run(ctx, l.rdb, keys, args...).Slice()
 	if err != nil {
 		return Permit{}, fmt.Errorf("redis script: %w", err)
 	}
-	if len(res) != 5 {
+	if len(res) != 3 && len(res) != 7 {
 		return Permit{}, fmt.Errorf("redis script: unexpected reply %v", res)
 	}
 	code, _ := res[0].(int64)
 	at, _ := res[1].(int64)
 	out.Reason, _ = res[2].(string)
-	if state, _ := res[3].(string); state != "" {
-		mac, _ := res[4].(string)
-		out.Ref = state + "|" + mac
+	if len(res) == 7 {
+		// A Granted Acquire with no state in Redis: the permit carries its
+		// state, signed with the scope's secret (sent by Redis when the
+		// client's copy is not current).
+		epoch, _ := res[3].(int64)
+		dstart, _ := res[4].(int64)
+		idx, _ := res[5].(int64)
+		if s, _ := res[6].(string); s != "" {
+			secret = s
+			pl.secret.Store(&s)
+		}
+		out.Ref = signedRef(secret, in.ID, fmt.Sprintf("g|%d|%d|%d|%s|%d|%d|%d", at, cost.Requests, cost.InputTokens,
+			pl.fp, epoch, dstart, idx))
 	}
 	out.At = time.UnixMilli(at).UTC()
 	switch code {
@@ -357,6 +398,13 @@ func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, e
 		return Permit{}, fmt.Errorf("redis script: unexpected reply %v", res)
 	}
 	return out, nil
+}
+
+// signedRef returns Permit.Ref for permit id with state pv: pv, "|", and the
+// hex SHA-1 of "<secret>|<id>|<pv>" (checked by adjustScript).
+func signedRef(secret, id, pv string) string {
+	sum := sha1.Sum([]byte(secret + "|" + id + "|" + pv))
+	return pv + "|" + hex.EncodeToString(sum[:])
 }
 
 // Reconcile sets the input-token charge of permit p to actualInputTokens (from

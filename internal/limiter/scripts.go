@@ -90,32 +90,145 @@ end
 // ARGV[3]  -> permit id
 // ARGV[4]  -> dimensions fingerprint
 // ARGV[5]  -> requests cost, ARGV[6] -> input tokens cost
-// ARGV[7]  -> packed 5 Pacific day boundaries in ms (4 consecutive days, the 2nd contains the client's now)
-// ARGV[8]  -> packed settings (ms where a duration): horizon; early tolerance (grant when
+// ARGV[7]  -> struct format of ARGV[8]
+// ARGV[8]  -> packed doubles (ms where a duration; built once per scope and day):
+// [1..5] 5 Pacific day boundaries (4 consecutive days, the 2nd contains the
+// client's now); [6..15] settings: horizon; early tolerance (grant when
 // t <= now + early, claim from t - early); claim lateness allowance (claim until t + it,
 // else re-acquire); midnight blackout (no admission in [midnight - blackout, midnight +
 // early)); TTL slack; permit lifetime beyond its time; longest window; fingerprint as a
-// number; ns; nd
-// ARGV[9]  -> struct format of ARGV[10]
-// ARGV[10] -> packed ns × (counts tokens 0|1, capacity, window ms), nd × (counts tokens 0|1, capacity)
-// ARGV[11] -> struct format of meta v
-// ARGV[12] -> random nonce (seeds the secret of a new epoch)
-// ARGV[13..] -> ns sliding names, nd daily names, then the meta fields of the nd daily
+// number; ns; nd; [16..] ns × (counts tokens 0|1, capacity, window ms), nd × (counts
+// tokens 0|1, capacity)
+// ARGV[9]  -> struct format of meta v
+// ARGV[10] -> random nonce (seeds the secret of a new epoch)
+// ARGV[11] -> the scope's secret as the client last saw it ("" if none)
+// ARGV[12..] -> ns sliding names, nd daily names, then the meta fields of the nd daily
 // counters of the day between the 2nd and 3rd boundaries
-// Output: {code (1 granted, 2 reserved, 3 denied), at_ms, reason, state, mac};
-// state and mac (Permit.Ref) are set for a Granted permit whose state was not written.
+// Output: {code (1 granted, 2 reserved, 3 denied), at_ms, reason}, or for a Granted
+// Acquire whose state was not written (the client builds and signs Permit.Ref):
+// {1, at_ms, "", epoch, day_start, log index, secret ("" when ARGV[11] is current)}.
 var acquireScript = redis.NewScript(acquireLua)
 
-const acquireLua = luaCommon + `
-local now = now_ms(ARGV[1])
+const acquireLua = `
+-- Redis TIME, not the caller's clock: all instances must agree on "now".
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local tm = redis.call('TIME')
+  now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+end
 local mode, id, fp = ARGV[2], ARGV[3], ARGV[4]
 local creq, ctok = tonumber(ARGV[5]), tonumber(ARGV[6])
-local b1, b2, b3, b4, b5 = struct.unpack('<ddddd', ARGV[7])
-local bounds = {b1, b2, b3, b4, b5}
-local horizon, early, claimlate, blackout, slack, pbase, maxwin, fpnum, ns, nd = struct.unpack('<dddddddddd', ARGV[8])
-local dv = {struct.unpack(ARGV[9], ARGV[10])}
-local vfmt, nv = ARGV[11], 7 + 3 * ns
+local P = {struct.unpack(ARGV[7], ARGV[8])}
+local b2, b3 = P[2], P[3]
+local early, blackout, slack, maxwin, fpnum, ns, nd = P[7], P[9], P[10], P[12], P[13], P[14], P[15]
+local vfmt, nv = ARGV[9], 7 + 3 * ns
 local meta, log, pkey = KEYS[1], KEYS[2], KEYS[3]
+local m = redis.call('HMGET', meta, 'v', 'k', 'cd', 'cr', unpack(ARGV, 12 + ns + nd, 11 + ns + 2 * nd))
+local cd = tonumber(m[3]) or 0
+
+-- Fast path: an Acquire granted now, in today's Pacific day, with no
+-- cooldown, whose every head is still inside its window (nothing to walk)
+-- and which fits every dimension on the sums alone. It does exactly what the
+-- general path below does in that case, with plain locals and no closures.
+if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 then
+  local vals = {struct.unpack(vfmt, m[1])}
+  local t = vals[3]
+  if t < now then t = now end
+  local n = vals[4]
+  local ok = vals[2] == fpnum and cd <= t and t <= now + early and t < b3
+  if ok then
+    for i = 1, ns do
+      local h = vals[6 + 3 * i]
+      if h < n then
+        local ht, c = vals[7 + 3 * i], creq
+        if P[13 + 3 * i] == 1 then c = ctok end
+        if ht < 0 or ht <= t - P[15 + 3 * i] or (c ~= 0 and vals[5 + 3 * i] + c > P[14 + 3 * i]) then
+          ok = false
+          break
+        end
+      end
+    end
+  end
+  local dayend = nil
+  if ok then
+    for i = 1, nd do
+      local c = creq
+      if P[14 + 3 * ns + 2 * i] == 1 then c = ctok end
+      if c ~= 0 then
+        local cnt = m[4 + i]
+        if not cnt or t < b2 + early or t >= b3 - blackout or tonumber(cnt) + c > P[15 + 3 * ns + 2 * i] then
+          ok = false
+          break
+        end
+        dayend = b3
+      end
+    end
+  end
+  if ok then
+    local idx, created = n, false
+    vals[4] = n + 1
+    if ns > 0 then
+      local len = redis.call('RPUSH', log, struct.pack('<ddd', t, creq, ctok))
+      vals[5] = n + 1 - len
+      created = len == 1
+      local low = n + 1
+      for i = 1, ns do
+        local h = vals[6 + 3 * i]
+        if h == idx then vals[7 + 3 * i] = t end
+        if P[13 + 3 * i] == 1 then
+          vals[5 + 3 * i] = vals[5 + 3 * i] + ctok
+        else
+          vals[5 + 3 * i] = vals[5 + 3 * i] + creq
+        end
+        if h < low then low = h end
+      end
+      if low - vals[5] >= 64 then
+        redis.call('LTRIM', log, low - vals[5], -1)
+        vals[5] = low
+      end
+    end
+    -- As write_meta below.
+    vals[3] = t
+    local logexp = created
+    local needl = t + maxwin + slack
+    if ns > 0 and needl > vals[6] then
+      vals[6] = needl + maxwin
+      logexp = true
+    end
+    local need = t + maxwin + slack
+    if cd > t then need = cd + maxwin + slack end
+    if dayend and dayend + slack > need then need = dayend + slack end
+    if vals[6] > need then need = vals[6] end
+    local metaexp = false
+    if need > vals[7] then
+      vals[7] = need + maxwin
+      metaexp = true
+    end
+    if nd == 0 then
+      redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)))
+    else
+      local hs = {'v', struct.pack(vfmt, unpack(vals, 1, nv))}
+      for i = 1, nd do
+        local c = creq
+        if P[14 + 3 * ns + 2 * i] == 1 then c = ctok end
+        if c ~= 0 then
+          hs[#hs + 1], hs[#hs + 2] = ARGV[11 + ns + nd + i], tonumber(m[4 + i]) + c
+        end
+      end
+      redis.call('HSET', meta, unpack(hs))
+    end
+    if metaexp then redis.call('PEXPIRE', meta, vals[7] - now) end
+    if logexp then redis.call('PEXPIRE', log, vals[6] - now) end
+    if ARGV[11] == m[2] then return {1, t, '', vals[1], b2, idx, ''} end
+    return {1, t, '', vals[1], b2, idx, m[2]}
+  end
+end
+` + luaCommon + `
+local horizon, claimlate, pbase = P[6], P[8], P[11]
+local dv = {unpack(P, 16)}
+local bounds = {P[1], b2, b3, P[4], P[5]}
 local today
 for k = 1, 4 do
   if bounds[k] <= now and now < bounds[k + 1] then today = k break end
@@ -132,10 +245,9 @@ end
 local dl = {}
 for i = 1, nd do
   local tok = dv[3 * ns + 2 * i - 1] == 1
-  dl[i] = {name = ARGV[12 + ns + i], cap = dv[3 * ns + 2 * i], cost = tok and ctok or creq, tok = tok, counts = {}, exists = {}, dirty = {}}
+  dl[i] = {name = ARGV[11 + ns + i], cap = dv[3 * ns + 2 * i], cost = tok and ctok or creq, tok = tok, counts = {}, exists = {}, dirty = {}}
 end
 
-local m = redis.call('HMGET', meta, 'v', 'k', 'cd', 'cr', unpack(ARGV, 13 + ns + nd, 12 + ns + 2 * nd))
 local vals, secret, fresh = nil, m[2], false
 if m[1] and secret then
   local old = {struct.unpack('<ddddddd', m[1])}
@@ -159,11 +271,11 @@ else
   -- Fresh state: a log without its meta has unknown indices; drop it.
   redis.call('DEL', log)
   fresh = true
-  secret = redis.sha1hex(ARGV[12] .. '|' .. id .. '|' .. string.format('%d', now))
+  secret = redis.sha1hex(ARGV[10] .. '|' .. id .. '|' .. string.format('%d', now))
   vals = {now, fpnum, 0, 0, 0, 0, 0}
   for i = 1, ns do vals[5 + 3 * i], vals[6 + 3 * i], vals[7 + 3 * i] = 0, 0, -1 end
 end
-local cd, cr = tonumber(m[3]) or 0, m[4] or ''
+local cr = m[4] or ''
 for i = 1, nd do
   local c = m[4 + i]
   dl[i].exists[2] = c ~= false
@@ -210,7 +322,7 @@ local function write_meta(t, dayend)
     local d = dl[i]
     for k = 1, 4 do
       if d.dirty[k] then
-        hs[#hs + 1], hs[#hs + 2] = k == 2 and ARGV[12 + ns + nd + i] or dayfield(d, k), d.counts[k]
+        hs[#hs + 1], hs[#hs + 2] = k == 2 and ARGV[11 + ns + nd + i] or dayfield(d, k), d.counts[k]
       end
     end
   end
@@ -226,10 +338,10 @@ if mode == 'c' then
     local p = split(pv)
     if p[1] == 'r' and p[5] == fp then
       local pt = tonumber(p[2])
-      if now < pt - early then return {2, pt, '', '', ''} end
+      if now < pt - early then return {2, pt, ''} end
       if now <= pt + claimlate and cd <= now then
         redis.call('SET', pkey, 'g' .. string.sub(pv, 2), 'KEEPTTL')
-        return {1, pt, '', '', ''}
+        return {1, pt, ''}
       end
       -- Late (or a cooldown began): give the slot back and queue again, so
       -- the late call never lands in a window planned without it.
@@ -343,7 +455,7 @@ while changed and t <= limit do
   for i = 1, ns do
     if t > limit then break end
     local t2 = fit(i, t)
-    if t2 > t then t, why, changed = t2, ARGV[12 + i], true end
+    if t2 > t then t, why, changed = t2, ARGV[11 + i], true end
   end
   for i = 1, nd do
     if t > limit then break end
@@ -355,7 +467,7 @@ end
 
 if t > limit then
   if dirty then write_meta(last, nil) end
-  return {3, t - horizon, why, '', ''}
+  return {3, t - horizon, why}
 end
 
 local idx = n
@@ -415,13 +527,15 @@ write_meta(t, dayend)
 
 local code, state = 2, 'r'
 if t <= now + early then code, state, why = 1, 'g', '' end
-local pv = string.format('%s|%d|%d|%d|%s|%d|%d|%d', state, t, creq, ctok, fp, vals[1], dstart, idx)
 if code == 1 and mode == 'a' then
-  -- No state written: the permit carries it, signed with the epoch's secret.
-  return {1, t, '', pv, redis.sha1hex(secret .. '|' .. id .. '|' .. pv)}
+  -- No state written: the permit carries it, signed with the epoch's secret
+  -- (by the client, which gets the secret when it does not have it yet).
+  if ARGV[11] == secret then return {1, t, '', vals[1], dstart, idx, ''} end
+  return {1, t, '', vals[1], dstart, idx, secret}
 end
+local pv = string.format('%s|%d|%d|%d|%s|%d|%d|%d', state, t, creq, ctok, fp, vals[1], dstart, idx)
 redis.call('SET', pkey, pv, 'PX', t - now + pbase)
-return {code, t, why, '', ''}
+return {code, t, why}
 `
 
 // adjustScript reconciles or releases a permit: it sets the amounts of the

@@ -125,7 +125,12 @@ local b2, b3 = P[2], P[3]
 local early, blackout, slack, maxwin, fpnum, ns, nd = P[7], P[9], P[10], P[12], P[13], P[14], P[15]
 local vfmt, nv = ARGV[9], 7 + 3 * ns
 local meta, log, pkey = KEYS[1], KEYS[2], KEYS[3]
-local m = redis.call('HMGET', meta, 'v', 'k', 'cd', 'cr', unpack(ARGV, 12 + ns + nd, 11 + ns + 2 * nd))
+local m
+if nd == 1 then
+  m = redis.call('HMGET', meta, 'v', 'k', 'cd', ARGV[12 + ns + nd])
+else
+  m = redis.call('HMGET', meta, 'v', 'k', 'cd', unpack(ARGV, 12 + ns + nd, 11 + ns + 2 * nd))
+end
 local cd = tonumber(m[3]) or 0
 
 -- Fast path: an Acquire granted now, in today's Pacific day, with no
@@ -157,7 +162,7 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
       local c = creq
       if P[14 + 3 * ns + 2 * i] == 1 then c = ctok end
       if c ~= 0 then
-        local cnt = m[4 + i]
+        local cnt = m[3 + i]
         if not cnt or t < b2 + early or t >= b3 - blackout or tonumber(cnt) + c > P[15 + 3 * ns + 2 * i] then
           ok = false
           break
@@ -208,13 +213,20 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
     end
     if nd == 0 then
       redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)))
+    elseif nd == 1 then
+      -- The common shape; dayend is set when the day counter counts this cost.
+      if dayend then
+        redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)), ARGV[13 + ns], tonumber(m[4]) + (P[15 + 3 * ns + 1] == 1 and ctok or creq))
+      else
+        redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)))
+      end
     else
       local hs = {'v', struct.pack(vfmt, unpack(vals, 1, nv))}
       for i = 1, nd do
         local c = creq
         if P[14 + 3 * ns + 2 * i] == 1 then c = ctok end
         if c ~= 0 then
-          hs[#hs + 1], hs[#hs + 2] = ARGV[11 + ns + nd + i], tonumber(m[4 + i]) + c
+          hs[#hs + 1], hs[#hs + 2] = ARGV[11 + ns + nd + i], tonumber(m[3 + i]) + c
         end
       end
       redis.call('HSET', meta, unpack(hs))
@@ -275,9 +287,8 @@ else
   vals = {now, fpnum, 0, 0, 0, 0, 0}
   for i = 1, ns do vals[5 + 3 * i], vals[6 + 3 * i], vals[7 + 3 * i] = 0, 0, -1 end
 end
-local cr = m[4] or ''
 for i = 1, nd do
-  local c = m[4 + i]
+  local c = m[3 + i]
   dl[i].exists[2] = c ~= false
   dl[i].counts[2] = tonumber(c) or 0
 end
@@ -447,7 +458,7 @@ end
 for i = 1, ns do pos[i], rem[i] = vals[6 + 3 * i], 0 end
 local last = vals[3]
 local t, why = math.max(now, last), 'fifo'
-if cd > t then t, why = cd, 'cooldown: ' .. cr end
+if cd > t then t, why = cd, 'cooldown: ' .. (redis.call('HGET', meta, 'cr') or '') end
 local limit = now + horizon
 local changed = true
 while changed and t <= limit do

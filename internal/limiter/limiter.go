@@ -423,11 +423,20 @@ func (l *Limiter) Reconcile(ctx context.Context, p Permit, actualInputTokens int
 	return nil
 }
 
-// Release gives back everything a Granted or Reserved permit holds, e.g. when
-// the task failed permanently before calling Gemini. Releasing is always safe
-// for the guarantee; releasing twice, or a permit holding nothing, is a no-op.
+// Release gives back everything a Granted or Reserved permit holds, for a
+// permit whose call will not happen, e.g. when the task failed permanently
+// before calling Gemini, or a reservation is not kept. It is NOT for a permit
+// whose call is running or done: releasing a Granted permit lets others use
+// its room at once, so the guarantee holds only if no call was or will be
+// made under it. A permit held as Reserved (p.Outcome) that has been claimed
+// since (by another delivery of the task, whose call may be running) is left
+// alone. Releasing twice, or a permit holding nothing, is a no-op.
 func (l *Limiter) Release(ctx context.Context, p Permit) error {
-	if err := l.adjust(ctx, "x", p, 0); err != nil {
+	mode := "x"
+	if p.Outcome == Reserved {
+		mode = "y"
+	}
+	if err := l.adjust(ctx, mode, p, 0); err != nil {
 		return fmt.Errorf("limiter release: %w", err)
 	}
 	return nil

@@ -454,3 +454,73 @@ func TestCluster(t *testing.T) {
 		}
 	}
 }
+
+// A permit held as Reserved that has been claimed since (a call may be
+// running under it) is not released through the Reserved copy; the Granted
+// one from the claim, and an unclaimed reservation, are.
+func TestReleaseOfClaimedReservation(t *testing.T) {
+	f := newFixture(t, smallQuota)
+	ctx := context.Background()
+	for range 3 {
+		f.acquire(t, Cost{Requests: 1, InputTokens: 10})
+	}
+	r := f.acquire(t, Cost{Requests: 1, InputTokens: 10})
+	r2 := f.acquire(t, Cost{Requests: 1, InputTokens: 10})
+	if r.Outcome != Reserved || r2.Outcome != Reserved {
+		t.Fatalf("want two reservations, got %+v, %+v", r, r2)
+	}
+	f.clock.Set(r.At)
+	g := f.claim(t, r)
+	if g.Outcome != Granted {
+		t.Fatalf("claim: %+v", g)
+	}
+	before := f.meta(t)
+	if err := f.l.Release(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(before, f.meta(t)); d != "" {
+		t.Fatalf("releasing the Reserved copy of a claimed permit changed the state (-before +after):\n%s", d)
+	}
+	if err := f.l.Release(ctx, r2); err != nil {
+		t.Fatal(err)
+	}
+	mid := f.meta(t)
+	if mid["s:tpm"] == before["s:tpm"] {
+		t.Fatalf("an unclaimed reservation was not released: %v", mid)
+	}
+	if err := f.l.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	if m := f.meta(t); m["s:tpm"] == mid["s:tpm"] {
+		t.Fatalf("the claimed (Granted) permit was not released: %v", m)
+	}
+}
+
+// When a scope's state is recreated (new epoch, new secret), a Limiter that
+// knew the old secret signs new refs with the new one, and old refs are
+// ignored.
+func TestRefAfterNewEpoch(t *testing.T) {
+	f := newFixture(t, smallQuota)
+	ctx := context.Background()
+	p1 := f.acquire(t, Cost{Requests: 1, InputTokens: 10})
+	if err := f.rdb.Del(ctx, metaKey(scopePrefix(scopeA)), logKey(scopePrefix(scopeA))).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Add(5 * time.Millisecond)
+	p2 := f.acquire(t, Cost{Requests: 1, InputTokens: 50})
+	if p1.Outcome != Granted || p2.Outcome != Granted || p2.Ref == "" {
+		t.Fatalf("want two grants with refs: %+v, %+v", p1, p2)
+	}
+	if err := f.l.Reconcile(ctx, p1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if m := f.meta(t); m["s:tpm"] != "50" {
+		t.Fatalf("a ref of the old epoch changed the new state: %v", m)
+	}
+	if err := f.l.Reconcile(ctx, p2, 20); err != nil {
+		t.Fatal(err)
+	}
+	if m := f.meta(t); m["s:tpm"] != "20" {
+		t.Fatalf("reconcile with the new epoch's ref: %v, want s:tpm 20", m)
+	}
+}

@@ -557,7 +557,9 @@ return {code, t, why}
 // KEYS[2] -> gemq:{<scope>}:log
 // KEYS[3] -> gemq:{<scope>}:p:<id>
 // ARGV[1] -> now in ms, or "" to use Redis TIME
-// ARGV[2] -> mode: "r" reconcile input tokens to ARGV[4], "x" release (all amounts to 0)
+// ARGV[2] -> mode: "r" reconcile input tokens to ARGV[4], "x" release (all amounts to 0),
+// "y" release of a permit its holder knows as Reserved: refused (0) when the
+// permit has been claimed since (a call may be running under it)
 // ARGV[3] -> dimensions fingerprint
 // ARGV[4] -> actual input tokens
 // ARGV[5] -> permit id
@@ -584,9 +586,11 @@ if not pv then
 end
 local p = split(pv)
 if p[1] == 'x' or p[5] ~= fp or #p ~= 8 then return 0 end
+if mode == 'y' and p[1] == 'g' then return 0 end
+local release = mode ~= 'r'
 local newreq, newtok = tonumber(p[3]), tokens
-if mode == 'x' then newreq, newtok = 0, 0 end
-if newreq == tonumber(p[3]) and newtok == tonumber(p[4]) and mode ~= 'x' then return 0 end
+if release then newreq, newtok = 0, 0 end
+if newreq == tonumber(p[3]) and newtok == tonumber(p[4]) and not release then return 0 end
 
 local fields = {'v', 'k'}
 for i = 1, nd do fields[2 + i] = 'd:' .. ARGV[11 + i] .. ':' .. p[7] end
@@ -618,7 +622,7 @@ for i = 1, nd do
   end
 end
 if #hs > 0 then redis.call('HSET', meta, unpack(hs)) end
-if mode == 'x' then p[1] = 'x' end
+if release then p[1] = 'x' end
 p[3], p[4] = string.format('%d', newreq), string.format('%d', newtok)
 if mac then
   redis.call('SET', pkey, table.concat(p, '|'), 'PX', tonumber(p[2]) + pbase - now)

@@ -23,9 +23,15 @@ const (
 // in base64 (4/3 of task.MaxEnvelopeBytes) plus attributes and ids.
 const maxBodyBytes = task.MaxEnvelopeBytes*4/3 + 64<<10
 
+// Sources of a delivery.
+const (
+	sourcePubSub     = "pubsub"     // a Pub/Sub push delivery
+	sourceCloudTasks = "cloudtasks" // a Cloud Tasks callback
+)
+
 // delivery is one decoded message.
 type delivery struct {
-	// source is "pubsub" or "cloudtasks", for logs.
+	// source is sourcePubSub or sourceCloudTasks.
 	source string
 	// id is the Pub/Sub message id or the Cloud Task name, for logs.
 	id string
@@ -70,9 +76,9 @@ func decode(r *http.Request) (delivery, error) {
 	}
 	var d delivery
 	if name := r.Header.Get(headerTaskName); name != "" {
-		d.source, d.id, d.raw = "cloudtasks", name, body
+		d.source, d.id, d.raw = sourceCloudTasks, name, body
 	} else {
-		d.source = "pubsub"
+		d.source = sourcePubSub
 		var push pushEnvelope
 		if err := json.Unmarshal(body, &push); err != nil {
 			return d, &poisonError{fmt.Errorf("push envelope: %w", err)}

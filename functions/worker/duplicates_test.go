@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -62,17 +61,20 @@ func (f *fixture) countLimiter() *countingPermits {
 	return c
 }
 
-// tightWindow reads the limiter's Redis state of modelTight's only
-// dimension: the requests the window holds (reserved or granted, not
-// released) and the entries ever appended (one per reservation or grant).
-func (f *fixture) tightWindow() (held, appended int64) {
+// nextTightSlot asks the limiter for modelTight's next slot with a
+// throw-away Acquire (released at once), showing through the limiter's own
+// API how much of the window is held: modelTight admits 1 request per 2s
+// (+ 100ms guard).
+func (f *fixture) nextTightSlot() limiter.Permit {
 	f.t.Helper()
-	vals, err := f.rdb.HMGet(context.Background(), "gemq:{"+testProject+"/"+modelTight+"}:meta", "s:rp2s", "n:rp2s").Result()
+	p, err := f.lim.Acquire(context.Background(), limiter.Scope{Project: testProject, Model: modelTight}, limiter.Cost{Requests: 1, InputTokens: 1})
 	if err != nil {
-		f.t.Fatalf("read limiter state: %v", err)
+		f.t.Fatalf("acquire: %v", err)
 	}
-	num := func(v any) int64 { s, _ := v.(string); n, _ := strconv.ParseInt(s, 10, 64); return n }
-	return num(vals[0]), num(vals[1])
+	if err := f.lim.Release(context.Background(), p); err != nil {
+		f.t.Fatalf("release: %v", err)
+	}
+	return p
 }
 
 // cloudTask returns the scheduled Cloud Task of the given name, or nil.
@@ -97,16 +99,18 @@ func carriedPermit(t *testing.T, tk *cloudtaskspb.Task) limiter.Permit {
 
 // A task that must wait for its quota slot, delivered many times by Pub/Sub
 // and its Cloud Task delivered many times too, sequentially or concurrently:
-// one reservation (one Acquire, one Claim, nothing released, one window
-// entry), one Gemini call, one published result. The lease checks the
-// concurrent duplicates schedule are no-ops that touch no quota.
+// one reservation (one Acquire, one Claim, nothing released, as the counting
+// wrapper around the real limiter sees it), one Gemini call (the stand-in's
+// log), one published result; and the quota used is exactly that one slot (a
+// follow-up Acquire queues right behind it: not refunded, nothing else
+// reserved). The lease checks the concurrent duplicates schedule are no-ops
+// that touch no quota.
 func TestDuplicateDeliveryCostsOneCallAndOneReservation(t *testing.T) {
 	for _, concurrent := range []bool{false, true} {
 		t.Run(map[bool]string{false: "sequential", true: "concurrent"}[concurrent], func(t *testing.T) {
 			f := newFixture(t, fixtureOptions{})
 			// The first task takes the window's slot, so the next one reserves.
 			want(t, f.push(envelope("job-dd", "first", modelTight, "one")), http.StatusOK, outSucceeded)
-			_, appendedBefore := f.tightWindow()
 			lim := f.countLimiter()
 
 			e := envelope("job-dd", "second", modelTight, "two")
@@ -152,7 +156,6 @@ func TestDuplicateDeliveryCostsOneCallAndOneReservation(t *testing.T) {
 			if by[outSucceeded] != 1 || by[outDuplicate]+by[outBusy] != 3 {
 				t.Fatalf("cloud task outcomes %v, want one succeeded, the rest duplicate or held", by)
 			}
-			heldAfter, appendedAfter := f.tightWindow()
 
 			// Lease checks the held duplicates scheduled come back: the
 			// task is done, so they do nothing (and touch no quota).
@@ -170,12 +173,23 @@ func TestDuplicateDeliveryCostsOneCallAndOneReservation(t *testing.T) {
 			if a, c, r := lim.calls(); a != 1 || c != 1 || r != 0 {
 				t.Errorf("limiter calls: acquire %d, claim %d, release %d; want 1, 1, 0", a, c, r)
 			}
-			if held, appended := f.tightWindow(); appended-appendedBefore != 1 || held != heldAfter || appended != appendedAfter {
-				t.Errorf("limiter window: %d entries appended (want 1), holds %d after the duplicates (want %d, nothing refunded)",
-					appended-appendedBefore, held, heldAfter)
+			calls := f.generateCalls(e.TaskID)
+			if len(calls) != 1 {
+				t.Fatalf("gemini calls = %d, want 1", len(calls))
 			}
-			if n := len(f.generateCalls(e.TaskID)); n != 1 {
-				t.Errorf("gemini calls = %d, want 1", n)
+			// The call used the reserved slot (the guard is 100ms: the claim
+			// window opens 25ms before it).
+			if calls[0].Received.Before(p.At.Add(-25 * time.Millisecond)) {
+				t.Errorf("gemini called at %v, before the reserved slot %v", calls[0].Received, p.At)
+			}
+			// The window holds that one slot and nothing more: the next
+			// request queues right behind it (one period + guard later), not
+			// at once (a refund) nor a period later still (a second
+			// reservation by a duplicate).
+			if next := f.nextTightSlot(); next.Outcome != limiter.Reserved ||
+				next.At.Before(p.At.Add(2*time.Second)) || !next.At.Before(p.At.Add(4*time.Second)) {
+				t.Errorf("follow-up acquire: %s at %v; want reserved %v to %v after the used slot %v",
+					next.Outcome, next.At, 2*time.Second, 4*time.Second, p.At)
 			}
 			if n := len(f.published()); n != 2 {
 				t.Errorf("published = %d, want 2 (one per task)", n)

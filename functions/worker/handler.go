@@ -106,8 +106,14 @@ type options struct {
 	capacityBase, capacityMax time.Duration
 	// quotaRetry is the pause after a per-minute 429 without RetryInfo.
 	quotaRetry time.Duration
-	// seedBase, seedMax shape the seed policy's re-queue delay.
+	// seedBase, seedMax shape the seed policy's re-queue delay
+	// (GEMQ_SEED_BACKOFF_BASE, _MAX).
 	seedBase, seedMax time.Duration
+	// claimLead is how long before its reserved slot a deferred task's
+	// Cloud Task is scheduled, and how early (+ config.ClaimSlack) a Cloud
+	// Tasks callback may be and still wait in the handler for its slot
+	// instead of being deferred again (GEMQ_CLAIM_LEAD).
+	claimLead time.Duration
 	// callTimeout bounds one Cloud Tasks or Pub/Sub call, so an outage
 	// answers non-2xx well before the push deadline.
 	callTimeout time.Duration
@@ -132,8 +138,9 @@ func (o options) withDefaults() options {
 	def(&o.capacityBase, config.DefaultCapacityBackoffBase)
 	def(&o.capacityMax, max(config.DefaultCapacityBackoffMax, o.capacityBase))
 	def(&o.quotaRetry, 60*time.Second)
-	def(&o.seedBase, time.Second)
-	def(&o.seedMax, time.Minute)
+	def(&o.seedBase, config.DefaultSeedBackoffBase)
+	def(&o.seedMax, max(config.DefaultSeedBackoffMax, o.seedBase))
+	def(&o.claimLead, config.DefaultClaimLead)
 	def(&o.callTimeout, 30*time.Second)
 	return o
 }
@@ -362,6 +369,9 @@ func (h *handler) process(ctx context.Context, j *job) answer {
 			j.log.ErrorContext(ctx, "limiter claim", "error", err.Error())
 			return h.abort(ctx, j)
 		}
+		if a, ok := h.waitForSlot(ctx, j, &permit); !ok {
+			return a
+		}
 	} else {
 		tokens, a, ok := h.estimate(ctx, j, req)
 		if !ok {
@@ -483,6 +493,65 @@ func (h *handler) geminiFailed(ctx context.Context, j *job, scope limiter.Scope,
 	}
 }
 
+// waitForSlot handles a Claim that answered Reserved (the callback came
+// before its slot's claim window, or came late and was queued again) on a
+// Cloud Tasks callback whose slot is at most the claim lead (+
+// config.ClaimSlack) away: it waits in the handler until the slot's time,
+// the middle of the claim window [At-g/4, At+g/4] (so the function's clock
+// may differ from Redis' by up to g/4 either way), and claims again, a few
+// times at most. Waiting costs function time (at most the lead) instead of
+// a Cloud Task and another invocation. *p is updated to the last Claim's
+// answer. ok is false when the handler must answer a instead: the request's
+// context ended during the wait (the reservation is kept: the redelivered
+// Cloud Task claims it), or a Claim failed.
+func (h *handler) waitForSlot(ctx context.Context, j *job, p *limiter.Permit) (a answer, ok bool) {
+	if j.d.source != sourceCloudTasks {
+		return answer{}, true
+	}
+	start := h.now()
+	limit := h.opts.claimLead + config.ClaimSlack
+	for try := 0; try < 3 && p.Outcome == limiter.Reserved; try++ {
+		now := h.now()
+		wait := p.At.Sub(now)
+		if wait > limit-now.Sub(start) {
+			// Too far ahead: deferred again, to a Cloud Task a lead
+			// before the slot.
+			return answer{}, true
+		}
+		// At least a little: Claim said early, so Redis' clock is behind
+		// ours.
+		wait = max(wait, 20*time.Millisecond)
+		j.log.DebugContext(ctx, "waiting for the reserved slot", "at", p.At.UTC().Format(time.RFC3339Nano),
+			"wait", wait.String(), "try", try)
+		if !sleepCtx(ctx, wait) {
+			j.log.WarnContext(ctx, "request ended while waiting for the reserved slot", "error", ctx.Err().Error())
+			return answer{http.StatusServiceUnavailable, outAbandoned}, false
+		}
+		np, err := h.lim.Claim(ctx, *p)
+		if err != nil {
+			j.log.ErrorContext(ctx, "limiter claim", "error", err.Error())
+			return h.abort(ctx, j), false
+		}
+		*p = np
+	}
+	if p.Outcome == limiter.Granted {
+		j.log.InfoContext(ctx, "claimed the reserved slot after waiting for it", "waited", h.now().Sub(start).String())
+	}
+	return answer{}, true
+}
+
+// sleepCtx waits for d or until ctx ends, reporting whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // seedDelay is the seed policy's re-queue delay: exponential in the number
 // of deferrals, capped, jittered.
 func (h *handler) seedDelay(j *job) time.Duration {
@@ -530,7 +599,19 @@ func (h *handler) deferTask(ctx context.Context, j *job, at time.Time, permit *l
 		return h.finishFailed(ctx, j, http.StatusBadRequest, "INVALID_ARGUMENT", err.Error(), nil)
 	}
 	name := queue.TaskName(j.env.TaskID, next.Deferrals)
-	created, err := h.schedule(ctx, name, at, body)
+	due := at
+	if permit != nil && h.opts.policy == policyReserve {
+		// A reservation's Cloud Task comes a claim lead before its slot
+		// (never before now): Cloud Tasks dispatches the burst of a window
+		// boundary over seconds, and a callback that is early waits for
+		// its slot in the handler (waitForSlot), one that is late is queued
+		// again and costs another invocation.
+		due = at.Add(-h.opts.claimLead)
+		if now := h.now(); due.Before(now) {
+			due = now
+		}
+	}
+	created, err := h.schedule(ctx, name, due, body)
 	if err != nil {
 		// Not created (or not known to be): redeliver. If it was created
 		// after all, the redelivery's Schedule of the same name answers
@@ -559,8 +640,8 @@ func (h *handler) deferTask(ctx context.Context, j *job, at time.Time, permit *l
 	} else {
 		j.leased = false
 	}
-	j.log.InfoContext(ctx, "task deferred", "reason", why, "at", at.UTC().Format(time.RFC3339Nano), "cloud_task", name,
-		"reserved", permit != nil, "created", created)
+	j.log.InfoContext(ctx, "task deferred", "reason", why, "at", at.UTC().Format(time.RFC3339Nano),
+		"due", due.UTC().Format(time.RFC3339Nano), "cloud_task", name, "reserved", permit != nil, "created", created)
 	return ack(outDeferred)
 }
 
@@ -627,7 +708,7 @@ func leaseCheckName(e task.Envelope) string {
 
 // isLeaseCheck reports whether a delivery is a lease check scheduled by held.
 func isLeaseCheck(d delivery, e task.Envelope) bool {
-	if d.source != "cloudtasks" {
+	if d.source != sourceCloudTasks {
 		return false
 	}
 	return d.id == leaseCheckName(e) || strings.HasSuffix(d.id, "/"+leaseCheckName(e))

@@ -31,6 +31,7 @@ func TestOptionsFromConfig(t *testing.T) {
 		"GEMQ_RETRY_BASE", "300ms", "GEMQ_RETRY_MAX", "20s",
 		"GEMQ_CAPACITY_BACKOFF_BASE", "2s", "GEMQ_CAPACITY_BACKOFF_MAX", "1m",
 		"GEMQ_MAX_ATTEMPTS", "4", "GEMQ_GEMINI_TIMEOUT", "30s",
+		"GEMQ_SEED_BACKOFF_BASE", "20ms", "GEMQ_SEED_BACKOFF_MAX", "2s", "GEMQ_CLAIM_LEAD", "1500ms",
 	))
 	if err != nil {
 		t.Fatal(err)
@@ -42,6 +43,8 @@ func TestOptionsFromConfig(t *testing.T) {
 	want.capacityBase, want.capacityMax = 2*time.Second, time.Minute
 	want.maxAttempts = 4
 	want.geminiTimeout, want.lease = 30*time.Second, 90*time.Second
+	want.seedBase, want.seedMax = 20*time.Millisecond, 2*time.Second
+	want.claimLead = 1500 * time.Millisecond
 	if d := cmp.Diff(want, got, cmp.AllowUnexported(options{})); d != "" {
 		t.Errorf("options (-want +got):\n%s", d)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 
+	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 
 	"github.com/gemq-dev/gemq/infra/geminisim"
@@ -235,11 +236,13 @@ func TestRejectedAndUnknownModelFailPermanently(t *testing.T) {
 	}
 }
 
-// Reserved: the task goes to Cloud Tasks at its slot carrying the permit;
-// arriving early it is deferred again; arriving on time it claims the slot
-// and runs, without asking the limiter for a new one.
+// Reserved: the task goes to Cloud Tasks a claim lead before its slot,
+// carrying the permit; arriving earlier than the lead it is deferred again
+// to the same slot; arriving on time it claims the slot and runs, without
+// asking the limiter for a new one.
 func TestReservationDeferAndClaim(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
+	const lead = 500 * time.Millisecond
+	f := newFixture(t, fixtureOptions{opts: options{claimLead: lead}})
 	first := envelope("job-res", "first", modelTight, "one")
 	second := envelope("job-res", "second", modelTight, "two")
 	want(t, f.push(first), http.StatusOK, outSucceeded)
@@ -271,8 +274,8 @@ func TestReservationDeferAndClaim(t *testing.T) {
 	if err := json.Unmarshal(body.Permit, &p); err != nil || p.Outcome != limiter.Reserved {
 		t.Fatalf("carried permit = %s (%v), want reserved", body.Permit, err)
 	}
-	if at := tk.ScheduleTime.AsTime(); !at.Equal(p.At) || at.Before(before.Add(time.Second)) {
-		t.Errorf("schedule time %v, permit at %v: want equal and about 2s ahead", at, p.At)
+	if at := tk.ScheduleTime.AsTime(); !at.Equal(p.At.Add(-lead)) || p.At.Before(before.Add(time.Second)) {
+		t.Errorf("schedule time %v, permit at %v: want the claim lead (%v) before it, and about 2s ahead", at, p.At, lead)
 	}
 
 	// The same Pub/Sub message again: the task waits for its Cloud Task, so
@@ -282,27 +285,149 @@ func TestReservationDeferAndClaim(t *testing.T) {
 		t.Fatalf("scheduled after a redelivery = %d, want 1", n)
 	}
 
-	// Early arrival: deferred again to the same slot, under the next name.
+	// Arriving earlier than the lead (~2s before the slot): deferred again
+	// to the same slot, under the next name, without waiting.
+	start := time.Now()
 	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outDeferred)
-	var again *task.Envelope
-	for _, t2 := range f.scheduled() {
-		if shortName(t2.Name) == queue.TaskName(second.TaskID, 2) {
-			e := taskBody(t, t2)
-			again = &e
-		}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("an arrival beyond the lead took %v: it waited", d)
 	}
+	again := f.cloudTask(queue.TaskName(second.TaskID, 2))
 	if again == nil {
 		t.Fatal("no cloud task for deferral 2")
+	}
+	if ap := carriedPermit(t, again); ap.ID != p.ID || !ap.At.Equal(p.At) || !again.ScheduleTime.AsTime().Equal(p.At.Add(-lead)) {
+		t.Errorf("deferral 2 carries %s at %v, due %v; want %s at %v, due %v",
+			ap.ID, ap.At, again.ScheduleTime.AsTime(), p.ID, p.At, p.At.Add(-lead))
 	}
 
 	// On time: claims the reservation and runs.
 	time.Sleep(time.Until(p.At))
-	want(t, f.callback(queue.TaskName(second.TaskID, 2), encode(t, *again)), http.StatusOK, outSucceeded)
+	want(t, f.callback(queue.TaskName(second.TaskID, 2), again.GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
 	if n := len(f.generateCalls(second.TaskID)); n != 1 {
 		t.Fatalf("gemini calls = %d, want 1", n)
 	}
 	if d := cmp.Diff(store.Counts{Total: 2, Succeeded: 2}, f.counts("job-res")); d != "" {
 		t.Errorf("counts (-want +got):\n%s", d)
+	}
+}
+
+// deferSecond runs a first modelTight task (it takes the window) and defers
+// a second one, returning its envelope, its Cloud Task and the reservation
+// that Cloud Task carries (about 2s ahead).
+func (f *fixture) deferSecond(jobID string) (task.Envelope, *cloudtaskspb.Task, limiter.Permit) {
+	f.t.Helper()
+	want(f.t, f.push(envelope(jobID, "first", modelTight, "one")), http.StatusOK, outSucceeded)
+	e := envelope(jobID, "second", modelTight, "two")
+	want(f.t, f.push(e), http.StatusOK, outDeferred)
+	tk := f.cloudTask(queue.TaskName(e.TaskID, 1))
+	if tk == nil {
+		f.t.Fatal("no cloud task for deferral 1")
+	}
+	return e, tk, carriedPermit(f.t, tk)
+}
+
+// A Cloud Task callback early by less than the claim lead waits in the
+// handler for its slot and claims it: one invocation, one Gemini call at
+// the slot, no new Cloud Task, no new reservation.
+func TestClaimLeadCallbackWithinTheLeadRunsInTheSameInvocation(t *testing.T) {
+	f := newFixture(t, fixtureOptions{opts: options{claimLead: 3 * time.Second}})
+	e, tk, p := f.deferSecond("job-lead")
+	now := time.Now()
+	if due := tk.ScheduleTime.AsTime(); due.After(now) || due.Before(now.Add(-5*time.Second)) || p.At.Sub(now) < time.Second {
+		t.Fatalf("cloud task due %v for a slot at %v (now %v): want due now, the slot more than the lead ahead", due, p.At, now)
+	}
+	lim := f.countLimiter()
+
+	// Cloud Tasks delivers it at once, ~2s before the slot.
+	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
+	calls := f.generateCalls(e.TaskID)
+	if len(calls) != 1 {
+		t.Fatalf("gemini calls = %d, want 1", len(calls))
+	}
+	// The quota guard is 100ms: the claim window opens at At-25ms.
+	if got := calls[0].Received; got.Before(p.At.Add(-25 * time.Millisecond)) {
+		t.Errorf("gemini called at %v, before the slot %v", got, p.At)
+	}
+	if n := len(f.scheduled()); n != 1 {
+		t.Errorf("scheduled = %d Cloud Tasks, want 1 (no new deferral)", n)
+	}
+	if a, c, r := lim.calls(); a != 0 || c < 2 || r != 0 {
+		t.Errorf("limiter calls: acquire %d, claim %d, release %d; want 0, at least 2 (early, then at the slot), 0", a, c, r)
+	}
+	if d := cmp.Diff(store.Counts{Total: 2, Succeeded: 2}, f.counts("job-lead")); d != "" {
+		t.Errorf("counts (-want +got):\n%s", d)
+	}
+	if !strings.Contains(f.logs(), "claimed the reserved slot after waiting for it") {
+		t.Error("no log line for the wait")
+	}
+}
+
+// A Cloud Task callback early by more than the claim lead (+ slack) does not
+// wait: it is deferred again, to a Cloud Task a lead before the same slot,
+// carrying the same reservation.
+func TestClaimLeadCallbackBeyondTheLeadIsDeferredAgain(t *testing.T) {
+	const lead = time.Second
+	f := newFixture(t, fixtureOptions{opts: options{claimLead: lead}})
+	e, tk, p := f.deferSecond("job-lead2")
+	if due := tk.ScheduleTime.AsTime(); !due.Equal(p.At.Add(-lead)) {
+		t.Errorf("cloud task due %v, want %v (a lead before the slot %v)", due, p.At.Add(-lead), p.At)
+	}
+	lim := f.countLimiter()
+
+	// Delivered ~2s before the slot (as a paused queue's "run now" would).
+	start := time.Now()
+	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outDeferred)
+	if d := time.Since(start); d > lead/2 {
+		t.Errorf("the callback took %v: it waited", d)
+	}
+	again := f.cloudTask(queue.TaskName(e.TaskID, 2))
+	if again == nil {
+		t.Fatal("no cloud task for deferral 2")
+	}
+	if ap := carriedPermit(t, again); ap.ID != p.ID || !ap.At.Equal(p.At) {
+		t.Errorf("deferral 2 carries %s at %v, want %s at %v", ap.ID, ap.At, p.ID, p.At)
+	}
+	if due := again.ScheduleTime.AsTime(); !due.Equal(p.At.Add(-lead)) {
+		t.Errorf("deferral 2 due %v, want %v", due, p.At.Add(-lead))
+	}
+	if n := len(f.generateCalls(e.TaskID)); n != 0 {
+		t.Errorf("gemini calls = %d, want 0", n)
+	}
+	if a, c, r := lim.calls(); a != 0 || c != 1 || r != 0 {
+		t.Errorf("limiter calls: acquire %d, claim %d, release %d; want 0, 1, 0", a, c, r)
+	}
+	if rec := f.record(e); rec.State != store.Waiting {
+		t.Errorf("state = %s, want waiting", rec.State)
+	}
+}
+
+// A callback whose request ends while it waits for its slot answers
+// non-2xx, gives the lease back and keeps the reservation: Cloud Tasks'
+// retry of the same task claims it.
+func TestClaimLeadWaitEndsWithTheRequest(t *testing.T) {
+	f := newFixture(t, fixtureOptions{opts: options{claimLead: 3 * time.Second}})
+	e, tk, p := f.deferSecond("job-lead3")
+	lim := f.countLimiter()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	got := f.serve(ctx, tk.GetHttpRequest().GetBody(), http.Header{headerTaskName: {shortName(tk.Name)}})
+	if got.status != http.StatusServiceUnavailable || got.outcome != outAbandoned {
+		t.Fatalf("answer %d %q, want 503 %q", got.status, got.outcome, outAbandoned)
+	}
+	if _, _, r := lim.calls(); r != 0 {
+		t.Errorf("%d releases, want 0 (the reservation stays with the Cloud Task)", r)
+	}
+	if n := len(f.generateCalls(e.TaskID)); n != 0 {
+		t.Errorf("gemini calls = %d, want 0", n)
+	}
+	// Cloud Tasks retries the same task: it claims the same slot.
+	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
+	if calls := f.generateCalls(e.TaskID); len(calls) != 1 || calls[0].Received.Before(p.At.Add(-25*time.Millisecond)) {
+		t.Errorf("gemini calls %+v, want one at the slot %v", calls, p.At)
+	}
+	if a, _, r := lim.calls(); a != 0 || r != 0 {
+		t.Errorf("limiter: %d acquires, %d releases; want none", a, r)
 	}
 }
 

@@ -154,6 +154,28 @@ type Config struct {
 	// number of deferrals. GEMQ_CAPACITY_BACKOFF_BASE, default 5s;
 	// GEMQ_CAPACITY_BACKOFF_MAX, default 5m; base > 0 and max >= base.
 	CapacityBackoffBase, CapacityBackoffMax time.Duration
+	// ClaimLead is how long before its reserved slot a deferred task's
+	// Cloud Task is scheduled; the callback that arrives within ClaimLead
+	// (+ ClaimSlack) before the slot waits for it in the function and
+	// claims it in the same invocation. It absorbs Cloud Tasks' dispatch of
+	// a burst: reservations bunch at window boundaries (a whole window's
+	// worth reserved for one instant) and a queue dispatches at most 500
+	// tasks/s, so ~1,500 tasks due at once take ~3 s to arrive; without a
+	// lead the later ones arrive after the claim window (slot + guard/4),
+	// are queued again and cost a third invocation. The price is up to
+	// ClaimLead of function time per deferred task. GEMQ_CLAIM_LEAD, default
+	// 3s, > 0; GEMQ_LEASE must exceed GEMQ_GEMINI_TIMEOUT + ClaimLead +
+	// ClaimSlack (a callback may wait that long, then call Gemini, while it
+	// holds the lease), and so must the function's own timeout (Terraform's
+	// worker.timeout_seconds).
+	ClaimLead time.Duration
+	// SeedBackoffBase and SeedBackoffMax shape the re-queue delay of the
+	// seed policy (GEMQ_LIMIT_POLICY=seed, benchmarks only): a refused task
+	// comes back after base·2^(n-1), capped at max, with equal jitter, n
+	// its number of deferrals. GEMQ_SEED_BACKOFF_BASE, default 1s;
+	// GEMQ_SEED_BACKOFF_MAX, default 1m; base > 0 and max >= base. Unused by
+	// the reserve policy.
+	SeedBackoffBase, SeedBackoffMax time.Duration
 	// TokenEstimator is how input tokens are estimated. GEMQ_TOKEN_ESTIMATOR,
 	// default "local".
 	TokenEstimator Estimator
@@ -187,7 +209,15 @@ const (
 	DefaultRetryMax            = 10 * time.Minute
 	DefaultCapacityBackoffBase = 5 * time.Second
 	DefaultCapacityBackoffMax  = 5 * time.Minute
+	DefaultClaimLead           = 3 * time.Second
+	DefaultSeedBackoffBase     = time.Second
+	DefaultSeedBackoffMax      = time.Minute
 )
+
+// ClaimSlack is added to ClaimLead when the worker decides whether a Cloud
+// Task callback that came early for its reservation waits for it: it covers
+// the clocks of the function, Cloud Tasks and Redis disagreeing a little.
+const ClaimSlack = 250 * time.Millisecond
 
 // Problem is one invalid or missing variable.
 type Problem struct {
@@ -344,17 +374,24 @@ func load(getenv func(string) string, ps *problems) Config {
 		RetryMax:            duration("GEMQ_RETRY_MAX", DefaultRetryMax),
 		CapacityBackoffBase: duration("GEMQ_CAPACITY_BACKOFF_BASE", DefaultCapacityBackoffBase),
 		CapacityBackoffMax:  duration("GEMQ_CAPACITY_BACKOFF_MAX", DefaultCapacityBackoffMax),
+		ClaimLead:           duration("GEMQ_CLAIM_LEAD", DefaultClaimLead),
+		SeedBackoffBase:     duration("GEMQ_SEED_BACKOFF_BASE", DefaultSeedBackoffBase),
+		SeedBackoffMax:      duration("GEMQ_SEED_BACKOFF_MAX", DefaultSeedBackoffMax),
 		LogFile:             str("GEMQ_LOG_FILE", ""),
 	}
 	c.Lease = duration("GEMQ_LEASE", c.GeminiTimeout+DefaultLeaseMargin)
-	if c.Lease <= c.GeminiTimeout {
-		ps.add("GEMQ_LEASE", "%v must be longer than GEMQ_GEMINI_TIMEOUT (%v)", c.Lease, c.GeminiTimeout)
+	if c.Lease <= c.GeminiTimeout+c.ClaimLead+ClaimSlack {
+		ps.add("GEMQ_LEASE", "%v must be longer than GEMQ_GEMINI_TIMEOUT (%v) + GEMQ_CLAIM_LEAD (%v) + %v of slack: a Cloud Task callback may wait for its slot, then call Gemini, under one lease",
+			c.Lease, c.GeminiTimeout, c.ClaimLead, ClaimSlack)
 	}
 	if c.RetryMax < c.RetryBase {
 		ps.add("GEMQ_RETRY_MAX", "%v must not be shorter than GEMQ_RETRY_BASE (%v)", c.RetryMax, c.RetryBase)
 	}
 	if c.CapacityBackoffMax < c.CapacityBackoffBase {
 		ps.add("GEMQ_CAPACITY_BACKOFF_MAX", "%v must not be shorter than GEMQ_CAPACITY_BACKOFF_BASE (%v)", c.CapacityBackoffMax, c.CapacityBackoffBase)
+	}
+	if c.SeedBackoffMax < c.SeedBackoffBase {
+		ps.add("GEMQ_SEED_BACKOFF_MAX", "%v must not be shorter than GEMQ_SEED_BACKOFF_BASE (%v)", c.SeedBackoffMax, c.SeedBackoffBase)
 	}
 
 	if c.RedisAddr != "" {
@@ -546,6 +583,9 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("retry_max", c.RetryMax),
 		slog.Duration("capacity_backoff_base", c.CapacityBackoffBase),
 		slog.Duration("capacity_backoff_max", c.CapacityBackoffMax),
+		slog.Duration("claim_lead", c.ClaimLead),
+		slog.Duration("seed_backoff_base", c.SeedBackoffBase),
+		slog.Duration("seed_backoff_max", c.SeedBackoffMax),
 		slog.String("token_estimator", string(c.TokenEstimator)),
 		slog.String("limit_policy", string(c.LimitPolicy)),
 		slog.Int64("max_body_bytes", c.MaxBodyBytes),

@@ -72,6 +72,9 @@ func TestLoadDefaults(t *testing.T) {
 		RetryMax:            10 * time.Minute,
 		CapacityBackoffBase: 5 * time.Second,
 		CapacityBackoffMax:  5 * time.Minute,
+		ClaimLead:           3 * time.Second,
+		SeedBackoffBase:     time.Second,
+		SeedBackoffMax:      time.Minute,
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("Load (-want +got):\n%s", diff)
@@ -118,6 +121,9 @@ func TestLoadAll(t *testing.T) {
 		"GEMQ_RETRY_MAX", "20s",
 		"GEMQ_CAPACITY_BACKOFF_BASE", "1s",
 		"GEMQ_CAPACITY_BACKOFF_MAX", "1s",
+		"GEMQ_CLAIM_LEAD", "2s",
+		"GEMQ_SEED_BACKOFF_BASE", "100ms",
+		"GEMQ_SEED_BACKOFF_MAX", "2s",
 		"GEMQ_LOG_FILE", "/var/log/gemq.log",
 	)
 	c, err := LoadFor(Worker, env(m))
@@ -135,6 +141,7 @@ func TestLoadAll(t *testing.T) {
 		TokenEstimator: EstimateCountTokens, LimitPolicy: PolicySeed, MaxBodyBytes: 1024, LogLevel: slog.LevelDebug,
 		RetryBase: 250 * time.Millisecond, RetryMax: 20 * time.Second,
 		CapacityBackoffBase: time.Second, CapacityBackoffMax: time.Second,
+		ClaimLead: 2 * time.Second, SeedBackoffBase: 100 * time.Millisecond, SeedBackoffMax: 2 * time.Second,
 		LogFile: "/var/log/gemq.log",
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
@@ -192,6 +199,14 @@ func TestLoadErrors(t *testing.T) {
 		), []string{"GEMQ_RETRY_MAX", "GEMQ_CAPACITY_BACKOFF_MAX", "GEMQ_LEASE"}},
 		{"back-off max below the default base", Ingest, base("GEMQ_RETRY_MAX", "5s"), []string{"GEMQ_RETRY_MAX"}},
 		{"lease not above timeout", Ingest, base("GEMQ_GEMINI_TIMEOUT", "60s", "GEMQ_LEASE", "60s"), []string{"GEMQ_LEASE"}},
+		// A callback may wait up to the lead (+ slack) for its slot, then
+		// call Gemini, under one lease.
+		{"lease not above timeout + claim lead", Ingest, base("GEMQ_GEMINI_TIMEOUT", "60s", "GEMQ_CLAIM_LEAD", "5s", "GEMQ_LEASE", "65s"), []string{"GEMQ_LEASE"}},
+		{"default lease not above timeout + a long claim lead", Ingest, base("GEMQ_CLAIM_LEAD", "1m"), []string{"GEMQ_LEASE"}},
+		{"claim lead and seed back-offs not positive", Ingest, base(
+			"GEMQ_CLAIM_LEAD", "0s", "GEMQ_SEED_BACKOFF_BASE", "-1s", "GEMQ_SEED_BACKOFF_MAX", "x",
+		), []string{"GEMQ_CLAIM_LEAD", "GEMQ_SEED_BACKOFF_BASE", "GEMQ_SEED_BACKOFF_MAX"}},
+		{"seed back-off max below base", Ingest, base("GEMQ_SEED_BACKOFF_BASE", "2m"), []string{"GEMQ_SEED_BACKOFF_MAX"}},
 		{"bad quotas", Ingest, base("GEMQ_QUOTAS", `{"scopes":[{"model":1}]}`), []string{"GEMQ_QUOTAS"}},
 		{"missing quota file", Ingest, base("GEMQ_QUOTAS", "", "GEMQ_QUOTAS_FILE", "/nonexistent"), []string{"GEMQ_QUOTAS_FILE"}},
 		{"model without quota", Ingest, base("GEMQ_ALLOWED_MODELS", "gemini-2.5-flash,gemini-9"), []string{"GEMQ_ALLOWED_MODELS"}},

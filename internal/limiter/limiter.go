@@ -96,9 +96,10 @@ type Permit struct {
 	// or "cooldown: <reason>". Empty for Granted.
 	Reason string `json:"reason,omitempty"`
 	// Ref is opaque: for a permit Granted by Acquire it carries the permit's
-	// state (signed by Redis, so a forged or stale Ref is ignored), which
-	// Reconcile and Release need; Redis holds no state for such a permit
-	// until then. Keep it with the permit; empty otherwise.
+	// state (signed with the scope's secret kept in Redis, so a forged or
+	// stale Ref is ignored), which Reconcile and Release need; Redis holds
+	// no state for such a permit until then. Keep it with the permit; empty
+	// otherwise.
 	Ref string `json:"ref,omitempty"`
 }
 

@@ -179,6 +179,12 @@ func newFixture(t *testing.T, fo fixtureOptions) *fixture {
 	}
 
 	opts.project = testProject
+	if opts.claimLead == 0 {
+		// Short, so that a modelTight reservation (about 2s ahead) is
+		// deferred to a Cloud Task, as most tests expect, rather than
+		// waited for in the handler.
+		opts.claimLead = 300 * time.Millisecond
+	}
 	if opts.callTimeout == 0 {
 		opts.callTimeout = 3 * time.Second
 	}

@@ -369,9 +369,6 @@ func (h *handler) process(ctx context.Context, j *job) answer {
 			j.log.ErrorContext(ctx, "limiter claim", "error", err.Error())
 			return h.abort(ctx, j)
 		}
-		if a, ok := h.waitForSlot(ctx, j, &permit); !ok {
-			return a
-		}
 	} else {
 		tokens, a, ok := h.estimate(ctx, j, req)
 		if !ok {
@@ -385,6 +382,11 @@ func (h *handler) process(ctx context.Context, j *job) answer {
 		if err != nil {
 			j.log.ErrorContext(ctx, "limiter acquire", "error", err.Error())
 			return h.abort(ctx, j)
+		}
+	}
+	if h.opts.policy == policyReserve {
+		if a, ok := h.waitForSlot(ctx, j, &permit); !ok {
+			return a
 		}
 	}
 	j.log = j.log.With("permit_id", permit.ID)
@@ -493,29 +495,30 @@ func (h *handler) geminiFailed(ctx context.Context, j *job, scope limiter.Scope,
 	}
 }
 
-// waitForSlot handles a Claim that answered Reserved (the callback came
-// before its slot's claim window, or came late and was queued again) on a
-// Cloud Tasks callback whose slot is at most the claim lead (+
-// config.ClaimSlack) away: it waits in the handler until the slot's time,
-// the middle of the claim window [At-g/4, At+g/4] (so the function's clock
-// may differ from Redis' by up to g/4 either way), and claims again, a few
-// times at most. Waiting costs function time (at most the lead) instead of
-// a Cloud Task and another invocation. *p is updated to the last Claim's
-// answer. ok is false when the handler must answer a instead: the request's
-// context ended during the wait (the reservation is kept: the redelivered
-// Cloud Task claims it), or a Claim failed.
+// waitForSlot handles a permit Reserved at most the claim lead (+
+// config.ClaimSlack) ahead, whether Acquire just reserved it or Claim
+// answered that the Cloud Task carrying it came early (or came late and was
+// queued again): instead of a Cloud Task and another invocation, it waits in
+// the handler until the slot's time, the middle of the claim window
+// [At-g/4, At+g/4] (so the function's clock may differ from Redis' by up to
+// g/4 either way), and claims it, a few times at most. Waiting costs
+// function time (at most the lead + slack). It also means a reservation's
+// Cloud Task, due a lead before its slot, is always due at least the slack
+// after now: never dispatched before deferTask has marked the task waiting
+// (such a callback would find the task held and be acked, leaving the task
+// to a lease check a whole lease later). *p is updated to the last answer.
+// ok is false when the handler must answer a instead: the request's context
+// ended during the wait (the reservation is kept: the redelivery claims it),
+// or a Claim failed.
 func (h *handler) waitForSlot(ctx context.Context, j *job, p *limiter.Permit) (a answer, ok bool) {
-	if j.d.source != sourceCloudTasks {
-		return answer{}, true
-	}
 	start := h.now()
 	limit := h.opts.claimLead + config.ClaimSlack
 	for try := 0; try < 3 && p.Outcome == limiter.Reserved; try++ {
 		now := h.now()
 		wait := p.At.Sub(now)
 		if wait > limit-now.Sub(start) {
-			// Too far ahead: deferred again, to a Cloud Task a lead
-			// before the slot.
+			// Too far ahead: deferred, to a Cloud Task a lead before the
+			// slot.
 			return answer{}, true
 		}
 		// At least a little: Claim said early, so Redis' clock is behind
@@ -601,11 +604,12 @@ func (h *handler) deferTask(ctx context.Context, j *job, at time.Time, permit *l
 	name := queue.TaskName(j.env.TaskID, next.Deferrals)
 	due := at
 	if permit != nil && h.opts.policy == policyReserve {
-		// A reservation's Cloud Task comes a claim lead before its slot
-		// (never before now): Cloud Tasks dispatches the burst of a window
-		// boundary over seconds, and a callback that is early waits for
-		// its slot in the handler (waitForSlot), one that is late is queued
-		// again and costs another invocation.
+		// A reservation's Cloud Task comes a claim lead before its slot:
+		// Cloud Tasks dispatches the burst of a window boundary over
+		// seconds, and a callback that is early waits for its slot in the
+		// handler (waitForSlot), one that is late is queued again and costs
+		// another invocation. A slot within the lead (+ slack) was waited
+		// for instead, so this is normally after now; never before.
 		due = at.Add(-h.opts.claimLead)
 		if now := h.now(); due.Before(now) {
 			due = now

@@ -13,11 +13,12 @@
 //     Claim for a reservation the envelope carries; reserved or denied → a
 //     named Cloud Task at the permit's time (internal/queue), the task marked
 //     waiting, 2xx; rejected → permanent failure. A reservation's Cloud Task
-//     is due a claim lead (GEMQ_CLAIM_LEAD) before its slot, and a callback
-//     that is early by at most the lead waits for the slot in the handler and
-//     claims it in the same invocation, so that Cloud Tasks' burst dispatch
-//     at a window boundary does not make callbacks late (a late one is queued
-//     again: another invocation);
+//     is due a claim lead (GEMQ_CLAIM_LEAD) before its slot, and a delivery
+//     whose reservation is at most the lead away (a callback come early, or a
+//     fresh reservation) waits for the slot in the handler and claims it in
+//     the same invocation, so that Cloud Tasks' burst dispatch at a window
+//     boundary does not make callbacks late (a late one is queued again:
+//     another invocation);
 //  4. granted → Gemini (internal/gemini), then reconcile the token charge;
 //  5. success → the response written once, then published to the results
 //     topic; failures as classified (429 per minute/day → shared cool-down

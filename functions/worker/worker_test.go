@@ -331,16 +331,22 @@ func (f *fixture) deferSecond(jobID string) (task.Envelope, *cloudtaskspb.Task, 
 // handler for its slot and claims it: one invocation, one Gemini call at
 // the slot, no new Cloud Task, no new reservation.
 func TestClaimLeadCallbackWithinTheLeadRunsInTheSameInvocation(t *testing.T) {
-	f := newFixture(t, fixtureOptions{opts: options{claimLead: 3 * time.Second}})
+	const lead = time.Second
+	f := newFixture(t, fixtureOptions{opts: options{claimLead: lead}})
 	e, tk, p := f.deferSecond("job-lead")
-	now := time.Now()
-	if due := tk.ScheduleTime.AsTime(); due.After(now) || due.Before(now.Add(-5*time.Second)) || p.At.Sub(now) < time.Second {
-		t.Fatalf("cloud task due %v for a slot at %v (now %v): want due now, the slot more than the lead ahead", due, p.At, now)
+	due := tk.ScheduleTime.AsTime()
+	if !due.Equal(p.At.Add(-lead)) {
+		t.Fatalf("cloud task due %v, want %v (a lead before the slot %v)", due, p.At.Add(-lead), p.At)
 	}
 	lim := f.countLimiter()
 
-	// Cloud Tasks delivers it at once, ~2s before the slot.
+	// Cloud Tasks delivers it when due, a lead before the slot.
+	time.Sleep(time.Until(due))
+	start := time.Now()
 	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
+	if d := time.Since(start); d < lead/2 {
+		t.Errorf("the callback took %v, want about the lead (%v): it did not wait", d, lead)
+	}
 	calls := f.generateCalls(e.TaskID)
 	if len(calls) != 1 {
 		t.Fatalf("gemini calls = %d, want 1", len(calls))
@@ -360,6 +366,25 @@ func TestClaimLeadCallbackWithinTheLeadRunsInTheSameInvocation(t *testing.T) {
 	}
 	if !strings.Contains(f.logs(), "claimed the reserved slot after waiting for it") {
 		t.Error("no log line for the wait")
+	}
+}
+
+// A push whose fresh reservation is within the claim lead waits for it too:
+// one invocation, no Cloud Task at all.
+func TestClaimLeadPushWithinTheLeadRunsInTheSameInvocation(t *testing.T) {
+	f := newFixture(t, fixtureOptions{opts: options{claimLead: 3 * time.Second}})
+	want(t, f.push(envelope("job-lead4", "first", modelTight, "one")), http.StatusOK, outSucceeded)
+	e := envelope("job-lead4", "second", modelTight, "two")
+	lim := f.countLimiter()
+	want(t, f.push(e), http.StatusOK, outSucceeded)
+	if n := len(f.scheduled()); n != 0 {
+		t.Errorf("scheduled = %d Cloud Tasks, want 0", n)
+	}
+	if n := len(f.generateCalls(e.TaskID)); n != 1 {
+		t.Errorf("gemini calls = %d, want 1", n)
+	}
+	if a, c, r := lim.calls(); a != 1 || c < 1 || r != 0 {
+		t.Errorf("limiter calls: acquire %d, claim %d, release %d; want 1, at least 1, 0", a, c, r)
 	}
 }
 
@@ -406,9 +431,10 @@ func TestClaimLeadCallbackBeyondTheLeadIsDeferredAgain(t *testing.T) {
 // non-2xx, gives the lease back and keeps the reservation: Cloud Tasks'
 // retry of the same task claims it.
 func TestClaimLeadWaitEndsWithTheRequest(t *testing.T) {
-	f := newFixture(t, fixtureOptions{opts: options{claimLead: 3 * time.Second}})
+	f := newFixture(t, fixtureOptions{opts: options{claimLead: time.Second}})
 	e, tk, p := f.deferSecond("job-lead3")
 	lim := f.countLimiter()
+	time.Sleep(time.Until(tk.ScheduleTime.AsTime()))
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	got := f.serve(ctx, tk.GetHttpRequest().GetBody(), http.Header{headerTaskName: {shortName(tk.Name)}})

@@ -64,6 +64,10 @@ func TestEndToEnd(t *testing.T) {
 		"GEMQ_RETRY_MAX":             "20s",
 		"GEMQ_CAPACITY_BACKOFF_BASE": "166.666666ms",
 		"GEMQ_CAPACITY_BACKOFF_MAX":  "10s",
+		"GEMQ_SEED_BACKOFF_BASE":     "33.333333ms",
+		"GEMQ_SEED_BACKOFF_MAX":      "2s",
+		// The claim lead is real time: dispatch jitter does not scale.
+		"GEMQ_CLAIM_LEAD": "1s",
 	} {
 		if s.Env[k] != v {
 			t.Errorf("functions' %s = %q, want %q", k, s.Env[k], v)
@@ -87,6 +91,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("backlog", func(t *testing.T) {
 		before, _ := s.WorkerInvocations()
+		statsBefore := s.Stats()
 		keys := submit(t, s, "backlog", 520, 1)
 		r := waitDone(t, s, "backlog", len(keys), 90*time.Second)
 		if r.Counts.Succeeded != len(keys) || r.Counts.Failed != 0 {
@@ -114,8 +119,16 @@ func TestEndToEnd(t *testing.T) {
 			n := after[task.TaskID("backlog", k)] - before[task.TaskID("backlog", k)]
 			worst, total = max(worst, n), total+n
 		}
-		t.Logf("worker invocations: %d for %d tasks (%.2f per task, worst %d), %d unparsed; stand-in peaks %+v",
-			total, len(keys), float64(total)/float64(len(keys)), worst, unparsed, st.Models[stack.DefaultModel].Peaks)
+		statsAfter := s.Stats()
+		busy := statsAfter.WorkerTime - statsBefore.WorkerTime
+		if busy <= 0 || statsAfter.WorkerTimePerCall <= 0 || statsAfter.WorkerTimeMax < statsAfter.WorkerTimePerCall {
+			t.Errorf("worker time stats %v total, %v per call, %v max; want positive, max >= mean",
+				busy, statsAfter.WorkerTimePerCall, statsAfter.WorkerTimeMax)
+		}
+		t.Logf("worker invocations: %d for %d tasks (%.2f per task, worst %d), %d unparsed; worker time %.3fs per task (%v per call, max %v); stand-in peaks %+v",
+			total, len(keys), float64(total)/float64(len(keys)), worst, unparsed, busy.Seconds()/float64(len(keys)),
+			statsAfter.WorkerTimePerCall.Round(time.Millisecond), statsAfter.WorkerTimeMax.Round(time.Millisecond),
+			st.Models[stack.DefaultModel].Peaks)
 		if worst > 2 {
 			t.Errorf("a task took %d worker invocations, want at most 2", worst)
 		}

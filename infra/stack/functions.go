@@ -122,6 +122,10 @@ type front struct {
 	tasks atomic.Int64 // of which from Cloud Tasks (X-CloudTasks-TaskName)
 	done  chan struct{}
 
+	handled atomic.Int64 // requests answered
+	busy    atomic.Int64 // total handling time of those, ns
+	busiest atomic.Int64 // longest handling time, ns
+
 	perTask  bool // count invocations per task id (the worker)
 	mu       sync.Mutex
 	invoked  map[string]int // task id → invocations
@@ -184,10 +188,12 @@ func startFront(listenAddr, backend string, perTask bool) (*front, error) {
 			if r.Header.Get("X-CloudTasks-TaskName") != "" {
 				f.tasks.Add(1)
 			}
+			start := time.Now()
 			if f.perTask {
 				f.countTask(r)
 			}
 			proxy.ServeHTTP(w, r)
+			f.handledIn(time.Since(start))
 		}),
 		ReadHeaderTimeout: 30 * time.Second,
 	}
@@ -199,6 +205,23 @@ func startFront(listenAddr, backend string, perTask bool) (*front, error) {
 		}
 	}()
 	return f, nil
+}
+
+// handledIn records one answered request's handling time.
+func (f *front) handledIn(d time.Duration) {
+	f.busy.Add(int64(d))
+	f.handled.Add(1)
+	for {
+		m := f.busiest.Load()
+		if int64(d) <= m || f.busiest.CompareAndSwap(m, int64(d)) {
+			return
+		}
+	}
+}
+
+// handling returns the total and the longest handling time so far.
+func (f *front) handling() (total, longest time.Duration) {
+	return time.Duration(f.busy.Load()), time.Duration(f.busiest.Load())
 }
 
 // stop stops accepting and waits for the requests in flight (up to ctx).

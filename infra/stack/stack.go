@@ -56,6 +56,8 @@ const (
 	DefaultModel           = "gemini-2.5-flash"
 	// LocalAPIKey is the API key the stand-in accepts and the worker sends.
 	LocalAPIKey = "gemq-local-key"
+	// DefaultClaimLead is the stack's GEMQ_CLAIM_LEAD (see Options.ClaimLead).
+	DefaultClaimLead = time.Second
 )
 
 // Options configures a Stack. Zero values give a stack on free ports with
@@ -108,8 +110,16 @@ type Options struct {
 	// worker's back-off after a transient Gemini failure (default 10s and
 	// 10m, scaled by Minute). The back-off after a 429 without details
 	// (GEMQ_CAPACITY_BACKOFF_BASE, _MAX: 5s and 5m) is scaled by Minute too;
-	// Env overrides any of them.
+	// So is the seed policy's re-queue delay (GEMQ_SEED_BACKOFF_BASE, _MAX:
+	// 1s and 1m). Env overrides any of them.
 	RetryBase, RetryMax time.Duration
+	// ClaimLead is GEMQ_CLAIM_LEAD, how long before its reserved slot a
+	// deferred task's Cloud Task is due (a callback that early waits for
+	// the slot in the worker). Default DefaultClaimLead, in real time, not
+	// scaled by Minute: what it absorbs here is the emulator's dispatch
+	// and a loaded machine's scheduling jitter (hundreds of ms), which do
+	// not shrink with the quota minute.
+	ClaimLead time.Duration
 	// Env adds or overrides environment variables of the functions.
 	Env map[string]string
 
@@ -356,6 +366,9 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 		"GEMQ_RETRY_MAX":             opts.RetryMax.String(),
 		"GEMQ_CAPACITY_BACKOFF_BASE": scale(config.DefaultCapacityBackoffBase, opts.Minute).String(),
 		"GEMQ_CAPACITY_BACKOFF_MAX":  scale(config.DefaultCapacityBackoffMax, opts.Minute).String(),
+		"GEMQ_SEED_BACKOFF_BASE":     scale(config.DefaultSeedBackoffBase, opts.Minute).String(),
+		"GEMQ_SEED_BACKOFF_MAX":      scale(config.DefaultSeedBackoffMax, opts.Minute).String(),
+		"GEMQ_CLAIM_LEAD":            opts.ClaimLead.String(),
 		"GEMQ_LOG_LEVEL":             "info",
 		// The functions' JSON lines go to the stack's log file, not to the
 		// process' stdout (the terminal of gemq run, the output of go test).
@@ -434,6 +447,9 @@ func withDefaults(o Options) Options {
 	if o.RetryMax <= 0 {
 		o.RetryMax = max(scale(config.DefaultRetryMax, o.Minute), o.RetryBase)
 	}
+	if o.ClaimLead <= 0 {
+		o.ClaimLead = DefaultClaimLead
+	}
 	if o.Push.Concurrency <= 0 {
 		o.Push.Concurrency = 32
 	}
@@ -485,6 +501,13 @@ type Stats struct {
 	// WorkerCalls counts worker invocations; WorkerTaskCalls of them came
 	// from Cloud Tasks, the rest from the push loop.
 	WorkerCalls, WorkerTaskCalls int64
+	// WorkerTime is the total time the worker spent handling its calls,
+	// each from the request reaching the worker's front proxy to the end
+	// of its answer (what Cloud Functions bills as function time; a
+	// callback waiting for its reserved slot counts). WorkerTimePerCall is
+	// WorkerTime divided by the calls answered, WorkerTimeMax the longest
+	// call; calls still in flight count in neither.
+	WorkerTime, WorkerTimePerCall, WorkerTimeMax time.Duration
 	// Push is the push loop's counters.
 	Push pushsub.Stats
 	// Tasks is the Cloud Tasks emulator's (zero with an external one).
@@ -500,6 +523,10 @@ func (s *Stack) Stats() Stats {
 		WorkerCalls:     s.worker.calls.Load(),
 		WorkerTaskCalls: s.worker.tasks.Load(),
 		Push:            s.pusher.Stats(),
+	}
+	st.WorkerTime, st.WorkerTimeMax = s.worker.handling()
+	if n := s.worker.handled.Load(); n > 0 {
+		st.WorkerTimePerCall = st.WorkerTime / time.Duration(n)
 	}
 	if s.tasks != nil {
 		st.Tasks = s.tasks.Stats()

@@ -141,10 +141,9 @@ type plan struct {
 	early          time.Duration
 	claimLate      time.Duration
 	meta, log      string
-	acquireFmt     string   // struct format of the packed ARGV[8] of acquireScript
-	acquireTail    string   // settings and dimensions, packed: ARGV[8] after the day boundaries
-	vfmt           string   // struct format of meta v
-	names          []any    // names of the sliding, then the daily dimensions
+	acquireTail    string   // settings and dimensions, packed: ARGV[7] of acquireScript after the day boundaries
+	names          string   // the Limiter's nonce, then the names of the sliding and the daily dimensions, joined by "|"
+	caps           []int64  // capacity of each dimension of q.Dimensions
 	adjustArgs     []any    // ARGV[7..]
 	dayPrefixes    []string // "d:<name>:" of each daily dimension
 
@@ -222,15 +221,18 @@ func (l *Limiter) plan(s Scope) (*plan, error) {
 		dailyUnits += unitCode(d.Unit)
 	}
 	vfmt := "<" + strings.Repeat("d", 7+3*len(p.sliding))
-	p.vfmt = vfmt
-	p.acquireFmt = "<" + strings.Repeat("d", 5+10+len(dims))
 	p.acquireTail = settings + packDoubles(dims...)
+	var names []string
 	for _, d := range p.sliding {
-		p.names = append(p.names, d.Name)
+		names = append(names, d.Name)
 	}
 	for _, d := range p.daily {
-		p.names = append(p.names, d.Name)
+		names = append(names, d.Name)
 		p.dayPrefixes = append(p.dayPrefixes, "d:"+d.Name+":")
+	}
+	p.names = l.nonce + "|" + strings.Join(names, "|")
+	for _, d := range q.Dimensions {
+		p.caps = append(p.caps, q.Capacity(d))
 	}
 	p.secret.Store(new(string))
 	p.adjustArgs = []any{pbase, vfmt, slidingUnits, dailyUnits, fpNum}
@@ -347,8 +349,8 @@ func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, e
 		return Permit{}, err
 	}
 	out := Permit{ID: in.ID, Scope: in.Scope, Cost: cost}
-	for _, d := range pl.q.Dimensions {
-		if c, cp := cost.of(d.Unit), pl.q.Capacity(d); c > cp {
+	for i, d := range pl.q.Dimensions {
+		if c, cp := cost.of(d.Unit), pl.caps[i]; c > cp {
 			out.Outcome = Rejected
 			out.Reason = fmt.Sprintf("%s: cost %d exceeds the whole bucket of %d %s", d.Name, c, cp, d.Unit)
 			return out, nil
@@ -358,34 +360,34 @@ func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, e
 	pd := pl.today(days(now))
 	secret := *pl.secret.Load()
 	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, in.ID)}
-	args := make([]any, 0, 11+len(pl.names)+len(pd.fields))
-	args = append(args, nowArg, mode, in.ID, pl.fp, cost.Requests, cost.InputTokens, pl.acquireFmt, pd.packed,
-		pl.vfmt, l.nonce, secret)
-	args = append(args, pl.names...)
+	args := make([]any, 0, 9+len(pd.fields))
+	args = append(args, nowArg, mode, in.ID, pl.fp, cost.Requests, cost.InputTokens, pd.packed, secret, pl.names)
 	args = append(args, pd.fields...)
 	res, err := acquireScript.Run(ctx, l.rdb, keys, args...).Slice()
 	if err != nil {
 		return Permit{}, fmt.Errorf("redis script: %w", err)
 	}
-	if len(res) != 3 && len(res) != 7 {
+	if len(res) < 3 || len(res) > 6 || len(res) == 4 {
 		return Permit{}, fmt.Errorf("redis script: unexpected reply %v", res)
 	}
 	code, _ := res[0].(int64)
 	at, _ := res[1].(int64)
-	out.Reason, _ = res[2].(string)
-	if len(res) == 7 {
+	if len(res) == 3 {
+		out.Reason, _ = res[2].(string)
+	} else {
 		// A Granted Acquire with no state in Redis: the permit carries its
 		// state, signed with the scope's secret (sent by Redis when the
 		// client's copy is not current).
-		epoch, _ := res[3].(int64)
-		dstart, _ := res[4].(int64)
-		idx, _ := res[5].(int64)
-		if s, _ := res[6].(string); s != "" {
-			secret = s
-			pl.secret.Store(&s)
+		epoch, _ := res[2].(int64)
+		dstart, _ := res[3].(int64)
+		idx, _ := res[4].(int64)
+		if len(res) == 6 {
+			if s, _ := res[5].(string); s != "" {
+				secret = s
+				pl.secret.Store(&s)
+			}
 		}
-		out.Ref = signedRef(secret, in.ID, fmt.Sprintf("g|%d|%d|%d|%s|%d|%d|%d", at, cost.Requests, cost.InputTokens,
-			pl.fp, epoch, dstart, idx))
+		out.Ref = signedRef(secret, in.ID, grantedState(at, cost, pl.fp, epoch, dstart, idx))
 	}
 	out.At = time.UnixMilli(at).UTC()
 	switch code {
@@ -399,6 +401,27 @@ func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, e
 		return Permit{}, fmt.Errorf("redis script: unexpected reply %v", res)
 	}
 	return out, nil
+}
+
+// grantedState is the permit state string of a Granted permit, as
+// "g|t|requests|tokens|fingerprint|epoch|day_start|idx".
+func grantedState(at int64, cost Cost, fp string, epoch, dstart, idx int64) string {
+	b := make([]byte, 0, 96)
+	b = append(b, "g|"...)
+	b = strconv.AppendInt(b, at, 10)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, cost.Requests, 10)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, cost.InputTokens, 10)
+	b = append(b, '|')
+	b = append(b, fp...)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, epoch, 10)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, dstart, 10)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, idx, 10)
+	return string(b)
 }
 
 // signedRef returns Permit.Ref for permit id with state pv: pv, "|", and the

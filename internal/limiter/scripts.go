@@ -90,8 +90,8 @@ end
 // ARGV[3]  -> permit id
 // ARGV[4]  -> dimensions fingerprint
 // ARGV[5]  -> requests cost, ARGV[6] -> input tokens cost
-// ARGV[7]  -> struct format of ARGV[8]
-// ARGV[8]  -> packed doubles (ms where a duration; built once per scope and day):
+// ARGV[7]  -> packed doubles (ms where a duration; built once per scope and day;
+// its struct format is '<' and one 'd' per 8 bytes):
 // [1..5] 5 Pacific day boundaries (4 consecutive days, the 2nd contains the
 // client's now); [6..15] settings: horizon; early tolerance (grant when
 // t <= now + early, claim from t - early); claim lateness allowance (claim until t + it,
@@ -99,14 +99,16 @@ end
 // early)); TTL slack; permit lifetime beyond its time; longest window; fingerprint as a
 // number; ns; nd; [16..] ns × (counts tokens 0|1, capacity, window ms), nd × (counts
 // tokens 0|1, capacity)
-// ARGV[9]  -> struct format of meta v
-// ARGV[10] -> random nonce (seeds the secret of a new epoch)
-// ARGV[11] -> the scope's secret as the client last saw it ("" if none)
-// ARGV[12..] -> ns sliding names, nd daily names, then the meta fields of the nd daily
-// counters of the day between the 2nd and 3rd boundaries
+// ARGV[8]  -> the scope's secret as the client last saw it ("" if none)
+// ARGV[9]  -> read only by the general path: a random nonce (seeds the secret of a
+// new epoch), then the ns sliding and the nd daily dimension names, joined by "|"
+// ARGV[10..] -> the meta fields of the nd daily counters of the day between the
+// 2nd and 3rd boundaries
+// The struct format of meta v is '<' and 7 + 3 × ns 'd's.
 // Output: {code (1 granted, 2 reserved, 3 denied), at_ms, reason}, or for a Granted
 // Acquire whose state was not written (the client builds and signs Permit.Ref):
-// {1, at_ms, "", epoch, day_start, log index, secret ("" when ARGV[11] is current)}.
+// {1, at_ms, epoch, day_start, log index}, with the scope's secret appended when
+// ARGV[8] is not current.
 var acquireScript = redis.NewScript(acquireLua)
 
 const acquireLua = `
@@ -120,16 +122,18 @@ else
 end
 local mode, id, fp = ARGV[2], ARGV[3], ARGV[4]
 local creq, ctok = tonumber(ARGV[5]), tonumber(ARGV[6])
-local P = {struct.unpack(ARGV[7], ARGV[8])}
-local b2, b3 = P[2], P[3]
-local early, blackout, slack, maxwin, fpnum, ns, nd = P[7], P[9], P[10], P[12], P[13], P[14], P[15]
-local vfmt, nv = ARGV[9], 7 + 3 * ns
+local b1, b2, b3, b4, b5, horizon, early, claimlate, blackout, slack, pbase, maxwin, fpnum, ns, nd =
+  struct.unpack('<ddddddddddddddd', ARGV[7])
+-- D[j] is the packed ARGV[7]'s (15 + j)th double (the dimensions).
+local D = {struct.unpack('<' .. string.rep('d', 3 * ns + 2 * nd), ARGV[7], 121)}
+local nv = 7 + 3 * ns
+local vfmt = '<' .. string.rep('d', nv)
 local meta, log, pkey = KEYS[1], KEYS[2], KEYS[3]
 local m
 if nd == 1 then
-  m = redis.call('HMGET', meta, 'v', 'k', 'cd', ARGV[12 + ns + nd])
+  m = redis.call('HMGET', meta, 'v', 'k', 'cd', ARGV[10])
 else
-  m = redis.call('HMGET', meta, 'v', 'k', 'cd', unpack(ARGV, 12 + ns + nd, 11 + ns + 2 * nd))
+  m = redis.call('HMGET', meta, 'v', 'k', 'cd', unpack(ARGV, 10, 9 + nd))
 end
 local cd = tonumber(m[3]) or 0
 
@@ -148,8 +152,8 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
       local h = vals[6 + 3 * i]
       if h < n then
         local ht, c = vals[7 + 3 * i], creq
-        if P[13 + 3 * i] == 1 then c = ctok end
-        if ht < 0 or ht <= t - P[15 + 3 * i] or (c ~= 0 and vals[5 + 3 * i] + c > P[14 + 3 * i]) then
+        if D[3 * i - 2] == 1 then c = ctok end
+        if ht < 0 or ht <= t - D[3 * i] or (c ~= 0 and vals[5 + 3 * i] + c > D[3 * i - 1]) then
           ok = false
           break
         end
@@ -160,10 +164,10 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
   if ok then
     for i = 1, nd do
       local c = creq
-      if P[14 + 3 * ns + 2 * i] == 1 then c = ctok end
+      if D[3 * ns + 2 * i - 1] == 1 then c = ctok end
       if c ~= 0 then
         local cnt = m[3 + i]
-        if not cnt or t < b2 + early or t >= b3 - blackout or tonumber(cnt) + c > P[15 + 3 * ns + 2 * i] then
+        if not cnt or t < b2 + early or t >= b3 - blackout or tonumber(cnt) + c > D[3 * ns + 2 * i] then
           ok = false
           break
         end
@@ -182,7 +186,7 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
       for i = 1, ns do
         local h = vals[6 + 3 * i]
         if h == idx then vals[7 + 3 * i] = t end
-        if P[13 + 3 * i] == 1 then
+        if D[3 * i - 2] == 1 then
           vals[5 + 3 * i] = vals[5 + 3 * i] + ctok
         else
           vals[5 + 3 * i] = vals[5 + 3 * i] + creq
@@ -216,7 +220,7 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
     elseif nd == 1 then
       -- The common shape; dayend is set when the day counter counts this cost.
       if dayend then
-        redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)), ARGV[13 + ns], tonumber(m[4]) + (P[15 + 3 * ns + 1] == 1 and ctok or creq))
+        redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)), ARGV[10], tonumber(m[4]) + (D[3 * ns + 1] == 1 and ctok or creq))
       else
         redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)))
       end
@@ -224,23 +228,23 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
       local hs = {'v', struct.pack(vfmt, unpack(vals, 1, nv))}
       for i = 1, nd do
         local c = creq
-        if P[14 + 3 * ns + 2 * i] == 1 then c = ctok end
+        if D[3 * ns + 2 * i - 1] == 1 then c = ctok end
         if c ~= 0 then
-          hs[#hs + 1], hs[#hs + 2] = ARGV[11 + ns + nd + i], tonumber(m[3 + i]) + c
+          hs[#hs + 1], hs[#hs + 2] = ARGV[9 + i], tonumber(m[3 + i]) + c
         end
       end
       redis.call('HSET', meta, unpack(hs))
     end
     if metaexp then redis.call('PEXPIRE', meta, vals[7] - now) end
     if logexp then redis.call('PEXPIRE', log, vals[6] - now) end
-    if ARGV[11] == m[2] then return {1, t, '', vals[1], b2, idx, ''} end
-    return {1, t, '', vals[1], b2, idx, m[2]}
+    if ARGV[8] == m[2] then return {1, t, vals[1], b2, idx} end
+    return {1, t, vals[1], b2, idx, m[2]}
   end
 end
 ` + luaCommon + `
-local horizon, claimlate, pbase = P[6], P[8], P[11]
-local dv = {unpack(P, 16)}
-local bounds = {P[1], b2, b3, P[4], P[5]}
+local names = split(ARGV[9]) -- nonce, then the dimension names
+local dv = D
+local bounds = {b1, b2, b3, b4, b5}
 local today
 for k = 1, 4 do
   if bounds[k] <= now and now < bounds[k + 1] then today = k break end
@@ -257,7 +261,7 @@ end
 local dl = {}
 for i = 1, nd do
   local tok = dv[3 * ns + 2 * i - 1] == 1
-  dl[i] = {name = ARGV[11 + ns + i], cap = dv[3 * ns + 2 * i], cost = tok and ctok or creq, tok = tok, counts = {}, exists = {}, dirty = {}}
+  dl[i] = {name = names[1 + ns + i], cap = dv[3 * ns + 2 * i], cost = tok and ctok or creq, tok = tok, counts = {}, exists = {}, dirty = {}}
 end
 
 local vals, secret, fresh = nil, m[2], false
@@ -283,7 +287,7 @@ else
   -- Fresh state: a log without its meta has unknown indices; drop it.
   redis.call('DEL', log)
   fresh = true
-  secret = redis.sha1hex(ARGV[10] .. '|' .. id .. '|' .. string.format('%d', now))
+  secret = redis.sha1hex(names[1] .. '|' .. id .. '|' .. string.format('%d', now))
   vals = {now, fpnum, 0, 0, 0, 0, 0}
   for i = 1, ns do vals[5 + 3 * i], vals[6 + 3 * i], vals[7 + 3 * i] = 0, 0, -1 end
 end
@@ -333,7 +337,7 @@ local function write_meta(t, dayend)
     local d = dl[i]
     for k = 1, 4 do
       if d.dirty[k] then
-        hs[#hs + 1], hs[#hs + 2] = k == 2 and ARGV[11 + ns + nd + i] or dayfield(d, k), d.counts[k]
+        hs[#hs + 1], hs[#hs + 2] = k == 2 and ARGV[9 + i] or dayfield(d, k), d.counts[k]
       end
     end
   end
@@ -466,7 +470,7 @@ while changed and t <= limit do
   for i = 1, ns do
     if t > limit then break end
     local t2 = fit(i, t)
-    if t2 > t then t, why, changed = t2, ARGV[11 + i], true end
+    if t2 > t then t, why, changed = t2, names[1 + i], true end
   end
   for i = 1, nd do
     if t > limit then break end
@@ -541,8 +545,8 @@ if t <= now + early then code, state, why = 1, 'g', '' end
 if code == 1 and mode == 'a' then
   -- No state written: the permit carries it, signed with the epoch's secret
   -- (by the client, which gets the secret when it does not have it yet).
-  if ARGV[11] == secret then return {1, t, '', vals[1], dstart, idx, ''} end
-  return {1, t, '', vals[1], dstart, idx, secret}
+  if ARGV[8] == secret then return {1, t, vals[1], dstart, idx} end
+  return {1, t, vals[1], dstart, idx, secret}
 end
 local pv = string.format('%s|%d|%d|%d|%s|%d|%d|%d', state, t, creq, ctok, fp, vals[1], dstart, idx)
 redis.call('SET', pkey, pv, 'PX', t - now + pbase)

@@ -138,7 +138,7 @@ func (res *OverheadResult) floors(ctx context.Context, n, size int) error {
 	}
 	defer os.RemoveAll(dir)
 	cpu0 = cpuTime()
-	rds, err := StartRedis(ctx, dir)
+	rds, err := stack.StartRedis(ctx, dir, nil)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,6 +10,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -89,6 +92,23 @@ type PipelineResult struct {
 	// Invocations: worker calls (push + Cloud Tasks), Cloud Tasks created,
 	// the most invocations any task had.
 	WorkerCalls, WorkerTaskCalls, TasksCreated, MaxInvocations int
+	// WorkerTime is the worker's handling time summed over its calls
+	// (infra/stack Stats.WorkerTime, real time: what Cloud Functions bills);
+	// WorkerTimeMax the longest call.
+	WorkerTime, WorkerTimeMax time.Duration
+	// Lags are, for each successful call made under a reservation that
+	// was deferred to a Cloud Task, how long after the permit's At (the
+	// reserved slot) the stand-in received the call, in real time, from
+	// the worker's "task deferred" log line and the stand-in's log; sorted.
+	Lags []time.Duration `json:",omitempty"`
+	// SlotWait is the worker's time spent waiting in the handler for
+	// reserved slots (the claim lead), summed over the "claimed the
+	// reserved slot after waiting for it" log lines (real time); part of
+	// WorkerTime.
+	SlotWait time.Duration
+	// FirstCall and LastCall are when the stand-in received the first and
+	// the last generateContent, from the POST (stand-in time).
+	FirstCall, LastCall time.Duration
 	// Wall is the run's real time from POST to done; CPU the process's
 	// (and its redis-server's) user+system CPU over the same run.
 	Wall, CPU time.Duration
@@ -187,6 +207,12 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
+	logDir, err := os.MkdirTemp("", "gemqbench-fn")
+	if err != nil {
+		return res, fmt.Errorf("log dir: %w", err)
+	}
+	defer os.RemoveAll(logDir)
+	fnLog := filepath.Join(logDir, "functions.log")
 	st, err := stack.Start(ctx, stack.Options{
 		Getenv: func(string) string { return "" }, // never the user's REDIS_ADDR, keys or emulators
 		Log:    logw,
@@ -196,6 +222,7 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 		Env: map[string]string{
 			"GEMQ_LIMIT_POLICY": o.Policy,
 			"GEMQ_QUOTAS":       o.quotasJSON(),
+			"GEMQ_LOG_FILE":     fnLog, // parsed for the reserved slots (Lags)
 		},
 		Push: stack.PushOptions{Concurrency: o.PushConcurrency},
 	})
@@ -208,6 +235,12 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	jobID := "bench-" + o.Name
 	cpu0, wall0 := cpuTime(), time.Now()
 	submitted := sim.Now()
+	// The stand-in's clock is linear in real time: this pair maps one onto
+	// the other (factor: stand-in seconds per real second).
+	factor := float64(time.Minute) / float64(o.Minute)
+	toReal := func(t time.Time) time.Time {
+		return wall0.Add(time.Duration(float64(t.Sub(submitted)) / factor))
+	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, st.IngestURL+"/v1/jobs?model="+Model+"&job_id="+jobID, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/jsonl")
 	resp, err := http.DefaultClient.Do(req)
@@ -249,6 +282,15 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	st.Close()
 	res.CPU = cpuTime() - cpu0
 	res.WorkerCalls, res.WorkerTaskCalls = int(stats.WorkerCalls), int(stats.WorkerTaskCalls)
+	res.WorkerTime, res.WorkerTimeMax = stats.WorkerTime, stats.WorkerTimeMax
+	if o.Policy == "reserve" {
+		slots, wait, err := reservedSlots(fnLog)
+		res.SlotWait = wait
+		if err != nil {
+			fmt.Fprintf(logw, "gemqbench: reserved slots: %v\n", err)
+		}
+		res.Lags = slotLags(log, slots, toReal)
+	}
 	res.TasksCreated = stats.Tasks.Created
 	for _, n := range perTask {
 		res.MaxInvocations = max(res.MaxInvocations, n)
@@ -280,6 +322,70 @@ func jobStatus(ctx context.Context, base, id string) (done bool, succeeded, fail
 	return js.State == "done", js.Counts.Succeeded, js.Counts.Failed, nil
 }
 
+// reservedSlots reads the functions' JSON log and returns, per task, the
+// slot (Permit.At) of its last deferral when that deferral carried a
+// reservation ("reserved": true), in real time, and the total time handlers
+// waited for reserved slots.
+func reservedSlots(path string) (map[string]time.Time, time.Duration, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("open functions log: %w", err)
+	}
+	defer f.Close()
+	slots := map[string]time.Time{}
+	var waited time.Duration
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if bytes.Contains(line, []byte(`"claimed the reserved slot after waiting for it"`)) {
+			var w struct {
+				Waited string `json:"waited"`
+			}
+			if json.Unmarshal(line, &w) == nil {
+				if d, err := time.ParseDuration(w.Waited); err == nil {
+					waited += d
+				}
+			}
+			continue
+		}
+		if !bytes.Contains(line, []byte(`"task deferred"`)) {
+			continue
+		}
+		var e struct {
+			Msg      string    `json:"message"` // Cloud Logging's name (internal/logging)
+			TaskID   string    `json:"task_id"`
+			At       time.Time `json:"at"`
+			Reserved bool      `json:"reserved"`
+		}
+		if json.Unmarshal(line, &e) != nil || e.Msg != "task deferred" || e.TaskID == "" {
+			continue
+		}
+		if e.Reserved {
+			slots[e.TaskID] = e.At
+		} else {
+			delete(slots, e.TaskID)
+		}
+	}
+	return slots, waited, sc.Err()
+}
+
+// slotLags returns, sorted, how long after its reserved slot the stand-in
+// received each successful call of a task in slots (real time).
+func slotLags(log []geminisim.Entry, slots map[string]time.Time, toReal func(time.Time) time.Time) []time.Duration {
+	var lags []time.Duration
+	for _, e := range log {
+		if e.Method != "generateContent" || e.Status != http.StatusOK {
+			continue
+		}
+		if at, ok := slots[e.TaskID]; ok {
+			lags = append(lags, toReal(e.Received).Sub(at))
+		}
+	}
+	slices.Sort(lags)
+	return lags
+}
+
 // analyse computes every figure from the stand-in's log (stand-in time).
 func (r *PipelineResult) analyse(log []geminisim.Entry, submitted time.Time) {
 	o := r.Opts
@@ -292,6 +398,10 @@ func (r *PipelineResult) analyse(log []geminisim.Entry, submitted time.Time) {
 		if e.Method != "generateContent" {
 			continue
 		}
+		if d := e.Received.Sub(submitted); r.GeminiCalls == 0 || d < r.FirstCall {
+			r.FirstCall = d
+		}
+		r.LastCall = max(r.LastCall, e.Received.Sub(submitted))
 		r.GeminiCalls++
 		if okTasks[e.TaskID] {
 			r.DuplicateCalls++

@@ -145,6 +145,11 @@ func UpdateMarkdown(doc string, m Machine, at time.Time, sections []Section) str
 		block := Markdown(m, at, s)
 		bi := strings.Index(doc, beginMarker(s.ID))
 		ei := strings.Index(doc, endMarker(s.ID))
+		if bi < 0 && ei >= 0 {
+			// The begin marker was lost (e.g. by an edit of the section
+			// above): the block starts at its heading.
+			bi = strings.LastIndex(doc[:ei], "## "+s.Title+"\n")
+		}
 		if bi >= 0 && ei > bi {
 			ei += len(endMarker(s.ID))
 			if ei < len(doc) && doc[ei] == '\n' {

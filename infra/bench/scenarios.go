@@ -23,7 +23,7 @@ type Scale struct {
 }
 
 // DefaultScale is what `make bench` runs.
-var DefaultScale = Scale{Minute: 6 * time.Second, RPM: 300, Backlog: 10, Guard: 400 * time.Millisecond,
+var DefaultScale = Scale{Minute: 6 * time.Second, RPM: 300, Backlog: 10, Guard: 100 * time.Millisecond,
 	Latency: "lognormal:median=2s,sigma=0.5,max=20s", PushConcurrency: 64}
 
 // Scenarios returns the pipeline runs of benchmarks 1-4, by name, in run
@@ -49,7 +49,9 @@ func (s Scale) Scenarios() []PipelineOptions {
 
 	seed := rpm
 	seed.Name, seed.Policy, seed.Timeout = "seed-rpm", "seed", 3*timeout
-	return []PipelineOptions{rpm, tpm, skew, seed}
+	seedTPM := tpm
+	seedTPM.Name, seedTPM.Policy, seedTPM.Timeout = "seed-tpm", "seed", 3*timeout
+	return []PipelineOptions{rpm, tpm, skew, seed, seedTPM}
 }
 
 // Scenario returns the scenario named name.

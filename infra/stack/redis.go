@@ -120,3 +120,35 @@ func freeAddr() (string, error) {
 	defer l.Close()
 	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port), nil
 }
+
+// RedisServer is a redis-server child process on a free loopback port
+// (never the machine's 6379), keeping nothing on disk: the one the stack
+// starts, for other local harnesses (e.g. infra/bench) that need a Redis of
+// their own without a whole stack.
+type RedisServer struct {
+	// Addr is "127.0.0.1:port".
+	Addr string
+	s    *redisServer
+}
+
+// StartRedis starts redis-server from PATH on a free loopback port with
+// its working directory dir and its output in logw (nil: discarded), and
+// returns it once it answers PING. It wraps ErrNoRedis when redis-server is
+// not installed. Stop it with Stop.
+func StartRedis(ctx context.Context, dir string, logw io.Writer) (*RedisServer, error) {
+	if logw == nil {
+		logw = io.Discard
+	}
+	s, err := startRedis(ctx, "", dir, logw)
+	if err != nil {
+		return nil, err
+	}
+	return &RedisServer{Addr: s.addr, s: s}, nil
+}
+
+// Stop terminates the server and waits for it to exit. Safe on nil.
+func (r *RedisServer) Stop() {
+	if r != nil {
+		r.s.stop()
+	}
+}

@@ -10,7 +10,7 @@
 //
 // Usage:
 //
-//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,overhead,sim] [-md BENCHMARKS.md]
+//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,overhead,sim] [-md BENCHMARKS.md]
 package main
 
 import (
@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/gemq-dev/gemq/infra/bench"
+	"github.com/gemq-dev/gemq/infra/stack"
 )
 
 func main() {
@@ -142,10 +143,16 @@ func run() error {
 		w, inv := bench.WasteSection(runs, command)
 		emit(w, inv)
 	}
-	if g, ok := results["rpm"]; ok {
-		if s, ok := results["seed-rpm"]; ok {
-			emit(bench.SeedSection(g, s, command))
+	var pairs []bench.SeedPair
+	for _, p := range []struct{ job, gemq, seed string }{{"RPM-bound", "rpm", "seed-rpm"}, {"TPM-bound", "tpm", "seed-tpm"}} {
+		g, ok1 := results[p.gemq]
+		s, ok2 := results[p.seed]
+		if ok1 && ok2 {
+			pairs = append(pairs, bench.SeedPair{Job: p.job, Gemq: g, Seed: s})
 		}
+	}
+	if len(pairs) > 0 {
+		emit(bench.SeedSection(pairs, command))
 	}
 
 	if slices.Contains(want, "overhead") {
@@ -162,7 +169,7 @@ func run() error {
 
 	if slices.Contains(want, "sim") {
 		fmt.Fprintf(os.Stderr, "gemqbench: sim: %d instances ...\n", *instances)
-		rds, err := bench.StartRedis(ctx, dir)
+		rds, err := stack.StartRedis(ctx, dir, nil)
 		if err != nil {
 			return err
 		}

@@ -178,14 +178,21 @@ func newFlagSet(name, synopsis string, e env) *flag.FlagSet {
 func parse(fs *flag.FlagSet, args []string, e env, positional int) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
+		// Parse prints the usage itself, to stderr, even for --help: silence
+		// it and print it once below, on the stream the case calls for.
+		fs.SetOutput(io.Discard)
+		err := fs.Parse(args)
+		if err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				fs.SetOutput(e.stdout)
 				fs.Usage()
 				return nil, flag.ErrHelp
 			}
+			fs.SetOutput(e.stderr)
+			fs.Usage()
 			return nil, &exitError{code: exitUsage, msg: err.Error()}
 		}
+		fs.SetOutput(e.stderr)
 		args = fs.Args()
 		if len(args) == 0 {
 			break

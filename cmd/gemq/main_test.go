@@ -390,6 +390,16 @@ func TestUsage(t *testing.T) {
 	}
 }
 
+func TestSubcommandHelpPrintedOnceOnStdout(t *testing.T) {
+	for _, cmd := range []string{"run", "dev", "submit", "status", "results"} {
+		code, stdout, stderr := gemq(t, nil, cmd, "--help")
+		if code != exitOK || strings.Count(stdout, "Usage: gemq "+cmd) != 1 || stderr != "" {
+			t.Errorf("gemq %s --help: exit %d, usage printed %d times on stdout (want 1), stderr %q",
+				cmd, code, strings.Count(stdout, "Usage: gemq "+cmd), stderr)
+		}
+	}
+}
+
 func TestDeployedURLNeedsCredentials(t *testing.T) {
 	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(t.TempDir(), "missing.json"))
 	code, _, stderr := gemq(t, nil, "status", "j", "--url", "https://gemq-ingest.example.invalid")

@@ -35,6 +35,9 @@ func UtilisationSection(r PipelineResult, title, command string) Section {
 			"Theoretical minimum = (⌈U / ⌊safety × limit⌋⌉ − 1) × 1 min + the latency model's median, for the binding dimension (U = tasks for RPM, the input tokens charged for the successful calls for TPM): " +
 			"the first window's burst is counted (⌊safety × limit⌋ calls at once at t = 0), so it is a lower bound no limiter can beat; completion time runs from the POST to ingest to the end of the last successful answer. " +
 			"Achieved per minute: the run is cut into consecutive minutes from the first call; the mean and the lowest of the complete ones are shown. The peak is the largest total in any sliding window (x − 1 min, x] over the instants the stand-in received the calls.",
+		fmt.Sprintf("Where the time goes: completion = the first call's arrival after the POST (ingest, publish, push) + the span of the calls, at least (⌈U / ⌊safety × limit⌋⌉ − 1) windows of P + g each "+
+			"(the guard stretches every window by g: ×%.0f stand-in seconds per real one here) + the last answer's latency, which is the slowest of the last window's calls rather than the median the minimum counts "+
+			"(log-normal σ = 0.5: the slowest of ~150 calls is typically 2-4× the median). Only the middle term is the limiter's.", float64(time.Minute)/float64(o.Minute)),
 		fmt.Sprintf("Guard: the limiter admits into windows of P + g and the guarantee holds when each call reaches Gemini within 3g/4 after its permit's At (a Claim within g/4 of it). "+
 			"With the worker's claim lead (GEMQ_CLAIM_LEAD, 1 s real here) a reservation's Cloud Task is due a second before the slot and the handler waits for the slot itself, so Cloud Tasks' dispatch jitter no longer counts: "+
 			"what g must cover is the handler waking at At, the Claim round trip to Redis and the HTTP request to the stand-in, on this loaded 2-core machine. "+

@@ -29,8 +29,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
@@ -38,6 +36,7 @@ import (
 
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/gemini"
+	"github.com/gemq-dev/gemq/internal/lazy"
 	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
@@ -48,13 +47,10 @@ func init() {
 	functions.HTTP("Ingest", handle)
 }
 
-// lazy holds the server built from the environment on first use. The mutex
-// caches only success: a failed build (bad configuration) is retried by the
-// next request and reported each time.
-var lazy struct {
-	mu  sync.Mutex
-	srv atomic.Pointer[server]
-}
+// built holds the server built from the environment by the first request;
+// a failed build (bad configuration) is retried by the next request and
+// reported each time.
+var built lazy.Value[*server]
 
 // handle is the registered function.
 func handle(w http.ResponseWriter, r *http.Request) {
@@ -72,20 +68,7 @@ func handle(w http.ResponseWriter, r *http.Request) {
 }
 
 func current() (*server, error) {
-	if s := lazy.srv.Load(); s != nil {
-		return s, nil
-	}
-	lazy.mu.Lock()
-	defer lazy.mu.Unlock()
-	if s := lazy.srv.Load(); s != nil {
-		return s, nil
-	}
-	s, err := fromEnv(context.Background(), os.Getenv, os.Stdout)
-	if err != nil {
-		return nil, err
-	}
-	lazy.srv.Store(s)
-	return s, nil
+	return built.Get(func() (*server, error) { return fromEnv(context.Background(), os.Getenv, os.Stdout) })
 }
 
 // fromEnv builds the server with real clients from the configuration,

@@ -38,12 +38,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"sync"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/gemini"
+	"github.com/gemq-dev/gemq/internal/lazy"
 	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
@@ -54,13 +54,10 @@ func init() {
 	functions.HTTP("Worker", handle)
 }
 
-// built caches the handler once it was built successfully; a failed build
-// (say a misconfiguration fixed by a redeploy, or a transient dial error) is
-// retried by the next request instead of being remembered for ever.
-var built struct {
-	mu sync.Mutex
-	h  http.Handler
-}
+// built holds the handler built by the first request; a failed build (say a
+// misconfiguration fixed by a redeploy, or a transient dial error) is retried
+// by the next request instead of being remembered for ever.
+var built lazy.Value[http.Handler]
 
 // handle is the registered entry point: it builds the handler on first use
 // from the environment, then serves with it.
@@ -79,17 +76,7 @@ func handle(w http.ResponseWriter, r *http.Request) {
 }
 
 func lazyHandler() (http.Handler, error) {
-	built.mu.Lock()
-	defer built.mu.Unlock()
-	if built.h != nil {
-		return built.h, nil
-	}
-	h, err := build(context.Background(), os.Getenv)
-	if err != nil {
-		return nil, err
-	}
-	built.h = h
-	return h, nil
+	return built.Get(func() (http.Handler, error) { return build(context.Background(), os.Getenv) })
 }
 
 // build makes the handler and its clients from the configuration. ctx

@@ -806,12 +806,10 @@ func TestLogsCarryIdsNotContent(t *testing.T) {
 // first use (never at init), once, even under concurrent first requests.
 func TestEntryPointBuildsLazilyFromTheEnvironment(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
-	built.mu.Lock()
-	if built.h != nil {
+	if built.Built() {
 		t.Fatal("a handler was built before the first request (at init?)")
 	}
-	built.mu.Unlock()
-	t.Cleanup(func() { built.mu.Lock(); built.h = nil; built.mu.Unlock() })
+	t.Cleanup(built.Reset)
 
 	for k, v := range map[string]string{
 		"REDIS_ADDR":               f.redis.Addr,
@@ -853,7 +851,7 @@ func TestEntryPointBuildsLazilyFromTheEnvironment(t *testing.T) {
 }
 
 func TestEntryPointMisconfiguredAnswersNon2xx(t *testing.T) {
-	t.Cleanup(func() { built.mu.Lock(); built.h = nil; built.mu.Unlock() })
+	t.Cleanup(built.Reset)
 	t.Setenv("REDIS_ADDR", "")
 	t.Setenv("GOOGLE_CLOUD_PROJECT", "")
 	rec := httptest.NewRecorder()
@@ -861,9 +859,7 @@ func TestEntryPointMisconfiguredAnswersNon2xx(t *testing.T) {
 	if rec.Code < 500 {
 		t.Fatalf("answered %d, want 5xx so nothing is lost", rec.Code)
 	}
-	built.mu.Lock()
-	defer built.mu.Unlock()
-	if built.h != nil {
+	if built.Built() {
 		t.Fatal("a failed build was cached")
 	}
 }

@@ -72,26 +72,8 @@ local function held_elsewhere(t, now)
 end
 `
 
-// leaseScript:
-//
-//	ARGV[7] -> lease in ms
-//	Output: 1 leased (state running), 2 terminal, 3 held elsewhere
-var leaseScript = redis.NewScript(prelude + `
-local now = now_ms()
-if register(now) then return 2 end
-local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms')
-if terminal(t[1]) then return 2 end
-if held_elsewhere(t, now) then return 3 end
-move(t[1], 'running')
-redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[6], 'lease_ms', tostring(now + tonumber(ARGV[7])))
-redis.call('HDEL', KEYS[4], 'wait_until_ms')
-redis.call('HINCRBY', KEYS[4], 'leases', 1)
-touch(now)
-return 1
-`)
-
-// leaseTaskScript is Lease that knows which delivery a waiting task waits
-// for.
+// leaseTaskScript leases a task, knowing which delivery a waiting task
+// waits for.
 //
 //	ARGV[7] -> lease in ms
 //	ARGV[8] -> the deferral number the delivery carries

@@ -348,7 +348,9 @@ func msTime(ms int64) time.Time {
 // finishes it, or the message is redelivered after its lease expired). The
 // same holder leasing again extends its lease. A task or job never seen
 // before is registered first (Total grows by one), so user-published tasks
-// show up in the job's counts and results.
+// show up in the job's counts and results. Lease is LeaseTask for a delivery
+// that carries no deferral: a task waiting for its Cloud Task's deferral
+// answers Awaiting until its waiting deadline.
 func (s *Store) Lease(ctx context.Context, r Ref, holder string, ttl time.Duration) (Outcome, error) {
 	if err := r.check(); err != nil {
 		return 0, err
@@ -356,7 +358,8 @@ func (s *Store) Lease(ctx context.Context, r Ref, holder string, ttl time.Durati
 	if holder == "" || ttl <= 0 {
 		return 0, errors.New("store: lease: empty holder or non-positive ttl")
 	}
-	return s.transition(ctx, "lease", leaseScript, r, holder, ttl.Milliseconds())
+	lr, err := s.LeaseTask(ctx, r, LeaseRequest{Holder: holder, TTL: ttl})
+	return lr.Outcome, err
 }
 
 // LeaseRequest says who asks LeaseTask for a task's lease, and which

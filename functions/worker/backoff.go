@@ -25,3 +25,11 @@ func backoff(n int, base, max time.Duration) time.Duration {
 	}
 	return half + rand.N(half+1)
 }
+
+// jitter returns a uniformly random duration in [0, d].
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d + 1)
+}

@@ -416,8 +416,12 @@ func (h *handler) process(ctx context.Context, j *job) answer {
 	resp, err := h.gem.Generate(callCtx, j.env.TaskID, j.env.Model, req)
 	cancel()
 	if err == nil {
-		if err := h.lim.Reconcile(ctx, permit, resp.PromptTokens); err != nil {
-			j.log.WarnContext(ctx, "limiter reconcile", "error", err.Error())
+		// A permit is reconciled once, so an exact estimate (countTokens)
+		// needs no round trip.
+		if resp.PromptTokens != permit.Cost.InputTokens {
+			if err := h.lim.Reconcile(ctx, permit, resp.PromptTokens); err != nil {
+				j.log.WarnContext(ctx, "limiter reconcile", "error", err.Error())
+			}
 		}
 		return h.finishSucceeded(ctx, j, resp.JSON)
 	}
@@ -559,14 +563,6 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // of deferrals, capped, jittered.
 func (h *handler) seedDelay(j *job) time.Duration {
 	return backoff(j.env.Deferrals+1, h.opts.seedBase, h.opts.seedMax)
-}
-
-// jitter returns a uniformly random duration in [0, d].
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 0
-	}
-	return backoff(1, 2*d, 2*d) - d
 }
 
 // deferTask schedules the task as a Cloud Task at `at` (carrying permit, if

@@ -134,18 +134,15 @@ const (
 
 // plan is the precomputed, per-scope part of every script call.
 type plan struct {
-	q              Quota
-	prefix         string
-	sliding, daily []Dimension
-	fp             string
-	early          time.Duration
-	claimLate      time.Duration
-	meta, log      string
-	acquireTail    string   // settings and dimensions, packed: ARGV[7] of acquireScript after the day boundaries
-	names          string   // the Limiter's nonce, then the names of the sliding and the daily dimensions, joined by "|"
-	caps           []int64  // capacity of each dimension of q.Dimensions
-	adjustArgs     []any    // ARGV[7..]
-	dayPrefixes    []string // "d:<name>:" of each daily dimension
+	q           Quota
+	prefix      string
+	fp          string
+	meta, log   string
+	acquireTail string   // settings and dimensions, packed: ARGV[7] of acquireScript after the day boundaries
+	names       string   // the Limiter's nonce, then the names of the sliding and the daily dimensions, joined by "|"
+	caps        []int64  // capacity of each dimension of q.Dimensions
+	adjustArgs  []any    // ARGV[7..]
+	dayPrefixes []string // "d:<name>:" of each daily dimension
 
 	day    atomic.Pointer[planDay] // ARGV parts that change once a day
 	secret atomic.Pointer[string]  // the scope's secret as last returned by Redis
@@ -191,42 +188,45 @@ func (l *Limiter) plan(s Scope) (*plan, error) {
 		return nil, fmt.Errorf("%s: %w", s, ErrUnknownScope)
 	}
 	g := q.Guard
-	p := &plan{q: q, prefix: scopePrefix(s), early: g / 4, claimLate: g / 4}
+	// A reservation is granted, and claimable, within g/4 either side of its slot.
+	early, claimLate := g/4, g/4
+	var sliding, daily []Dimension
+	p := &plan{q: q, prefix: scopePrefix(s)}
 	p.meta, p.log = metaKey(p.prefix), logKey(p.prefix)
 	h := fnv.New64a()
 	var maxWin time.Duration
 	for _, d := range q.Dimensions {
 		fmt.Fprintf(h, "%s|%s|%s;", d.Name, d.Unit, d.Per)
 		if d.Daily() {
-			p.daily = append(p.daily, d)
+			daily = append(daily, d)
 			continue
 		}
-		p.sliding = append(p.sliding, d)
+		sliding = append(sliding, d)
 		maxWin = max(maxWin, d.Period+g)
 	}
 	p.fp = strconv.FormatUint(h.Sum64(), 16)
 	fpNum := int64(h.Sum64() >> 12) // exact as a double
 	pbase := (maxWin + permitTTL).Milliseconds()
-	settings := packDoubles(q.Horizon.Milliseconds(), p.early.Milliseconds(), p.claimLate.Milliseconds(),
+	settings := packDoubles(q.Horizon.Milliseconds(), early.Milliseconds(), claimLate.Milliseconds(),
 		(3 * g / 4).Milliseconds(), ttlSlack.Milliseconds(), pbase, maxWin.Milliseconds(), fpNum,
-		int64(len(p.sliding)), int64(len(p.daily)))
+		int64(len(sliding)), int64(len(daily)))
 	var dims []int64
 	var slidingUnits, dailyUnits string
-	for _, d := range p.sliding {
+	for _, d := range sliding {
 		dims = append(dims, unitFlag(d.Unit), q.Capacity(d), (d.Period + g).Milliseconds())
 		slidingUnits += unitCode(d.Unit)
 	}
-	for _, d := range p.daily {
+	for _, d := range daily {
 		dims = append(dims, unitFlag(d.Unit), q.Capacity(d))
 		dailyUnits += unitCode(d.Unit)
 	}
-	vfmt := "<" + strings.Repeat("d", 7+3*len(p.sliding))
+	vfmt := "<" + strings.Repeat("d", 7+3*len(sliding))
 	p.acquireTail = settings + packDoubles(dims...)
 	var names []string
-	for _, d := range p.sliding {
+	for _, d := range sliding {
 		names = append(names, d.Name)
 	}
-	for _, d := range p.daily {
+	for _, d := range daily {
 		names = append(names, d.Name)
 		p.dayPrefixes = append(p.dayPrefixes, "d:"+d.Name+":")
 	}
@@ -236,7 +236,7 @@ func (l *Limiter) plan(s Scope) (*plan, error) {
 	}
 	p.secret.Store(new(string))
 	p.adjustArgs = []any{pbase, vfmt, slidingUnits, dailyUnits, fpNum}
-	for _, d := range p.daily {
+	for _, d := range daily {
 		p.adjustArgs = append(p.adjustArgs, d.Name)
 	}
 	actual, _ := l.plans.LoadOrStore(s, p)

@@ -22,7 +22,15 @@ type countingPermits struct {
 	permits
 	mu                      sync.Mutex
 	acquire, claim, release int
+	reconcile               int
 	released                []string // permit ids
+}
+
+func (c *countingPermits) Reconcile(ctx context.Context, p limiter.Permit, tokens int64) error {
+	c.mu.Lock()
+	c.reconcile++
+	c.mu.Unlock()
+	return c.permits.Reconcile(ctx, p, tokens)
 }
 
 func (c *countingPermits) Acquire(ctx context.Context, s limiter.Scope, cost limiter.Cost) (limiter.Permit, error) {

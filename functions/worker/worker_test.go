@@ -663,6 +663,32 @@ func TestCountTokensEstimator(t *testing.T) {
 	}
 }
 
+// A permit is reconciled only when Gemini's promptTokenCount differs from
+// the estimate it was charged with.
+func TestReconcileOnlyWhenTheEstimateWasOff(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		skew float64
+		want int
+	}{
+		{"exact estimate", 0, 0},
+		{"estimate off by up to 30%", 0.3, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, fixtureOptions{sim: geminisim.Options{TokenSkew: tc.skew, Seed: 7}})
+			c := f.countLimiter()
+			e := envelope("job-rec", "k", modelOpen, "a prompt long enough that a 30% skew changes its token count")
+			want(t, f.push(e), http.StatusOK, outSucceeded)
+			c.mu.Lock()
+			got := c.reconcile
+			c.mu.Unlock()
+			if got != tc.want {
+				t.Fatalf("Reconcile calls = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
 // The request's context ends mid-call (the instance is stopping, the push
 // connection dropped): non-2xx, the lease is released, and the redelivery
 // completes the task exactly once.

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -62,20 +61,13 @@ func RunOverhead(ctx context.Context, n int, logw io.Writer) (OverheadResult, er
 	}
 	defer st.Close()
 	cpu0, t0 := cpuTime(), time.Now()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, st.IngestURL+"/v1/jobs?model="+Model+"&job_id=bench-overhead", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/jsonl")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return res, fmt.Errorf("submit: %w", err)
-	}
-	rb, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	acc, err := submitJob(ctx, st.IngestURL, "bench-overhead", body)
 	res.IngestAccept = time.Since(t0)
-	var acc struct {
-		Accepted int `json:"accepted"`
+	if err != nil {
+		return res, err
 	}
-	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(rb, &acc) != nil || acc.Accepted != n {
-		return res, fmt.Errorf("submit: %s: %.300s", resp.Status, rb)
+	if acc != n {
+		return res, fmt.Errorf("submit: ingest accepted %d of %d requests", acc, n)
 	}
 	for {
 		done, s, _, err := jobStatus(ctx, st.IngestURL, "bench-overhead")

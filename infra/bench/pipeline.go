@@ -241,21 +241,9 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	toReal := func(t time.Time) time.Time {
 		return wall0.Add(time.Duration(float64(t.Sub(submitted)) / factor))
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, st.IngestURL+"/v1/jobs?model="+Model+"&job_id="+jobID, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/jsonl")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return res, fmt.Errorf("submit: %w", err)
+	if res.Accepted, err = submitJob(ctx, st.IngestURL, jobID, body); err != nil {
+		return res, err
 	}
-	var accepted struct {
-		Accepted int `json:"accepted"`
-	}
-	rb, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(rb, &accepted) != nil {
-		return res, fmt.Errorf("submit: %s: %.300s", resp.Status, rb)
-	}
-	res.Accepted = accepted.Accepted
 
 	for {
 		done, s, f, err := jobStatus(ctx, st.IngestURL, jobID)
@@ -473,4 +461,27 @@ func meanMin(xs []int64) (float64, int64) {
 		lo = min(lo, x)
 	}
 	return float64(sum) / float64(len(xs)), lo
+}
+
+// submitJob POSTs a JSONL job to ingest at base and returns how many
+// requests it accepted; anything but 202 is an error quoting the answer.
+func submitJob(ctx context.Context, base, jobID string, body []byte) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/jobs?model="+Model+"&job_id="+jobID, bytes.NewReader(body))
+	if err != nil {
+		return 0, fmt.Errorf("submit: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/jsonl")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("submit: %w", err)
+	}
+	rb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var accepted struct {
+		Accepted int `json:"accepted"`
+	}
+	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(rb, &accepted) != nil {
+		return 0, fmt.Errorf("submit: %s: %.300s", resp.Status, rb)
+	}
+	return accepted.Accepted, nil
 }

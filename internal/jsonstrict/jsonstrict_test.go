@@ -92,8 +92,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"duplicate deep", `{"requests": [{"key": "a"}, {"key": "b", "request": {"contents": [], "contents": []}}]}`, Limits{}, DuplicateKey, "requests[1].request.contents", "duplicate key"},
 		{"case duplicate", `{"model": "a", "MODEL": "b"}`, Limits{}, DuplicateKey, "MODEL", `differs from "model" only in case`},
 		{"kelvin fold", "{\"requests\": [{\"key\": \"a\", \"\u212aey\": \"b\"}]}", Limits{}, DuplicateKey, "requests[0][\"\u212aey\"]", "only in case"},
-		{"case duplicate in raw", `{"requests": [{"request": {"contents": [{"parts": [{"raw": {"a": 1, "A": 2}}]}]}}]}`, Limits{}, DuplicateKey, "requests[0].request.contents[0].parts[0].raw.A", "only in case"},
-		{"case duplicate in any", `{"requests": [{"request": {"any": {"x": {"Yy": 1, "yY": 2}}}}]}`, Limits{}, DuplicateKey, "requests[0].request.any.x.yY", "only in case"},
+		{"exact duplicate in raw", `{"requests": [{"request": {"contents": [{"parts": [{"raw": {"a": 1, "a": 2}}]}]}}]}`, Limits{}, DuplicateKey, "requests[0].request.contents[0].parts[0].raw.a", `duplicate key "a"`},
 		{"exact duplicate in map", `{"requests": [{"request": {"labels": {"a": "1", "a": "2"}}}]}`, Limits{}, DuplicateKey, "requests[0].request.labels.a", `duplicate key "a"`},
 		{"escaped duplicate", `{"model": "a", "mod\u0065l": "b"}`, Limits{}, DuplicateKey, "model", `duplicate key "model"`},
 		{"invalid utf8 value", "{\"model\": \"a\xffb\"}", Limits{}, InvalidUTF8, "model", "invalid UTF-8 byte 0xff"},
@@ -339,4 +338,19 @@ func ExampleDecode() {
 	err := Decode([]byte(`{"model": "a", "Model": "b"}`), &v, Limits{})
 	fmt.Println(err)
 	// Output: Model: duplicate key "Model": differs from "model" only in case
+}
+
+// Keys inside a value decoded into json.RawMessage or any are data (a JSON
+// schema's properties, function arguments): keys differing only in case are
+// distinct there, unlike struct fields, which encoding/json merges.
+func TestCaseVariantsInsideOpaqueValuesAreDistinct(t *testing.T) {
+	for _, body := range []string{
+		`{"requests": [{"request": {"contents": [{"parts": [{"raw": {"a": 1, "A": 2}}]}]}}]}`,
+		`{"requests": [{"request": {"any": {"x": {"Yy": 1, "yY": 2}}}}]}`,
+	} {
+		var v job
+		if err := Decode([]byte(body), &v, Limits{}); err != nil {
+			t.Errorf("Decode(%s) = %v, want nil", body, err)
+		}
+	}
 }

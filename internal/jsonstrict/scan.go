@@ -18,6 +18,11 @@ type scanner struct {
 	lim   Limits
 	path  []segment
 	depth int
+	// exact > 0 inside a value decoded into json.RawMessage or any: its
+	// keys are data (a JSON schema's properties, a function's arguments),
+	// not struct fields that encoding/json would merge up to case, so they
+	// are compared exactly; the consumer of the raw value checks its names.
+	exact int
 }
 
 // fail returns an *Error of kind k at the current position and path.
@@ -48,6 +53,8 @@ func (s *scanner) value(t reflect.Type) error {
 	t, opaque := resolve(t)
 	if opaque {
 		t = nil
+		s.exact++
+		defer func() { s.exact-- }()
 	}
 	if s.pos >= len(s.data) {
 		return s.syntax("a value")
@@ -112,7 +119,8 @@ func (s *scanner) enter() error {
 }
 
 // object checks an object decoded into t: a struct, a map, or nil (unknown:
-// keys are then compared up to case, as for a struct).
+// keys are then compared up to case, as for a struct, except inside an
+// opaque value, where they are compared exactly).
 func (s *scanner) object(t reflect.Type) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -120,7 +128,7 @@ func (s *scanner) object(t reflect.Type) error {
 	s.pos++ // '{'
 	var fields *structFields
 	var elem reflect.Type
-	caseSensitive := false // map keys are distinct even when they differ only in case
+	caseSensitive := s.exact > 0 // map keys, and keys inside opaque values, are distinct even when they differ only in case
 	if t != nil {
 		switch t.Kind() {
 		case reflect.Struct:

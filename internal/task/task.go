@@ -270,8 +270,7 @@ func Encode(e Envelope) ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
-	e.Request = compact(e.Request)
-	e.Permit = compact(e.Permit)
+	// json.Marshal compacts (and checks) RawMessage fields itself.
 	data, err := json.Marshal(e)
 	if err != nil {
 		return nil, fmt.Errorf("task envelope: json marshal: %w", err)
@@ -293,17 +292,6 @@ func CheckPublishSize(data []byte) error {
 
 func tooLarge(n, max int) error {
 	return &ValidationError{Message: fmt.Sprintf("%d bytes, over the limit of %d", n, max), Err: ErrTooLarge}
-}
-
-func compact(raw json.RawMessage) json.RawMessage {
-	if len(raw) == 0 {
-		return raw
-	}
-	var b bytes.Buffer
-	if json.Compact(&b, raw) != nil {
-		return raw
-	}
-	return b.Bytes()
 }
 
 // fields lists the envelope's JSON field names, which must match exactly.

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -58,29 +57,6 @@ func TestDeployBundle(t *testing.T) {
 	pr := testPlan(t)
 	files := bundleFiles(t, pr.plan)
 
-	if _, ok := files["function.go"]; !ok {
-		// TEMPORARY, until the pipeline's function.go lands: the root package and the two
-		// function packages come from testdata/rootfixture, everything else from the archive.
-		t.Logf("function.go is not in the repository yet: checking the bundle with testdata/rootfixture's root package and function stubs")
-		for name := range files {
-			if strings.HasPrefix(name, "functions/") {
-				delete(files, name)
-			}
-		}
-		fixture := filepath.Join("testdata", "rootfixture")
-		err := filepath.WalkDir(fixture, func(p string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			data, err := os.ReadFile(p)
-			rel, _ := filepath.Rel(fixture, p)
-			files[filepath.ToSlash(rel)] = data
-			return err
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 	bin := buildBundle(t, files)
 	for _, target := range []string{"Ingest", "Worker"} {
 		t.Run(target, func(t *testing.T) { serveTarget(t, bin, target) })
@@ -119,14 +95,15 @@ func TestDeployBundleWithoutRootPackage(t *testing.T) {
 	}
 }
 
-// bundleFiles returns the files of the source archive the plan built, checking
-// that the zip archive_file wrote holds exactly its `source` entries.
+// bundleFiles returns the files of the source archive the plan built, read
+// from the zip archive_file wrote (what would be uploaded), after checking that
+// it holds exactly the plan's `source` entries with the same contents.
 func bundleFiles(t *testing.T, p *Plan) map[string][]byte {
 	t.Helper()
 	a := p.Data(t, "data.archive_file.source")
-	files := map[string][]byte{}
+	planned := map[string]string{}
 	for _, s := range blocks(a.Values["source"]) {
-		files[s["filename"].(string)] = []byte(s["content"].(string))
+		planned[s["filename"].(string)] = s["content"].(string)
 	}
 	out, _ := a.Values["output_path"].(string)
 	if !filepath.IsAbs(out) {
@@ -137,11 +114,25 @@ func bundleFiles(t *testing.T, p *Plan) map[string][]byte {
 		t.Fatalf("open the planned archive: %v", err)
 	}
 	defer zr.Close()
+	files := map[string][]byte{}
 	var inZip, inSource []string
 	for _, f := range zr.File {
 		inZip = append(inZip, f.Name)
+		rc, err := f.Open()
+		if err != nil {
+			t.Fatalf("open %s in the planned archive: %v", f.Name, err)
+		}
+		data, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatalf("read %s in the planned archive: %v", f.Name, err)
+		}
+		files[f.Name] = data
+		if want, ok := planned[f.Name]; ok && want != string(data) {
+			t.Errorf("archive entry %s differs from the planned source content", f.Name)
+		}
 	}
-	for name := range files {
+	for name := range planned {
 		inSource = append(inSource, name)
 	}
 	sort.Strings(inSource)
@@ -180,7 +171,7 @@ func buildBundle(t *testing.T, files map[string][]byte) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "fn")
 	if err := buildpack(writeBundle(t, files), bin); err != nil {
-		t.Fatal(err)
+		t.Fatalf("the planned source archive does not build as Cloud Functions' Go buildpack would: %v", err)
 	}
 	return bin
 }

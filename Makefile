@@ -32,10 +32,11 @@ tf-fmt:
 ## (needs npm; edit infra/tfprovider/schema/*.types to serve more resource types)
 tf-schema:
 	d=$$(mktemp -d) && cd $$d && npm init -y >/dev/null && \
-	npm install --no-audit --no-fund --ignore-scripts @cdktf/provider-google@16.12.1 @cdktf/provider-archive@11.0.1 >/dev/null && \
+	npm install --no-audit --no-fund --ignore-scripts @cdktf/provider-google@16.12.1 @cdktf/provider-archive@11.0.1 @cdktf/provider-time@11.0.1 >/dev/null && \
 	cd $(CURDIR)/infra/tfprovider/schema && \
 	node extract.js $$d/node_modules @cdktf/provider-google google.types google.json && \
 	node extract.js $$d/node_modules @cdktf/provider-archive archive.types archive.json && \
+	node extract.js $$d/node_modules @cdktf/provider-time time.types time.json && \
 	rm -rf $$d
 
 ## bench-limiter: gemq's 3-dimension Acquire vs redis_rate AllowN vs EVALSHA no-op, 1/16/64/256 callers

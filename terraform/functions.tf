@@ -19,7 +19,7 @@ locals {
       GEMQ_RESULT_TTL      = var.result_ttl
       GEMQ_LOG_LEVEL       = var.log_level
     },
-    local.redis_tls ? { REDIS_TLS_CA = google_redis_instance.limiter.server_ca_certs[0].cert } : {},
+    local.redis_tls ? { REDIS_TLS_CA = local.redis_ca_bundle } : {},
     length(var.allowed_models) > 0 ? { GEMQ_ALLOWED_MODELS = join(",", var.allowed_models) } : {},
     var.default_model != "" ? { GEMQ_DEFAULT_MODEL = var.default_model } : {},
   )
@@ -53,6 +53,33 @@ locals {
   }] : []
 }
 
+# IAM grants take effect over a minute or two after they return. A function created at once
+# would have its build fail (no access to the sources bucket or the repository) or its first
+# revision fail to start (secrets not yet readable): both functions wait for every grant their
+# build and run need, and for the secrets' first versions. The push and results subscriptions
+# wait too (Pub/Sub checks the service agent's access to the bucket when it creates one).
+resource "time_sleep" "grants_propagated" {
+  create_duration = var.iam_propagation_wait
+
+  depends_on = [
+    google_project_iam_member.build_logs,
+    google_project_iam_member.build_reads_gcf_sources,
+    google_artifact_registry_repository_iam_member.build_pushes_images,
+    google_secret_manager_secret_iam_member.redis_auth,
+    google_secret_manager_secret_version.redis_auth,
+    google_secret_manager_secret_iam_member.worker_reads_gemini_key,
+    google_secret_manager_secret_version.gemini_api_key,
+    google_service_account_iam_member.worker_acts_as_tasks_invoker,
+    google_service_account_iam_member.pubsub_agent_signs_push_tokens,
+    google_cloud_tasks_queue_iam_member.worker_enqueues,
+    google_project_iam_member.worker_vertex,
+    google_pubsub_topic_iam_member.ingest_publishes_tasks,
+    google_pubsub_topic_iam_member.worker_publishes_results,
+    google_pubsub_topic_iam_member.dead_letter_publisher,
+    google_storage_bucket_iam_member.results_writer,
+  ]
+}
+
 resource "google_cloudfunctions2_function" "ingest" {
   name        = "${var.name_prefix}-ingest"
   location    = var.region
@@ -60,9 +87,10 @@ resource "google_cloudfunctions2_function" "ingest" {
   labels      = var.labels
 
   build_config {
-    runtime         = var.go_runtime
-    entry_point     = "Ingest"
-    service_account = google_service_account.build.id
+    runtime           = var.go_runtime
+    entry_point       = "Ingest"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -96,12 +124,7 @@ resource "google_cloudfunctions2_function" "ingest" {
     }
   }
 
-  depends_on = [
-    google_project_iam_member.build,
-    google_storage_bucket_iam_member.build_reads_source,
-    google_secret_manager_secret_iam_member.redis_auth,
-    google_secret_manager_secret_version.redis_auth,
-  ]
+  depends_on = [time_sleep.grants_propagated]
 }
 
 resource "google_cloudfunctions2_function" "worker" {
@@ -111,9 +134,10 @@ resource "google_cloudfunctions2_function" "worker" {
   labels      = var.labels
 
   build_config {
-    runtime         = var.go_runtime
-    entry_point     = "Worker"
-    service_account = google_service_account.build.id
+    runtime           = var.go_runtime
+    entry_point       = "Worker"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -147,21 +171,16 @@ resource "google_cloudfunctions2_function" "worker" {
     }
   }
 
-  depends_on = [
-    google_project_iam_member.build,
-    google_storage_bucket_iam_member.build_reads_source,
-    google_secret_manager_secret_iam_member.redis_auth,
-    google_secret_manager_secret_version.redis_auth,
-    google_secret_manager_secret_iam_member.worker_reads_gemini_key,
-  ]
+  depends_on = [time_sleep.grants_propagated]
 }
 
 # Invokers. A 2nd gen function is a Cloud Run service of the same name: run.invoker on it is what
 # lets a caller in (cloudfunctions.invoker does not).
 resource "google_cloud_run_service_iam_member" "worker_invokers" {
+  # Keyed by the service account's resource name: infra/tfcheck tells the member by the key.
   for_each = {
-    push  = google_service_account.push.member
-    tasks = google_service_account.tasks_invoker.member
+    push          = google_service_account.push.member
+    tasks_invoker = google_service_account.tasks_invoker.member
   }
 
   project  = var.project_id

@@ -5,20 +5,49 @@
 # go through the connector; Gemini and Google APIs are reached directly.
 
 locals {
-  network_id = "projects/${var.project_id}/global/networks/${var.network}"
-  redis_tls  = var.redis.transit_encryption_mode == "SERVER_AUTHENTICATION"
+  network_name = var.network != null ? var.network : google_compute_network.this[0].name
+  network_id   = "projects/${var.project_id}/global/networks/${local.network_name}"
+  redis_tls    = var.redis.transit_encryption_mode == "SERVER_AUTHENTICATION"
+  # Memorystore publishes its next server CA long before it rotates to it: trust every one
+  # listed, or connections fail the day the instance switches.
+  redis_ca_bundle = join("", [for c in google_redis_instance.limiter.server_ca_certs : c.cert])
+}
+
+# A network of gemq's own unless var.network names an existing one: many organisations'
+# projects have no "default" network (constraints/compute.skipDefaultNetworkCreation).
+resource "google_compute_network" "this" {
+  count = var.network == null ? 1 : 0
+
+  name                    = "${var.name_prefix}-vpc"
+  description             = "gemq: Memorystore's peering and the functions' VPC connector."
+  auto_create_subnetworks = false
+
+  depends_on = [time_sleep.apis_ready]
+}
+
+# The connector's /28, a subnet of its own in either network (the connector then needs no
+# ip_cidr_range and cannot collide with a range created later).
+resource "google_compute_subnetwork" "connector" {
+  name          = "${var.name_prefix}-connector"
+  region        = var.region
+  network       = local.network_id
+  ip_cidr_range = var.connector_cidr
+
+  depends_on = [time_sleep.apis_ready, google_compute_network.this]
 }
 
 resource "google_vpc_access_connector" "this" {
   name          = "${var.name_prefix}-connector"
   region        = var.region
-  network       = var.network
-  ip_cidr_range = var.connector_cidr
   machine_type  = var.connector.machine_type
   min_instances = var.connector.min_instances
   max_instances = var.connector.max_instances
 
-  depends_on = [google_project_service.apis]
+  subnet {
+    name = google_compute_subnetwork.connector.name
+  }
+
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_redis_instance" "limiter" {
@@ -34,13 +63,20 @@ resource "google_redis_instance" "limiter" {
   transit_encryption_mode = var.redis.transit_encryption_mode
   labels                  = var.labels
 
+  # Job state, leases and results live here until they expire: snapshots let a restarted or
+  # failed-over instance come back with them (STANDARD_HA keeps a replica besides).
+  persistence_config {
+    persistence_mode    = var.redis.rdb_snapshot_period == "DISABLED" ? "DISABLED" : "RDB"
+    rdb_snapshot_period = var.redis.rdb_snapshot_period == "DISABLED" ? null : var.redis.rdb_snapshot_period
+  }
+
   redis_configs = {
     # Evicting a limiter key would forget admitted requests and break the quota invariant:
     # a full instance must fail writes (the worker then answers non-2xx and Pub/Sub redelivers).
     "maxmemory-policy" = "noeviction"
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready, google_compute_network.this]
 }
 
 # The AUTH string reaches the functions as a secret environment variable, never a plain one.
@@ -53,16 +89,25 @@ resource "google_secret_manager_secret" "redis_auth" {
     auto {}
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_secret_manager_secret_version" "redis_auth" {
   count = var.redis.auth_enabled ? 1 : 0
 
-  secret      = google_secret_manager_secret.redis_auth[0].id
-  secret_data = google_redis_instance.limiter.auth_string
+  secret = google_secret_manager_secret.redis_auth[0].id
+  # Write-only, so the plan and this resource's state hold no second copy of the AUTH string
+  # (the instance's own auth_string attribute is in the state regardless: keep the state in
+  # the remote backend). A new instance means a new string: replace the version with it.
+  secret_data_wo         = google_redis_instance.limiter.auth_string
+  secret_data_wo_version = 1
+
+  lifecycle {
+    replace_triggered_by = [google_redis_instance.limiter.id]
+  }
 }
 
+# Keyed by the service account's resource name: infra/tfcheck tells the member by the key.
 resource "google_secret_manager_secret_iam_member" "redis_auth" {
   for_each = var.redis.auth_enabled ? {
     ingest = google_service_account.ingest.member

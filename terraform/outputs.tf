@@ -34,8 +34,18 @@ output "tasks_queue" {
 }
 
 output "results_bucket" {
-  description = "Bucket the results are written to, when results_to_storage is set (else null)."
+  description = "Bucket the Cloud Storage subscription writes every result to, as JSONL files under results/ (null when results_to_storage is false)."
   value       = one(google_storage_bucket.results[*].name)
+}
+
+output "network" {
+  description = "VPC network Memorystore and the connector's subnet are attached to (created by Terraform unless var.network names one)."
+  value       = local.network_name
+}
+
+output "artifact_repository" {
+  description = "Artifact Registry repository holding the function images (cleanup policy: image_retention_days, 5 newest kept)."
+  value       = google_artifact_registry_repository.functions.id
 }
 
 output "source_object" {

@@ -7,21 +7,21 @@ resource "google_pubsub_topic" "tasks" {
   name   = "${var.name_prefix}-tasks"
   labels = var.labels
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_pubsub_topic" "dead_letter" {
   name   = "${var.name_prefix}-tasks-dead-letter"
   labels = var.labels
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_pubsub_topic" "results" {
   name   = "${var.name_prefix}-results"
   labels = var.labels
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_pubsub_subscription" "tasks_push" {
@@ -52,6 +52,8 @@ resource "google_pubsub_subscription" "tasks_push" {
   expiration_policy {
     ttl = "" # never expires
   }
+
+  depends_on = [time_sleep.grants_propagated]
 }
 
 # Dead-lettered task messages are kept here for inspection and replay.
@@ -65,6 +67,8 @@ resource "google_pubsub_subscription" "dead_letter" {
   expiration_policy {
     ttl = ""
   }
+
+  depends_on = [time_sleep.apis_ready]
 }
 
 # The Pub/Sub service agent forwards to the dead-letter topic (publisher there) and acknowledges
@@ -93,8 +97,9 @@ resource "google_pubsub_topic_iam_member" "worker_publishes_results" {
   member = google_service_account.worker.member
 }
 
-# Optional durable copy of every result: a Cloud Storage subscription writing JSONL-ish files
-# (one message per line) to a bucket.
+# The durable copy of every result (on unless results_to_storage is false): a Cloud Storage
+# subscription writes each result message's data, one JSON object a line, into JSONL files
+# gs://BUCKET/results/YYYY-MM-DD/hh_mm_ssZ...jsonl, a new file every 5 minutes or 100 MB.
 resource "google_storage_bucket" "results" {
   count = var.results_to_storage ? 1 : 0
 
@@ -105,7 +110,19 @@ resource "google_storage_bucket" "results" {
   force_destroy               = var.force_destroy_buckets
   labels                      = var.labels
 
-  depends_on = [google_project_service.apis]
+  dynamic "lifecycle_rule" {
+    for_each = var.results_retention_days > 0 ? [var.results_retention_days] : []
+    content {
+      condition {
+        age = lifecycle_rule.value
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_storage_bucket_iam_member" "results_writer" {
@@ -124,12 +141,13 @@ resource "google_pubsub_subscription" "results_storage" {
   labels = var.labels
 
   cloud_storage_config {
-    bucket          = google_storage_bucket.results[0].name
-    filename_prefix = "results/"
-    filename_suffix = ".jsonl"
-    max_duration    = "300s"
-    max_bytes       = 100000000
+    bucket                   = google_storage_bucket.results[0].name
+    filename_prefix          = "results/"
+    filename_datetime_format = "YYYY-MM-DD/hh_mm_ssZ"
+    filename_suffix          = ".jsonl"
+    max_duration             = "300s"
+    max_bytes                = 100000000
   }
 
-  depends_on = [google_storage_bucket_iam_member.results_writer]
+  depends_on = [time_sleep.grants_propagated]
 }

@@ -35,7 +35,19 @@ resource "google_storage_bucket" "source" {
   force_destroy               = var.force_destroy_buckets
   labels                      = var.labels
 
-  depends_on = [google_project_service.apis]
+  # Every code change uploads a new archive; old ones are only history. Deleting the current
+  # one is harmless too: Terraform sees it gone on the next refresh and uploads it again before
+  # any rebuild that needs it.
+  lifecycle_rule {
+    condition {
+      age = var.source_retention_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  depends_on = [time_sleep.apis_ready]
 }
 
 resource "google_storage_bucket_object" "source" {

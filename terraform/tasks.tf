@@ -20,5 +20,5 @@ resource "google_cloud_tasks_queue" "deferred" {
     sampling_ratio = 0.1
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [time_sleep.apis_ready]
 }

@@ -134,9 +134,26 @@ variable "gemini_api_key_secret_id" {
 
 variable "gemini_api_key" {
   type        = string
-  description = "Gemini API key, used only when gemini_api_key_secret_id is null: Terraform then creates the secret and its first version (the key is stored in the Terraform state)."
+  description = "Gemini API key, used only when gemini_api_key_secret_id is null: Terraform then creates the secret and writes the key as a write-only value (kept in neither the plan nor the state). Ephemeral: pass it on every plan and apply, e.g. TF_VAR_gemini_api_key."
   default     = null
   sensitive   = true
+  ephemeral   = true
+
+  validation {
+    condition     = var.gemini_backend != "api_key" || var.gemini_api_key_secret_id != null || var.gemini_api_key != null
+    error_message = "Set gemini_api_key (e.g. TF_VAR_gemini_api_key), or gemini_api_key_secret_id to a secret that already holds the key."
+  }
+}
+
+variable "gemini_api_key_version" {
+  type        = number
+  description = "Version of gemini_api_key that Terraform last wrote: bump it to store a new key (a write-only value is only sent when this changes)."
+  default     = 1
+
+  validation {
+    condition     = var.gemini_api_key_version >= 1 && floor(var.gemini_api_key_version) == var.gemini_api_key_version
+    error_message = "gemini_api_key_version must be a whole number >= 1."
+  }
 }
 
 variable "vertex_location" {
@@ -191,14 +208,29 @@ variable "token_estimator" {
 
 variable "max_attempts" {
   type        = number
-  description = "Attempts for transient Gemini failures before a task is dead-lettered (GEMQ_MAX_ATTEMPTS)."
+  description = "Attempts for transient Gemini failures before a task is dead-lettered (GEMQ_MAX_ATTEMPTS, 1-100)."
   default     = 5
+
+  validation {
+    condition     = var.max_attempts >= 1 && var.max_attempts <= 100 && floor(var.max_attempts) == var.max_attempts
+    error_message = "max_attempts must be a whole number from 1 to 100."
+  }
 }
 
 variable "result_ttl" {
   type        = string
-  description = "How long results and task state stay in Redis (GEMQ_RESULT_TTL, a Go duration)."
+  description = "How long results and task state stay in Redis (GEMQ_RESULT_TTL: a Go duration in hours, minutes or seconds such as 168h, 90m; 1m to 8760h)."
   default     = "168h"
+
+  validation {
+    # Accept what time.ParseDuration accepts in h/m/s units, and bound the total.
+    condition = can(regex("^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", var.result_ttl)) && var.result_ttl != "" && (
+      sum([for p in regexall("([0-9]+)([hms])", var.result_ttl) : tonumber(p[0]) * lookup({ h = 3600, m = 60, s = 1 }, p[1], 0)]) >= 60
+      ) && (
+      sum([for p in regexall("([0-9]+)([hms])", var.result_ttl) : tonumber(p[0]) * lookup({ h = 3600, m = 60, s = 1 }, p[1], 0)]) <= 8760 * 3600
+    )
+    error_message = "result_ttl must be a duration such as 168h or 90m (units h, m, s), from 1m to 8760h."
+  }
 }
 
 variable "log_level" {
@@ -228,8 +260,17 @@ variable "push_retry" {
     minimum_backoff = optional(string, "10s")
     maximum_backoff = optional(string, "600s")
   })
-  description = "Pub/Sub push redelivery backoff (retry_policy) after the worker answers non-2xx (e.g. Redis unreachable)."
+  description = "Pub/Sub push redelivery backoff (retry_policy) after the worker answers non-2xx (e.g. Redis unreachable): durations in seconds such as \"10s\", 0-600s, minimum <= maximum."
   default     = {}
+
+  validation {
+    condition = (
+      can(regex("^[0-9]+s$", var.push_retry.minimum_backoff)) && can(regex("^[0-9]+s$", var.push_retry.maximum_backoff)) &&
+      try(tonumber(trimsuffix(var.push_retry.minimum_backoff, "s")) <= tonumber(trimsuffix(var.push_retry.maximum_backoff, "s")), false) &&
+      try(tonumber(trimsuffix(var.push_retry.maximum_backoff, "s")) <= 600, false)
+    )
+    error_message = "push_retry backoffs must be whole seconds such as \"10s\", at most \"600s\" (Pub/Sub's bound), with minimum_backoff <= maximum_backoff."
+  }
 }
 
 variable "tasks_queue" {
@@ -248,21 +289,48 @@ variable "tasks_queue" {
     condition     = var.tasks_queue.max_dispatches_per_second > 0 && var.tasks_queue.max_dispatches_per_second <= 500
     error_message = "tasks_queue.max_dispatches_per_second must be in (0, 500] (Cloud Tasks' bound)."
   }
+  validation {
+    condition     = var.tasks_queue.max_concurrent_dispatches >= 1 && var.tasks_queue.max_concurrent_dispatches <= 5000 && floor(var.tasks_queue.max_concurrent_dispatches) == var.tasks_queue.max_concurrent_dispatches
+    error_message = "tasks_queue.max_concurrent_dispatches must be a whole number from 1 to 5000 (Cloud Tasks' bound)."
+  }
+  validation {
+    condition     = var.tasks_queue.max_attempts == -1 || var.tasks_queue.max_attempts >= 1
+    error_message = "tasks_queue.max_attempts must be -1 (unlimited) or at least 1."
+  }
 }
 
 variable "redis" {
   type = object({
-    tier                    = optional(string, "BASIC")
+    tier                    = optional(string, "STANDARD_HA")
+    accept_basic_data_loss  = optional(bool, false)
     memory_size_gb          = optional(number, 1)
     auth_enabled            = optional(bool, true)
     transit_encryption_mode = optional(string, "SERVER_AUTHENTICATION")
+    rdb_snapshot_period     = optional(string, "ONE_HOUR")
   })
-  description = "Memorystore for Redis 7: tier (BASIC or STANDARD_HA), size, AUTH, in-transit encryption (SERVER_AUTHENTICATION = TLS, or DISABLED). maxmemory-policy is always noeviction."
+  description = <<-EOT
+    Memorystore for Redis 7, which holds every job's state, the task leases, the results until result_ttl and
+    the limiter's windows. tier: STANDARD_HA (default) keeps a replica in another zone and fails over to it;
+    BASIC has no replica, and its data is flushed on every maintenance, resize and zone failure: running jobs
+    lose their state (tasks are marked lost), results not yet fetched are gone from Redis, and the limiter
+    treats every window as full for one period. BASIC is accepted only with accept_basic_data_loss = true.
+    rdb_snapshot_period: RDB persistence (ONE_HOUR, SIX_HOURS, TWELVE_HOURS, TWENTY_FOUR_HOURS) so a restart
+    keeps the last snapshot; DISABLED turns it off. Also size, AUTH and in-transit encryption
+    (SERVER_AUTHENTICATION = TLS, or DISABLED). maxmemory-policy is always noeviction.
+  EOT
   default     = {}
 
   validation {
     condition     = contains(["BASIC", "STANDARD_HA"], var.redis.tier)
     error_message = "redis.tier must be BASIC or STANDARD_HA."
+  }
+  validation {
+    condition     = var.redis.tier != "BASIC" || var.redis.accept_basic_data_loss
+    error_message = "redis.tier BASIC flushes gemq's state on maintenance and resize: set redis.accept_basic_data_loss = true to choose it anyway, or keep STANDARD_HA."
+  }
+  validation {
+    condition     = contains(["ONE_HOUR", "SIX_HOURS", "TWELVE_HOURS", "TWENTY_FOUR_HOURS", "DISABLED"], var.redis.rdb_snapshot_period)
+    error_message = "redis.rdb_snapshot_period must be ONE_HOUR, SIX_HOURS, TWELVE_HOURS, TWENTY_FOUR_HOURS or DISABLED."
   }
   validation {
     condition     = contains(["SERVER_AUTHENTICATION", "DISABLED"], var.redis.transit_encryption_mode)
@@ -276,18 +344,23 @@ variable "redis" {
 
 variable "network" {
   type        = string
-  description = "Name of the VPC network Memorystore and the Serverless VPC Access connector attach to."
-  default     = "default"
+  description = "Name of an existing VPC network in the project for Memorystore and the connector's subnet. Null (default): Terraform creates a network NAME_PREFIX-vpc."
+  default     = null
+
+  validation {
+    condition     = var.network == null || can(regex("^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", var.network))
+    error_message = "network must be the name (not the URL) of a VPC network: lower case letters, digits and dashes, 1-63 characters."
+  }
 }
 
 variable "connector_cidr" {
   type        = string
-  description = "Unused /28 range of the network for the Serverless VPC Access connector."
+  description = "/28 range of the subnet Terraform creates for the Serverless VPC Access connector; must not overlap the network's other ranges."
   default     = "10.8.0.0/28"
 
   validation {
-    condition     = can(cidrhost(var.connector_cidr, 0)) && endswith(var.connector_cidr, "/28")
-    error_message = "connector_cidr must be a /28 CIDR range."
+    condition     = can(cidrhost(var.connector_cidr, 0)) && endswith(var.connector_cidr, "/28") && try(cidrsubnet(var.connector_cidr, 0, 0) == var.connector_cidr, false)
+    error_message = "connector_cidr must be a /28 CIDR range starting on its boundary, e.g. 10.8.0.0/28."
   }
 }
 
@@ -297,14 +370,78 @@ variable "connector" {
     min_instances = optional(number, 2)
     max_instances = optional(number, 3)
   })
-  description = "Serverless VPC Access connector sizing."
+  description = "Serverless VPC Access connector sizing: machine_type f1-micro, e2-micro or e2-standard-4; 2 <= min_instances < max_instances <= 10. Its instances run (and are billed) even when gemq is idle."
   default     = {}
+
+  validation {
+    condition     = contains(["f1-micro", "e2-micro", "e2-standard-4"], var.connector.machine_type)
+    error_message = "connector.machine_type must be f1-micro, e2-micro or e2-standard-4."
+  }
+  validation {
+    condition     = var.connector.min_instances >= 2 && var.connector.max_instances <= 10 && var.connector.min_instances < var.connector.max_instances
+    error_message = "connector sizes must satisfy 2 <= min_instances < max_instances <= 10 (Serverless VPC Access bounds)."
+  }
 }
 
 variable "results_to_storage" {
   type        = bool
-  description = "Also write every result published on the results topic to a Cloud Storage bucket (a Cloud Storage subscription)."
-  default     = false
+  description = "Write every result published on the results topic as JSON lines to a Cloud Storage bucket (a Cloud Storage subscription), the durable copy beyond Redis. Turn off only when another subscriber keeps the results."
+  default     = true
+}
+
+variable "results_retention_days" {
+  type        = number
+  description = "Days the result files stay in the results bucket before a lifecycle rule deletes them; 0 keeps them forever."
+  default     = 0
+
+  validation {
+    condition     = var.results_retention_days >= 0 && floor(var.results_retention_days) == var.results_retention_days
+    error_message = "results_retention_days must be a whole number >= 0."
+  }
+}
+
+variable "source_retention_days" {
+  type        = number
+  description = "Days a function source archive stays in the source bucket (a lifecycle rule deletes older ones; Terraform uploads the current one again if it is gone)."
+  default     = 30
+
+  validation {
+    condition     = var.source_retention_days >= 1 && floor(var.source_retention_days) == var.source_retention_days
+    error_message = "source_retention_days must be a whole number >= 1."
+  }
+}
+
+variable "image_retention_days" {
+  type        = number
+  description = "Days function images stay in gemq's Artifact Registry repository; the 5 newest are always kept."
+  default     = 30
+
+  validation {
+    condition     = var.image_retention_days >= 1 && floor(var.image_retention_days) == var.image_retention_days
+    error_message = "image_retention_days must be a whole number >= 1."
+  }
+}
+
+variable "api_enablement_wait" {
+  type        = string
+  description = "How long to wait after enabling the APIs before creating resources that use them (time_sleep create_duration)."
+  default     = "60s"
+
+  validation {
+    condition     = can(regex("^[0-9]+[sm]$", var.api_enablement_wait))
+    error_message = "api_enablement_wait must be a duration such as 60s or 2m."
+  }
+}
+
+variable "iam_propagation_wait" {
+  type        = string
+  description = "How long to wait after the IAM grants before creating the functions and subscriptions that rely on them (time_sleep create_duration; IAM changes take up to a couple of minutes to apply)."
+  default     = "90s"
+
+  validation {
+    condition     = can(regex("^[0-9]+[sm]$", var.iam_propagation_wait))
+    error_message = "iam_propagation_wait must be a duration such as 90s or 2m."
+  }
 }
 
 variable "force_destroy_buckets" {

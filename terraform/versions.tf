@@ -1,5 +1,6 @@
 terraform {
-  required_version = ">= 1.9"
+  # 1.11: write-only arguments (secret_data_wo) and ephemeral variables.
+  required_version = ">= 1.11"
 
   required_providers {
     google = {
@@ -10,7 +11,16 @@ terraform {
       source  = "hashicorp/archive"
       version = ">= 2.7, < 3.0"
     }
+    time = {
+      source  = "hashicorp/time"
+      version = ">= 0.13, < 1.0"
+    }
   }
+
+  # State holds the Redis AUTH string (an attribute of the Memorystore instance) and every
+  # resource's identity: keep it in a Cloud Storage bucket only the deployers can read.
+  # `terraform init -backend-config=backend.hcl` (copy backend.hcl.example) fills in the bucket.
+  backend "gcs" {}
 }
 
 provider "google" {

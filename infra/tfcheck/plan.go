@@ -30,6 +30,7 @@ type Resource struct {
 
 type configResource struct {
 	Expressions map[string]any `json:"expressions"`
+	DependsOn   []string       `json:"depends_on"`
 	ForEach     struct {
 		References []string `json:"references"`
 	} `json:"for_each_expression"`
@@ -206,6 +207,81 @@ func (p *Plan) Refs(address string, path ...string) []string {
 		out = append(out, fmt.Sprint(r))
 	}
 	return out
+}
+
+// DependsOn returns the resources the resource at address depends on directly
+// in the configuration: its depends_on entries and every resource its
+// arguments, blocks, count and for_each refer to, as addresses without
+// instance keys ("google_pubsub_topic.tasks"). References through locals are
+// not followed (the JSON configuration does not carry locals), so a
+// dependency that exists only through a local is not seen: checks built on
+// this can fail on a sound configuration, never pass on an unsound one.
+func (p *Plan) DependsOn(address string) []string {
+	cfg, ok := p.config[configAddress(address)]
+	if !ok {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	add := func(ref string) {
+		if a := resourceAddress(ref); a != "" && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	for _, d := range cfg.DependsOn {
+		add(d)
+	}
+	for _, r := range cfg.ForEach.References {
+		add(r)
+	}
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				if k == "references" {
+					refs, _ := x.([]any)
+					for _, r := range refs {
+						add(fmt.Sprint(r))
+					}
+					continue
+				}
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		}
+	}
+	walk(cfg.Expressions)
+	return out
+}
+
+// ConfigAddresses returns the address of every resource in the configuration.
+func (p *Plan) ConfigAddresses() []string {
+	out := make([]string, 0, len(p.config))
+	for a := range p.config {
+		out = append(out, a)
+	}
+	return out
+}
+
+// resourceAddress turns a reference ("google_pubsub_topic.tasks.id",
+// "google_secret_manager_secret.redis_auth[0]", "time_sleep.apis_ready") into
+// the managed resource's address, or "" for variables, locals, data sources
+// and the like.
+func resourceAddress(ref string) string {
+	parts := strings.Split(ref, ".")
+	if len(parts) < 2 {
+		return ""
+	}
+	switch parts[0] {
+	case "var", "local", "each", "count", "path", "data", "module", "self", "terraform":
+		return ""
+	}
+	return parts[0] + "." + configAddress(parts[1])
 }
 
 // ForEachRefs returns what a resource's for_each expression refers to.

@@ -131,6 +131,20 @@ func TestFmt(t *testing.T) {
 	if err != nil {
 		t.Fatalf("terraform fmt -check -recursive terraform: %v\n%s", err, out)
 	}
+	// fmt skips the .example files users copy: check them under the names they are copied to.
+	for example, as := range map[string]string{"terraform.tfvars.example": "terraform.tfvars", "backend.hcl.example": "backend.tfvars"} {
+		data, err := os.ReadFile(filepath.Join(repo, "terraform", example))
+		if err != nil {
+			t.Fatal(err)
+		}
+		copied := filepath.Join(t.TempDir(), as)
+		if err := os.WriteFile(copied, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(tf, "fmt", "-check", "-diff", "-no-color", copied).CombinedOutput(); err != nil {
+			t.Errorf("terraform fmt -check terraform/%s: %v\n%s", example, err, out)
+		}
+	}
 }
 
 // TestPlan is init + validate + plan; the tests below read the plan it made.
@@ -364,7 +378,9 @@ func TestInvokers(t *testing.T) {
 	}
 }
 
-// allowedRoles are the only roles the deployment may grant; project-wide only the last three.
+// allowedRoles are the only roles the deployment may grant; project-wide only
+// those in projectRoles, and storage.objectViewer only with a condition that
+// confines it to Cloud Functions' gcf-v2-sources bucket.
 var allowedRoles = map[string]bool{
 	"roles/run.invoker": true, "roles/pubsub.publisher": true, "roles/pubsub.subscriber": true,
 	"roles/cloudtasks.enqueuer": true, "roles/iam.serviceAccountUser": true, "roles/iam.serviceAccountTokenCreator": true,
@@ -373,10 +389,11 @@ var allowedRoles = map[string]bool{
 	"roles/aiplatform.user":            true, "roles/logging.logWriter": true, "roles/artifactregistry.writer": true,
 }
 
-var projectRoles = map[string]bool{"roles/aiplatform.user": true, "roles/logging.logWriter": true, "roles/artifactregistry.writer": true}
+var projectRoles = map[string]bool{"roles/aiplatform.user": true, "roles/logging.logWriter": true}
 
 func TestLeastPrivilege(t *testing.T) {
 	p := testPlan(t).plan
+	sources := regexp.MustCompile(`^resource\.name\.startsWith\("projects/_/buckets/gcf-v2-sources-123456789012-us-central1"\)$`)
 	n := 0
 	for _, r := range p.Resources {
 		if strings.HasSuffix(r.Type, "_iam_binding") || strings.HasSuffix(r.Type, "_iam_policy") {
@@ -391,7 +408,10 @@ func TestLeastPrivilege(t *testing.T) {
 			t.Errorf("%s grants %s, which is not in the allowed list", r.Address, role)
 		}
 		if strings.HasPrefix(r.Type, "google_project_") && !projectRoles[role] {
-			t.Errorf("%s grants %s project-wide; grant it on the resource", r.Address, role)
+			conds := blocks(r.Values["condition"])
+			if role != "roles/storage.objectViewer" || len(conds) != 1 || !sources.MatchString(fmt.Sprint(conds[0]["expression"])) {
+				t.Errorf("%s grants %s project-wide (condition %v); grant it on the resource", r.Address, role, conds)
+			}
 		}
 		if m, _ := r.Values["member"].(string); m == "allUsers" || m == "allAuthenticatedUsers" {
 			t.Errorf("%s grants %s to %s", r.Address, role, m)
@@ -427,25 +447,6 @@ func TestQueue(t *testing.T) {
 	}
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func compactStrings(s []string) []string {
-	var out []string
-	for i, x := range s {
-		if i == 0 || x != s[i-1] {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
 func number(t *testing.T, v any) float64 {
 	t.Helper()
 	f, ok := v.(float64)
@@ -453,15 +454,4 @@ func number(t *testing.T, v any) float64 {
 		t.Fatalf("want a number, got %#v", v)
 	}
 	return f
-}
-
-func blocks(v any) []map[string]any {
-	list, _ := v.([]any)
-	var out []map[string]any
-	for _, x := range list {
-		if m, ok := x.(map[string]any); ok {
-			out = append(out, m)
-		}
-	}
-	return out
 }

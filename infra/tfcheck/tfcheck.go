@@ -25,6 +25,7 @@ import (
 const (
 	GoogleVersion  = "6.50.0"
 	ArchiveVersion = "2.7.1"
+	TimeVersion    = "0.13.1"
 )
 
 // RepoRoot returns the repository root: the nearest parent of dir holding go.mod.
@@ -41,7 +42,7 @@ func RepoRoot(dir string) (string, error) {
 
 // BuildProvider builds infra/tfprovider once per content of its sources and
 // returns a plugin directory (the layout of `terraform init -plugin-dir`)
-// serving it as hashicorp/google and hashicorp/archive. The build is cached
+// serving it as hashicorp/google, hashicorp/archive and hashicorp/time. The build is cached
 // under cacheDir, keyed by a hash of the provider's files and go.sum.
 func BuildProvider(repo, cacheDir string) (string, error) {
 	h := sha256.New()
@@ -72,7 +73,8 @@ func BuildProvider(repo, cacheDir string) (string, error) {
 	dir := filepath.Join(cacheDir, hex.EncodeToString(h.Sum(nil))[:16])
 	google := filepath.Join(dir, "registry.terraform.io", "hashicorp", "google", GoogleVersion, "linux_amd64", "terraform-provider-google_v"+GoogleVersion)
 	archive := filepath.Join(dir, "registry.terraform.io", "hashicorp", "archive", ArchiveVersion, "linux_amd64", "terraform-provider-archive_v"+ArchiveVersion)
-	if _, err := os.Stat(archive); err == nil {
+	timeProv := filepath.Join(dir, "registry.terraform.io", "hashicorp", "time", TimeVersion, "linux_amd64", "terraform-provider-time_v"+TimeVersion)
+	if _, err := os.Stat(timeProv); err == nil {
 		return dir, nil
 	}
 	tmp := google + ".tmp"
@@ -87,14 +89,17 @@ func BuildProvider(repo, cacheDir string) (string, error) {
 	if err := os.Rename(tmp, google); err != nil {
 		return "", fmt.Errorf("rename: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(archive), 0o755); err != nil {
-		return "", fmt.Errorf("mkdir: %w", err)
-	}
-	if err := copyFile(google, archive+".tmp", 0o755); err != nil {
-		return "", err
-	}
-	if err := os.Rename(archive+".tmp", archive); err != nil {
-		return "", fmt.Errorf("rename: %w", err)
+	// The time provider's copy is made last: its presence marks a complete directory.
+	for _, other := range []string{archive, timeProv} {
+		if err := os.MkdirAll(filepath.Dir(other), 0o755); err != nil {
+			return "", fmt.Errorf("mkdir: %w", err)
+		}
+		if err := copyFile(google, other+".tmp", 0o755); err != nil {
+			return "", err
+		}
+		if err := os.Rename(other+".tmp", other); err != nil {
+			return "", fmt.Errorf("rename: %w", err)
+		}
 	}
 	return dir, nil
 }

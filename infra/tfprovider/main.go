@@ -1,7 +1,8 @@
-// Command tfprovider is gemq's offline stand-in for the hashicorp/google and
-// hashicorp/archive Terraform providers. It serves the providers' real schemas
-// (extracted into schema/*.json from the code cdktf generated from google 6.50.0
-// and archive 2.7.1, see schema/extract.js) so that `terraform init`, `validate`
+// Command tfprovider is gemq's offline stand-in for the hashicorp/google,
+// hashicorp/archive and hashicorp/time Terraform providers. It serves the
+// providers' real schemas (extracted into schema/*.json from the code cdktf
+// generated from google 6.50.0, archive 2.7.1 and time 0.13.1, see
+// schema/extract.js) so that `terraform init`, `validate`
 // and `plan` run with no network and check every resource type, argument, block
 // and type against the real provider.
 //
@@ -11,8 +12,9 @@
 // time, as the real one does) so that the planned object name carries the
 // archive's hash and the deploy-bundle check can read exactly what it holds.
 //
-// One binary serves both providers: it picks the schema from the name it was
-// installed under (terraform-provider-google_* or terraform-provider-archive_*).
+// One binary serves all three: it picks the schema from the name it was
+// installed under (terraform-provider-google_*, terraform-provider-archive_*
+// or terraform-provider-time_*).
 package main
 
 import (
@@ -26,8 +28,10 @@ import (
 
 func main() {
 	name := "google"
-	if strings.Contains(filepath.Base(os.Args[0]), "provider-archive") {
-		name = "archive"
+	for _, other := range []string{"archive", "time"} {
+		if strings.Contains(filepath.Base(os.Args[0]), "provider-"+other) {
+			name = other
+		}
 	}
 	plugin.Serve(&plugin.ServeOpts{ProviderFunc: func() *schema.Provider {
 		p, err := New(name)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/hashicorp/terraform-plugin-sdk/v2/diag"
 	"github.com/hashicorp/terraform-plugin-sdk/v2/helper/schema"
@@ -46,7 +47,7 @@ type blockType struct {
 // config is what the provider block configured; data sources read it.
 type config struct{ project, region string }
 
-// New returns the stand-in provider named "google" or "archive".
+// New returns the stand-in provider named "google", "archive" or "time".
 func New(name string) (*schema.Provider, error) {
 	raw, err := schemas.ReadFile("schema/" + name + ".json")
 	if err != nil {
@@ -80,6 +81,7 @@ func New(name string) (*schema.Provider, error) {
 		if err != nil {
 			return nil, fmt.Errorf("resource %s: %w", typ, err)
 		}
+		markWriteOnly(s)
 		p.ResourcesMap[typ] = &schema.Resource{
 			Schema:        s,
 			Timeouts:      timeouts,
@@ -101,6 +103,19 @@ func New(name string) (*schema.Provider, error) {
 		p.DataSourcesMap[typ] = &schema.Resource{Schema: s, Timeouts: timeouts, ReadContext: read}
 	}
 	return p, nil
+}
+
+// markWriteOnly flags a managed resource's write-only arguments, which the
+// generated code does not mark: the google provider names every one of them
+// with a "_wo" suffix (secret_data_wo beside its trigger secret_data_wo_version).
+// Without the flag Terraform would refuse an ephemeral value there, and would
+// keep the value in the plan, as it does for a plain argument.
+func markWriteOnly(s map[string]*schema.Schema) {
+	for name, a := range s {
+		if strings.HasSuffix(name, "_wo") && (a.Optional || a.Required) && a.Type != schema.TypeList && a.Type != schema.TypeSet && a.Type != schema.TypeMap {
+			a.WriteOnly = true
+		}
+	}
 }
 
 func refuse(op, typ string) func(context.Context, *schema.ResourceData, any) diag.Diagnostics {

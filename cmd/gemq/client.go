@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
-	"google.golang.org/api/idtoken"
 )
 
 // client speaks the ingest HTTP API (see README "HTTP API") at one base URL.
@@ -28,9 +27,8 @@ type client struct {
 }
 
 // newClient returns a client for rawURL. For any host other than the loopback
-// it attaches a Google ID token for the URL: GEMQ_ID_TOKEN when set (e.g.
-// `gcloud auth print-identity-token`), else one minted from Application
-// Default Credentials.
+// it attaches a Google ID token for the URL, from the credentials idTokenSource
+// (auth.go) finds, renewed before it expires.
 func newClient(ctx context.Context, rawURL string, getenv func(string) string) (*client, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -42,19 +40,9 @@ func newClient(ctx context.Context, rawURL string, getenv func(string) string) (
 	if isLoopback(u.Hostname()) {
 		return c, nil
 	}
-	audience := u.String()
-	var src oauth2.TokenSource
-	if tok := getenv("GEMQ_ID_TOKEN"); tok != "" {
-		src = oauth2.StaticTokenSource(&oauth2.Token{AccessToken: tok})
-	} else {
-		src, err = idtoken.NewTokenSource(ctx, audience)
-		if err != nil {
-			return nil, &exitError{code: exitAuth, msg: fmt.Sprintf(
-				"cannot get a Google ID token for %s from Application Default Credentials: %v\n"+
-					"  Use a service account (GOOGLE_APPLICATION_CREDENTIALS=key.json, or run on Google Cloud),\n"+
-					"  or pass your own token: export GEMQ_ID_TOKEN=$(gcloud auth print-identity-token)",
-				audience, err)}
-		}
+	src, err := idTokenSource(ctx, u.String(), getenv, authDeps{}) // auth.go: every kind of credential, refreshed
+	if err != nil {
+		return nil, err
 	}
 	c.http.Transport = &tokenTransport{base: http.DefaultTransport, src: src}
 	return c, nil

@@ -590,14 +590,14 @@ func seed(t *testing.T, st *store.Store, jobID string, succeed map[string]string
 	ctx := t.Context()
 	finish := func(key string, ok bool, payload string) {
 		ref := store.Ref{JobID: jobID, TaskID: task.TaskID(jobID, key), Key: key, Model: model}
-		if _, err := st.Lease(ctx, ref, "w1", time.Minute); err != nil {
+		lr, err := st.LeaseTask(ctx, ref, store.LeaseRequest{Holder: "w1", TTL: time.Minute})
+		if err != nil {
 			t.Fatal(err)
 		}
-		var err error
 		if ok {
-			_, err = st.Complete(ctx, ref, "w1", []byte(payload))
+			_, err = st.Complete(ctx, ref, lr.Token, []byte(payload))
 		} else {
-			_, err = st.Fail(ctx, ref, "w1", []byte(payload))
+			_, err = st.Fail(ctx, ref, lr.Token, []byte(payload))
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -619,7 +619,8 @@ func TestStatusAndResults(t *testing.T) {
 	errJSON := `{"code":400,"message":"bad","status":"INVALID_ARGUMENT"}`
 	seed(t, e.st, "st-1", map[string]string{"a": resp, weird: resp}, map[string]string{"b": errJSON})
 	ref := store.Ref{JobID: "st-1", TaskID: task.TaskID("st-1", "d"), Key: "d", Model: model}
-	if _, err := e.st.Lease(t.Context(), ref, "w2", time.Minute); err != nil {
+	lr, err := e.st.LeaseTask(t.Context(), ref, store.LeaseRequest{Holder: "w2", TTL: time.Minute})
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -671,7 +672,7 @@ func TestStatusAndResults(t *testing.T) {
 	}
 
 	// Finish the last one: the job is done.
-	if _, err := e.st.Complete(t.Context(), ref, "w2", []byte(resp)); err != nil {
+	if _, err := e.st.Complete(t.Context(), ref, lr.Token, []byte(resp)); err != nil {
 		t.Fatal(err)
 	}
 	w = e.do(http.MethodGet, "/Ingest/v1/jobs/st-1", nil)

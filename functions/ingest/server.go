@@ -242,6 +242,12 @@ type jobView struct {
 	CreatedAt  time.Time    `json:"created_at"`
 	UpdatedAt  time.Time    `json:"updated_at"`
 	FinishedAt *time.Time   `json:"finished_at,omitempty"`
+	// StateLostAt is when Redis was found to have lost the job's record
+	// (state "state_lost"): counts then cover only what happened since;
+	// resubmitting the same job re-runs the tasks without a result.
+	StateLostAt *time.Time `json:"state_lost_at,omitempty"`
+	// StateLost explains state_lost to the user.
+	StateLost string `json:"state_lost,omitempty"`
 }
 
 func viewOf(j store.Job) jobView {
@@ -249,6 +255,13 @@ func viewOf(j store.Job) jobView {
 	if j.Done() {
 		f := j.FinishedAt
 		v.FinishedAt = &f
+	}
+	if !j.LostAt.IsZero() {
+		l := j.LostAt
+		v.StateLostAt = &l
+		if !j.Done() {
+			v.StateLost = "Redis lost this job's state; the counts cover only what happened since. Results published before the loss are on the results topic (and in Cloud Storage when it is configured); resubmit the same job to re-run the tasks that have no result here."
+		}
 	}
 	return v
 }
@@ -278,26 +291,6 @@ func (s *server) getJob(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	writeJSON(w, http.StatusOK, viewOf(j))
-}
-
-// resultLine is one line of GET .../results in the Batch API output format.
-type resultLine struct {
-	Key      string          `json:"key"`
-	Response json.RawMessage `json:"response,omitempty"`
-	Error    json.RawMessage `json:"error,omitempty"`
-}
-
-func lineOf(rec store.Record) resultLine {
-	l := resultLine{Key: rec.Key}
-	if rec.State == store.Succeeded {
-		l.Response = rec.Response
-	} else {
-		l.Error = rec.Error
-		if len(l.Error) == 0 {
-			l.Error = json.RawMessage(`{"code":500,"message":"task failed","status":"INTERNAL"}`)
-		}
-	}
-	return l
 }
 
 // getResults streams the finished tasks as JSONL, in finish order. The first
@@ -333,7 +326,7 @@ func (s *server) getResults(w http.ResponseWriter, r *http.Request, id string) {
 	complete := "true"
 	for recs := first; recs != nil; {
 		for _, rec := range recs {
-			if err := enc.Encode(lineOf(rec)); err != nil {
+			if err := enc.Encode(rec.Line()); err != nil {
 				complete = "false"
 				logging.From(r.Context(), s.log).Warn("results stream: write", "error", err.Error(), "sent", n)
 				h.Set("X-Gemq-Results-Complete", complete)

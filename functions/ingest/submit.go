@@ -471,8 +471,7 @@ func (s *server) build(ctx context.Context, spec jobSpec) (*builtJob, *apiError)
 		}
 		if err != nil {
 			if errors.Is(err, task.ErrTooLarge) {
-				return nil, &apiError{Code: http.StatusRequestEntityTooLarge, Field: it.prefix + "request", Line: it.line, Key: it.Key, reason: "task_too_large",
-					Message: it.at("request", fmt.Sprintf("the task for key %q would be larger than the %d bytes a task message can carry through Pub/Sub push and Cloud Tasks; shrink the request (e.g. fileData URIs instead of inline data)", it.Key, task.MaxPublishBytes))}
+				return nil, taskTooLarge(it)
 			}
 			var ve *task.ValidationError
 			if errors.As(err, &ve) && ve.Field != "" {
@@ -488,7 +487,21 @@ func (s *server) build(ctx context.Context, spec jobSpec) (*builtJob, *apiError)
 		h.Write(data)
 	}
 	j.hash = hex.EncodeToString(h.Sum(nil))
+	// Every task names its job's hash and size, so a worker that finds the
+	// job's record missing knows it was lost rather than never created.
+	for i := range j.msgs {
+		j.msgs[i].Data = task.WithJob(j.msgs[i].Data, j.hash, len(j.msgs))
+		if err := task.CheckPublishSize(j.msgs[i].Data); err != nil {
+			return nil, taskTooLarge(spec.items[i])
+		}
+	}
 	return j, nil
+}
+
+// taskTooLarge is the 413 for an item whose task would not fit a message.
+func taskTooLarge(it located) *apiError {
+	return &apiError{Code: http.StatusRequestEntityTooLarge, Field: it.prefix + "request", Line: it.line, Key: it.Key, reason: "task_too_large",
+		Message: it.at("request", fmt.Sprintf("the task for key %q would be larger than the %d bytes a task message can carry through Pub/Sub push and Cloud Tasks; shrink the request (e.g. fileData URIs instead of inline data)", it.Key, task.MaxPublishBytes))}
 }
 
 // model resolves and checks the job's model: given, or the default; a

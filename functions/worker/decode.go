@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 
+	"github.com/gemq-dev/gemq/internal/lifecycle"
 	"github.com/gemq-dev/gemq/internal/task"
 )
 
@@ -19,34 +21,15 @@ const (
 	headerTaskRetry = "X-CloudTasks-TaskRetryCount"
 )
 
-// maxBodyBytes caps a request body: a push envelope holds the task envelope
-// in base64 (4/3 of task.MaxEnvelopeBytes) plus attributes and ids.
+// maxBodyBytes caps a request body the worker decodes: a push envelope holds
+// the task envelope in base64 (4/3 of task.MaxEnvelopeBytes) plus attributes
+// and ids.
 const maxBodyBytes = task.MaxEnvelopeBytes*4/3 + 64<<10
 
-// Sources of a delivery.
-const (
-	sourcePubSub     = "pubsub"     // a Pub/Sub push delivery
-	sourceCloudTasks = "cloudtasks" // a Cloud Tasks callback
-)
-
-// delivery is one decoded message.
-type delivery struct {
-	// source is sourcePubSub or sourceCloudTasks.
-	source string
-	// id is the Pub/Sub message id or the Cloud Task name, for logs.
-	id string
-	// env is the decoded envelope; valid only when err is nil.
-	env task.Envelope
-	// raw is the task envelope's bytes as delivered (poison records keep it).
-	raw []byte
-}
-
-// poisonError is a message that can never be processed: acknowledge it after
-// recording why.
-type poisonError struct{ err error }
-
-func (e *poisonError) Error() string { return "poison message: " + e.err.Error() }
-func (e *poisonError) Unwrap() error { return e.err }
+// maxCopyBytes caps a body the worker reads at all: a larger message (up to
+// Pub/Sub's 10 MB, in base64) is still read, so that its copy can be
+// dead-lettered, but not decoded.
+const maxCopyBytes = 14 << 20
 
 // pushEnvelope is the body of a Pub/Sub push delivery.
 type pushEnvelope struct {
@@ -57,45 +40,55 @@ type pushEnvelope struct {
 		MessageIDSn string            `json:"message_id"`
 	} `json:"message"`
 	Subscription string `json:"subscription"`
+	// DeliveryAttempt is set when the subscription has a dead-letter policy.
+	DeliveryAttempt int `json:"deliveryAttempt"`
 }
 
 // decode reads the request body as a Cloud Tasks callback (header
 // X-CloudTasks-TaskName: the body is the task envelope) or else a Pub/Sub push
 // envelope, and decodes the task envelope it carries. A body that cannot be
-// read is an ordinary error (redeliver); one that can be read but is not a
-// valid message is a *poisonError (ack). d.raw and d.id are set as far as
-// decoding got, also on error.
-func decode(r *http.Request) (delivery, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBodyBytes))
+// read is an error (answer non-2xx); one that can be read but is not a
+// valid message is a delivery with Invalid set (dead-lettered).
+func decode(r *http.Request) (lifecycle.Delivery, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxCopyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return delivery{}, &poisonError{fmt.Errorf("body over %d bytes", mbe.Limit)}
+			return lifecycle.Delivery{Source: lifecycle.PubSub, Kind: lifecycle.KindOversized, Data: body,
+				Invalid: fmt.Errorf("message body over %d bytes", mbe.Limit)}, nil
 		}
-		return delivery{}, fmt.Errorf("read body: %w", err)
+		return lifecycle.Delivery{}, fmt.Errorf("read body: %w", err)
 	}
-	var d delivery
+	var d lifecycle.Delivery
 	if name := r.Header.Get(headerTaskName); name != "" {
-		d.source, d.id, d.raw = sourceCloudTasks, name, body
+		d.Source, d.ID, d.Data = lifecycle.CloudTasks, name, body
+		d.Attempt, _ = strconv.Atoi(r.Header.Get(headerTaskRetry))
 	} else {
-		d.source = sourcePubSub
+		d.Source = lifecycle.PubSub
 		var push pushEnvelope
 		if err := json.Unmarshal(body, &push); err != nil {
-			return d, &poisonError{fmt.Errorf("push envelope: %w", err)}
+			d.Data, d.Invalid = body, fmt.Errorf("push envelope: %w", err)
+			return d, nil
 		}
 		if push.Message == nil {
-			return d, &poisonError{errors.New("push envelope: no message")}
+			d.Data, d.Invalid = body, errors.New("push envelope: no message")
+			return d, nil
 		}
-		d.id = push.Message.MessageID
-		if d.id == "" {
-			d.id = push.Message.MessageIDSn
+		d.ID = push.Message.MessageID
+		if d.ID == "" {
+			d.ID = push.Message.MessageIDSn
 		}
-		d.raw = push.Message.Data
+		d.Data, d.Attempt = push.Message.Data, push.DeliveryAttempt
 	}
-	env, err := task.Decode(d.raw)
-	if err != nil {
-		return d, &poisonError{err}
+	if len(body) > maxBodyBytes {
+		d.Kind, d.Invalid = lifecycle.KindOversized, fmt.Errorf("message of %d bytes, over the limit of %d", len(d.Data), task.MaxEnvelopeBytes)
+		return d, nil
 	}
-	d.env = env
+	if d.Envelope, err = task.Decode(d.Data); err != nil {
+		d.Invalid = err
+		if errors.Is(err, task.ErrTooLarge) {
+			d.Kind = lifecycle.KindOversized
+		}
+	}
 	return d, nil
 }

@@ -3,33 +3,13 @@
 // X-CloudTasks-TaskName, body the task envelope). It registers the entry
 // point "Worker" with the functions framework; init does nothing else.
 //
-// Per message, in order:
-//
-//  1. decode the envelope (internal/task); poison → a recorded failure and 2xx;
-//  2. lease the task (internal/store); finished, running elsewhere, or waiting
-//     for the Cloud Task of its deferral (a duplicate push or an older Cloud
-//     Task) → 2xx, no Gemini call and no limiter call;
-//  3. estimate input tokens and take a permit (internal/limiter): Acquire, or
-//     Claim for a reservation the envelope carries; reserved or denied → a
-//     named Cloud Task at the permit's time (internal/queue), the task marked
-//     waiting, 2xx; rejected → permanent failure. A reservation's Cloud Task
-//     is due a claim lead (GEMQ_CLAIM_LEAD) before its slot, and a delivery
-//     whose reservation is at most the lead away (a callback come early, or a
-//     fresh reservation) waits for the slot in the handler and claims it in
-//     the same invocation, so that Cloud Tasks' burst dispatch at a window
-//     boundary does not make callbacks late (a late one is queued again:
-//     another invocation);
-//  4. granted → Gemini (internal/gemini), then reconcile the token charge;
-//  5. success → the response written once, then published to the results
-//     topic; failures as classified (429 per minute/day → shared cool-down
-//     and a Cloud Task after it; 5xx/timeouts → bounded retries through
-//     Cloud Tasks, then dead-letter; 400/403/404 → permanent failure);
-//  6. infrastructure down (Redis, Cloud Tasks, Pub/Sub) → non-2xx, so the
-//     message is delivered again; never a Gemini call without a permit, never
-//     a Cloud Task created together with a non-2xx answer.
-//
-// The answer's body is {"outcome": "..."}; see README.md, "Worker", for the
-// outcomes and the delivery guarantees.
+// The function only adapts HTTP: it decodes the request into a
+// lifecycle.Delivery (source, identity, attempt, the task envelope or why it
+// is invalid), hands it to the task lifecycle (internal/lifecycle, which
+// leases, admits, calls Gemini, defers and settles the task), and answers
+// 2xx to acknowledge or 503 to have the message delivered again. The body
+// is {"outcome": "..."}; see README.md, "Worker", for the outcomes and the
+// delivery guarantees.
 package worker
 
 import (
@@ -44,6 +24,7 @@ import (
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/gemini"
 	"github.com/gemq-dev/gemq/internal/lazy"
+	"github.com/gemq-dev/gemq/internal/lifecycle"
 	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
@@ -122,32 +103,15 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		return nil, err
 	}
 
-	h := newHandler(
-		store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
-		limiter.New(rdb, cfg.Quotas),
-		gem,
-		queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
-		queue.NewPublisher(ps, cfg.ResultsTopic),
-		optionsFrom(cfg), log)
+	deps := lifecycle.Deps{
+		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
+		Permits:     limiter.New(rdb, cfg.Quotas),
+		Gemini:      gem,
+		Scheduler:   queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
+		Results:     queue.NewPublisher(ps, cfg.ResultsTopic),
+		DeadLetters: queue.NewPublisher(ps, cfg.DeadLetterTopic),
+	}
+	h := &handler{m: lifecycle.New(deps, lifecycle.OptionsFrom(cfg), log), log: log}
 	log.Info("worker ready", "config", cfg)
 	return h, nil
-}
-
-// optionsFrom maps the configuration onto the handler's options.
-func optionsFrom(cfg config.Config) options {
-	return options{
-		project:       cfg.Project,
-		policy:        string(cfg.LimitPolicy),
-		countTokens:   cfg.TokenEstimator == config.EstimateCountTokens,
-		geminiTimeout: cfg.GeminiTimeout,
-		lease:         cfg.Lease,
-		maxAttempts:   cfg.MaxAttempts,
-		retryBase:     cfg.RetryBase,
-		retryMax:      cfg.RetryMax,
-		capacityBase:  cfg.CapacityBackoffBase,
-		capacityMax:   cfg.CapacityBackoffMax,
-		seedBase:      cfg.SeedBackoffBase,
-		seedMax:       cfg.SeedBackoffMax,
-		claimLead:     cfg.ClaimLead,
-	}
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,856 +11,258 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/google/go-cmp/cmp"
-	"google.golang.org/grpc/codes"
-
-	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
+	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/pstest"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/gemq-dev/gemq/infra/geminisim"
-	"github.com/gemq-dev/gemq/internal/limiter"
+	"github.com/gemq-dev/gemq/infra/tasksemu"
+	"github.com/gemq-dev/gemq/internal/config"
+	"github.com/gemq-dev/gemq/internal/lifecycle"
+	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
+	"github.com/gemq-dev/gemq/internal/redistest"
 	"github.com/gemq-dev/gemq/internal/store"
 	"github.com/gemq-dev/gemq/internal/task"
 )
 
-func want(t *testing.T, got result, status int, outcome string) {
+const (
+	testProject = "test-project"
+	testQueue   = "projects/test-project/locations/us-central1/queues/gemq-tasks"
+	apiKey      = "test-key"
+	model       = "gemini-2.5-flash"
+	quotaJSON   = `{"scopes":[{"project":"*","model":"gemini-2.5-flash","dimensions":[{"name":"rpm","unit":"requests","limit":100000,"period":"1m"}]}]}`
+)
+
+func workerEnv(kv ...string) func(string) string {
+	m := map[string]string{
+		"REDIS_ADDR":           "127.0.0.1:1",
+		"GOOGLE_CLOUD_PROJECT": testProject,
+		"GEMQ_QUOTAS":          quotaJSON,
+		"GEMQ_TASKS_QUEUE":     testQueue,
+		"GEMQ_WORKER_URL":      "http://127.0.0.1:1/",
+		"GEMINI_API_KEY":       apiKey,
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return func(k string) string { return m[k] }
+}
+
+// env is the worker's real services: redis-server, pstest (with the
+// results and dead-letter topics), the Cloud Tasks emulator and the Gemini
+// stand-in, as the entry point's environment.
+type env struct {
+	redis *redistest.Server
+	ps    *pstest.Server
+	vars  map[string]string
+}
+
+func newEnv(t *testing.T) *env {
 	t.Helper()
-	if got.status != status || got.outcome != outcome {
-		t.Fatalf("answer = %d %q, want %d %q", got.status, got.outcome, status, outcome)
-	}
-}
-
-func TestSuccessWritesOncePublishesOnce(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	e := envelope("job-ok", "k1", modelOpen, "hello there")
-
-	want(t, f.push(e), http.StatusOK, outSucceeded)
-
-	rec := f.record(e)
-	if rec.State != store.Succeeded || len(rec.Response) == 0 {
-		t.Fatalf("record = %+v, want succeeded with a response", rec)
-	}
-	if n := len(f.generateCalls(e.TaskID)); n != 1 {
-		t.Fatalf("gemini calls = %d, want 1", n)
-	}
-	msgs := f.published()
-	if len(msgs) != 1 {
-		t.Fatalf("published %d messages, want 1", len(msgs))
-	}
-	wantAttrs := map[string]string{attrJobID: e.JobID, attrTaskID: e.TaskID, attrOutcome: outSucceeded}
-	if d := cmp.Diff(wantAttrs, msgs[0].Attributes); d != "" {
-		t.Errorf("attributes (-want +got):\n%s", d)
-	}
-	l := line(t, msgs[0].Data)
-	if l.Key != "k1" || len(l.Response) == 0 || l.Error != nil {
-		t.Errorf("published line = %s", msgs[0].Data)
-	}
-	var resp struct {
-		UsageMetadata struct{ PromptTokenCount int64 } `json:"usageMetadata"`
-	}
-	json.Unmarshal(l.Response, &resp)
-	if resp.UsageMetadata.PromptTokenCount == 0 {
-		t.Errorf("response has no usageMetadata.promptTokenCount: %s", l.Response)
-	}
-	if d := cmp.Diff(store.Counts{Total: 1, Succeeded: 1}, f.counts(e.JobID)); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-	if tks := f.scheduled(); len(tks) != 0 {
-		t.Errorf("scheduled %d cloud tasks, want none", len(tks))
-	}
-}
-
-func TestDuplicatesSequential(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	e := envelope("job-dup", "k1", modelOpen, "say it once")
-	want(t, f.push(e), http.StatusOK, outSucceeded)
-	for range 3 {
-		want(t, f.push(e), http.StatusOK, outDuplicate)
-	}
-	if n := len(f.generateCalls(e.TaskID)); n != 1 {
-		t.Fatalf("gemini calls = %d, want 1", n)
-	}
-	if n := len(f.published()); n != 1 {
-		t.Fatalf("published = %d, want 1", n)
-	}
-	if d := cmp.Diff(store.Counts{Total: 1, Succeeded: 1}, f.counts(e.JobID)); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-}
-
-func TestDuplicatesConcurrent(t *testing.T) {
-	f := newFixture(t, fixtureOptions{sim: geminisim.Options{Latency: geminisim.Latency{Kind: "fixed", Fixed: 300 * time.Millisecond}}})
-	e := envelope("job-dup", "k1", modelOpen, "say it once, concurrently")
-	const n = 8
-	var wg sync.WaitGroup
-	got := make([]result, n)
-	for i := range n {
-		wg.Go(func() { got[i] = f.push(e) })
-	}
-	wg.Wait()
-	byOutcome := map[string]int{}
-	for _, r := range got {
-		if r.status != http.StatusOK {
-			t.Errorf("answer %d %q, want 200", r.status, r.outcome)
-		}
-		byOutcome[r.outcome]++
-	}
-	if byOutcome[outSucceeded] != 1 || byOutcome[outBusy]+byOutcome[outDuplicate] != n-1 {
-		t.Fatalf("outcomes = %v, want one succeeded and the rest held or duplicate", byOutcome)
-	}
-	if c := len(f.generateCalls(e.TaskID)); c != 1 {
-		t.Fatalf("gemini calls = %d, want 1", c)
-	}
-	if c := len(f.published()); c != 1 {
-		t.Fatalf("published = %d, want 1", c)
-	}
-	if d := cmp.Diff(store.Counts{Total: 1, Succeeded: 1}, f.counts(e.JobID)); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-	// Deliveries that found the task held share one lease check; when it
-	// comes back, the task is done and nothing more happens.
-	tks := f.scheduled()
-	if byOutcome[outBusy] > 0 && len(tks) != 1 {
-		t.Fatalf("lease checks scheduled = %d, want 1", len(tks))
-	}
-	for _, tk := range tks {
-		if got, want := shortName(tk.Name), leaseCheckName(e); got != want {
-			t.Errorf("lease check name = %s, want %s", got, want)
-		}
-		if d := time.Until(tk.ScheduleTime.AsTime()); d < f.h.opts.lease {
-			t.Errorf("lease check due in %v, want after the lease (%v)", d, f.h.opts.lease)
-		}
-		want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outDuplicate)
-	}
-	if c := len(f.generateCalls(e.TaskID)); c != 1 {
-		t.Fatalf("gemini calls after the lease check = %d, want 1", c)
-	}
-}
-
-// A lease check that finds the task still running under a dead lease (its
-// holder was killed without a trace) takes it over and completes it.
-func TestLeaseCheckTakesOverADeadLease(t *testing.T) {
-	f := newFixture(t, fixtureOptions{opts: options{lease: 300 * time.Millisecond, geminiTimeout: 200 * time.Millisecond}})
-	e := envelope("job-dead", "k1", modelOpen, "the first holder dies")
-	// The "dead" holder: leased, then nothing.
-	if o, err := f.store.Lease(context.Background(), store.RefOf(e), "dead-holder", 300*time.Millisecond); err != nil || o != store.Applied {
-		t.Fatalf("lease = %v, %v", o, err)
-	}
-	want(t, f.push(e), http.StatusOK, outBusy)
-	tks := f.scheduled()
-	if len(tks) != 1 {
-		t.Fatalf("scheduled %d cloud tasks, want 1 lease check", len(tks))
-	}
-	if f.allGenerateCalls() != 0 {
-		t.Fatal("gemini called while the task was held")
-	}
-	time.Sleep(350 * time.Millisecond) // the dead lease expires
-	want(t, f.callback(shortName(tks[0].Name), tks[0].GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
-	if rec := f.record(e); rec.State != store.Succeeded {
-		t.Fatalf("state = %s, want succeeded", rec.State)
-	}
-	if c := len(f.published()); c != 1 {
-		t.Fatalf("published = %d, want 1", c)
-	}
-}
-
-func TestPoison(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	t.Run("garbage", func(t *testing.T) {
-		want(t, f.serve(context.Background(), []byte("{not json"), nil), http.StatusOK, outPoison)
-		want(t, f.serve(context.Background(), pushBody([]byte("not an envelope")), nil), http.StatusOK, outPoison)
-		want(t, f.serve(context.Background(), []byte(`{"subscription":"s"}`), nil), http.StatusOK, outPoison)
-		want(t, f.callback("some-task", []byte(`{"v":1}`)), http.StatusOK, outPoison)
-	})
-	t.Run("attributable", func(t *testing.T) {
-		// A valid job, key and model, but the request is not an object.
-		raw := []byte(`{"v":1,"job_id":"job-poison","key":"k1","model":"gemini-2.5-flash","request":[1,2]}`)
-		want(t, f.serve(context.Background(), pushBody(raw), nil), http.StatusOK, outPoison)
-		e := envelope("job-poison", "k1", modelOpen, "")
-		rec := f.record(e)
-		if rec.State != store.Failed || errorOf(t, rec.Error).Code != 400 || !strings.Contains(errorOf(t, rec.Error).Message, "request") {
-			t.Fatalf("record = %+v %s, want failed 400 naming the field", rec, rec.Error)
-		}
-		msgs := f.published()
-		if len(msgs) != 1 || msgs[0].Attributes[attrOutcome] != outFailed {
-			t.Fatalf("published = %v, want one failed result", msgs)
-		}
-		if d := cmp.Diff(store.Counts{Total: 1, Failed: 1}, f.counts("job-poison")); d != "" {
-			t.Errorf("counts (-want +got):\n%s", d)
-		}
-	})
-	if f.allGenerateCalls() != 0 {
-		t.Fatal("gemini called for poison")
-	}
-	if n := len(f.scheduled()); n != 0 {
-		t.Fatalf("scheduled %d cloud tasks for poison", n)
-	}
-}
-
-func TestInvalidRequestFailsWithoutCall(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	e := envelope("job-bad", "k1", modelOpen, "x")
-	e.Request = json.RawMessage(`{"contents":[{"role":"user","parts":[{"textt":"typo"}]}]}`)
-	want(t, f.push(e), http.StatusOK, outFailed)
-	rec := f.record(e)
-	if eo := errorOf(t, rec.Error); rec.State != store.Failed || eo.Code != 400 || eo.Status != "INVALID_ARGUMENT" || !strings.Contains(eo.Message, "textt") {
-		t.Fatalf("record = %s %s", rec.State, rec.Error)
-	}
-	if f.allGenerateCalls() != 0 {
-		t.Fatal("gemini called for an invalid request")
-	}
-}
-
-func TestRejectedAndUnknownModelFailPermanently(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	big := envelope("job-rej", "big", modelSmall, strings.Repeat("many words here ", 100))
-	want(t, f.push(big), http.StatusOK, outFailed)
-	if eo := errorOf(t, f.record(big).Error); eo.Code != 400 || !strings.Contains(eo.Message, "tpm") {
-		t.Errorf("rejected error = %+v", eo)
-	}
-	unknown := envelope("job-rej", "unknown", "no-such-model", "hi")
-	want(t, f.push(unknown), http.StatusOK, outFailed)
-	if eo := errorOf(t, f.record(unknown).Error); !strings.Contains(eo.Message, "no quota") {
-		t.Errorf("unknown model error = %+v", eo)
-	}
-	if f.allGenerateCalls() != 0 {
-		t.Fatal("gemini called")
-	}
-	if d := cmp.Diff(store.Counts{Total: 2, Failed: 2}, f.counts("job-rej")); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-	if n := len(f.published()); n != 2 {
-		t.Errorf("published = %d, want 2", n)
-	}
-}
-
-// Reserved: the task goes to Cloud Tasks a claim lead before its slot,
-// carrying the permit; arriving earlier than the lead it is deferred again
-// to the same slot; arriving on time it claims the slot and runs, without
-// asking the limiter for a new one.
-func TestReservationDeferAndClaim(t *testing.T) {
-	const lead = 500 * time.Millisecond
-	f := newFixture(t, fixtureOptions{opts: options{claimLead: lead}})
-	first := envelope("job-res", "first", modelTight, "one")
-	second := envelope("job-res", "second", modelTight, "two")
-	want(t, f.push(first), http.StatusOK, outSucceeded)
-
-	before := time.Now()
-	want(t, f.push(second), http.StatusOK, outDeferred)
-	if n := len(f.generateCalls(second.TaskID)); n != 0 {
-		t.Fatalf("gemini called for a deferred task")
-	}
-	if rec := f.record(second); rec.State != store.Waiting {
-		t.Fatalf("state = %s, want waiting", rec.State)
-	}
-	if d := cmp.Diff(store.Counts{Total: 2, Waiting: 1, Succeeded: 1}, f.counts("job-res")); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-	tks := f.scheduled()
-	if len(tks) != 1 {
-		t.Fatalf("scheduled = %d, want 1", len(tks))
-	}
-	tk := tks[0]
-	if got, want := shortName(tk.Name), queue.TaskName(second.TaskID, 1); got != want {
-		t.Errorf("cloud task name = %s, want %s", got, want)
-	}
-	body := taskBody(t, tk)
-	if body.Deferrals != 1 || body.Attempt != 0 {
-		t.Errorf("deferred envelope deferrals/attempt = %d/%d, want 1/0", body.Deferrals, body.Attempt)
-	}
-	var p limiter.Permit
-	if err := json.Unmarshal(body.Permit, &p); err != nil || p.Outcome != limiter.Reserved {
-		t.Fatalf("carried permit = %s (%v), want reserved", body.Permit, err)
-	}
-	if at := tk.ScheduleTime.AsTime(); !at.Equal(p.At.Add(-lead)) || p.At.Before(before.Add(time.Second)) {
-		t.Errorf("schedule time %v, permit at %v: want the claim lead (%v) before it, and about 2s ahead", at, p.At, lead)
-	}
-
-	// The same Pub/Sub message again: the task waits for its Cloud Task, so
-	// the duplicate is acknowledged at once, with no second task.
-	want(t, f.push(second), http.StatusOK, outDuplicate)
-	if n := len(f.scheduled()); n != 1 {
-		t.Fatalf("scheduled after a redelivery = %d, want 1", n)
-	}
-
-	// Arriving earlier than the lead (~2s before the slot): deferred again
-	// to the same slot, under the next name, without waiting.
-	start := time.Now()
-	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outDeferred)
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("an arrival beyond the lead took %v: it waited", d)
-	}
-	again := f.cloudTask(queue.TaskName(second.TaskID, 2))
-	if again == nil {
-		t.Fatal("no cloud task for deferral 2")
-	}
-	if ap := carriedPermit(t, again); ap.ID != p.ID || !ap.At.Equal(p.At) || !again.ScheduleTime.AsTime().Equal(p.At.Add(-lead)) {
-		t.Errorf("deferral 2 carries %s at %v, due %v; want %s at %v, due %v",
-			ap.ID, ap.At, again.ScheduleTime.AsTime(), p.ID, p.At, p.At.Add(-lead))
-	}
-
-	// On time: claims the reservation and runs.
-	time.Sleep(time.Until(p.At))
-	want(t, f.callback(queue.TaskName(second.TaskID, 2), again.GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
-	if n := len(f.generateCalls(second.TaskID)); n != 1 {
-		t.Fatalf("gemini calls = %d, want 1", n)
-	}
-	if d := cmp.Diff(store.Counts{Total: 2, Succeeded: 2}, f.counts("job-res")); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-}
-
-// deferSecond runs a first modelTight task (it takes the window) and defers
-// a second one, returning its envelope, its Cloud Task and the reservation
-// that Cloud Task carries (about 2s ahead).
-func (f *fixture) deferSecond(jobID string) (task.Envelope, *cloudtaskspb.Task, limiter.Permit) {
-	f.t.Helper()
-	want(f.t, f.push(envelope(jobID, "first", modelTight, "one")), http.StatusOK, outSucceeded)
-	e := envelope(jobID, "second", modelTight, "two")
-	want(f.t, f.push(e), http.StatusOK, outDeferred)
-	tk := f.cloudTask(queue.TaskName(e.TaskID, 1))
-	if tk == nil {
-		f.t.Fatal("no cloud task for deferral 1")
-	}
-	return e, tk, carriedPermit(f.t, tk)
-}
-
-// A Cloud Task callback early by less than the claim lead waits in the
-// handler for its slot and claims it: one invocation, one Gemini call at
-// the slot, no new Cloud Task, no new reservation.
-func TestClaimLeadCallbackWithinTheLeadRunsInTheSameInvocation(t *testing.T) {
-	const lead = time.Second
-	f := newFixture(t, fixtureOptions{opts: options{claimLead: lead}})
-	e, tk, p := f.deferSecond("job-lead")
-	due := tk.ScheduleTime.AsTime()
-	if !due.Equal(p.At.Add(-lead)) {
-		t.Fatalf("cloud task due %v, want %v (a lead before the slot %v)", due, p.At.Add(-lead), p.At)
-	}
-	lim := f.countLimiter()
-
-	// Cloud Tasks delivers it when due, a lead before the slot.
-	time.Sleep(time.Until(due))
-	start := time.Now()
-	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
-	if d := time.Since(start); d < lead/2 {
-		t.Errorf("the callback took %v, want about the lead (%v): it did not wait", d, lead)
-	}
-	calls := f.generateCalls(e.TaskID)
-	if len(calls) != 1 {
-		t.Fatalf("gemini calls = %d, want 1", len(calls))
-	}
-	// The quota guard is 100ms: the claim window opens at At-25ms.
-	if got := calls[0].Received; got.Before(p.At.Add(-25 * time.Millisecond)) {
-		t.Errorf("gemini called at %v, before the slot %v", got, p.At)
-	}
-	if n := len(f.scheduled()); n != 1 {
-		t.Errorf("scheduled = %d Cloud Tasks, want 1 (no new deferral)", n)
-	}
-	if a, c, r := lim.calls(); a != 0 || c < 2 || r != 0 {
-		t.Errorf("limiter calls: acquire %d, claim %d, release %d; want 0, at least 2 (early, then at the slot), 0", a, c, r)
-	}
-	if d := cmp.Diff(store.Counts{Total: 2, Succeeded: 2}, f.counts("job-lead")); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-	if !strings.Contains(f.logs(), "claimed the reserved slot after waiting for it") {
-		t.Error("no log line for the wait")
-	}
-}
-
-// A push whose fresh reservation is within the claim lead waits for it too:
-// one invocation, no Cloud Task at all.
-func TestClaimLeadPushWithinTheLeadRunsInTheSameInvocation(t *testing.T) {
-	f := newFixture(t, fixtureOptions{opts: options{claimLead: 3 * time.Second}})
-	want(t, f.push(envelope("job-lead4", "first", modelTight, "one")), http.StatusOK, outSucceeded)
-	e := envelope("job-lead4", "second", modelTight, "two")
-	lim := f.countLimiter()
-	want(t, f.push(e), http.StatusOK, outSucceeded)
-	if n := len(f.scheduled()); n != 0 {
-		t.Errorf("scheduled = %d Cloud Tasks, want 0", n)
-	}
-	if n := len(f.generateCalls(e.TaskID)); n != 1 {
-		t.Errorf("gemini calls = %d, want 1", n)
-	}
-	if a, c, r := lim.calls(); a != 1 || c < 1 || r != 0 {
-		t.Errorf("limiter calls: acquire %d, claim %d, release %d; want 1, at least 1, 0", a, c, r)
-	}
-}
-
-// A Cloud Task callback early by more than the claim lead (+ slack) does not
-// wait: it is deferred again, to a Cloud Task a lead before the same slot,
-// carrying the same reservation.
-func TestClaimLeadCallbackBeyondTheLeadIsDeferredAgain(t *testing.T) {
-	const lead = time.Second
-	f := newFixture(t, fixtureOptions{opts: options{claimLead: lead}})
-	e, tk, p := f.deferSecond("job-lead2")
-	if due := tk.ScheduleTime.AsTime(); !due.Equal(p.At.Add(-lead)) {
-		t.Errorf("cloud task due %v, want %v (a lead before the slot %v)", due, p.At.Add(-lead), p.At)
-	}
-	lim := f.countLimiter()
-
-	// Delivered ~2s before the slot (as a paused queue's "run now" would).
-	start := time.Now()
-	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outDeferred)
-	if d := time.Since(start); d > lead/2 {
-		t.Errorf("the callback took %v: it waited", d)
-	}
-	again := f.cloudTask(queue.TaskName(e.TaskID, 2))
-	if again == nil {
-		t.Fatal("no cloud task for deferral 2")
-	}
-	if ap := carriedPermit(t, again); ap.ID != p.ID || !ap.At.Equal(p.At) {
-		t.Errorf("deferral 2 carries %s at %v, want %s at %v", ap.ID, ap.At, p.ID, p.At)
-	}
-	if due := again.ScheduleTime.AsTime(); !due.Equal(p.At.Add(-lead)) {
-		t.Errorf("deferral 2 due %v, want %v", due, p.At.Add(-lead))
-	}
-	if n := len(f.generateCalls(e.TaskID)); n != 0 {
-		t.Errorf("gemini calls = %d, want 0", n)
-	}
-	if a, c, r := lim.calls(); a != 0 || c != 1 || r != 0 {
-		t.Errorf("limiter calls: acquire %d, claim %d, release %d; want 0, 1, 0", a, c, r)
-	}
-	if rec := f.record(e); rec.State != store.Waiting {
-		t.Errorf("state = %s, want waiting", rec.State)
-	}
-}
-
-// A callback whose request ends while it waits for its slot answers
-// non-2xx, gives the lease back and keeps the reservation: Cloud Tasks'
-// retry of the same task claims it.
-func TestClaimLeadWaitEndsWithTheRequest(t *testing.T) {
-	f := newFixture(t, fixtureOptions{opts: options{claimLead: time.Second}})
-	e, tk, p := f.deferSecond("job-lead3")
-	lim := f.countLimiter()
-	time.Sleep(time.Until(tk.ScheduleTime.AsTime()))
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	got := f.serve(ctx, tk.GetHttpRequest().GetBody(), http.Header{headerTaskName: {shortName(tk.Name)}})
-	if got.status != http.StatusServiceUnavailable || got.outcome != outAbandoned {
-		t.Fatalf("answer %d %q, want 503 %q", got.status, got.outcome, outAbandoned)
-	}
-	if _, _, r := lim.calls(); r != 0 {
-		t.Errorf("%d releases, want 0 (the reservation stays with the Cloud Task)", r)
-	}
-	if n := len(f.generateCalls(e.TaskID)); n != 0 {
-		t.Errorf("gemini calls = %d, want 0", n)
-	}
-	// Cloud Tasks retries the same task: it claims the same slot.
-	want(t, f.callback(shortName(tk.Name), tk.GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
-	if calls := f.generateCalls(e.TaskID); len(calls) != 1 || calls[0].Received.Before(p.At.Add(-25*time.Millisecond)) {
-		t.Errorf("gemini calls %+v, want one at the slot %v", calls, p.At)
-	}
-	if a, _, r := lim.calls(); a != 0 || r != 0 {
-		t.Errorf("limiter: %d acquires, %d releases; want none", a, r)
-	}
-}
-
-func TestDeniedComesBackAfterPacificMidnight(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	want(t, f.push(envelope("job-day", "a", modelDaily, "one")), http.StatusOK, outSucceeded)
-	e := envelope("job-day", "b", modelDaily, "two")
-	want(t, f.push(e), http.StatusOK, outDeferred)
-	tks := f.scheduled()
-	if len(tks) != 1 {
-		t.Fatalf("scheduled = %d, want 1", len(tks))
-	}
-	body := taskBody(t, tks[0])
-	if len(body.Permit) != 0 {
-		t.Errorf("a denied task carries permit %s; want none", body.Permit)
-	}
-	// Denied until the daily quota's reset comes within the reservation
-	// horizon (15m): then it asks again and reserves.
-	at := tks[0].ScheduleTime.AsTime()
-	midnight := limiter.PacificDayStart(time.Now(), 1)
-	if at.Before(midnight.Add(-16*time.Minute)) || at.After(midnight.Add(5*time.Second)) {
-		t.Errorf("comes back at %v, want within the horizon before Pacific midnight %v", at, midnight)
-	}
-	if n := len(f.generateCalls(e.TaskID)); n != 0 {
-		t.Fatal("gemini called for a denied task")
-	}
-}
-
-func TestSeedPolicyRefusesWithoutReservation(t *testing.T) {
-	f := newFixture(t, fixtureOptions{opts: options{policy: policySeed, seedBase: 500 * time.Millisecond, seedMax: time.Second}})
-	want(t, f.push(envelope("job-seed", "a", modelTight, "one")), http.StatusOK, outSucceeded)
-	e := envelope("job-seed", "b", modelTight, "two")
-	before := time.Now()
-	want(t, f.push(e), http.StatusOK, outDeferred)
-	tks := f.scheduled()
-	if len(tks) != 1 {
-		t.Fatalf("scheduled = %d, want 1", len(tks))
-	}
-	body := taskBody(t, tks[0])
-	if len(body.Permit) != 0 || body.Deferrals != 1 {
-		t.Errorf("seed re-queue carries permit %s, deferrals %d; want none, 1", body.Permit, body.Deferrals)
-	}
-	if d := tks[0].ScheduleTime.AsTime().Sub(before); d < 250*time.Millisecond || d > 1500*time.Millisecond {
-		t.Errorf("re-queued %v ahead, want the seed delay (250ms..500ms)", d)
-	}
-	// The refusal held nothing: a third task is not queued behind it, it is
-	// refused the same way (no reservation chain).
-	p, err := f.lim.Acquire(context.Background(), limiter.Scope{Project: testProject, Model: modelTight}, limiter.Cost{Requests: 1})
+	ctx := context.Background()
+	e := &env{redis: redistest.Start(t), ps: pstest.NewServer()}
+	t.Cleanup(func() { e.ps.Close() })
+	psc, err := pubsub.NewClient(ctx, testProject, option.WithEndpoint(e.ps.Addr), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.lim.Release(context.Background(), p)
-	if p.Outcome == limiter.Reserved && p.At.Sub(before) > 3*time.Second {
-		t.Errorf("a later acquire reserves %v ahead: the refused task kept a reservation", p.At.Sub(before))
-	}
-}
-
-func TestGeminiOutcomes(t *testing.T) {
-	t.Run("429 per minute: cooldown and reschedule", func(t *testing.T) {
-		f := newFixture(t, fixtureOptions{})
-		want(t, f.push(envelope("job-q", "a", modelSimRPM, "one")), http.StatusOK, outSucceeded)
-		e := envelope("job-q", "b", modelSimRPM, "two")
-		before := time.Now()
-		want(t, f.push(e), http.StatusOK, outDeferred)
-		if rec := f.record(e); rec.State != store.Waiting {
-			t.Fatalf("state = %s, want waiting", rec.State)
-		}
-		tks := f.scheduled()
-		if len(tks) != 1 {
-			t.Fatalf("scheduled = %d, want 1", len(tks))
-		}
-		body := taskBody(t, tks[0])
-		if body.Attempt != 0 || body.Deferrals != 1 || len(body.Permit) != 0 {
-			t.Errorf("rescheduled envelope attempt/deferrals/permit = %d/%d/%s, want 0/1/none", body.Attempt, body.Deferrals, body.Permit)
-		}
-		if d := tks[0].ScheduleTime.AsTime().Sub(before); d < 5*time.Second || d > 2*time.Minute {
-			t.Errorf("rescheduled %v ahead, want after the retry delay", d)
-		}
-		// The cool-down is shared: the next acquire in the scope waits.
-		p, err := f.lim.Acquire(context.Background(), limiter.Scope{Project: testProject, Model: modelSimRPM}, limiter.Cost{Requests: 1})
-		if err != nil {
+	t.Cleanup(func() { psc.Close() })
+	for _, topic := range []string{config.DefaultResultsTopic, config.DefaultDeadLetters} {
+		if err := queue.EnsureTopic(ctx, psc, topic); err != nil {
 			t.Fatal(err)
 		}
-		if p.Outcome == limiter.Granted || !strings.Contains(p.Reason, "cooldown") {
-			t.Errorf("acquire after a 429 = %s %q, want held back by the cooldown", p.Outcome, p.Reason)
-		}
-	})
-	t.Run("429 per day: after Pacific midnight", func(t *testing.T) {
-		f := newFixture(t, fixtureOptions{})
-		want(t, f.push(envelope("job-q", "a", modelSimRPD, "one")), http.StatusOK, outSucceeded)
-		want(t, f.push(envelope("job-q", "b", modelSimRPD, "two")), http.StatusOK, outDeferred)
-		tks := f.scheduled()
-		if len(tks) != 1 {
-			t.Fatalf("scheduled = %d, want 1", len(tks))
-		}
-		midnight := limiter.PacificDayStart(time.Now(), 1)
-		if at := tks[0].ScheduleTime.AsTime(); at.Before(midnight) || at.After(midnight.Add(2*time.Minute)) {
-			t.Errorf("comes back at %v, want just after %v", at, midnight)
-		}
-	})
-	t.Run("429 limit 0: permanent", func(t *testing.T) {
-		f := newFixture(t, fixtureOptions{})
-		e := envelope("job-q", "z", modelZero, "one")
-		want(t, f.push(e), http.StatusOK, outFailed)
-		if eo := errorOf(t, f.record(e).Error); eo.Code != 429 || eo.Status != "RESOURCE_EXHAUSTED" || !strings.Contains(eo.Message, "limit: 0") {
-			t.Errorf("error = %+v", eo)
-		}
-		if n := len(f.scheduled()); n != 0 {
-			t.Errorf("scheduled %d cloud tasks for a permanent failure", n)
-		}
-	})
-	t.Run("429 without details: back off", func(t *testing.T) {
-		f := newFixture(t, fixtureOptions{sim: geminisim.Options{CapacityRate: 1}})
-		e := envelope("job-q", "c", modelOpen, "one")
-		want(t, f.push(e), http.StatusOK, outDeferred)
-		tks := f.scheduled()
-		if len(tks) != 1 {
-			t.Fatalf("scheduled = %d, want 1", len(tks))
-		}
-		if body := taskBody(t, tks[0]); body.Attempt != 0 || body.Deferrals != 1 {
-			t.Errorf("attempt/deferrals = %d/%d, want 0/1 (not a failed attempt)", body.Attempt, body.Deferrals)
-		}
-	})
-	t.Run("404: permanent with Gemini's message", func(t *testing.T) {
-		f := newFixture(t, fixtureOptions{})
-		e := envelope("job-q", "g", modelGone, "one")
-		want(t, f.push(e), http.StatusOK, outFailed)
-		if eo := errorOf(t, f.record(e).Error); eo.Code != 404 || eo.Message == "" {
-			t.Errorf("error = %+v", eo)
-		}
-		if n := len(f.generateCalls(e.TaskID)); n != 1 {
-			t.Errorf("gemini calls = %d, want 1", n)
-		}
-	})
-	t.Run("5xx: bounded retries then dead-letter", func(t *testing.T) {
-		f := newFixture(t, fixtureOptions{sim: geminisim.Options{Faults: geminisim.Faults{Error503: 1}}, opts: options{maxAttempts: 3}})
-		e := envelope("job-5xx", "k", modelOpen, "one")
-		want(t, f.push(e), http.StatusOK, outDeferred)
-		for i := 1; i < 3; i++ {
-			var next *task.Envelope
-			for _, tk := range f.scheduled() {
-				if shortName(tk.Name) == queue.TaskName(e.TaskID, i) {
-					b := taskBody(t, tk)
-					next = &b
-				}
-			}
-			if next == nil {
-				t.Fatalf("no cloud task for retry %d", i)
-			}
-			if next.Attempt != i {
-				t.Fatalf("retry %d carries attempt %d", i, next.Attempt)
-			}
-			wantOutcome := outDeferred
-			if i == 2 {
-				wantOutcome = outDeadLetter
-			}
-			want(t, f.callback(queue.TaskName(e.TaskID, i), encode(t, *next)), http.StatusOK, wantOutcome)
-		}
-		if n := len(f.generateCalls(e.TaskID)); n != 3 {
-			t.Errorf("gemini calls = %d, want 3", n)
-		}
-		rec := f.record(e)
-		if eo := errorOf(t, rec.Error); rec.State != store.Failed || eo.Code != 503 || !strings.Contains(eo.Message, "3 attempts") {
-			t.Fatalf("record = %s %s", rec.State, rec.Error)
-		}
-		msgs := f.published()
-		if len(msgs) != 1 || msgs[0].Attributes[attrOutcome] != outDeadLetter || msgs[0].Attributes[attrReason] == "" {
-			t.Fatalf("published = %v, want one dead_letter result with a reason", msgs)
-		}
-		l := line(t, msgs[0].Data)
-		if l.DeadLetter == nil || l.DeadLetter.Attempts != 3 || len(l.DeadLetter.Envelope) == 0 {
-			t.Fatalf("dead-letter line = %s", msgs[0].Data)
-		}
-		if env, err := task.Decode(l.DeadLetter.Envelope); err != nil || env.TaskID != e.TaskID {
-			t.Errorf("dead-letter envelope = %v, %v", env, err)
-		}
-		if d := cmp.Diff(store.Counts{Total: 1, Failed: 1}, f.counts(e.JobID)); d != "" {
-			t.Errorf("counts (-want +got):\n%s", d)
-		}
-	})
-	t.Run("timeout: a failed attempt", func(t *testing.T) {
-		f := newFixture(t, fixtureOptions{sim: geminisim.Options{Faults: geminisim.Faults{Hang: 1}}, opts: options{geminiTimeout: 200 * time.Millisecond}})
-		e := envelope("job-to", "k", modelOpen, "one")
-		want(t, f.push(e), http.StatusOK, outDeferred)
-		tks := f.scheduled()
-		if len(tks) != 1 {
-			t.Fatalf("scheduled = %d, want 1", len(tks))
-		}
-		if body := taskBody(t, tks[0]); body.Attempt != 1 {
-			t.Errorf("attempt = %d, want 1", body.Attempt)
-		}
-	})
+	}
+	tasks := tasksemu.New(tasksemu.Options{Logger: logging.Discard()})
+	addr, err := tasks.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tasks.Stop)
+	ct, err := queue.NewCloudTasksClient(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ct.Close() })
+	if err := queue.EnsureQueue(ctx, ct, testQueue, queue.QueueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sim := geminisim.New(geminisim.Options{APIKey: apiKey, Models: []geminisim.Model{{ID: model}}})
+	url, err := sim.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	e.vars = map[string]string{
+		"REDIS_ADDR":               e.redis.Addr,
+		"GOOGLE_CLOUD_PROJECT":     testProject,
+		"PUBSUB_EMULATOR_HOST":     e.ps.Addr,
+		"GEMQ_TASKS_QUEUE":         testQueue,
+		"GEMQ_WORKER_URL":          "http://127.0.0.1:9/worker",
+		"GEMQ_CLOUDTASKS_ENDPOINT": addr,
+		"GEMQ_QUOTAS":              quotaJSON,
+		"GEMINI_API_KEY":           apiKey,
+		"GOOGLE_GEMINI_BASE_URL":   url,
+		"GEMQ_LOG_LEVEL":           "error",
+	}
+	return e
 }
 
-func TestCountTokensEstimator(t *testing.T) {
-	f := newFixture(t, fixtureOptions{opts: options{countTokens: true}})
-	e := envelope("job-ct", "k", modelOpen, "count me")
-	want(t, f.push(e), http.StatusOK, outSucceeded)
-	counts := 0
-	for _, en := range f.sim.Log() {
-		if en.Method == "countTokens" {
-			counts++
+// onTopic returns the messages published to a topic.
+func (e *env) onTopic(topic string) []*pstest.Message {
+	var out []*pstest.Message
+	for _, m := range e.ps.Messages() {
+		if m.Topic == "projects/"+testProject+"/topics/"+topic {
+			out = append(out, m)
 		}
 	}
-	if counts != 1 {
-		t.Fatalf("countTokens calls = %d, want 1", counts)
+	return out
+}
+
+func envelope(t *testing.T, jobID, key string) []byte {
+	t.Helper()
+	b, err := task.Encode(task.Envelope{V: task.Version, JobID: jobID, Key: key, Model: model,
+		Request: json.RawMessage(`{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func pushBody(data []byte, id string, attempt int) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"message":         map[string]any{"data": base64.StdEncoding.EncodeToString(data), "messageId": id},
+		"subscription":    "projects/test-project/subscriptions/gemq-tasks-push",
+		"deliveryAttempt": attempt,
+	})
+	return b
+}
+
+// post sends body to the handler and returns the status and outcome.
+func post(h http.Handler, body []byte, header map[string]string) (int, string) {
+	req := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	var out struct{ Outcome string }
+	json.Unmarshal(rec.Body.Bytes(), &out)
+	return rec.Code, out.Outcome
+}
+
+func TestNotPost(t *testing.T) {
+	h := &handler{log: logging.Discard()}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	if rec.Code != http.StatusMethodNotAllowed || !strings.Contains(rec.Body.String(), outcomeMethodError) {
+		t.Fatalf("GET answered %d %s", rec.Code, rec.Body)
 	}
 }
 
-// A permit is reconciled only when Gemini's promptTokenCount differs from
-// the estimate it was charged with.
-func TestReconcileOnlyWhenTheEstimateWasOff(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		skew float64
-		want int
+// decode turns a push body or a Cloud Tasks callback into a delivery: its
+// identity and attempt, the message data, and why it is invalid if it is.
+func TestDecode(t *testing.T) {
+	data := envelope(t, "job-d", "k")
+	tests := []struct {
+		name    string
+		body    []byte
+		header  map[string]string
+		want    lifecycle.Delivery
+		invalid string
 	}{
-		{"exact estimate", 0, 0},
-		{"estimate off by up to 30%", 0.3, 1},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, fixtureOptions{sim: geminisim.Options{TokenSkew: tc.skew, Seed: 7}})
-			c := f.countLimiter()
-			e := envelope("job-rec", "k", modelOpen, "a prompt long enough that a 30% skew changes its token count")
-			want(t, f.push(e), http.StatusOK, outSucceeded)
-			c.mu.Lock()
-			got := c.reconcile
-			c.mu.Unlock()
-			if got != tc.want {
-				t.Fatalf("Reconcile calls = %d, want %d", got, tc.want)
+		{"push", pushBody(data, "m7", 3), nil,
+			lifecycle.Delivery{Source: lifecycle.PubSub, ID: "m7", Attempt: 3, Data: data}, ""},
+		{"callback", data, map[string]string{headerTaskName: "t-1", headerTaskRetry: "2"},
+			lifecycle.Delivery{Source: lifecycle.CloudTasks, ID: "t-1", Attempt: 2, Data: data}, ""},
+		{"not JSON", []byte("{not json"), nil,
+			lifecycle.Delivery{Source: lifecycle.PubSub, Data: []byte("{not json")}, "push envelope"},
+		{"no message", []byte(`{"subscription":"s"}`), nil,
+			lifecycle.Delivery{Source: lifecycle.PubSub, Data: []byte(`{"subscription":"s"}`)}, "no message"},
+		{"not an envelope", pushBody([]byte("hello"), "m8", 1), nil,
+			lifecycle.Delivery{Source: lifecycle.PubSub, ID: "m8", Attempt: 1, Data: []byte("hello")}, "malformed JSON"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(tt.body))
+			for k, v := range tt.header {
+				req.Header.Set(k, v)
+			}
+			d, err := decode(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Source != tt.want.Source || d.ID != tt.want.ID || d.Attempt != tt.want.Attempt || !bytes.Equal(d.Data, tt.want.Data) {
+				t.Errorf("delivery = %s %q attempt %d data %q; want %s %q attempt %d data %q",
+					d.Source, d.ID, d.Attempt, d.Data, tt.want.Source, tt.want.ID, tt.want.Attempt, tt.want.Data)
+			}
+			if tt.invalid == "" && (d.Invalid != nil || d.Envelope.Key != "k") {
+				t.Errorf("invalid = %v, envelope key %q; want a valid envelope", d.Invalid, d.Envelope.Key)
+			}
+			if tt.invalid != "" && (d.Invalid == nil || !strings.Contains(d.Invalid.Error(), tt.invalid)) {
+				t.Errorf("invalid = %v, want an error containing %q", d.Invalid, tt.invalid)
 			}
 		})
 	}
 }
 
-// The request's context ends mid-call (the instance is stopping, the push
-// connection dropped): non-2xx, the lease is released, and the redelivery
-// completes the task exactly once.
-func TestContextKilledMidCall(t *testing.T) {
-	f := newFixture(t, fixtureOptions{sim: geminisim.Options{Latency: geminisim.Latency{Kind: "fixed", Fixed: 500 * time.Millisecond}}})
-	e := envelope("job-kill", "k", modelOpen, "interrupted")
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
-	defer cancel()
-	r := f.serve(ctx, pushBody(encode(t, e)), nil)
-	if r.status < 300 {
-		t.Fatalf("answer = %d %q, want non-2xx", r.status, r.outcome)
+// Messages the worker cannot process are dead-lettered as copies with their
+// reason, never only logged: garbage, and a message over the size limit.
+func TestUnprocessableMessagesAreDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	for k, v := range e.vars {
+		t.Setenv(k, v)
 	}
-	if rec := f.record(e); rec.State.Terminal() {
-		t.Fatalf("state = %s after the kill", rec.State)
+	t.Cleanup(built.Reset)
+	h := http.HandlerFunc(handle)
+	big := bytes.Repeat([]byte("x"), task.MaxEnvelopeBytes+10)
+	cases := []struct {
+		body []byte
+		kind string
+	}{
+		{[]byte("{not json"), "undecodable"},
+		{pushBody([]byte(`{"v":1}`), "m1", 1), "undecodable"},
+		{pushBody(big, "m2", 1), "oversized"},
 	}
-	want(t, f.push(e), http.StatusOK, outSucceeded)
-	want(t, f.push(e), http.StatusOK, outDuplicate)
-	if n := len(f.published()); n != 1 {
-		t.Fatalf("published = %d, want 1", n)
-	}
-	if d := cmp.Diff(store.Counts{Total: 1, Succeeded: 1}, f.counts(e.JobID)); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-}
-
-func TestRedisDown(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	f.redis.Stop()
-	e := envelope("job-redis", "k", modelOpen, "no redis")
-	r := f.push(e)
-	if r.status < 500 {
-		t.Fatalf("answer = %d %q, want 5xx", r.status, r.outcome)
-	}
-	if n := f.allGenerateCalls(); n != 0 {
-		t.Fatalf("gemini calls = %d without Redis", n)
-	}
-	if n := len(f.published()); n != 0 {
-		t.Fatalf("published %d without Redis", n)
-	}
-}
-
-func TestCloudTasksDown(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	want(t, f.push(envelope("job-ct-down", "a", modelTight, "one")), http.StatusOK, outSucceeded)
-	f.tasks.Stop()
-	e := envelope("job-ct-down", "b", modelTight, "two")
-	r := f.push(e)
-	if r.status < 500 {
-		t.Fatalf("answer = %d %q, want 5xx", r.status, r.outcome)
-	}
-	if n := len(f.generateCalls(e.TaskID)); n != 0 {
-		t.Fatal("gemini called")
-	}
-	if rec := f.record(e); rec.State != store.Queued {
-		t.Errorf("state = %s, want queued (lease released for the redelivery)", rec.State)
-	}
-	// The reservation was given back: the slot it held is free again.
-	p, err := f.lim.Acquire(context.Background(), limiter.Scope{Project: testProject, Model: modelTight}, limiter.Cost{Requests: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Outcome == limiter.Reserved && p.At.Sub(time.Now()) > 3*time.Second {
-		t.Errorf("next slot %v ahead: the failed deferral kept its reservation", time.Until(p.At))
-	}
-}
-
-// Pub/Sub refuses the result: non-2xx after the terminal write; the
-// redelivery publishes the stored result without calling Gemini again.
-func TestPublishFailsThenRedeliveryPublishes(t *testing.T) {
-	f := newFixture(t, fixtureOptions{psOptions: []pstest.ServerReactorOption{pstest.WithErrorInjection("Publish", codes.PermissionDenied, "publish refused")}})
-	e := envelope("job-pub", "k", modelOpen, "publish me")
-	r := f.push(e)
-	if r.status < 500 {
-		t.Fatalf("answer = %d %q, want 5xx", r.status, r.outcome)
-	}
-	if rec := f.record(e); rec.State != store.Succeeded {
-		t.Fatalf("state = %s, want succeeded (written before the publish)", rec.State)
-	}
-	// Pub/Sub is back: a new publisher on a healthy server.
-	ok := newFixture(t, fixtureOptions{})
-	f.h.results = ok.pub
-	want(t, f.push(e), http.StatusOK, outDuplicate)
-	want(t, f.push(e), http.StatusOK, outDuplicate)
-	if n := len(ok.published()); n != 1 {
-		t.Fatalf("published on redelivery = %d, want 1", n)
-	}
-	if l := line(t, ok.published()[0].Data); l.Key != "k" || len(l.Response) == 0 {
-		t.Errorf("republished line = %s", ok.published()[0].Data)
-	}
-	if n := len(f.generateCalls(e.TaskID)); n != 1 {
-		t.Fatalf("gemini calls = %d, want 1", n)
-	}
-	if d := cmp.Diff(store.Counts{Total: 1, Succeeded: 1}, f.counts(e.JobID)); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
-	}
-}
-
-func TestNotPost(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
-	req := httptest.NewRequest(http.MethodGet, "/", nil)
-	rec := httptest.NewRecorder()
-	f.h.ServeHTTP(rec, req)
-	if rec.Code != http.StatusMethodNotAllowed {
-		t.Fatalf("GET answered %d", rec.Code)
-	}
-}
-
-// Logs carry ids and outcomes, never prompts, outputs or keys.
-func TestLogsCarryIdsNotContent(t *testing.T) {
-	f := newFixture(t, fixtureOptions{sim: geminisim.Options{Faults: geminisim.Faults{Error500: 0.5}, Seed: 7}})
-	const secret = "PROMPT-SECRET-7f3a"
-	var ids []string
-	for i := range 6 {
-		e := envelope("job-logs", fmt.Sprintf("KEY-SECRET-%d", i), modelOpen, fmt.Sprintf("%s number %d", secret, i))
-		ids = append(ids, e.TaskID)
-		f.push(e)
-	}
-	bad := envelope("job-logs", "KEY-SECRET-bad", modelOpen, "")
-	bad.Request = json.RawMessage(`{"contents":[{"parts":[{"text":"` + secret + `"}]}],"generationConfig":{"temperature":9}}`)
-	f.push(bad)
-	logs := f.logs()
-	for _, s := range []string{secret, "KEY-SECRET", "candidates", apiKey} {
-		if strings.Contains(logs, s) {
-			t.Errorf("logs contain %q", s)
+	for _, c := range cases {
+		if code, out := post(h, c.body, nil); code != http.StatusOK || out != lifecycle.OutPoison {
+			t.Errorf("answer %d %q, want 200 %q", code, out, lifecycle.OutPoison)
 		}
 	}
-	for _, id := range ids {
-		if !strings.Contains(logs, `"task_id":"`+id+`"`) {
-			t.Errorf("logs lack task id %s", id)
+	dead := e.onTopic(config.DefaultDeadLetters)
+	if len(dead) != len(cases) {
+		t.Fatalf("dead-lettered %d copies, want %d", len(dead), len(cases))
+	}
+	for i, m := range dead {
+		if m.Attributes[lifecycle.AttrDeadLetterKind] != cases[i].kind || m.Attributes[lifecycle.AttrDeadLetterReason] == "" {
+			t.Errorf("copy %d attributes = %v, want kind %s with a reason", i, m.Attributes, cases[i].kind)
 		}
 	}
-	for _, l := range strings.Split(strings.TrimSpace(logs), "\n") {
-		var m map[string]any
-		if err := json.Unmarshal([]byte(l), &m); err != nil || m["severity"] == nil || m["message"] == nil {
-			t.Errorf("log line is not JSON with severity and message: %s", l)
-		}
+	if !bytes.Equal(dead[2].Data, big) {
+		t.Errorf("the oversized copy has %d bytes, want the message's %d", len(dead[2].Data), len(big))
 	}
 }
 
 // The registered entry point builds its clients from the environment on
 // first use (never at init), once, even under concurrent first requests.
 func TestEntryPointBuildsLazilyFromTheEnvironment(t *testing.T) {
-	f := newFixture(t, fixtureOptions{})
+	e := newEnv(t)
 	if built.Built() {
 		t.Fatal("a handler was built before the first request (at init?)")
 	}
 	t.Cleanup(built.Reset)
-
-	for k, v := range map[string]string{
-		"REDIS_ADDR":               f.redis.Addr,
-		"GOOGLE_CLOUD_PROJECT":     testProject,
-		"PUBSUB_EMULATOR_HOST":     f.ps.Addr,
-		"GEMQ_RESULTS_TOPIC":       testTopic,
-		"GEMQ_TASKS_QUEUE":         testQueue,
-		"GEMQ_WORKER_URL":          "http://127.0.0.1:9/worker",
-		"GEMQ_CLOUDTASKS_ENDPOINT": f.ctEndpoint,
-		"GEMQ_QUOTAS":              quotaJSON,
-		"GEMINI_API_KEY":           apiKey,
-		"GOOGLE_GEMINI_BASE_URL":   f.sim.URL(),
-		"GEMQ_LOG_LEVEL":           "error",
-	} {
+	for k, v := range e.vars {
 		t.Setenv(k, v)
 	}
 	var wg sync.WaitGroup
 	codes := make([]int, 4)
 	for i := range codes {
 		wg.Go(func() {
-			e := envelope("job-entry", fmt.Sprintf("k%d", i), modelOpen, "via the entry point")
-			rec := httptest.NewRecorder()
-			handle(rec, httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(pushBody(encode(t, e)))))
-			codes[i] = rec.Code
+			codes[i], _ = post(http.HandlerFunc(handle), pushBody(envelope(t, "job-entry", fmt.Sprintf("k%d", i)), fmt.Sprint(i), 1), nil)
 		})
 	}
 	wg.Wait()
@@ -868,10 +271,12 @@ func TestEntryPointBuildsLazilyFromTheEnvironment(t *testing.T) {
 			t.Errorf("request %d answered %d", i, c)
 		}
 	}
-	if d := cmp.Diff(store.Counts{Total: 4, Succeeded: 4}, f.counts("job-entry")); d != "" {
-		t.Errorf("counts (-want +got):\n%s", d)
+	st := store.New(e.redis.Client(t), store.Options{})
+	j, err := st.GetJob(context.Background(), "job-entry")
+	if err != nil || j.Counts.Succeeded != 4 {
+		t.Errorf("job = %+v, %v; want 4 succeeded", j, err)
 	}
-	if n := len(f.published()); n != 4 {
+	if n := len(e.onTopic(config.DefaultResultsTopic)); n != 4 {
 		t.Errorf("published = %d, want 4", n)
 	}
 }

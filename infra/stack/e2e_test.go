@@ -3,6 +3,7 @@ package stack_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -38,7 +39,8 @@ func TestEndToEnd(t *testing.T) {
 		Getenv: func(k string) string {
 			return map[string]string{"REDIS_ADDR": rds.Addr}[k]
 		},
-		Dir:    t.TempDir(),
+		// E2E_DIR keeps the stack log (gemq.log) after the run, for a look.
+		Dir:    cmp.Or(os.Getenv("E2E_DIR"), t.TempDir()),
 		Minute: minute,
 		RPM:    rpm, TPM: tpm, RPD: 1_000_000,
 		// Timeouts fail fast. GEMQ_MAX_ATTEMPTS keeps its default (5); the

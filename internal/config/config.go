@@ -91,6 +91,11 @@ type Config struct {
 	// ResultsTopic is the Pub/Sub topic id of results.
 	// GEMQ_RESULTS_TOPIC, default "gemq-results".
 	ResultsTopic string
+	// DeadLetterTopic is the Pub/Sub topic id the worker publishes a copy
+	// of every message it cannot process to, with the reason (the push
+	// subscription's dead-letter topic). GEMQ_DEAD_LETTER_TOPIC, default
+	// "gemq-dead-letter".
+	DeadLetterTopic string
 	// TasksQueue is the Cloud Tasks queue, projects/P/locations/L/queues/Q.
 	// GEMQ_TASKS_QUEUE, required by the worker.
 	TasksQueue string
@@ -198,6 +203,7 @@ type Config struct {
 const (
 	DefaultTasksTopic    = "gemq-tasks"
 	DefaultResultsTopic  = "gemq-results"
+	DefaultDeadLetters   = "gemq-dead-letter"
 	DefaultLocation      = "us-central1"
 	DefaultGeminiTimeout = 120 * time.Second
 	DefaultLeaseMargin   = 60 * time.Second // Lease = GeminiTimeout + DefaultLeaseMargin
@@ -212,6 +218,12 @@ const (
 	DefaultClaimLead           = 3 * time.Second
 	DefaultSeedBackoffBase     = time.Second
 	DefaultSeedBackoffMax      = time.Minute
+	// DefaultQuotaRetry is the pause after a per-minute 429 that says no
+	// retry delay.
+	DefaultQuotaRetry = 60 * time.Second
+	// DefaultCallTimeout bounds one Cloud Tasks or Pub/Sub call of the
+	// worker, so an outage answers well before the push deadline.
+	DefaultCallTimeout = 30 * time.Second
 )
 
 // ClaimSlack is added to ClaimLead when the worker decides whether a Cloud
@@ -354,6 +366,7 @@ func load(getenv func(string) string, ps *problems) Config {
 		Project:             required("GOOGLE_CLOUD_PROJECT"),
 		TasksTopic:          str("GEMQ_TASKS_TOPIC", DefaultTasksTopic),
 		ResultsTopic:        str("GEMQ_RESULTS_TOPIC", DefaultResultsTopic),
+		DeadLetterTopic:     str("GEMQ_DEAD_LETTER_TOPIC", DefaultDeadLetters),
 		TasksQueue:          str("GEMQ_TASKS_QUEUE", ""),
 		WorkerURL:           str("GEMQ_WORKER_URL", ""),
 		TasksServiceAccount: str("GEMQ_TASKS_SERVICE_ACCOUNT", ""),
@@ -566,6 +579,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("project", c.Project),
 		slog.String("tasks_topic", c.TasksTopic),
 		slog.String("results_topic", c.ResultsTopic),
+		slog.String("dead_letter_topic", c.DeadLetterTopic),
 		slog.String("tasks_queue", c.TasksQueue),
 		slog.String("worker_url", c.WorkerURL),
 		slog.String("cloudtasks_endpoint", c.CloudTasksEndpoint),

@@ -52,21 +52,22 @@ func TestLoadDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		RedisAddr:      "10.0.0.3:6379",
-		Project:        "proj",
-		TasksTopic:     "gemq-tasks",
-		ResultsTopic:   "gemq-results",
-		Quotas:         c.Quotas,
-		AllowedModels:  []string{"gemini-2.5-flash", "gemini-2.5-pro"},
-		Location:       "us-central1",
-		GeminiTimeout:  120 * time.Second,
-		Lease:          180 * time.Second,
-		ResultTTL:      168 * time.Hour,
-		MaxAttempts:    5,
-		TokenEstimator: EstimateLocal,
-		LimitPolicy:    PolicyReserve,
-		MaxBodyBytes:   32 << 20,
-		LogLevel:       slog.LevelInfo,
+		RedisAddr:       "10.0.0.3:6379",
+		Project:         "proj",
+		TasksTopic:      "gemq-tasks",
+		ResultsTopic:    "gemq-results",
+		DeadLetterTopic: "gemq-dead-letter",
+		Quotas:          c.Quotas,
+		AllowedModels:   []string{"gemini-2.5-flash", "gemini-2.5-pro"},
+		Location:        "us-central1",
+		GeminiTimeout:   120 * time.Second,
+		Lease:           180 * time.Second,
+		ResultTTL:       168 * time.Hour,
+		MaxAttempts:     5,
+		TokenEstimator:  EstimateLocal,
+		LimitPolicy:     PolicyReserve,
+		MaxBodyBytes:    32 << 20,
+		LogLevel:        slog.LevelInfo,
 
 		RetryBase:           10 * time.Second,
 		RetryMax:            10 * time.Minute,
@@ -131,7 +132,7 @@ func TestLoadAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		RedisAddr: "10.0.0.3:6379", RedisPassword: "pw", Project: "proj", TasksTopic: "t", ResultsTopic: "r",
+		RedisAddr: "10.0.0.3:6379", RedisPassword: "pw", Project: "proj", TasksTopic: "t", ResultsTopic: "r", DeadLetterTopic: "gemq-dead-letter",
 		TasksQueue: "projects/proj/locations/us-central1/queues/gemq", WorkerURL: "https://worker-abc.a.run.app/",
 		TasksServiceAccount: "tasks@proj.iam.gserviceaccount.com", CloudTasksEndpoint: "127.0.0.1:8123",
 		PubSubEmulatorHost: "127.0.0.1:8085", Quotas: c.Quotas,

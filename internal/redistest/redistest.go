@@ -29,6 +29,8 @@ type Server struct {
 	// Addr is "127.0.0.1:port".
 	Addr string
 	cmd  *exec.Cmd
+	bin  string
+	args []string
 }
 
 // Client returns a new client for s, closed when tb ends.
@@ -45,6 +47,22 @@ func (s *Server) Stop() {
 	if s.cmd.Process != nil {
 		s.cmd.Process.Kill()
 		s.cmd.Wait()
+	}
+}
+
+// Restart kills the server and starts an empty one on the same address, as
+// a crash followed by a restart without persistence would (Memorystore's
+// BASIC tier after maintenance).
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.Stop()
+	cmd := exec.Command(s.bin, s.args...)
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("redistest: restart %s: %v", s.bin, err)
+	}
+	s.cmd = cmd
+	if err := waitPing(s.Addr, 10*time.Second); err != nil {
+		tb.Fatalf("redistest: restart: %v", err)
 	}
 }
 
@@ -96,7 +114,7 @@ func start(tb testing.TB, dir string, extraArgs ...string) *Server {
 		if err := cmd.Start(); err != nil {
 			tb.Fatalf("redistest: start %s: %v", bin, err)
 		}
-		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd}
+		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, bin: bin, args: args}
 		if err := waitPing(s.Addr, 10*time.Second); err != nil {
 			s.Stop()
 			lastErr = fmt.Errorf("%w; server output:\n%s", err, out.String())

@@ -13,9 +13,13 @@ import "github.com/redis/go-redis/v9"
 //	ARGV[3] -> task id
 //	ARGV[4] -> request key
 //	ARGV[5] -> model (for a job created on first sight)
-//	ARGV[6] -> holder
+//	ARGV[6] -> job hash the envelope carries ('' for a user-published task)
+//	ARGV[7] -> job total the envelope carries ('0' if none)
+//	ARGV[8] -> holder: the delivery's identity
+//	ARGV[9] -> fence: the holder's token ('' for LeaseTask)
 //
-// and return an Outcome: 1 applied, 2 already done, 3 held elsewhere.
+// Outcome codes: 1 applied, 2 already done, 3 held elsewhere, 4 awaiting,
+// 5 not stale / absent, 6 foreign, 7 stale (fenced out).
 const prelude = `
 -- Time from Redis, so every function instance agrees on lease expiry.
 local function now_ms()
@@ -23,33 +27,63 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- register makes sure the job and the task exist. A task id not yet in the
--- job's set (a user-published task) increments total exactly once. It
--- returns true when the task finished but its record has expired (so it is
--- never run or counted again).
-local function register(now)
-  if redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('HSET', KEYS[1], 'id', ARGV[2], 'model', ARGV[5], 'hash', '', 'adhoc', '1',
-      'total', '0', 'created_ms', tostring(now), 'updated_ms', tostring(now))
+-- register makes sure the job and the task exist, and says whether the task
+-- belongs here. It returns:
+--   'ok'      the task exists (it may have been created just now: see created)
+--   'foreign' the envelope is not one of this job's tasks (an ingest job
+--             that does not list it, or another run of the job id)
+--   'expired' the task finished but its record has expired (never rerun)
+--   'absent'  (create false) no record, and none was created
+-- and, second, whether the task record was created by this call.
+-- A job record missing for an envelope that carries its job hash means
+-- Redis lost the job (a flush, an empty restart): it is re-created from the
+-- envelope (hash, total) and marked lost, never as a new job.
+local function register(now, create)
+  local jhash, jtotal = ARGV[6], ARGV[7]
+  local meta = redis.call('HMGET', KEYS[1], 'hash', 'adhoc', 'lost')
+  local exists = meta[2] ~= false
+  if not exists then
+    if not create then return 'absent', false end
+    if jhash == '' then
+      redis.call('HSET', KEYS[1], 'id', ARGV[2], 'model', ARGV[5], 'hash', '', 'adhoc', '1',
+        'total', '0', 'created_ms', tostring(now), 'updated_ms', tostring(now))
+      meta = {'', '1', false}
+    else
+      redis.call('HSET', KEYS[1], 'id', ARGV[2], 'model', ARGV[5], 'hash', jhash, 'adhoc', '0',
+        'total', jtotal, 'lost', '1', 'lost_ms', tostring(now), 'created_ms', tostring(now),
+        'updated_ms', tostring(now))
+      meta = {jhash, '0', '1'}
+    end
+  elseif jhash ~= '' and meta[1] ~= jhash then
+    return 'foreign', false
   end
-  if redis.call('SADD', KEYS[2], ARGV[3]) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'total', 1)
-    redis.call('HDEL', KEYS[1], 'finished_ms')
+  if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0 then
+    if meta[2] ~= '1' and meta[3] ~= '1' then return 'foreign', false end
+    if not create and redis.call('HEXISTS', KEYS[4], 'state') == 0 then return 'absent', false end
+    redis.call('SADD', KEYS[2], ARGV[3])
+    if meta[2] == '1' then
+      redis.call('HINCRBY', KEYS[1], 'total', 1)
+      redis.call('HDEL', KEYS[1], 'finished_ms')
+    end
   end
   if redis.call('HEXISTS', KEYS[4], 'state') == 0 then
-    if redis.call('ZSCORE', KEYS[3], ARGV[3]) then return true end
-    redis.call('HSET', KEYS[4], 'key', ARGV[4], 'state', 'queued')
+    if redis.call('ZSCORE', KEYS[3], ARGV[3]) then return 'expired', false end
+    if not create then return 'absent', false end
+    redis.call('HSET', KEYS[4], 'key', ARGV[4], 'state', 'queued', 'fence', '')
+    return 'ok', true
   end
-  return false
+  return 'ok', false
 end
 
--- move shifts one task between the job's state counters (queued is not
--- counted: it is total minus the others).
-local counted = {running = true, waiting = true, succeeded = true, failed = true}
+-- The job's counters: queued is not counted (total minus the others), and
+-- calling counts as running.
+local counter = {running = 'running', calling = 'running', waiting = 'waiting',
+  succeeded = 'succeeded', failed = 'failed'}
 local function move(from, to)
-  if from == to then return end
-  if counted[from] then redis.call('HINCRBY', KEYS[1], from, -1) end
-  if counted[to] then redis.call('HINCRBY', KEYS[1], to, 1) end
+  local f, t = counter[from], counter[to]
+  if f == t then return end
+  if f then redis.call('HINCRBY', KEYS[1], f, -1) end
+  if t then redis.call('HINCRBY', KEYS[1], t, 1) end
 end
 
 -- touch stamps the job, marks it finished when every task is terminal, and
@@ -65,69 +99,169 @@ local function touch(now)
 end
 
 local function terminal(state) return state == 'succeeded' or state == 'failed' end
+local function holding(state) return state == 'running' or state == 'calling' end
 
--- held_elsewhere: another holder's lease is still live.
-local function held_elsewhere(t, now)
-  return t[1] == 'running' and t[2] ~= ARGV[6] and (tonumber(t[3]) or 0) > now
+-- fenced: the common head of the transitions a lease holder makes. It
+-- returns a code to answer with, or nil and the task's state when the
+-- caller's fence is current (no lease was taken since the caller's).
+-- A task record lost since the lease (created just now by register) is
+-- the caller's to write: nobody else holds it.
+local function fenced(now, allowed)
+  local reg, created = register(now, true)
+  if reg == 'foreign' then return 6 end
+  if reg == 'expired' then return 2 end
+  local t = redis.call('HMGET', KEYS[4], 'state', 'fence')
+  if terminal(t[1]) then return 2 end
+  if created then return nil, t[1] end
+  if t[2] ~= ARGV[9] then return 7 end
+  if not allowed[t[1]] then return 7 end
+  return nil, t[1]
 end
 `
 
-// leaseTaskScript leases a task, knowing which delivery a waiting task
-// waits for.
+// leaseTaskScript leases a task for one delivery, knowing which delivery a
+// waiting task waits for and which delivery holds it.
 //
-//	ARGV[7] -> lease in ms
-//	ARGV[8] -> the deferral number the delivery carries
-//	ARGV[9] -> '1': take over only a stale task (running under an expired
-//	           lease, or waiting past its deadline), else answer 5
-//	Output: {code, previous state, published, deferral, wait_until_ms, lease_ms}
+//	ARGV[10] -> lease in ms
+//	ARGV[11] -> the deferral number the delivery carries
+//	ARGV[12] -> '1': take over only a stale task (running under an expired
+//	            lease, or waiting past its deadline), else answer 5; a task
+//	            without a record is not created
+//	ARGV[13] -> the delivery's attempt (Pub/Sub deliveryAttempt, Cloud Tasks
+//	            retry count): a higher attempt of the holder's own delivery
+//	            resumes at once
+//	ARGV[14] -> '1': refuse (6) a task of a job created by ingest (poison
+//	            copies may only settle user-published tasks)
+//	ARGV[15] -> a nonce of this request: running the script again for it
+//	            (a retry after a lost reply) answers the same lease
+//	Output: {code, previous state, published, deferral, wait_until_ms, lease_ms, fence, resumed}
 //	code: 1 leased, 2 terminal, 3 held elsewhere, 4 waiting for another
-//	deferral until wait_until_ms, 5 nothing stale to take over;
+//	deferral until wait_until_ms, 5 nothing stale to take over, 6 foreign;
 //	published: '1' when the terminal result was marked published;
 //	deferral: the deferral number the task was last marked waiting for;
-//	lease_ms: when the live lease (code 3) or the new one (code 1) expires
+//	lease_ms: when the live lease (code 3) or the new one (code 1) expires;
+//	fence: the new lease's token (code 1);
+//	resumed: '1' when the lease passed from an earlier attempt of the same
+//	delivery (it died or gave up mid-way)
 var leaseTaskScript = redis.NewScript(prelude + `
 local now = now_ms()
-if register(now) then return {2, 'expired', '1', '0', '0', '0'} end
-local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms', 'published', 'deferral', 'wait_until_ms')
+local takeover = ARGV[12] == '1'
+if ARGV[14] == '1' and redis.call('HGET', KEYS[1], 'adhoc') == '0' then
+  return {6, '', '0', '0', '0', '0', '0', '0'}
+end
+local reg = register(now, not takeover)
+if reg == 'foreign' then return {6, '', '0', '0', '0', '0', '0', '0'} end
+if reg == 'expired' then return {2, 'expired', '1', '0', '0', '0', '0', '0'} end
+if reg == 'absent' then return {5, 'queued', '0', '0', '0', '0', '0', '0'} end
+local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms', 'published', 'deferral',
+  'wait_until_ms', 'attempt', 'fence', 'nonce', 'prev', 'resumed')
 local prev = t[1]
 local deferral = t[5] or '0'
 local waituntil = tonumber(t[6]) or 0
-if terminal(prev) then return {2, prev, t[4] or '0', deferral, '0', '0'} end
-if held_elsewhere(t, now) then return {3, prev, '0', deferral, '0', t[3]} end
-local stale = (prev == 'running' and (tonumber(t[3]) or 0) <= now) or
-  (prev == 'waiting' and waituntil > 0 and waituntil <= now)
-if prev == 'waiting' and waituntil > now and tostring(ARGV[8]) ~= deferral then
-  return {4, prev, '0', deferral, t[6], '0'}
+local leaseuntil = tonumber(t[3]) or 0
+if terminal(prev) then return {2, prev, t[4] or '0', deferral, '0', '0', '0', '0'} end
+-- This very request leased it already (a client retry of a script whose
+-- reply was lost): the same answer again.
+if prev == 'running' and t[9] == ARGV[15] then
+  return {1, t[10] or 'queued', '0', deferral, '0', t[3], t[8], t[11] or '0'}
 end
-if ARGV[9] == '1' and not stale then return {5, prev, '0', deferral, t[6] or '0', t[3] or '0'} end
+-- An earlier attempt of this very delivery wrote the state: it died, timed
+-- out or answered non-2xx; this attempt carries on from there.
+local own = t[2] == ARGV[8] and tonumber(ARGV[13]) > (tonumber(t[7]) or -1)
+local resumed = '0'
+if holding(prev) and leaseuntil > now then
+  if not own then return {3, prev, '0', deferral, '0', t[3], '0', '0'} end
+  resumed = '1'
+end
+if prev == 'waiting' and waituntil > now and ARGV[11] ~= deferral then
+  if not own then return {4, prev, '0', deferral, t[6], '0', '0', '0'} end
+  resumed = '1'
+end
+local stale = (holding(prev) and leaseuntil <= now) or (prev == 'waiting' and waituntil <= now)
+if takeover and not stale then return {5, prev, '0', deferral, t[6] or '0', t[3] or '0', '0', '0'} end
 move(prev, 'running')
-local lease = tostring(now + tonumber(ARGV[7]))
-redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[6], 'lease_ms', lease)
+local lease = tostring(now + tonumber(ARGV[10]))
+-- The token is unique across a loss of Redis' data too: time, then a count.
+local fence = tostring(now) .. '-' .. tostring(redis.call('HINCRBY', KEYS[4], 'leases', 1))
+redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[8], 'attempt', ARGV[13], 'lease_ms', lease,
+  'fence', fence, 'nonce', ARGV[15], 'prev', prev, 'resumed', resumed)
 redis.call('HDEL', KEYS[4], 'wait_until_ms')
-redis.call('HINCRBY', KEYS[4], 'leases', 1)
 touch(now)
-return {1, prev, '0', deferral, t[6] or '0', lease}
+return {1, prev, '0', deferral, t[6] or '0', lease, fence, resumed}
 `)
 
-// waitScript:
+// callingScript records, before the Gemini call, that the holder is calling
+// (write-ahead: a takeover knows the call may have reached Gemini), and
+// extends its lease to cover the call.
 //
-//	ARGV[7] -> deferral number the task now waits for ('' for none)
-//	ARGV[8] -> deadline in ms (Unix) after which any delivery may take the
-//	           task over ('' for none: any delivery may, at once)
-//	Output: 1 waiting, 2 terminal, 3 held elsewhere
+//	ARGV[10] -> lease in ms from now
+//	Output: 1 calling, 2 terminal, 6 foreign, 7 fenced out (nothing written)
+var callingScript = redis.NewScript(prelude + `
+local now = now_ms()
+local code, state = fenced(now, {running = true, calling = true})
+if code then return code end
+move(state, 'calling')
+redis.call('HSET', KEYS[4], 'state', 'calling', 'fence', ARGV[9], 'holder', ARGV[8],
+  'lease_ms', tostring(now + tonumber(ARGV[10])))
+touch(now)
+return 1
+`)
+
+// waitScript records, before Cloud Task N is created (write-ahead), that the
+// task waits for deferral N until a deadline. The holder and its attempt
+// stay recorded, so a later attempt of the same delivery resumes at once.
+//
+//	ARGV[10] -> deferral number the task now waits for
+//	ARGV[11] -> deadline in ms (Unix) after which any delivery may take the
+//	            task over
+//	Output: 1 waiting, 2 terminal, 6 foreign, 7 fenced out (nothing written)
 var waitScript = redis.NewScript(prelude + `
 local now = now_ms()
-if register(now) then return 2 end
-local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms')
-if terminal(t[1]) then return 2 end
-if held_elsewhere(t, now) then return 3 end
-move(t[1], 'waiting')
-redis.call('HSET', KEYS[4], 'state', 'waiting')
-redis.call('HDEL', KEYS[4], 'holder', 'lease_ms', 'wait_until_ms')
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[4], 'deferral', ARGV[7])
-  if ARGV[8] ~= '' then redis.call('HSET', KEYS[4], 'wait_until_ms', ARGV[8]) end
-end
+local code, state = fenced(now, {running = true, calling = true, waiting = true})
+if code then return code end
+move(state, 'waiting')
+redis.call('HSET', KEYS[4], 'state', 'waiting', 'deferral', ARGV[10], 'wait_until_ms', ARGV[11],
+  'fence', ARGV[9], 'holder', ARGV[8])
+redis.call('HDEL', KEYS[4], 'lease_ms')
+touch(now)
+return 1
+`)
+
+// releaseScript gives a lease back: a task running, calling, or waiting by
+// the holder's own mark (a Cloud Task that could not be created) goes back
+// to queued.
+//
+//	Output: 1 released, 2 terminal, 6 foreign, 7 fenced out (nothing written)
+var releaseScript = redis.NewScript(prelude + `
+local now = now_ms()
+local code, state = fenced(now, {running = true, calling = true, waiting = true, queued = true})
+if code then return code end
+move(state, 'queued')
+redis.call('HSET', KEYS[4], 'state', 'queued')
+redis.call('HDEL', KEYS[4], 'holder', 'lease_ms', 'wait_until_ms', 'attempt')
+touch(now)
+return 1
+`)
+
+// finishScript writes a terminal state once, for the current holder only.
+//
+//	ARGV[10] -> 'succeeded' | 'failed'
+//	ARGV[11] -> payload field: 'response' | 'error'
+//	ARGV[12] -> payload JSON
+//	Output: 1 written (now, or before by the same lease), 2 already terminal,
+//	6 foreign, 7 fenced out (nothing written)
+var finishScript = redis.NewScript(prelude + `
+local now = now_ms()
+-- Written already by this very lease (a retry after a lost reply).
+local own = redis.call('HMGET', KEYS[4], 'state', 'fence')
+if own[1] == ARGV[10] and ARGV[9] ~= '' and own[2] == ARGV[9] then return 1 end
+local code, state = fenced(now, {running = true, calling = true})
+if code then return code end
+move(state, ARGV[10])
+redis.call('HSET', KEYS[4], 'state', ARGV[10], ARGV[11], ARGV[12], 'holder', ARGV[8], 'finished_ms', tostring(now))
+redis.call('HDEL', KEYS[4], 'lease_ms', 'wait_until_ms', 'attempt', 'deferral', 'nonce', 'prev', 'resumed')
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('ZADD', KEYS[3], seq, ARGV[3])
 touch(now)
 return 1
 `)
@@ -141,44 +275,6 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 0 end
 if state ~= 'succeeded' and state ~= 'failed' then return -1 end
 redis.call('HSET', KEYS[1], 'published', '1')
-return 1
-`)
-
-// releaseScript:
-//
-//	Output: 1 released (running → queued) or nothing to release, 2 terminal, 3 held elsewhere
-var releaseScript = redis.NewScript(prelude + `
-local now = now_ms()
-if register(now) then return 2 end
-local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms')
-if terminal(t[1]) then return 2 end
-if held_elsewhere(t, now) then return 3 end
-if t[1] == 'running' then
-  move('running', 'queued')
-  redis.call('HSET', KEYS[4], 'state', 'queued')
-  redis.call('HDEL', KEYS[4], 'holder', 'lease_ms')
-end
-touch(now)
-return 1
-`)
-
-// finishScript writes a terminal state once.
-//
-//	ARGV[7] -> 'succeeded' | 'failed'
-//	ARGV[8] -> payload field: 'response' | 'error'
-//	ARGV[9] -> payload JSON
-//	Output: 1 written, 2 already terminal (nothing written)
-var finishScript = redis.NewScript(prelude + `
-local now = now_ms()
-if register(now) then return 2 end
-local state = redis.call('HGET', KEYS[4], 'state')
-if terminal(state) then return 2 end
-move(state, ARGV[7])
-redis.call('HSET', KEYS[4], 'state', ARGV[7], ARGV[8], ARGV[9], 'holder', ARGV[6], 'finished_ms', tostring(now))
-redis.call('HDEL', KEYS[4], 'lease_ms')
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('ZADD', KEYS[3], seq, ARGV[3])
-touch(now)
 return 1
 `)
 
@@ -209,7 +305,9 @@ local added = 0
 for i = 5, #ARGV do
   added = added + redis.call('SADD', KEYS[2], ARGV[i])
 end
-if added > 0 then
+-- A job re-created after Redis lost it already has its total (from the
+-- envelopes); its ids are only registered again.
+if added > 0 and redis.call('HGET', KEYS[1], 'lost') ~= '1' then
   redis.call('HINCRBY', KEYS[1], 'total', added)
   redis.call('HDEL', KEYS[1], 'finished_ms')
 end

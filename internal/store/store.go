@@ -6,11 +6,12 @@
 // Redis Cluster (Memorystore Cluster):
 //
 //	gemq:job:{<job>}:meta          hash: id, model, hash, adhoc, total, running, waiting,
-//	                               succeeded, failed, seq, created_ms, updated_ms, finished_ms
+//	                               succeeded, failed, seq, created_ms, updated_ms, finished_ms,
+//	                               lost, lost_ms
 //	gemq:job:{<job>}:tasks         set: ids of every task the job has (ingest's plus first-seen ones)
 //	gemq:job:{<job>}:done          sorted set: finished task ids, scored by finish sequence
-//	gemq:job:{<job>}:task:<task>   hash: key, state, holder, lease_ms, leases, finished_ms,
-//	                               response | error, deferral, wait_until_ms, published
+//	gemq:job:{<job>}:task:<task>   hash: key, state, holder, attempt, fence, leases, lease_ms,
+//	                               finished_ms, response | error, deferral, wait_until_ms, published
 //
 // Job ids and task ids come from internal/task, whose alphabets cannot break a
 // hash tag; request keys are stored only as data. Every write sets the TTL
@@ -18,10 +19,17 @@
 // expire TTL after its last activity, a task's result TTL after it was
 // written. Times come from Redis TIME, never from an instance's clock.
 //
-// A task's life: queued (published, not yet seen) → running (leased) →
-// waiting (deferred for quota; not a failure) → running → succeeded or failed.
-// The terminal states are written once: the first Complete or Fail wins and
-// later ones report AlreadyDone. The counts of Job always add up to Total.
+// A task's life (internal/lifecycle drives it): queued (published, not yet
+// seen) → running (leased) → calling (about to call Gemini) or waiting
+// (deferred for quota; not a failure) → running → succeeded or failed.
+//
+// Every lease carries a fencing token (Token), unique across leases and
+// across a loss of Redis' data; every later transition of its holder is
+// conditioned on it, so a holder that was taken over (its lease expired, or
+// a later attempt of its own delivery resumed) can write nothing: Stale.
+// The terminal states are written once, by the current holder: later
+// Complete or Fail calls report AlreadyDone. The counts of Job always add up
+// to Total.
 //
 // Deliveries are at least once, so the store tells a task's expected
 // delivery from duplicates: MarkWaitingFor records that a waiting task waits
@@ -30,15 +38,24 @@
 // n (a duplicate push, an older Cloud Task), which the worker acknowledges
 // without touching the limiter, while the delivery carrying n leases it. Past
 // the deadline (its Cloud Task was lost or gave up) any delivery takes it
-// over. MarkPublished records that a terminal result was published, and
-// LeaseTask reports it with AlreadyDone, so a redelivery publishes a result
-// only when that never happened.
+// over. A later attempt of the delivery that holds the lease or wrote the
+// waiting mark resumes at once (it knows itself: LeaseRequest.Attempt).
+// MarkPublished records that a terminal result was published, and LeaseTask
+// reports it with AlreadyDone, so a redelivery publishes a result only when
+// that never happened.
+//
+// Loss of Redis' data is detected, never papered over: envelopes published
+// by ingest carry their job's hash and total (Ref.JobHash, Ref.JobTotal); a
+// job record missing for such a task is re-created with that total and
+// marked lost (Job.LostAt, state "state_lost"), and a task naming an ingest
+// job that does not list it is Foreign.
 //
 // A Store is safe for concurrent use.
 package store
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -95,6 +112,7 @@ type State string
 const (
 	Queued    State = "queued"    // accepted, not picked up yet (or lease released)
 	Running   State = "running"   // a worker holds the lease
+	Calling   State = "calling"   // a worker holds the lease and is calling Gemini (counted as running)
 	Waiting   State = "waiting"   // deferred until its quota slot; not a failure
 	Succeeded State = "succeeded" // terminal: a response is stored
 	Failed    State = "failed"    // terminal: an error is stored
@@ -132,16 +150,26 @@ type Job struct {
 	// FinishedAt is when the last task became terminal; zero while any
 	// task is not.
 	FinishedAt time.Time
+	// LostAt is when a worker found the job's record missing for one of
+	// its tasks (Redis lost its data: a flush, an empty restart) and
+	// re-created it from the task's envelope; zero if never. Counts then
+	// cover only what happened since: tasks finished before the loss are
+	// counted as queued until they run again (a resubmission of the job).
+	LostAt time.Time
 }
 
 // Done reports whether every task of the job is terminal.
 func (j Job) Done() bool { return !j.FinishedAt.IsZero() }
 
-// State is "done" when every task is terminal, else "running" (the status
-// API's "state").
+// State is the status API's "state": "done" when every task is terminal
+// (as far as the store knows), "state_lost" when the job's record was lost
+// and not every task has finished since, else "running".
 func (j Job) State() string {
-	if j.Done() {
+	switch {
+	case j.Done():
 		return "done"
+	case !j.LostAt.IsZero():
+		return "state_lost"
 	}
 	return "running"
 }
@@ -155,17 +183,26 @@ type NewJob struct {
 }
 
 // Ref names one task and carries what the store needs to register a task
-// it has never seen (a user-published message): its key and model.
+// it has never seen (a user-published message: its key and model), and to
+// recognise a job that Redis lost (its hash and total).
 type Ref struct {
 	JobID  string // task.ValidJobID
 	TaskID string // task.TaskID(JobID, Key)
 	Key    string // the request key, stored as data
 	Model  string // the job's model, used if the job must be created
+	// JobHash is the content hash of the ingest job the task belongs to
+	// (the envelope's job_hash); empty for a user-published task. A task
+	// carrying it joins only the job with that hash, and only if the job
+	// lists it; a job record missing for it was lost, not never created.
+	JobHash string
+	// JobTotal is the ingest job's number of tasks (the envelope's
+	// job_total), used to re-create a lost job record.
+	JobTotal int
 }
 
 // RefOf returns the Ref of a decoded envelope.
 func RefOf(e task.Envelope) Ref {
-	return Ref{JobID: e.JobID, TaskID: e.TaskID, Key: e.Key, Model: e.Model}
+	return Ref{JobID: e.JobID, TaskID: e.TaskID, Key: e.Key, Model: e.Model, JobHash: e.JobHash, JobTotal: e.JobTotal}
 }
 
 func (r Ref) check() error {
@@ -199,13 +236,20 @@ const (
 	// LeaseResult.WaitUntil; nothing changed.
 	Awaiting
 	// NotStale (LeaseTask with TakeoverOnly only): the task is neither
-	// running under an expired lease nor waiting past its deadline, so there
-	// is nothing to take over; nothing changed.
+	// running under an expired lease nor waiting past its deadline (or has
+	// no record), so there is nothing to take over; nothing changed.
 	NotStale
+	// Foreign: the envelope is not one of its job's tasks: the job was
+	// created by ingest without it, or by another run of the same job id
+	// (another job hash); nothing changed.
+	Foreign
+	// Stale: the caller's lease token is no longer the task's (another
+	// delivery took the task over since); nothing changed.
+	Stale
 )
 
-// String returns "applied", "already_done", "held_elsewhere", "awaiting" or
-// "not_stale".
+// String returns "applied", "already_done", "held_elsewhere", "awaiting",
+// "not_stale", "foreign" or "stale".
 func (o Outcome) String() string {
 	switch o {
 	case Applied:
@@ -218,6 +262,10 @@ func (o Outcome) String() string {
 		return "awaiting"
 	case NotStale:
 		return "not_stale"
+	case Foreign:
+		return "foreign"
+	case Stale:
+		return "stale"
 	}
 	return "Outcome(" + strconv.Itoa(int(o)) + ")"
 }
@@ -239,6 +287,36 @@ type Record struct {
 	// Published is true once MarkPublished recorded that the terminal
 	// result was published.
 	Published bool
+}
+
+// ResultLine is one result in the Gemini Batch API's output format: a line
+// of GET /v1/jobs/{id}/results, and the data of a results-topic message.
+type ResultLine struct {
+	Key      string          `json:"key"`
+	Response json.RawMessage `json:"response,omitempty"`
+	Error    json.RawMessage `json:"error,omitempty"`
+	// DeadLetter is set (on the results topic) for a task dead-lettered
+	// after its retries.
+	DeadLetter *DeadLetterInfo `json:"dead_letter,omitempty"`
+}
+
+// DeadLetterInfo describes a dead-lettered task in its published result.
+type DeadLetterInfo struct {
+	Reason   string          `json:"reason"`
+	Attempts int             `json:"attempts"`
+	Envelope json.RawMessage `json:"envelope,omitempty"`
+}
+
+// Line is the record's result line: its response when Succeeded, else its
+// error.
+func (r Record) Line() ResultLine {
+	l := ResultLine{Key: r.Key}
+	if r.State == Succeeded {
+		l.Response = r.Response
+	} else {
+		l.Error = r.Error
+	}
+	return l
 }
 
 func jobKey(jobID, part string) string { return "gemq:job:{" + jobID + "}:" + part }
@@ -329,6 +407,7 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (Job, error) {
 		CreatedAt:  msTime(n("created_ms")),
 		UpdatedAt:  msTime(n("updated_ms")),
 		FinishedAt: msTime(n("finished_ms")),
+		LostAt:     msTime(n("lost_ms")),
 	}
 	c := &j.Counts
 	c.Queued = c.Total - c.Waiting - c.Running - c.Succeeded - c.Failed
@@ -342,31 +421,18 @@ func msTime(ms int64) time.Time {
 	return time.UnixMilli(ms).UTC()
 }
 
-// Lease claims a task for holder for ttl. Applied: the caller holds it and
-// may call Gemini. AlreadyDone: the task is terminal (ack the duplicate).
-// HeldElsewhere: another holder's lease has not expired (ack; that holder
-// finishes it, or the message is redelivered after its lease expired). The
-// same holder leasing again extends its lease. A task or job never seen
-// before is registered first (Total grows by one), so user-published tasks
-// show up in the job's counts and results. Lease is LeaseTask for a delivery
-// that carries no deferral: a task waiting for its Cloud Task's deferral
-// answers Awaiting until its waiting deadline.
-func (s *Store) Lease(ctx context.Context, r Ref, holder string, ttl time.Duration) (Outcome, error) {
-	if err := r.check(); err != nil {
-		return 0, err
-	}
-	if holder == "" || ttl <= 0 {
-		return 0, errors.New("store: lease: empty holder or non-positive ttl")
-	}
-	lr, err := s.LeaseTask(ctx, r, LeaseRequest{Holder: holder, TTL: ttl})
-	return lr.Outcome, err
-}
-
-// LeaseRequest says who asks LeaseTask for a task's lease, and which
-// delivery it is.
+// LeaseRequest says which delivery asks LeaseTask for a task's lease.
 type LeaseRequest struct {
-	// Holder identifies the lease holder (one per delivery); required.
+	// Holder identifies the delivery (required): the same string for every
+	// attempt of one Pub/Sub message or one Cloud Task, e.g.
+	// "pubsub/<message id>" or "cloudtasks/<task name>".
 	Holder string
+	// Attempt numbers the delivery's attempts (Pub/Sub's deliveryAttempt,
+	// Cloud Tasks' retry count). A task held, or marked waiting, by an
+	// earlier attempt of the same Holder is resumed by a later one at once
+	// (LeaseResult.Resumed) instead of waiting out the lease: that attempt
+	// died or gave up. Equal attempts (concurrent duplicates) do not resume.
+	Attempt int
 	// TTL is the lease's length; required (> 0).
 	TTL time.Duration
 	// Deferral is the deferral number the delivery carries (the envelope's
@@ -376,23 +442,44 @@ type LeaseRequest struct {
 	Deferral int
 	// TakeoverOnly leases the task only when it is stale: running under an
 	// expired lease, or waiting past its deadline; otherwise the answer is
-	// NotStale (or AlreadyDone, HeldElsewhere). For lease checks.
+	// NotStale (or AlreadyDone, HeldElsewhere). A task with no record is not
+	// created (NotStale). For lease checks.
 	TakeoverOnly bool
+	// AdhocOnly refuses (Foreign) a task of a job created by ingest: a
+	// malformed copy of one of its tasks cannot be the task itself (ingest
+	// publishes only valid envelopes), so it must not settle it.
+	AdhocOnly bool
+}
+
+// Token is a lease: the holder and its fencing token. Every transition a
+// holder makes is conditioned on it; once another lease was taken (a
+// takeover, a resumed delivery) the old token is refused (Stale) and writes
+// nothing.
+type Token struct {
+	Holder string
+	Fence  string
 }
 
 // LeaseResult is LeaseTask's answer.
 type LeaseResult struct {
 	// Outcome: Applied (the caller holds the lease), AlreadyDone,
-	// HeldElsewhere, Awaiting or NotStale (nothing changed).
+	// HeldElsewhere, Awaiting, NotStale or Foreign (nothing changed).
 	Outcome Outcome
+	// Token is the new lease (Applied only).
+	Token Token
 	// Previous is the task's state before the call (Queued for a task
 	// never seen; Expired for a finished task whose record expired).
+	// Calling means the previous holder may have reached Gemini.
 	Previous State
+	// Resumed (Applied only) is true when the lease passed from an earlier
+	// attempt of the same delivery (LeaseRequest.Attempt).
+	Resumed bool
 	// Published (AlreadyDone only) is true when the terminal result was
 	// marked published (MarkPublished), or its record has expired.
 	Published bool
 	// Deferral is the deferral number the task was last marked waiting for
-	// (MarkWaitingFor), 0 if never. A new deferral must number beyond it.
+	// (MarkWaitingFor), 0 if never. A new deferral must number beyond it,
+	// unless the lease Resumed the delivery that marked it.
 	Deferral int
 	// WaitUntil is the waiting deadline (Awaiting; and for Applied, the
 	// deadline of the wait this lease ended, zero if none).
@@ -402,29 +489,29 @@ type LeaseResult struct {
 	LeaseUntil time.Time
 }
 
-// LeaseTask claims a task for one delivery, like Lease, and reports the
-// state it found. On top of Lease's rules, a task waiting for deferral n
-// (MarkWaitingFor) until a deadline answers Awaiting to a delivery carrying
-// another deferral number, and is leased by the one carrying n; past the
-// deadline any delivery takes it over (Previous is then Waiting). With
-// TakeoverOnly, only a stale task is leased.
+// LeaseTask claims a task for one delivery and reports the state it found.
+// Applied: the caller holds the lease (LeaseResult.Token) and may go on.
+// AlreadyDone: the task is terminal. HeldElsewhere: another delivery's
+// lease is live. Awaiting: the task waits for the Cloud Task of another
+// deferral (LeaseResult.Deferral) until LeaseResult.WaitUntil; past that
+// deadline any delivery takes it over. Foreign: the envelope is not one of
+// its job's tasks (see Ref). A task or job never seen is registered first
+// (an ad-hoc job's Total grows by one), so user-published tasks show up in
+// the job's counts and results.
 func (s *Store) LeaseTask(ctx context.Context, r Ref, req LeaseRequest) (LeaseResult, error) {
 	if err := r.check(); err != nil {
 		return LeaseResult{}, err
 	}
-	if req.Holder == "" || req.TTL <= 0 || req.Deferral < 0 {
-		return LeaseResult{}, errors.New("store: lease task: empty holder, non-positive ttl or negative deferral")
+	if req.Holder == "" || req.TTL <= 0 || req.Deferral < 0 || req.Attempt < 0 {
+		return LeaseResult{}, errors.New("store: lease task: empty holder, non-positive ttl, or negative deferral or attempt")
 	}
-	takeover := "0"
-	if req.TakeoverOnly {
-		takeover = "1"
-	}
-	args := []any{s.ttlMS(), r.JobID, r.TaskID, r.Key, r.Model, req.Holder, req.TTL.Milliseconds(), req.Deferral, takeover}
+	args := append(s.taskArgs(r, Token{Holder: req.Holder}), req.TTL.Milliseconds(), req.Deferral,
+		flag(req.TakeoverOnly), req.Attempt, flag(req.AdhocOnly), rand.Text())
 	vals, err := leaseTaskScript.Run(ctx, s.rdb, taskKeys(r), args...).Slice()
 	if err != nil {
 		return LeaseResult{}, fmt.Errorf("store: lease task script: %w", err)
 	}
-	if len(vals) != 6 {
+	if len(vals) != 8 {
 		return LeaseResult{}, fmt.Errorf("store: lease task script: unexpected result %v", vals)
 	}
 	str := func(i int) string {
@@ -445,48 +532,57 @@ func (s *Store) LeaseTask(ctx context.Context, r Ref, req LeaseRequest) (LeaseRe
 		Deferral:   int(num(3)),
 		WaitUntil:  msTime(num(4)),
 		LeaseUntil: msTime(num(5)),
+		Resumed:    str(7) == "1",
+	}
+	if res.Outcome == Applied {
+		res.Token = Token{Holder: req.Holder, Fence: str(6)}
 	}
 	if res.Previous == "" {
 		res.Previous = Queued
 	}
-	if res.Outcome < Applied || res.Outcome > NotStale {
+	if res.Outcome < Applied || res.Outcome > Foreign {
 		return LeaseResult{}, fmt.Errorf("store: lease task script: unexpected result %d", code)
 	}
 	return res, nil
 }
 
-// MarkWaiting moves a task to Waiting (deferred until its quota slot) and
-// drops holder's lease. AlreadyDone if terminal; HeldElsewhere if another
-// holder's lease is live. Any delivery may lease the task afterwards; see
-// MarkWaitingFor to have duplicates acknowledged instead.
-func (s *Store) MarkWaiting(ctx context.Context, r Ref, holder string) (Outcome, error) {
-	if err := r.check(); err != nil {
-		return 0, err
+func flag(b bool) string {
+	if b {
+		return "1"
 	}
-	return s.transition(ctx, "mark waiting", waitScript, r, holder, "", "")
+	return "0"
 }
 
-// MarkWaitingFor is MarkWaiting for a task whose next delivery is the Cloud
-// Task of deferral number deferral (> 0): until the deadline until (its
-// scheduled time plus a grace; compared with Redis's clock), LeaseTask
-// answers Awaiting to every other delivery, so duplicates cost nothing;
-// after it, any delivery may take the task over. A zero until means no
-// deadline: only that deferral leases it (use with care: a lost Cloud Task
-// then strands the task).
-func (s *Store) MarkWaitingFor(ctx context.Context, r Ref, holder string, deferral int, until time.Time) (Outcome, error) {
-	if err := r.check(); err != nil {
-		return 0, err
+// MarkCalling records that the holder of tok is about to call Gemini
+// (write-ahead: a later holder then knows the call may have been made), and
+// sets its lease to end lease from now, to cover the call: LeaseTask's
+// lease needs to cover only the moments before it. Applied, AlreadyDone,
+// Foreign, or Stale when tok is no longer the task's lease (nothing
+// written: do not call).
+func (s *Store) MarkCalling(ctx context.Context, r Ref, tok Token, lease time.Duration) (Outcome, error) {
+	if lease <= 0 {
+		return 0, errors.New("store: mark calling: non-positive lease")
 	}
+	return s.transition(ctx, "mark calling", callingScript, r, tok, lease.Milliseconds())
+}
+
+// MarkWaitingFor moves the task of tok's holder to Waiting for the Cloud
+// Task of deferral number deferral (> 0), before that Cloud Task is created
+// (write-ahead). Until the deadline until (its scheduled time plus a grace;
+// compared with Redis's clock), LeaseTask answers Awaiting to every other
+// delivery, so duplicates cost nothing, except to a later attempt of the
+// same delivery (it resumes: the Cloud Task may never have been created);
+// after it, any delivery may take the task over. Applied, AlreadyDone,
+// Foreign, or Stale (nothing written: do not create the Cloud Task).
+func (s *Store) MarkWaitingFor(ctx context.Context, r Ref, tok Token, deferral int, until time.Time) (Outcome, error) {
 	if deferral <= 0 {
 		return 0, fmt.Errorf("store: mark waiting: deferral %d is not positive", deferral)
 	}
-	deadline := ""
-	if !until.IsZero() {
-		deadline = strconv.FormatInt(max(until.UnixMilli(), 1), 10)
-	} else {
-		deadline = strconv.FormatInt(1<<62, 10)
+	if until.IsZero() {
+		return 0, errors.New("store: mark waiting: no deadline")
 	}
-	return s.transition(ctx, "mark waiting", waitScript, r, holder, strconv.Itoa(deferral), deadline)
+	return s.transition(ctx, "mark waiting", waitScript, r, tok, strconv.Itoa(deferral),
+		strconv.FormatInt(max(until.UnixMilli(), 1), 10))
 }
 
 // MarkPublished records that a terminal task's result was published to the
@@ -510,54 +606,62 @@ func (s *Store) MarkPublished(ctx context.Context, r Ref) error {
 	return nil
 }
 
-// ReleaseLease gives up holder's lease: a Running task goes back to Queued
-// (e.g. before answering non-2xx so the message is redelivered, or when a
-// retry is scheduled). AlreadyDone if terminal; HeldElsewhere if another
-// holder's lease is live; Applied otherwise (also when there was no lease).
-func (s *Store) ReleaseLease(ctx context.Context, r Ref, holder string) (Outcome, error) {
-	if err := r.check(); err != nil {
-		return 0, err
-	}
-	return s.transition(ctx, "release lease", releaseScript, r, holder)
+// ReleaseLease gives up tok's lease: a task running, calling, or waiting by
+// tok's own mark (its Cloud Task could not be created) goes back to Queued,
+// e.g. before answering non-2xx so the message is redelivered. Applied,
+// AlreadyDone, Foreign, or Stale (another lease was taken since; nothing
+// changed).
+func (s *Store) ReleaseLease(ctx context.Context, r Ref, tok Token) (Outcome, error) {
+	return s.transition(ctx, "release lease", releaseScript, r, tok)
 }
 
 // Complete records a task's response (the GenerateContentResponse JSON) and
-// moves it to Succeeded, exactly once: Applied for the call that wrote it,
-// AlreadyDone (nothing written) for any later Complete or Fail. The first
-// terminal write wins whoever holds the lease, since its Gemini call was
-// made; holder is recorded.
-func (s *Store) Complete(ctx context.Context, r Ref, holder string, response []byte) (Outcome, error) {
-	return s.finish(ctx, "complete", r, holder, Succeeded, "response", response)
+// moves it to Succeeded, exactly once and only for the current lease:
+// Applied for the lease that wrote it (also when called again with the same
+// token, e.g. a retry after a lost reply); AlreadyDone (nothing written)
+// when another lease made the task terminal; Stale (nothing written) when
+// another lease was taken since tok's, whose holder settles the task
+// instead.
+func (s *Store) Complete(ctx context.Context, r Ref, tok Token, response []byte) (Outcome, error) {
+	return s.finish(ctx, "complete", r, tok, Succeeded, "response", response)
 }
 
 // Fail records a task's terminal error (JSON, e.g. {"code":400,
 // "message":"…","status":"INVALID_ARGUMENT"}) and moves it to Failed,
 // exactly once, like Complete.
-func (s *Store) Fail(ctx context.Context, r Ref, holder string, errJSON []byte) (Outcome, error) {
-	return s.finish(ctx, "fail", r, holder, Failed, "error", errJSON)
+func (s *Store) Fail(ctx context.Context, r Ref, tok Token, errJSON []byte) (Outcome, error) {
+	return s.finish(ctx, "fail", r, tok, Failed, "error", errJSON)
 }
 
-func (s *Store) finish(ctx context.Context, op string, r Ref, holder string, st State, field string, payload []byte) (Outcome, error) {
-	if err := r.check(); err != nil {
-		return 0, err
-	}
+func (s *Store) finish(ctx context.Context, op string, r Ref, tok Token, st State, field string, payload []byte) (Outcome, error) {
 	if !json.Valid(payload) {
 		return 0, fmt.Errorf("store: %s: %s is not valid JSON", op, field)
 	}
-	return s.transition(ctx, op, finishScript, r, holder, string(st), field, payload)
+	return s.transition(ctx, op, finishScript, r, tok, string(st), field, payload)
 }
 
-func (s *Store) transition(ctx context.Context, op string, script *redis.Script, r Ref, holder string, extra ...any) (Outcome, error) {
-	args := append([]any{s.ttlMS(), r.JobID, r.TaskID, r.Key, r.Model, holder}, extra...)
+// taskArgs are ARGV[1..9] of every transition script.
+func (s *Store) taskArgs(r Ref, tok Token) []any {
+	return []any{s.ttlMS(), r.JobID, r.TaskID, r.Key, r.Model, r.JobHash, r.JobTotal, tok.Holder, tok.Fence}
+}
+
+func (s *Store) transition(ctx context.Context, op string, script *redis.Script, r Ref, tok Token, extra ...any) (Outcome, error) {
+	if err := r.check(); err != nil {
+		return 0, err
+	}
+	if tok.Holder == "" {
+		return 0, fmt.Errorf("store: %s: empty holder", op)
+	}
+	args := append(s.taskArgs(r, tok), extra...)
 	n, err := script.Run(ctx, s.rdb, taskKeys(r), args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: %s script: %w", op, err)
 	}
-	o := Outcome(n)
-	if o < Applied || o > HeldElsewhere {
-		return 0, fmt.Errorf("store: %s script: unexpected result %d", op, n)
+	switch o := Outcome(n); o {
+	case Applied, AlreadyDone, Foreign, Stale:
+		return o, nil
 	}
-	return o, nil
+	return 0, fmt.Errorf("store: %s script: unexpected result %d", op, n)
 }
 
 // Result returns the task with the given key in a job, whatever its state,

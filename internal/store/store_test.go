@@ -127,7 +127,7 @@ func TestLeaseExclusive(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			o, err := s.Lease(ctx, r, "holder"+strconv.Itoa(i), time.Minute)
+			o, err := lease(s, r, "holder"+strconv.Itoa(i), time.Minute)
 			if err != nil {
 				t.Error(err)
 			}
@@ -151,16 +151,39 @@ func TestLeaseExclusive(t *testing.T) {
 	wantCounts(t, s, "job1", store.Counts{Total: 1, Running: 1})
 }
 
-func TestLeaseExpiryAndRenewal(t *testing.T) {
+// A lease is the holder's until it expires: a concurrent duplicate of the
+// same delivery (same attempt) is held off, a later attempt of it resumes at
+// once, and every write of a taken-over holder is refused.
+func TestLeaseExpiryResumeAndFencing(t *testing.T) {
 	s, _ := newStore(t, time.Hour)
 	r := ref("job1", "k0")
-	must(t, store.Applied)(s.Lease(ctx, r, "a", 150*time.Millisecond))
-	must(t, store.Applied)(s.Lease(ctx, r, "a", 150*time.Millisecond)) // same holder extends
-	must(t, store.HeldElsewhere)(s.Lease(ctx, r, "b", time.Minute))
+	first := leaseTask(t, s, r, store.LeaseRequest{Holder: "a", TTL: 150 * time.Millisecond}, store.Applied)
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "a", TTL: time.Minute}, store.HeldElsewhere) // duplicate
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "b", TTL: time.Minute}, store.HeldElsewhere)
+	res := leaseTask(t, s, r, store.LeaseRequest{Holder: "a", Attempt: 1, TTL: 150 * time.Millisecond}, store.Applied)
+	if !res.Resumed || res.Token == first.Token || res.Previous != store.Running {
+		t.Fatalf("resume = %+v, want a new token, resumed from running", res)
+	}
+	must(t, store.Stale)(s.MarkCalling(ctx, r, first.Token, time.Minute))
+	must(t, store.Applied)(s.MarkCalling(ctx, r, res.Token, 150*time.Millisecond))
 	time.Sleep(250 * time.Millisecond)
-	must(t, store.Applied)(s.Lease(ctx, r, "b", time.Minute))
-	must(t, store.HeldElsewhere)(s.Lease(ctx, r, "a", time.Minute))
+	taken := leaseTask(t, s, r, store.LeaseRequest{Holder: "b", TTL: time.Minute}, store.Applied)
+	if taken.Resumed || taken.Previous != store.Calling {
+		t.Fatalf("takeover = %+v, want previous calling, not resumed", taken)
+	}
+	for _, old := range []store.Token{first.Token, res.Token} {
+		must(t, store.Stale)(s.Complete(ctx, r, old, []byte(`{}`)))
+		must(t, store.Stale)(s.Fail(ctx, r, old, []byte(`{}`)))
+		must(t, store.Stale)(s.MarkWaitingFor(ctx, r, old, 1, time.Now().Add(time.Minute)))
+		must(t, store.Stale)(s.ReleaseLease(ctx, r, old))
+	}
 	wantCounts(t, s, "job1", store.Counts{Total: 1, Running: 1})
+	must(t, store.Applied)(s.Complete(ctx, r, taken.Token, []byte(`{}`)))
+	// A retry of the same write (its reply was lost) is told it applied;
+	// any other terminal write is not.
+	must(t, store.Applied)(s.Complete(ctx, r, taken.Token, []byte(`{}`)))
+	must(t, store.AlreadyDone)(s.Fail(ctx, r, taken.Token, []byte(`{}`)))
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Succeeded: 1})
 }
 
 func TestWaitingAndRelease(t *testing.T) {
@@ -169,28 +192,33 @@ func TestWaitingAndRelease(t *testing.T) {
 	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", keys(3))}); err != nil {
 		t.Fatal(err)
 	}
-	must(t, store.Applied)(s.Lease(ctx, r, "a", time.Minute))
+	a := leaseTask(t, s, r, store.LeaseRequest{Holder: "a"}, store.Applied)
 	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Running: 1})
-	must(t, store.HeldElsewhere)(s.MarkWaiting(ctx, r, "b"))
-	must(t, store.Applied)(s.MarkWaiting(ctx, r, "a"))
+	until := time.Now().Add(time.Minute)
+	must(t, store.Stale)(s.MarkWaitingFor(ctx, r, store.Token{Holder: "b", Fence: "x"}, 1, until))
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, a.Token, 1, until))
 	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Waiting: 1})
-	must(t, store.Applied)(s.MarkWaiting(ctx, r, "a")) // repeated: still one waiting
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, a.Token, 1, until)) // repeated: still one waiting
 	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Waiting: 1})
+	// Its Cloud Task could not be created: the mark is taken back.
+	must(t, store.Applied)(s.ReleaseLease(ctx, r, a.Token))
+	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 3})
 
 	// The deferred task comes back through Cloud Tasks to another instance.
-	must(t, store.Applied)(s.Lease(ctx, r, "b", time.Minute))
+	a = leaseTask(t, s, r, store.LeaseRequest{Holder: "a"}, store.Applied)
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, a.Token, 2, until))
+	b := leaseTask(t, s, r, store.LeaseRequest{Holder: "b", Deferral: 2}, store.Applied)
 	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Running: 1})
-	must(t, store.HeldElsewhere)(s.ReleaseLease(ctx, r, "a"))
-	must(t, store.Applied)(s.ReleaseLease(ctx, r, "b"))
+	must(t, store.Stale)(s.ReleaseLease(ctx, r, a.Token))
+	must(t, store.Applied)(s.ReleaseLease(ctx, r, b.Token))
 	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 3})
-	must(t, store.Applied)(s.ReleaseLease(ctx, r, "b")) // nothing to release
 
-	must(t, store.Applied)(s.Lease(ctx, r, "c", time.Minute))
-	must(t, store.Applied)(s.Complete(ctx, r, "c", []byte(`{"candidates":[]}`)))
-	for _, f := range []func(context.Context, store.Ref, string) (store.Outcome, error){s.MarkWaiting, s.ReleaseLease} {
-		must(t, store.AlreadyDone)(f(ctx, r, "c"))
-	}
-	must(t, store.AlreadyDone)(s.Lease(ctx, r, "d", time.Minute))
+	c := leaseTask(t, s, r, store.LeaseRequest{Holder: "c"}, store.Applied)
+	must(t, store.Applied)(s.Complete(ctx, r, c.Token, []byte(`{"candidates":[]}`)))
+	must(t, store.AlreadyDone)(s.MarkWaitingFor(ctx, r, c.Token, 3, until))
+	must(t, store.AlreadyDone)(s.ReleaseLease(ctx, r, c.Token))
+	must(t, store.AlreadyDone)(s.MarkCalling(ctx, r, c.Token, time.Minute))
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "d"}, store.AlreadyDone)
 	wantCounts(t, s, "job1", store.Counts{Total: 3, Queued: 2, Succeeded: 1})
 }
 
@@ -210,17 +238,20 @@ func TestExactlyOnceTerminal(t *testing.T) {
 		for c := range callers {
 			wg.Go(func() {
 				holder := "h" + strconv.Itoa(c)
-				s.Lease(ctx, r, holder, time.Minute) // some win, some see it held or done
+				lease(s, r, holder, time.Minute) // some win, some see it held or done
 				var o store.Outcome
 				var err error
 				if c%2 == 0 {
-					o, err = s.Complete(ctx, r, holder, []byte(`{"n":`+strconv.Itoa(c)+`}`))
+					o, err = s.Complete(ctx, r, tok(s, r, holder), []byte(`{"n":`+strconv.Itoa(c)+`}`))
 				} else {
-					o, err = s.Fail(ctx, r, holder, []byte(`{"code":400,"message":"bad"}`))
+					o, err = s.Fail(ctx, r, tok(s, r, holder), []byte(`{"code":400,"message":"bad"}`))
 				}
 				if err != nil {
 					t.Error(err)
 					return
+				}
+				if o == store.Stale {
+					return // another caller holds the lease
 				}
 				if o == store.Applied {
 					mu.Lock()
@@ -251,41 +282,46 @@ func TestExactlyOnceTerminal(t *testing.T) {
 func TestUserPublishedTasksRegister(t *testing.T) {
 	s, _ := newStore(t, time.Hour)
 	a, b := ref("adhoc-1", "a"), ref("adhoc-1", "b")
-	must(t, store.Applied)(s.Lease(ctx, a, "w", time.Minute))
-	must(t, store.Applied)(s.Lease(ctx, a, "w", time.Minute)) // redelivery: not registered twice
-	must(t, store.Applied)(s.Fail(ctx, b, "w", []byte(`{"code":400}`)))
+	must(t, store.Applied)(lease(s, a, "w", time.Minute))
+	must(t, store.HeldElsewhere)(lease(s, a, "w2", time.Minute)) // a duplicate: not registered twice
+	must(t, store.Applied)(s.Fail(ctx, b, tok(s, b, "w"), []byte(`{"code":400}`)))
 	j, err := s.GetJob(ctx, "adhoc-1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !j.Adhoc || j.Model != model || j.ContentHash != "" {
+	if !j.Adhoc || j.Model != model || j.ContentHash != "" || !j.LostAt.IsZero() {
 		t.Errorf("job = %+v, want adhoc", j)
 	}
 	wantCounts(t, s, "adhoc-1", store.Counts{Total: 2, Running: 1, Failed: 1})
 	if j.Done() {
 		t.Error("job done with a task running")
 	}
-	must(t, store.Applied)(s.Complete(ctx, a, "w", []byte(`{}`)))
+	must(t, store.Applied)(s.Complete(ctx, a, tok(s, a, "w"), []byte(`{}`)))
 	if j, _ := s.GetJob(ctx, "adhoc-1"); !j.Done() {
 		t.Error("job not done")
 	}
 	// A new task arriving reopens the job.
-	must(t, store.Applied)(s.MarkWaiting(ctx, ref("adhoc-1", "c"), "w"))
-	wantCounts(t, s, "adhoc-1", store.Counts{Total: 3, Waiting: 1, Succeeded: 1, Failed: 1})
+	must(t, store.Applied)(lease(s, ref("adhoc-1", "c"), "w", time.Minute))
+	wantCounts(t, s, "adhoc-1", store.Counts{Total: 3, Running: 1, Succeeded: 1, Failed: 1})
 	if j, _ := s.GetJob(ctx, "adhoc-1"); j.Done() {
-		t.Error("job done with a task waiting")
+		t.Error("job done with a task running")
 	}
 	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "adhoc-1", Model: model, ContentHash: "h"}); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("CreateJob over an adhoc job: %v, want ErrConflict", err)
 	}
 
-	// A task of an ingest-created job is not counted twice.
+	// An ingest-created job takes only its own tasks.
 	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job2", Model: model, ContentHash: "h", TaskIDs: ids("job2", keys(2))}); err != nil {
 		t.Fatal(err)
 	}
-	must(t, store.Applied)(s.Lease(ctx, ref("job2", "k0"), "w", time.Minute))
-	must(t, store.Applied)(s.Lease(ctx, ref("job2", "extra"), "w", time.Minute))
-	wantCounts(t, s, "job2", store.Counts{Total: 3, Queued: 1, Running: 2})
+	must(t, store.Applied)(lease(s, ref("job2", "k0"), "w", time.Minute))
+	must(t, store.Foreign)(lease(s, ref("job2", "extra"), "w", time.Minute))
+	withHash := ref("job2", "k1")
+	withHash.JobHash, withHash.JobTotal = "other", 2
+	must(t, store.Foreign)(lease(s, withHash, "w", time.Minute)) // another run of the job id
+	withHash.JobHash = "h"
+	must(t, store.Applied)(lease(s, withHash, "w", time.Minute))
+	wantCounts(t, s, "job2", store.Counts{Total: 2, Running: 2})
 }
 
 func TestInvalidInput(t *testing.T) {
@@ -298,14 +334,14 @@ func TestInvalidInput(t *testing.T) {
 		{JobID: "job1", TaskID: good.TaskID, Key: "k", Model: "bad model"},
 	}
 	for _, r := range bad {
-		if _, err := s.Lease(ctx, r, "w", time.Minute); err == nil {
+		if _, err := lease(s, r, "w", time.Minute); err == nil {
 			t.Errorf("Lease(%+v) succeeded", r)
 		}
 	}
-	if _, err := s.Lease(ctx, good, "", time.Minute); err == nil {
+	if _, err := lease(s, good, "", time.Minute); err == nil {
 		t.Error("Lease with empty holder succeeded")
 	}
-	if _, err := s.Complete(ctx, good, "w", []byte(`{not json`)); err == nil {
+	if _, err := s.Complete(ctx, good, tok(s, good, "w"), []byte(`{not json`)); err == nil {
 		t.Error("Complete with invalid JSON succeeded")
 	}
 	if _, err := s.GetJob(ctx, "job1"); !errors.Is(err, store.ErrNotFound) {
@@ -324,9 +360,9 @@ func TestResults(t *testing.T) {
 	for i := len(ks) - 1; i >= 1; i-- {
 		r := ref("job1", ks[i])
 		if i%7 == 0 {
-			must(t, store.Applied)(s.Fail(ctx, r, "w", []byte(`{"code":400,"message":"m`+ks[i]+`"}`)))
+			must(t, store.Applied)(s.Fail(ctx, r, tok(s, r, "w"), []byte(`{"code":400,"message":"m`+ks[i]+`"}`)))
 		} else {
-			must(t, store.Applied)(s.Complete(ctx, r, "w", []byte(`{"text":"`+ks[i]+`"}`)))
+			must(t, store.Applied)(s.Complete(ctx, r, tok(s, r, "w"), []byte(`{"text":"`+ks[i]+`"}`)))
 		}
 		order = append(order, ks[i])
 	}
@@ -362,7 +398,7 @@ func TestResults(t *testing.T) {
 	if err != nil || len(page) != 249 {
 		t.Fatalf("ResultsPage = %d records, %v", len(page), err)
 	}
-	must(t, store.Applied)(s.Complete(ctx, ref("job1", "k0"), "w", []byte(`{}`)))
+	must(t, store.Applied)(s.Complete(ctx, ref("job1", "k0"), tok(s, ref("job1", "k0"), "w"), []byte(`{}`)))
 	page, next2, err := s.ResultsPage(ctx, "job1", next, 1000)
 	if err != nil || len(page) != 1 || page[0].Key != "k0" || next2 != next+1 {
 		t.Fatalf("ResultsPage after %d = %+v, %d, %v", next, page, next2, err)
@@ -395,11 +431,12 @@ func TestTTLOnEveryKey(t *testing.T) {
 	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", keys(3))}); err != nil {
 		t.Fatal(err)
 	}
-	must(t, store.Applied)(s.Lease(ctx, ref("job1", "k0"), "w", time.Minute))
-	must(t, store.Applied)(s.Complete(ctx, ref("job1", "k0"), "w", []byte(`{}`)))
-	must(t, store.Applied)(s.MarkWaiting(ctx, ref("job1", "k1"), "w"))
-	must(t, store.Applied)(s.Fail(ctx, ref("adhoc-x", "k"), "w", []byte(`{}`)))
-	must(t, store.Applied)(s.ReleaseLease(ctx, ref("adhoc-y", "k"), "w"))
+	must(t, store.Applied)(lease(s, ref("job1", "k0"), "w", time.Minute))
+	must(t, store.Applied)(s.Complete(ctx, ref("job1", "k0"), tok(s, ref("job1", "k0"), "w"), []byte(`{}`)))
+	must(t, store.Applied)(lease(s, ref("job1", "k1"), "w", time.Minute))
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, ref("job1", "k1"), tok(s, ref("job1", "k1"), "w"), 1, time.Now().Add(time.Minute)))
+	must(t, store.Applied)(s.Fail(ctx, ref("adhoc-x", "k"), tok(s, ref("adhoc-x", "k"), "w"), []byte(`{}`)))
+	must(t, store.Applied)(s.ReleaseLease(ctx, ref("adhoc-y", "k"), tok(s, ref("adhoc-y", "k"), "w")))
 	n := 0
 	iter := rdb.Scan(ctx, 0, "*", 100).Iterator()
 	for iter.Next(ctx) {
@@ -420,14 +457,14 @@ func TestTTLOnEveryKey(t *testing.T) {
 func TestExpiredTaskRecordIsNotRerun(t *testing.T) {
 	s, rdb := newStore(t, time.Hour)
 	r := ref("job1", "k0")
-	must(t, store.Applied)(s.Complete(ctx, r, "w", []byte(`{}`)))
-	must(t, store.Applied)(s.Lease(ctx, ref("job1", "k1"), "w", time.Minute))
+	must(t, store.Applied)(s.Complete(ctx, r, tok(s, r, "w"), []byte(`{}`)))
+	must(t, store.Applied)(lease(s, ref("job1", "k1"), "w", time.Minute))
 	// The task's record expires before the job's (it finished earlier).
 	if err := rdb.Del(ctx, "gemq:job:{job1}:task:"+r.TaskID).Err(); err != nil {
 		t.Fatal(err)
 	}
-	must(t, store.AlreadyDone)(s.Lease(ctx, r, "w2", time.Minute))
-	must(t, store.AlreadyDone)(s.Complete(ctx, r, "w2", []byte(`{}`)))
+	must(t, store.AlreadyDone)(lease(s, r, "w2", time.Minute))
+	must(t, store.AlreadyDone)(s.Complete(ctx, r, tok(s, r, "w2"), []byte(`{}`)))
 	wantCounts(t, s, "job1", store.Counts{Total: 2, Running: 1, Succeeded: 1})
 	if rec, err := s.Result(ctx, "job1", "k0"); err != nil || rec.State != store.Expired {
 		t.Errorf("Result = %+v, %v; want expired", rec, err)
@@ -455,13 +492,16 @@ func TestCluster(t *testing.T) {
 		if _, created, err := s.CreateJob(ctx, store.NewJob{ID: job, Model: model, ContentHash: "h", TaskIDs: ids(job, ks)}); err != nil || !created {
 			t.Fatalf("CreateJob(%s) = %v, %v", job, created, err)
 		}
-		must(t, store.Applied)(s.Lease(ctx, ref(job, "k0"), "w", time.Minute))
-		must(t, store.Applied)(s.Complete(ctx, ref(job, "k0"), "w", []byte(`{}`)))
-		must(t, store.AlreadyDone)(s.Fail(ctx, ref(job, "k0"), "w", []byte(`{}`)))
-		must(t, store.Applied)(s.MarkWaiting(ctx, ref(job, "k1"), "w"))
-		must(t, store.Applied)(s.Fail(ctx, ref(job, "k2"), "w", []byte(`{}`)))
-		must(t, store.Applied)(s.Lease(ctx, ref(job, "new"), "w", time.Minute))
-		wantCounts(t, s, job, store.Counts{Total: 6, Queued: 2, Waiting: 1, Running: 1, Succeeded: 1, Failed: 1})
+		must(t, store.Applied)(lease(s, ref(job, "k0"), "w", time.Minute))
+		must(t, store.Applied)(s.Complete(ctx, ref(job, "k0"), tok(s, ref(job, "k0"), "w"), []byte(`{}`)))
+		must(t, store.AlreadyDone)(s.Fail(ctx, ref(job, "k0"), tok(s, ref(job, "k0"), "w"), []byte(`{}`)))
+		must(t, store.Applied)(lease(s, ref(job, "k1"), "w", time.Minute))
+		must(t, store.Applied)(s.MarkWaitingFor(ctx, ref(job, "k1"), tok(s, ref(job, "k1"), "w"), 1, time.Now().Add(time.Minute)))
+		must(t, store.Applied)(lease(s, ref(job, "k2"), "w", time.Minute))
+		must(t, store.Applied)(s.Fail(ctx, ref(job, "k2"), tok(s, ref(job, "k2"), "w"), []byte(`{}`)))
+		must(t, store.Applied)(lease(s, ref(job, "k3"), "w", time.Minute))
+		must(t, store.Foreign)(lease(s, ref(job, "new"), "w", time.Minute))
+		wantCounts(t, s, job, store.Counts{Total: 5, Queued: 1, Waiting: 1, Running: 1, Succeeded: 1, Failed: 1})
 		page, _, err := s.ResultsPage(ctx, job, 0, 10)
 		if err != nil || len(page) != 2 || page[0].Key != "k0" || page[1].Key != "k2" {
 			t.Errorf("ResultsPage(%s) = %+v, %v", job, page, err)
@@ -482,7 +522,36 @@ func leaseTask(t *testing.T, s *store.Store, r store.Ref, req store.LeaseRequest
 	if err != nil || res.Outcome != want {
 		t.Fatalf("LeaseTask(%+v) = %+v, %v; want %v", req, res, err, want)
 	}
+	if res.Outcome == store.Applied {
+		tokens.Store(tokenKey{s, r.TaskID, req.Holder}, res.Token)
+	}
 	return res
+}
+
+// tokens remembers the last lease token of each (store, task, holder), for
+// tok.
+var tokens sync.Map
+
+type tokenKey struct {
+	s            *store.Store
+	task, holder string
+}
+
+// lease leases r for holder (attempt 0) and remembers its token.
+func lease(s *store.Store, r store.Ref, holder string, ttl time.Duration) (store.Outcome, error) {
+	res, err := s.LeaseTask(ctx, r, store.LeaseRequest{Holder: holder, TTL: ttl})
+	if res.Outcome == store.Applied {
+		tokens.Store(tokenKey{s, r.TaskID, holder}, res.Token)
+	}
+	return res.Outcome, err
+}
+
+// tok is holder's last lease token on r, or a token that never leased.
+func tok(s *store.Store, r store.Ref, holder string) store.Token {
+	if v, ok := tokens.Load(tokenKey{s, r.TaskID, holder}); ok {
+		return v.(store.Token)
+	}
+	return store.Token{Holder: holder, Fence: "never-leased"}
 }
 
 // A task waiting for deferral n answers Awaiting to every other delivery
@@ -494,7 +563,7 @@ func TestLeaseTaskWaitingForADeferral(t *testing.T) {
 	if res.Previous != store.Queued || res.Deferral != 0 || time.Until(res.LeaseUntil) < 50*time.Second {
 		t.Fatalf("first lease = %+v", res)
 	}
-	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, "a", 1, time.Now().Add(time.Minute)))
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, tok(s, r, "a"), 1, time.Now().Add(time.Minute)))
 	wantCounts(t, s, "job1", store.Counts{Total: 1, Waiting: 1})
 
 	// A duplicate push (deferral 0) and an unknown deferral: acknowledged.
@@ -521,10 +590,10 @@ func TestLeaseTaskWaitingForADeferral(t *testing.T) {
 	}
 
 	// Deferred again (early arrival): the old Cloud Task is now a duplicate.
-	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, "b", 2, time.Now().Add(time.Minute)))
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, tok(s, r, "b"), 2, time.Now().Add(time.Minute)))
 	leaseTask(t, s, r, store.LeaseRequest{Holder: "old", Deferral: 1}, store.Awaiting)
 	leaseTask(t, s, r, store.LeaseRequest{Holder: "c", Deferral: 2}, store.Applied)
-	must(t, store.Applied)(s.Complete(ctx, r, "c", []byte(`{}`)))
+	must(t, store.Applied)(s.Complete(ctx, r, tok(s, r, "c"), []byte(`{}`)))
 
 	res = leaseTask(t, s, r, store.LeaseRequest{Holder: "late", Deferral: 2}, store.AlreadyDone)
 	if res.Published || res.Previous != store.Succeeded {
@@ -554,7 +623,7 @@ func TestLeaseTaskTakesOverStaleTasks(t *testing.T) {
 	s, _ := newStore(t, time.Hour)
 	r := ref("job1", "k0")
 	leaseTask(t, s, r, store.LeaseRequest{Holder: "a"}, store.Applied)
-	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, "a", 3, time.Now().Add(150*time.Millisecond)))
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, tok(s, r, "a"), 3, time.Now().Add(150*time.Millisecond)))
 	leaseTask(t, s, r, store.LeaseRequest{Holder: "dup"}, store.Awaiting)
 	time.Sleep(200 * time.Millisecond)
 	res := leaseTask(t, s, r, store.LeaseRequest{Holder: "dup"}, store.Applied)
@@ -573,18 +642,18 @@ func TestLeaseTaskTakesOverStaleTasks(t *testing.T) {
 		t.Fatalf("lease check takeover = %+v", res)
 	}
 	// A queued task (released for its redelivery) is not the check's.
-	must(t, store.Applied)(s.ReleaseLease(ctx, r2, "check"))
+	must(t, store.Applied)(s.ReleaseLease(ctx, r2, tok(s, r2, "check")))
 	leaseTask(t, s, r2, store.LeaseRequest{Holder: "check2", TakeoverOnly: true}, store.NotStale)
-	// Lease after a plain MarkWaiting: any delivery leases at once.
+	// The Cloud Task a waiting task waits for leases it at once.
 	leaseTask(t, s, r2, store.LeaseRequest{Holder: "x"}, store.Applied)
-	must(t, store.Applied)(s.MarkWaiting(ctx, r2, "x"))
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r2, tok(s, r2, "x"), 7, time.Now().Add(time.Minute)))
 	leaseTask(t, s, r2, store.LeaseRequest{Holder: "y", Deferral: 7}, store.Applied)
 	wantCounts(t, s, "job1", store.Counts{Total: 2, Running: 2})
 
 	if _, err := s.LeaseTask(ctx, r, store.LeaseRequest{Holder: "", TTL: time.Minute}); err == nil {
 		t.Error("LeaseTask with no holder succeeded")
 	}
-	if _, err := s.MarkWaitingFor(ctx, r, "dup", 0, time.Now()); err == nil {
+	if _, err := s.MarkWaitingFor(ctx, r, tok(s, r, "dup"), 0, time.Now()); err == nil {
 		t.Error("MarkWaitingFor deferral 0 succeeded")
 	}
 	if err := s.MarkPublished(ctx, r); err == nil || errors.Is(err, store.ErrNotFound) {
@@ -601,7 +670,7 @@ func TestLeaseTaskExpectedDeliveryConcurrent(t *testing.T) {
 	s, _ := newStore(t, time.Hour)
 	r := ref("job1", "k0")
 	leaseTask(t, s, r, store.LeaseRequest{Holder: "a"}, store.Applied)
-	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, "a", 1, time.Now().Add(time.Minute)))
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, tok(s, r, "a"), 1, time.Now().Add(time.Minute)))
 	const n = 32
 	got := make([]store.Outcome, n)
 	var wg sync.WaitGroup
@@ -623,4 +692,92 @@ func TestLeaseTaskExpectedDeliveryConcurrent(t *testing.T) {
 		t.Fatalf("outcomes %v, want one applied, the rest awaiting or held", by)
 	}
 	wantCounts(t, s, "job1", store.Counts{Total: 1, Running: 1})
+}
+
+// Redis losing its data (FLUSHALL, an empty restart) is detected: a task
+// carrying its job's hash re-creates the job as lost with the right total,
+// the job is never reported done with a wrong total, and a resubmission of
+// the same job is accepted without counting its tasks twice.
+func TestLostJobIsRecognised(t *testing.T) {
+	s, rdb := newStore(t, time.Hour)
+	ks := keys(4)
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h1", TaskIDs: ids("job1", ks)}); err != nil {
+		t.Fatal(err)
+	}
+	withJob := func(key string) store.Ref {
+		r := ref("job1", key)
+		r.JobHash, r.JobTotal = "h1", len(ks)
+		return r
+	}
+	for _, k := range ks[:2] {
+		res := leaseTask(t, s, withJob(k), store.LeaseRequest{Holder: "w"}, store.Applied)
+		must(t, store.Applied)(s.Complete(ctx, withJob(k), res.Token, []byte(`{}`)))
+	}
+	held := leaseTask(t, s, withJob("k2"), store.LeaseRequest{Holder: "w"}, store.Applied)
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A lease check after the loss changes nothing.
+	leaseTask(t, s, withJob("k3"), store.LeaseRequest{Holder: "check", TakeoverOnly: true}, store.NotStale)
+	if _, err := s.GetJob(ctx, "job1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetJob after a lease check = %v, want ErrNotFound (nothing re-created)", err)
+	}
+	// The holder from before the loss settles its task: nobody else holds it.
+	must(t, store.Applied)(s.Complete(ctx, withJob("k2"), held.Token, []byte(`{}`)))
+	j, err := s.GetJob(ctx, "job1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.LostAt.IsZero() || j.State() != "state_lost" || j.ContentHash != "h1" || j.Adhoc {
+		t.Fatalf("job after loss = %+v (state %s), want lost with hash h1", j, j.State())
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 4, Queued: 3, Succeeded: 1})
+	// Another task arrives; an envelope of another run of the job id does not join.
+	leaseTask(t, s, withJob("k3"), store.LeaseRequest{Holder: "w"}, store.Applied)
+	other := withJob("k3")
+	other.JobHash = "h-other"
+	leaseTask(t, s, other, store.LeaseRequest{Holder: "w2"}, store.Foreign)
+
+	// The user resubmits the same job: accepted, total unchanged.
+	if _, created, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h1", TaskIDs: ids("job1", ks)}); err != nil || created {
+		t.Fatalf("CreateJob after loss = %v, %v; want accepted, not created", created, err)
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 4, Queued: 2, Running: 1, Succeeded: 1})
+	// The re-run tasks finish: the job is done, every count true.
+	for _, k := range []string{"k0", "k1"} {
+		res := leaseTask(t, s, withJob(k), store.LeaseRequest{Holder: "w"}, store.Applied)
+		must(t, store.Applied)(s.Complete(ctx, withJob(k), res.Token, []byte(`{}`)))
+	}
+	must(t, store.Applied)(s.Complete(ctx, withJob("k3"), tok(s, withJob("k3"), "w"), []byte(`{}`)))
+	if j, _ := s.GetJob(ctx, "job1"); j.State() != "done" {
+		t.Fatalf("job after re-run = %+v, want done", j)
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 4, Succeeded: 4})
+}
+
+// A later attempt of the delivery that marked a task waiting resumes it at
+// once (its Cloud Task may never have been created); other deliveries wait.
+func TestOwnWaitingMarkIsResumed(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	a := leaseTask(t, s, r, store.LeaseRequest{Holder: "pubsub/m1", Attempt: 1}, store.Applied)
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, a.Token, 1, time.Now().Add(time.Minute)))
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "pubsub/m1", Attempt: 1}, store.Awaiting) // a duplicate
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "pubsub/other", Attempt: 5}, store.Awaiting)
+	res := leaseTask(t, s, r, store.LeaseRequest{Holder: "pubsub/m1", Attempt: 2}, store.Applied)
+	if !res.Resumed || res.Previous != store.Waiting || res.Deferral != 1 {
+		t.Fatalf("resume = %+v, want resumed from waiting for deferral 1", res)
+	}
+}
+
+// A poison copy may settle only a task of a user-published (ad-hoc) job.
+func TestAdhocOnly(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", keys(1))}); err != nil {
+		t.Fatal(err)
+	}
+	leaseTask(t, s, ref("job1", "k0"), store.LeaseRequest{Holder: "p", AdhocOnly: true}, store.Foreign)
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Queued: 1})
+	leaseTask(t, s, ref("adhoc-1", "k0"), store.LeaseRequest{Holder: "p", AdhocOnly: true}, store.Applied)
 }

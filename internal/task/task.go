@@ -14,7 +14,9 @@
 //	  "task_id": "…",                  optional, must equal TaskID(job_id, key) when present
 //	  "attempt": 0,                    optional, transient failures so far (0..1000)
 //	  "deferrals": 0,                  optional, Cloud Tasks deferrals so far (0..1000)
-//	  "permit": {…}                    optional, the limiter permit reserved for this task (set by the worker)
+//	  "permit": {…},                   optional, the limiter permit reserved for this task (set by the worker)
+//	  "job_hash": "…",                 optional, set by ingest: the job's content hash ([A-Za-z0-9_-]{1,128})
+//	  "job_total": 200                 with job_hash: the job's number of tasks
 //	}
 //
 // Decoding is strict: unknown or case-variant field names, duplicate fields,
@@ -35,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -63,6 +66,9 @@ const (
 
 	// MaxCount caps the attempt and deferral counters.
 	MaxCount = 1000
+
+	// MaxJobTasks caps an envelope's job_total.
+	MaxJobTasks = 100_000_000
 )
 
 // AdhocPrefix starts the job id derived for an envelope published without one.
@@ -123,6 +129,12 @@ type Envelope struct {
 	// Permit is the limiter permit reserved for this task (limiter.Permit
 	// JSON), set by the worker when it defers the task; absent otherwise.
 	Permit json.RawMessage `json:"permit,omitempty"`
+	// JobHash is the content hash of the job ingest created the task for
+	// (set by ingest; absent on user-published tasks). With it, a task joins
+	// only that job, and a job record found missing is known to be lost.
+	JobHash string `json:"job_hash,omitempty"`
+	// JobTotal is that job's number of tasks (set by ingest with JobHash).
+	JobTotal int `json:"job_total,omitempty"`
 }
 
 // TaskID returns the task id for a key within a job: 32 lowercase hex
@@ -231,6 +243,12 @@ func (e *Envelope) Validate() error {
 	if e.Deferrals < 0 || e.Deferrals > MaxCount {
 		return invalid("deferrals", "must be 0 to %d", MaxCount)
 	}
+	if len(e.JobHash) > 128 || !validName(e.JobHash, 128, false) && e.JobHash != "" {
+		return invalid("job_hash", "must be up to 128 characters of A-Z a-z 0-9 _ - (set by ingest)")
+	}
+	if e.JobTotal < 0 || e.JobTotal > MaxJobTasks || (e.JobTotal == 0) != (e.JobHash == "") {
+		return invalid("job_total", "must be 1 to %d together with job_hash, and absent without it", MaxJobTasks)
+	}
 	return checkObject("permit", e.Permit, false)
 }
 
@@ -281,6 +299,20 @@ func Encode(e Envelope) ([]byte, error) {
 	return data, nil
 }
 
+// WithJob returns data, an envelope as Encode returned it, with job_hash and
+// job_total set to hash (a hex content hash) and total (> 0): ingest adds
+// them once the job's hash, which covers every envelope without them, is
+// known.
+func WithJob(data []byte, hash string, total int) []byte {
+	out := make([]byte, 0, len(data)+len(hash)+40)
+	out = append(out, bytes.TrimRight(data, "} \n")...)
+	out = append(out, `,"job_hash":"`...)
+	out = append(out, hash...)
+	out = append(out, `","job_total":`...)
+	out = strconv.AppendInt(out, int64(total), 10)
+	return append(out, '}')
+}
+
 // CheckPublishSize returns a *ValidationError wrapping ErrTooLarge when an
 // encoded envelope is too large to publish as a new task (MaxPublishBytes).
 func CheckPublishSize(data []byte) error {
@@ -298,6 +330,7 @@ func tooLarge(n, max int) error {
 var fields = map[string]bool{
 	"v": true, "job_id": true, "key": true, "model": true, "request": true,
 	"task_id": true, "attempt": true, "deferrals": true, "permit": true,
+	"job_hash": true, "job_total": true,
 }
 
 // Decode parses and validates an envelope, then fills in a missing job id

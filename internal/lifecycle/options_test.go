@@ -1,4 +1,4 @@
-package worker
+package lifecycle
 
 import (
 	"net/http"
@@ -36,26 +36,26 @@ func TestOptionsFromConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := optionsFrom(cfg).withDefaults()
-	want := options{}.withDefaults()
-	want.project = testProject
-	want.retryBase, want.retryMax = 300*time.Millisecond, 20*time.Second
-	want.capacityBase, want.capacityMax = 2*time.Second, time.Minute
-	want.maxAttempts = 4
-	want.geminiTimeout, want.lease = 30*time.Second, 90*time.Second
-	want.seedBase, want.seedMax = 20*time.Millisecond, 2*time.Second
-	want.claimLead = 1500 * time.Millisecond
-	if d := cmp.Diff(want, got, cmp.AllowUnexported(options{})); d != "" {
+	got := OptionsFrom(cfg).withDefaults()
+	want := Options{}.withDefaults()
+	want.Project = testProject
+	want.RetryBase, want.RetryMax = 300*time.Millisecond, 20*time.Second
+	want.CapacityBase, want.CapacityMax = 2*time.Second, time.Minute
+	want.MaxAttempts = 4
+	want.GeminiTimeout, want.Lease = 30*time.Second, 90*time.Second
+	want.SeedBase, want.SeedMax = 20*time.Millisecond, 2*time.Second
+	want.ClaimLead = 1500 * time.Millisecond
+	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("options (-want +got):\n%s", d)
 	}
 
-	// The configuration's defaults are the handler's.
+	// The configuration's defaults are the machine's.
 	cfg, err = config.LoadFor(config.Worker, workerEnv())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = options{project: testProject}.withDefaults()
-	if d := cmp.Diff(want, optionsFrom(cfg).withDefaults(), cmp.AllowUnexported(options{})); d != "" {
+	want = Options{Project: testProject}.withDefaults()
+	if d := cmp.Diff(want, OptionsFrom(cfg).withDefaults()); d != "" {
 		t.Errorf("default options (-want +got):\n%s", d)
 	}
 }
@@ -66,20 +66,20 @@ func TestBackoffOptions(t *testing.T) {
 	tests := []struct {
 		name string
 		sim  geminisim.Options
-		opts options
+		opts Options
 		d    time.Duration
 	}{
 		{"transient", geminisim.Options{Faults: geminisim.Faults{Error503: 1}},
-			options{retryBase: 40 * time.Second, retryMax: time.Hour}, 40 * time.Second},
+			Options{RetryBase: 40 * time.Second, RetryMax: time.Hour}, 40 * time.Second},
 		{"429 without details", geminisim.Options{CapacityRate: 1},
-			options{capacityBase: 3 * time.Minute, capacityMax: time.Hour}, 3 * time.Minute},
+			Options{CapacityBase: 3 * time.Minute, CapacityMax: time.Hour}, 3 * time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t, fixtureOptions{sim: tt.sim, opts: tt.opts})
 			e := envelope("job-backoff", "k", modelOpen, "one")
 			before := time.Now()
-			want(t, f.push(e), http.StatusOK, outDeferred)
+			want(t, f.push(e), http.StatusOK, OutDeferred)
 			after := time.Now()
 			tks := f.scheduled()
 			if len(tks) != 1 {

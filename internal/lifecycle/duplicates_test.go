@@ -1,4 +1,4 @@
-package worker
+package lifecycle
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 // countingPermits wraps the real limiter and counts the calls that take or
 // give back quota.
 type countingPermits struct {
-	permits
+	Permits
 	mu                      sync.Mutex
 	acquire, claim, release int
 	reconcile               int
@@ -30,21 +30,21 @@ func (c *countingPermits) Reconcile(ctx context.Context, p limiter.Permit, token
 	c.mu.Lock()
 	c.reconcile++
 	c.mu.Unlock()
-	return c.permits.Reconcile(ctx, p, tokens)
+	return c.Permits.Reconcile(ctx, p, tokens)
 }
 
 func (c *countingPermits) Acquire(ctx context.Context, s limiter.Scope, cost limiter.Cost) (limiter.Permit, error) {
 	c.mu.Lock()
 	c.acquire++
 	c.mu.Unlock()
-	return c.permits.Acquire(ctx, s, cost)
+	return c.Permits.Acquire(ctx, s, cost)
 }
 
 func (c *countingPermits) Claim(ctx context.Context, p limiter.Permit) (limiter.Permit, error) {
 	c.mu.Lock()
 	c.claim++
 	c.mu.Unlock()
-	return c.permits.Claim(ctx, p)
+	return c.Permits.Claim(ctx, p)
 }
 
 func (c *countingPermits) Release(ctx context.Context, p limiter.Permit) error {
@@ -52,7 +52,7 @@ func (c *countingPermits) Release(ctx context.Context, p limiter.Permit) error {
 	c.release++
 	c.released = append(c.released, p.ID)
 	c.mu.Unlock()
-	return c.permits.Release(ctx, p)
+	return c.Permits.Release(ctx, p)
 }
 
 // calls returns the counts so far.
@@ -64,8 +64,8 @@ func (c *countingPermits) calls() (acquire, claim, release int) {
 
 // countLimiter puts a counting wrapper around the fixture's limiter.
 func (f *fixture) countLimiter() *countingPermits {
-	c := &countingPermits{permits: f.h.lim}
-	f.h.lim = c
+	c := &countingPermits{Permits: f.m.deps.Permits}
+	f.m.deps.Permits = c
 	return c
 }
 
@@ -95,8 +95,8 @@ func (f *fixture) cloudTask(name string) *cloudtaskspb.Task {
 	return nil
 }
 
-// carriedPermit decodes the reservation a Cloud Task carries.
-func carriedPermit(t *testing.T, tk *cloudtaskspb.Task) limiter.Permit {
+// taskPermit decodes the reservation a Cloud Task carries.
+func taskPermit(t *testing.T, tk *cloudtaskspb.Task) limiter.Permit {
 	t.Helper()
 	var p limiter.Permit
 	if err := json.Unmarshal(taskBody(t, tk).Permit, &p); err != nil || p.Outcome != limiter.Reserved {
@@ -118,7 +118,7 @@ func TestDuplicateDeliveryCostsOneCallAndOneReservation(t *testing.T) {
 		t.Run(map[bool]string{false: "sequential", true: "concurrent"}[concurrent], func(t *testing.T) {
 			f := newFixture(t, fixtureOptions{})
 			// The first task takes the window's slot, so the next one reserves.
-			want(t, f.push(envelope("job-dd", "first", modelTight, "one")), http.StatusOK, outSucceeded)
+			want(t, f.push(envelope("job-dd", "first", modelTight, "one")), http.StatusOK, OutSucceeded)
 			lim := f.countLimiter()
 
 			e := envelope("job-dd", "second", modelTight, "two")
@@ -146,7 +146,7 @@ func TestDuplicateDeliveryCostsOneCallAndOneReservation(t *testing.T) {
 			}
 
 			by := deliver(6, func() result { return f.push(e) })
-			if by[outDeferred] != 1 || by[outDuplicate]+by[outBusy] != 5 {
+			if by[OutDeferred] != 1 || by[OutDuplicate]+by[OutHeld] != 5 {
 				t.Fatalf("push outcomes %v, want one deferred, the rest duplicate or held", by)
 			}
 			if a, c, r := lim.calls(); a != 1 || c != 0 || r != 0 {
@@ -156,12 +156,12 @@ func TestDuplicateDeliveryCostsOneCallAndOneReservation(t *testing.T) {
 			if tk == nil {
 				t.Fatal("no cloud task for deferral 1")
 			}
-			p := carriedPermit(t, tk)
+			p := taskPermit(t, tk)
 
 			time.Sleep(time.Until(p.At))
 			body := tk.GetHttpRequest().GetBody()
 			by = deliver(4, func() result { return f.callback(shortName(tk.Name), body) })
-			if by[outSucceeded] != 1 || by[outDuplicate]+by[outBusy] != 3 {
+			if by[OutSucceeded] != 1 || by[OutDuplicate]+by[OutHeld] != 3 {
 				t.Fatalf("cloud task outcomes %v, want one succeeded, the rest duplicate or held", by)
 			}
 
@@ -172,11 +172,11 @@ func TestDuplicateDeliveryCostsOneCallAndOneReservation(t *testing.T) {
 				if name == shortName(tk.Name) {
 					continue
 				}
-				want(t, f.callback(name, c.GetHttpRequest().GetBody()), http.StatusOK, outDuplicate)
+				want(t, f.callback(name, c.GetHttpRequest().GetBody()), http.StatusOK, OutDuplicate)
 			}
 			// And late duplicates of everything.
-			want(t, f.push(e), http.StatusOK, outDuplicate)
-			want(t, f.callback(shortName(tk.Name), body), http.StatusOK, outDuplicate)
+			want(t, f.push(e), http.StatusOK, OutDuplicate)
+			want(t, f.callback(shortName(tk.Name), body), http.StatusOK, OutDuplicate)
 
 			if a, c, r := lim.calls(); a != 1 || c != 1 || r != 0 {
 				t.Errorf("limiter calls: acquire %d, claim %d, release %d; want 1, 1, 0", a, c, r)
@@ -215,7 +215,7 @@ func TestDuplicateDeliveryCostsOneCallAndOneReservation(t *testing.T) {
 // marks the task waiting, so later duplicates are acknowledged at once.
 func TestExistingCloudTaskReleasesTheNewReservation(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
-	want(t, f.push(envelope("job-ex", "first", modelTight, "one")), http.StatusOK, outSucceeded)
+	want(t, f.push(envelope("job-ex", "first", modelTight, "one")), http.StatusOK, OutSucceeded)
 	e := envelope("job-ex", "second", modelTight, "two")
 
 	// The earlier delivery: reserved, created Cloud Task 1, then lost.
@@ -227,11 +227,11 @@ func TestExistingCloudTaskReleasesTheNewReservation(t *testing.T) {
 	next.Deferrals = 1
 	next.Permit, _ = json.Marshal(p1)
 	name := queue.TaskName(e.TaskID, 1)
-	if created, err := f.h.sched.Create(context.Background(), name, p1.At, encode(t, next)); err != nil || !created {
+	if created, err := f.m.deps.Scheduler.Create(context.Background(), name, p1.At, encode(t, next)); err != nil || !created {
 		t.Fatalf("create = %v, %v", created, err)
 	}
 	lim := f.countLimiter()
-	want(t, f.push(e), http.StatusOK, outDeferred)
+	want(t, f.push(e), http.StatusOK, OutDeferred)
 	a, _, r := lim.calls()
 	if a != 1 || r != 1 || lim.released[0] == p1.ID {
 		t.Fatalf("limiter: %d acquires, %d releases of %v; want the new reservation (not %s) released", a, r, lim.released, p1.ID)
@@ -249,7 +249,7 @@ func TestExistingCloudTaskReleasesTheNewReservation(t *testing.T) {
 	if rec := f.record(e); rec.State != store.Waiting {
 		t.Fatalf("state = %s, want waiting", rec.State)
 	}
-	want(t, f.push(e), http.StatusOK, outDuplicate)
+	want(t, f.push(e), http.StatusOK, OutDuplicate)
 	if a, _, _ := lim.calls(); a != 1 {
 		t.Errorf("acquires = %d after a duplicate, want 1", a)
 	}
@@ -257,7 +257,7 @@ func TestExistingCloudTaskReleasesTheNewReservation(t *testing.T) {
 	// The existing Cloud Task runs it with its own reservation.
 	tk := f.cloudTask(name)
 	time.Sleep(time.Until(p1.At))
-	want(t, f.callback(name, tk.GetHttpRequest().GetBody()), http.StatusOK, outSucceeded)
+	want(t, f.callback(name, tk.GetHttpRequest().GetBody()), http.StatusOK, OutSucceeded)
 	if _, c, _ := lim.calls(); c != 1 {
 		t.Errorf("claims = %d, want 1", c)
 	}
@@ -271,16 +271,17 @@ func TestExistingCloudTaskReleasesTheNewReservation(t *testing.T) {
 // new name beyond every deferral it had.
 func TestStaleWaitingTaskIsTakenOver(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
-	want(t, f.push(envelope("job-stale", "first", modelTight, "one")), http.StatusOK, outSucceeded)
+	want(t, f.push(envelope("job-stale", "first", modelTight, "one")), http.StatusOK, OutSucceeded)
 	e := envelope("job-stale", "second", modelTight, "two")
 	ref := store.RefOf(e)
-	if res, err := f.store.LeaseTask(context.Background(), ref, store.LeaseRequest{Holder: "gone", TTL: time.Minute}); err != nil || res.Outcome != store.Applied {
+	res, err := f.store.LeaseTask(context.Background(), ref, store.LeaseRequest{Holder: "gone", TTL: time.Minute})
+	if err != nil || res.Outcome != store.Applied {
 		t.Fatalf("lease = %+v, %v", res, err)
 	}
-	if o, err := f.store.MarkWaitingFor(context.Background(), ref, "gone", 3, time.Now().Add(-time.Millisecond)); err != nil || o != store.Applied {
+	if o, err := f.store.MarkWaitingFor(context.Background(), ref, res.Token, 3, time.Now().Add(-time.Millisecond)); err != nil || o != store.Applied {
 		t.Fatalf("mark waiting = %v, %v", o, err)
 	}
-	want(t, f.push(e), http.StatusOK, outDeferred)
+	want(t, f.push(e), http.StatusOK, OutDeferred)
 	tk := f.cloudTask(queue.TaskName(e.TaskID, 4))
 	if tk == nil {
 		t.Fatalf("no cloud task for deferral 4 in %d scheduled", len(f.scheduled()))
@@ -288,11 +289,11 @@ func TestStaleWaitingTaskIsTakenOver(t *testing.T) {
 	if b := taskBody(t, tk); b.Deferrals != 4 {
 		t.Errorf("deferred envelope deferrals = %d, want 4", b.Deferrals)
 	}
-	want(t, f.push(e), http.StatusOK, outDuplicate)
+	want(t, f.push(e), http.StatusOK, OutDuplicate)
 	// An old Cloud Task (deferral 3, arriving late): acknowledged too.
 	old := e
 	old.Deferrals = 3
-	want(t, f.callback(queue.TaskName(e.TaskID, 3), encode(t, old)), http.StatusOK, outDuplicate)
+	want(t, f.callback(queue.TaskName(e.TaskID, 3), encode(t, old)), http.StatusOK, OutDuplicate)
 	if rec := f.record(e); rec.State != store.Waiting {
 		t.Fatalf("state = %s, want waiting", rec.State)
 	}

@@ -1,15 +1,16 @@
-package worker
+package lifecycle
 
 import (
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"sort"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -39,7 +40,9 @@ const (
 	testProject = "test-project"
 	testQueue   = "projects/test-project/locations/us-central1/queues/gemq-tasks"
 	testTopic   = "gemq-results"
-	apiKey      = "test-key"
+	// testDeadLetters is the dead-letter topic.
+	testDeadLetters = "gemq-dead-letter"
+	apiKey          = "test-key"
 
 	// Models of the test quota configuration and the Gemini stand-in.
 	modelOpen   = "gemini-2.5-flash" // unlimited on both sides
@@ -88,13 +91,15 @@ type fixture struct {
 	lim   *limiter.Limiter
 	ps    *pstest.Server
 	pub   *queue.Publisher
-	tasks *tasksemu.Server
-	ct    *cloudtasks.Client
+	// deadPub publishes to testDeadLetters.
+	deadPub *queue.Publisher
+	tasks   *tasksemu.Server
+	ct      *cloudtasks.Client
 	// ctEndpoint is the Cloud Tasks emulator's host:port.
 	ctEndpoint string
 	sim        *geminisim.Server
 	gem        *gemini.Client
-	h          *handler
+	m          *Machine
 	limCfg     limiter.Config
 	logMu      sync.Mutex
 	logBuf     bytes.Buffer
@@ -103,7 +108,7 @@ type fixture struct {
 // fixtureOptions tweak a fixture.
 type fixtureOptions struct {
 	sim       geminisim.Options // Models and APIKey are filled in
-	opts      options           // handler options; project is filled in
+	opts      Options           // machine options; Project is filled in
 	psOptions []pstest.ServerReactorOption
 }
 
@@ -135,6 +140,11 @@ func newFixture(t *testing.T, fo fixtureOptions) *fixture {
 	}
 	f.pub = queue.NewPublisher(psc, testTopic)
 	t.Cleanup(f.pub.Stop)
+	if err := queue.EnsureTopic(ctx, psc, testDeadLetters); err != nil {
+		t.Fatal(err)
+	}
+	f.deadPub = queue.NewPublisher(psc, testDeadLetters)
+	t.Cleanup(f.deadPub.Stop)
 
 	f.tasks = tasksemu.New(tasksemu.Options{Logger: logging.Discard()})
 	addr, err := f.tasks.Start()
@@ -170,27 +180,29 @@ func newFixture(t *testing.T, fo fixtureOptions) *fixture {
 	}
 	t.Cleanup(func() { f.sim.Close() })
 	opts := fo.opts
-	if opts.geminiTimeout == 0 {
-		opts.geminiTimeout = 5 * time.Second
+	if opts.GeminiTimeout == 0 {
+		opts.GeminiTimeout = 5 * time.Second
 	}
-	f.gem, err = gemini.NewClient(ctx, gemini.Config{APIKey: apiKey, BaseURL: url, Timeout: opts.geminiTimeout})
+	f.gem, err = gemini.NewClient(ctx, gemini.Config{APIKey: apiKey, BaseURL: url, Timeout: opts.GeminiTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	opts.project = testProject
-	if opts.claimLead == 0 {
+	opts.Project = testProject
+	if opts.ClaimLead == 0 {
 		// Short, so that a modelTight reservation (about 2s ahead) is
 		// deferred to a Cloud Task, as most tests expect, rather than
 		// waited for in the handler.
-		opts.claimLead = 300 * time.Millisecond
+		opts.ClaimLead = 300 * time.Millisecond
 	}
-	if opts.callTimeout == 0 {
-		opts.callTimeout = 3 * time.Second
+	if opts.CallTimeout == 0 {
+		opts.CallTimeout = 3 * time.Second
 	}
-	f.h = newHandler(f.store, f.lim, f.gem,
-		queue.NewScheduler(f.ct, testQueue, "http://127.0.0.1:9/worker", ""), f.pub, opts,
-		logging.New(testWriter{t, &f.logMu, &f.logBuf}, slog.LevelDebug))
+	f.m = New(Deps{
+		Store: f.store, Permits: f.lim, Gemini: f.gem,
+		Scheduler: queue.NewScheduler(f.ct, testQueue, "http://127.0.0.1:9/worker", ""),
+		Results:   f.pub, DeadLetters: f.deadPub,
+	}, opts, logging.New(testWriter{t, &f.logMu, &f.logBuf}, slog.LevelDebug))
 	return f
 }
 
@@ -225,16 +237,24 @@ func envelope(jobID, key, model, prompt string) task.Envelope {
 	return e
 }
 
-// pushBody is a Pub/Sub push delivery of data.
-func pushBody(data []byte) []byte {
+// pushBody is a Pub/Sub push delivery of data: message id "m1", no
+// deliveryAttempt (a subscription without a dead-letter policy).
+func pushBody(data []byte) []byte { return pushBodyWith(data, "m1", 0) }
+
+// pushBodyAttempt is pushBody with a deliveryAttempt.
+func pushBodyAttempt(data []byte, attempt int) []byte { return pushBodyWith(data, "m1", attempt) }
+
+// pushBodyWith is a Pub/Sub push delivery of data as message id, attempt.
+func pushBodyWith(data []byte, id string, attempt int) []byte {
 	b, _ := json.Marshal(map[string]any{
 		"message": map[string]any{
 			"data":        base64.StdEncoding.EncodeToString(data),
 			"attributes":  map[string]string{},
-			"messageId":   "m1",
+			"messageId":   id,
 			"publishTime": time.Now().UTC().Format(time.RFC3339Nano),
 		},
-		"subscription": "projects/test-project/subscriptions/gemq-tasks-push",
+		"subscription":    "projects/test-project/subscriptions/gemq-tasks-push",
+		"deliveryAttempt": attempt,
 	})
 	return b
 }
@@ -254,19 +274,49 @@ type result struct {
 	outcome string
 }
 
+// serve hands a delivery to the machine as the worker would, from the
+// body and headers of an HTTP request: a Cloud Tasks callback when the
+// X-CloudTasks-TaskName header is set, else a Pub/Sub push.
 func (f *fixture) serve(ctx context.Context, body []byte, header http.Header) result {
-	req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/", bytes.NewReader(body))
-	for k, vs := range header {
-		for _, v := range vs {
-			req.Header.Add(k, v)
+	get := func(k string) string {
+		if v := header[k]; len(v) > 0 {
+			return v[0]
 		}
+		return header.Get(k)
 	}
-	rec := httptest.NewRecorder()
-	f.h.ServeHTTP(rec, req)
-	var out struct{ Outcome string }
-	json.Unmarshal(rec.Body.Bytes(), &out)
-	return result{rec.Code, out.Outcome}
+	d := Delivery{Source: CloudTasks, ID: get(headerTaskName), Data: body}
+	if d.ID == "" {
+		var push struct {
+			Message struct {
+				Data      []byte `json:"data"`
+				MessageID string `json:"messageId"`
+			} `json:"message"`
+			DeliveryAttempt int `json:"deliveryAttempt"`
+		}
+		if err := json.Unmarshal(body, &push); err != nil {
+			return f.handle(ctx, Delivery{Source: PubSub, Data: body, Invalid: err})
+		}
+		d = Delivery{Source: PubSub, ID: push.Message.MessageID, Data: push.Message.Data, Attempt: push.DeliveryAttempt}
+	} else if n, err := strconv.Atoi(get("X-CloudTasks-TaskRetryCount")); err == nil {
+		d.Attempt = n
+	}
+	if d.Envelope, d.Invalid = task.Decode(d.Data); errors.Is(d.Invalid, task.ErrTooLarge) {
+		d.Kind = KindOversized
+	}
+	return f.handle(ctx, d)
 }
+
+// handle hands d to the machine.
+func (f *fixture) handle(ctx context.Context, d Delivery) result {
+	o := f.m.Handle(ctx, d)
+	if o.Redeliver {
+		return result{http.StatusServiceUnavailable, o.Name}
+	}
+	return result{http.StatusOK, o.Name}
+}
+
+// headerTaskName is Cloud Tasks' task name header.
+const headerTaskName = "X-CloudTasks-TaskName"
 
 // push delivers e as a Pub/Sub push message.
 func (f *fixture) push(e task.Envelope) result {
@@ -298,8 +348,19 @@ func (f *fixture) counts(jobID string) store.Counts {
 }
 
 // published returns the messages published to the results topic.
-func (f *fixture) published() []*pstest.Message {
-	msgs := f.ps.Messages()
+func (f *fixture) published() []*pstest.Message { return f.onTopic(testTopic) }
+
+// deadLettered returns the messages published to the dead-letter topic.
+func (f *fixture) deadLettered() []*pstest.Message { return f.onTopic(testDeadLetters) }
+
+// onTopic returns the messages published to a topic, oldest first.
+func (f *fixture) onTopic(topic string) []*pstest.Message {
+	var msgs []*pstest.Message
+	for _, m := range f.ps.Messages() {
+		if m.Topic == "projects/"+testProject+"/topics/"+topic {
+			msgs = append(msgs, m)
+		}
+	}
 	sort.Slice(msgs, func(i, j int) bool { return msgs[i].PublishTime.Before(msgs[j].PublishTime) })
 	return msgs
 }
@@ -364,6 +425,13 @@ func shortName(full string) string {
 	return full
 }
 
+// errorObject is a stored or published error.
+type errorObject struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Status  string `json:"status,omitempty"`
+}
+
 // errorOf decodes a stored error.
 func errorOf(t *testing.T, raw json.RawMessage) errorObject {
 	t.Helper()
@@ -375,9 +443,9 @@ func errorOf(t *testing.T, raw json.RawMessage) errorObject {
 }
 
 // line decodes a published result line.
-func line(t *testing.T, data []byte) resultLine {
+func line(t *testing.T, data []byte) store.ResultLine {
 	t.Helper()
-	var l resultLine
+	var l store.ResultLine
 	if err := json.Unmarshal(data, &l); err != nil {
 		t.Fatalf("published line %s: %v", data, err)
 	}

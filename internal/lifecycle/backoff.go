@@ -1,4 +1,4 @@
-package worker
+package lifecycle
 
 import (
 	"math/rand/v2"

@@ -40,7 +40,7 @@ func TestReadmeExamples(t *testing.T) {
 		t.Errorf("README job example accepted as %+v", a)
 	}
 
-	pubRE := regexp.MustCompile(`gcloud pubsub topics publish gemq-tasks --message='([^']*)'`)
+	pubRE := regexp.MustCompile(`gcloud pubsub topics publish gemq-tasks (?:--project=\S+ )?--message='([^']*)'`)
 	mp := pubRE.FindStringSubmatch(sec)
 	if mp == nil {
 		t.Fatal("README: no gcloud publish example")

@@ -223,8 +223,9 @@ locals {
 resource "google_secret_manager_secret_iam_member" "worker_reads_gemini_key" {
   count = var.gemini_backend == "api_key" ? 1 : 0
 
-  project   = var.project_id
-  secret_id = local.gemini_secret_id
+  project = var.project_id
+  # The created secret by reference (not through local.gemini_secret_id), so the grant follows it.
+  secret_id = var.gemini_api_key_secret_id != null ? var.gemini_api_key_secret_id : google_secret_manager_secret.gemini_api_key[0].secret_id
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.worker.member
 

@@ -223,11 +223,13 @@ variable "result_ttl" {
   default     = "168h"
 
   validation {
-    # Accept what time.ParseDuration accepts in h/m/s units, and bound the total.
-    condition = can(regex("^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", var.result_ttl)) && var.result_ttl != "" && (
-      sum([for p in regexall("([0-9]+)([hms])", var.result_ttl) : tonumber(p[0]) * lookup({ h = 3600, m = 60, s = 1 }, p[1], 0)]) >= 60
-      ) && (
-      sum([for p in regexall("([0-9]+)([hms])", var.result_ttl) : tonumber(p[0]) * lookup({ h = 3600, m = 60, s = 1 }, p[1], 0)]) <= 8760 * 3600
+    # Accept what time.ParseDuration accepts in h/m/s units, and bound the total (try: Terraform
+    # evaluates both sides of &&, and a malformed value must fail here, not error).
+    condition = try(
+      can(regex("^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", var.result_ttl)) && var.result_ttl != "" &&
+      sum(concat([0], [for p in regexall("([0-9]+)([hms])", var.result_ttl) : tonumber(p[0]) * lookup({ h = 3600, m = 60, s = 1 }, p[1], 0)])) >= 60 &&
+      sum(concat([0], [for p in regexall("([0-9]+)([hms])", var.result_ttl) : tonumber(p[0]) * lookup({ h = 3600, m = 60, s = 1 }, p[1], 0)])) <= 8760 * 3600,
+      false
     )
     error_message = "result_ttl must be a duration such as 168h or 90m (units h, m, s), from 1m to 8760h."
   }

@@ -120,6 +120,9 @@ func (p *Plan) Grants() ([]Grant, error) {
 				return nil, fmt.Errorf("%s: the permission check does not know what %s grants on", r.Address, r.Type)
 			}
 			g.Resource = bareResource(p.Refs(r.Address, arg))
+			if g.Resource != "" && len(p.Instances(g.Resource)) == 0 {
+				g.Resource = "" // a conditional reference to a resource this plan does not create
+			}
 			if g.Resource == "" && r.Type == "google_secret_manager_secret_iam_member" {
 				if id, _ := r.Values["secret_id"].(string); id != "" {
 					g.Resource = "secret:" + id

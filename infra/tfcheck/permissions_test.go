@@ -292,6 +292,68 @@ func TestPolicy(t *testing.T) {
 	}
 }
 
+// TestVariants plans the configuration with other inputs than the example's:
+// the key secret created by Terraform (the key must appear nowhere in the
+// plan), an existing network, BASIC chosen explicitly; and inputs every
+// validation must refuse.
+func TestVariants(t *testing.T) {
+	const key = "AIza-gemq-test-key-that-must-not-leak"
+	pr, err := runPlan(`
+gemini_api_key_secret_id = null
+network                  = "corp-vpc"
+redis                    = { tier = "BASIC", accept_basic_data_loss = true }
+`, []string{"TF_VAR_gemini_api_key=" + key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pr.plan
+	if strings.Contains(string(pr.json), key) {
+		t.Errorf("the Gemini key appears in the plan: secret_data_wo is not write-only, or the variable is not ephemeral")
+	}
+	v := p.Resource(t, "google_secret_manager_secret_version.gemini_api_key[0]")
+	if v.Values["secret_data"] != nil || len(p.Refs(v.Address, "secret_data_wo")) == 0 {
+		t.Errorf("key secret version: secret_data %v, secret_data_wo refs %v", v.Values["secret_data"], p.Refs(v.Address, "secret_data_wo"))
+	}
+	if n := len(p.ByType("google_compute_network")); n != 0 {
+		t.Errorf("network = \"corp-vpc\" still creates %d networks", n)
+	}
+	if got := p.Resource(t, "google_compute_subnetwork.connector").Values["network"]; got != "projects/my-gemini-project/global/networks/corp-vpc" {
+		t.Errorf("connector subnet network = %v", got)
+	}
+	if got := p.Resource(t, "google_redis_instance.limiter").Values["tier"]; got != "BASIC" {
+		t.Errorf("tier = %v, want BASIC when opted in", got)
+	}
+	for _, problem := range deploymentProblems(t, p) {
+		t.Error(problem)
+	}
+
+	_, err = runPlan(`
+redis       = { tier = "BASIC" }
+max_attempts = 0
+result_ttl   = "7d"
+push_retry   = { minimum_backoff = "60s", maximum_backoff = "10s" }
+tasks_queue  = { max_concurrent_dispatches = 0 }
+connector    = { min_instances = 1, max_instances = 20 }
+network      = "projects/p/global/networks/x"
+`, nil)
+	if err == nil {
+		t.Fatal("a plan with invalid inputs succeeded")
+	}
+	for _, want := range []string{
+		"set redis.accept_basic_data_loss = true",
+		"max_attempts must be a whole number from 1 to 100",
+		"result_ttl must be a duration such as 168h",
+		"minimum_backoff <= maximum_backoff",
+		"max_concurrent_dispatches must be a whole number from 1 to 5000",
+		"2 <= min_instances < max_instances <= 10",
+		"network must be the name (not the URL)",
+	} {
+		if !strings.Contains(strings.Join(strings.Fields(err.Error()), " "), want) {
+			t.Errorf("invalid inputs: no error says %q", want)
+		}
+	}
+}
+
 // clone copies the plan deeply enough for a test to break one copy.
 func (p *Plan) clone() *Plan {
 	c := *p

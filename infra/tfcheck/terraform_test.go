@@ -23,11 +23,14 @@ type planResult struct {
 	repo string
 	dir  string // the copy of terraform/ that was planned
 	plan *Plan
+	json []byte // terraform show -json
 }
 
-var planOnce = sync.OnceValues(func() (*planResult, error) { return runPlan() })
+var planOnce = sync.OnceValues(func() (*planResult, error) { return runPlan("", nil) })
 
-func runPlan() (*planResult, error) {
+// runPlan plans terraform/ with terraform.tfvars.example, extraVars (HCL
+// overriding it) and extraEnv.
+func runPlan(extraVars string, extraEnv []string) (*planResult, error) {
 	tf, err := exec.LookPath("terraform")
 	if err != nil {
 		return nil, fmt.Errorf("terraform is not on PATH: the Terraform checks need it (.ci/run requires it): %w", err)
@@ -60,6 +63,11 @@ func runPlan() (*planResult, error) {
 	if err := os.WriteFile(filepath.Join(dir, "terraform.tfvars"), example, 0o644); err != nil {
 		return nil, fmt.Errorf("write terraform.tfvars: %w", err)
 	}
+	if extraVars != "" { // *.auto.tfvars is read after terraform.tfvars and wins
+		if err := os.WriteFile(filepath.Join(dir, "variant.auto.tfvars"), []byte(extraVars), 0o644); err != nil {
+			return nil, fmt.Errorf("write variant.auto.tfvars: %w", err)
+		}
+	}
 	cliConfig := filepath.Join(work, "terraformrc")
 	if err := os.WriteFile(cliConfig, []byte("# no provider installation from the network\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("write cli config: %w", err)
@@ -75,6 +83,7 @@ func runPlan() (*planResult, error) {
 		"GOOGLE_APPLICATION_CREDENTIALS=",
 		"TF_VAR_source_dir="+repo,
 	)
+	env = append(env, extraEnv...)
 	run := func(args ...string) ([]byte, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
@@ -105,7 +114,7 @@ func runPlan() (*planResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &planResult{repo: repo, dir: dir, plan: plan}, nil
+	return &planResult{repo: repo, dir: dir, plan: plan, json: out}, nil
 }
 
 func testPlan(t *testing.T) *planResult {

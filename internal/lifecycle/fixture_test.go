@@ -55,10 +55,13 @@ const (
 	modelGone   = "m-gone"           // in the quota config, unknown to the stand-in (404)
 )
 
+// quotaJSON's guard of 400 ms makes the claim window ±100 ms, so tests
+// that sleep until a reserved slot claim it even on a loaded 2-core machine
+// under -race.
 const quotaJSON = `{
   "safety": 1,
   "horizon": "15m",
-  "guard": "100ms",
+  "guard": "400ms",
   "scopes": [
     {"project": "*", "model": "gemini-2.5-flash", "dimensions": [
       {"name": "rpm", "unit": "requests", "limit": 100000, "period": "1m"}]},

@@ -155,7 +155,7 @@ func TestLeaseCheckTakesOverADeadLease(t *testing.T) {
 	if f.allGenerateCalls() != 0 {
 		t.Fatal("gemini called while the task was held")
 	}
-	time.Sleep(350 * time.Millisecond) // the dead lease expires
+	time.Sleep(600 * time.Millisecond) // the dead lease (300 ms) has surely expired
 	want(t, f.callback(shortName(tks[0].Name), tks[0].GetHttpRequest().GetBody()), http.StatusOK, OutSucceeded)
 	if rec := f.record(e); rec.State != store.Succeeded {
 		t.Fatalf("state = %s, want succeeded", rec.State)

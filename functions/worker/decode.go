@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/gemq-dev/gemq/internal/lifecycle"
 	"github.com/gemq-dev/gemq/internal/task"
@@ -19,6 +20,9 @@ const (
 	headerTaskName = "X-CloudTasks-TaskName"
 	// headerTaskRetry is Cloud Tasks' retry count for the current task.
 	headerTaskRetry = "X-CloudTasks-TaskRetryCount"
+	// headerTaskETA is the task's schedule time, in seconds since the
+	// epoch (with a fraction).
+	headerTaskETA = "X-CloudTasks-TaskETA"
 )
 
 // maxBodyBytes caps a request body the worker decodes: a push envelope holds
@@ -63,6 +67,9 @@ func decode(r *http.Request) (lifecycle.Delivery, error) {
 	if name := r.Header.Get(headerTaskName); name != "" {
 		d.Source, d.ID, d.Data = lifecycle.CloudTasks, name, body
 		d.Attempt, _ = strconv.Atoi(r.Header.Get(headerTaskRetry))
+		if eta, err := strconv.ParseFloat(r.Header.Get(headerTaskETA), 64); err == nil && eta > 0 {
+			d.ScheduledAt = time.UnixMicro(int64(eta * 1e6))
+		}
 	} else {
 		d.Source = lifecycle.PubSub
 		var push pushEnvelope

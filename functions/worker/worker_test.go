@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/pstest"
@@ -177,8 +178,8 @@ func TestDecode(t *testing.T) {
 	}{
 		{"push", pushBody(data, "m7", 3), nil,
 			lifecycle.Delivery{Source: lifecycle.PubSub, ID: "m7", Attempt: 3, Data: data}, ""},
-		{"callback", data, map[string]string{headerTaskName: "t-1", headerTaskRetry: "2"},
-			lifecycle.Delivery{Source: lifecycle.CloudTasks, ID: "t-1", Attempt: 2, Data: data}, ""},
+		{"callback", data, map[string]string{headerTaskName: "t-1", headerTaskRetry: "2", headerTaskETA: "1800000000.250000"},
+			lifecycle.Delivery{Source: lifecycle.CloudTasks, ID: "t-1", Attempt: 2, Data: data, ScheduledAt: time.UnixMilli(1_800_000_000_250)}, ""},
 		{"not JSON", []byte("{not json"), nil,
 			lifecycle.Delivery{Source: lifecycle.PubSub, Data: []byte("{not json")}, "push envelope"},
 		{"no message", []byte(`{"subscription":"s"}`), nil,
@@ -195,6 +196,9 @@ func TestDecode(t *testing.T) {
 			d, err := decode(req)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if !d.ScheduledAt.Equal(tt.want.ScheduledAt) {
+				t.Errorf("scheduled at %v, want %v", d.ScheduledAt, tt.want.ScheduledAt)
 			}
 			if d.Source != tt.want.Source || d.ID != tt.want.ID || d.Attempt != tt.want.Attempt || !bytes.Equal(d.Data, tt.want.Data) {
 				t.Errorf("delivery = %s %q attempt %d data %q; want %s %q attempt %d data %q",

@@ -65,11 +65,13 @@ func (m *Machine) deferTask(ctx context.Context, r *run, df deferral) Outcome {
 	name := queue.TaskName(r.env.TaskID, n)
 	due := df.at
 	if df.permit != nil {
-		// A reservation's Cloud Task comes a claim lead before its slot:
-		// Cloud Tasks dispatches the burst of a window boundary over
-		// seconds, and a callback that is early waits for its slot
-		// (waitForSlot); a late one would be queued again.
-		due = df.at.Add(-m.opts.ClaimLead)
+		// A reservation's Cloud Task comes a lead before its slot: Cloud
+		// Tasks dispatches late, by up to seconds for the burst of a window
+		// boundary; a callback that is early waits for its slot
+		// (waitForSlot), a late one would be queued again. The lead is the
+		// dispatch lag this instance has seen (99th percentile + 50 ms),
+		// at most the claim lead.
+		due = df.at.Add(-m.lead.current())
 		if now := m.now(); due.Before(now) {
 			due = now
 		}

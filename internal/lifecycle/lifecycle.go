@@ -143,9 +143,11 @@ type Options struct {
 	QuotaRetry time.Duration
 	// SeedBase, SeedMax shape the seed policy's re-queue delay.
 	SeedBase, SeedMax time.Duration
-	// ClaimLead is how long before its reserved slot a deferred task's Cloud
-	// Task is due, and how early (+ config.ClaimSlack) a delivery may be and
-	// still wait for its slot instead of being deferred again.
+	// ClaimLead bounds how long before its reserved slot a deferred task's
+	// Cloud Task is due (the lead actually used is learned from Cloud
+	// Tasks' dispatch lag, never more than this), and is how early (+
+	// config.ClaimSlack) a delivery may be and still wait for its slot
+	// instead of being deferred again.
 	ClaimLead time.Duration
 	// CallTimeout bounds one Cloud Tasks or Pub/Sub call, so an outage
 	// answers non-2xx well before the push deadline.
@@ -205,6 +207,9 @@ type Machine struct {
 	opts  Options
 	log   *slog.Logger
 	now   func() time.Time
+	// lead learns Cloud Tasks' dispatch lag: how long before its slot a
+	// reservation's Cloud Task is due (at most Options.ClaimLead).
+	lead *leadTracker
 }
 
 // New returns a Machine on deps. A nil log discards.
@@ -213,6 +218,7 @@ func New(deps Deps, opts Options, log *slog.Logger) *Machine {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Machine{deps: deps, opts: opts.withDefaults(), log: log, now: time.Now}
+	m.lead = newLeadTracker(m.opts.ClaimLead)
 	if m.opts.Policy == config.PolicySeed {
 		m.admit = seed{m}
 	} else {
@@ -243,6 +249,9 @@ type Delivery struct {
 	// deliveryAttempt (0 when the subscription has no dead-letter policy),
 	// or Cloud Tasks' retry count.
 	Attempt int
+	// ScheduledAt is a Cloud Task's schedule time (X-CloudTasks-TaskETA),
+	// zero when unknown; the machine learns the dispatch lag from it.
+	ScheduledAt time.Time
 	// Data is the task message as delivered (the envelope's bytes), kept for
 	// dead-letter copies.
 	Data []byte

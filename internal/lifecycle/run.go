@@ -36,6 +36,9 @@ type run struct {
 // Handle runs one delivery through the lifecycle and says how to answer it.
 func (m *Machine) Handle(ctx context.Context, d Delivery) Outcome {
 	log := m.log.With("source", string(d.Source), "delivery_id", d.ID, "delivery_attempt", d.Attempt)
+	if d.Source == CloudTasks && d.Attempt == 0 {
+		m.lead.observe(d.ScheduledAt, m.now())
+	}
 	if d.Invalid != nil {
 		return m.invalid(ctx, d, log)
 	}

@@ -26,7 +26,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"time"
@@ -34,11 +33,11 @@ import (
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/gemq-dev/gemq/internal/clients"
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/gemini"
 	"github.com/gemq-dev/gemq/internal/lazy"
 	"github.com/gemq-dev/gemq/internal/limiter"
-	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/store"
 )
@@ -56,9 +55,7 @@ var built lazy.Value[*server]
 func handle(w http.ResponseWriter, r *http.Request) {
 	s, err := current()
 	if err != nil {
-		lw := config.SetupLog(os.Getenv, os.Stdout)
-		logging.New(lw, slog.LevelInfo).Error("ingest setup failed", "error", err.Error())
-		lw.Close()
+		clients.ReportSetupFailure("ingest", err)
 		writeJSON(w, http.StatusInternalServerError, struct {
 			Error *apiError `json:"error"`
 		}{&apiError{Code: http.StatusInternalServerError, Status: "INTERNAL", Message: "ingest is not configured: " + err.Error()}})
@@ -80,22 +77,11 @@ func fromEnv(ctx context.Context, getenv func(string) string, logOut io.Writer) 
 	if err != nil {
 		return nil, err
 	}
-	logw, err := config.OpenLog(cfg.LogFile, logOut)
+	base, err := clients.Open(ctx, cfg, logOut)
 	if err != nil {
 		return nil, err
 	}
-	rdb, err := config.NewRedis(cfg)
-	if err != nil {
-		logw.Close()
-		return nil, err
-	}
-	ps, err := queue.NewPubSubClient(ctx, cfg.Project)
-	if err != nil {
-		rdb.Close()
-		logw.Close()
-		return nil, err
-	}
-	log := logging.New(logw, cfg.LogLevel)
+	rdb, ps, log := base.Redis, base.PubSub, base.Log
 	log.Info("ingest configured", "config", cfg)
 	return newServer(deps{
 		store:        store.New(rdb, store.Options{TTL: cfg.ResultTTL}),

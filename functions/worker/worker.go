@@ -15,18 +15,17 @@ package worker
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 
+	"github.com/gemq-dev/gemq/internal/clients"
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/gemini"
 	"github.com/gemq-dev/gemq/internal/lazy"
 	"github.com/gemq-dev/gemq/internal/lifecycle"
 	"github.com/gemq-dev/gemq/internal/limiter"
-	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/store"
 )
@@ -47,9 +46,7 @@ func handle(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Configuration or client setup failed: answer non-2xx so nothing
 		// is lost; the message is delivered again.
-		lw := config.SetupLog(os.Getenv, os.Stdout)
-		logging.New(lw, slog.LevelInfo).Error("worker setup failed", "error", err.Error())
-		lw.Close()
+		clients.ReportSetupFailure("worker", err)
 		http.Error(w, `{"outcome":"setup_error"}`, http.StatusInternalServerError)
 		return
 	}
@@ -69,15 +66,8 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	}
 	// Stdout, as Cloud Functions require; GEMQ_LOG_FILE locally. The file
 	// stays open as long as the handler (the process).
-	logw, err := config.OpenLog(cfg.LogFile, os.Stdout)
+	base, err := clients.Open(ctx, cfg, os.Stdout)
 	if err != nil {
-		return nil, err
-	}
-	log := logging.New(logw, cfg.LogLevel)
-
-	rdb, err := config.NewRedis(cfg)
-	if err != nil {
-		logw.Close()
 		return nil, err
 	}
 	gem, err := gemini.NewClient(ctx, gemini.Config{
@@ -85,24 +75,15 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		Project: cfg.Project, Location: cfg.Location, Timeout: cfg.GeminiTimeout,
 	})
 	if err != nil {
-		rdb.Close()
-		logw.Close()
+		base.Close()
 		return nil, fmt.Errorf("gemini new client: %w", err)
-	}
-	ps, err := queue.NewPubSubClient(ctx, cfg.Project)
-	if err != nil {
-		rdb.Close()
-		logw.Close()
-		return nil, err
 	}
 	ct, err := queue.NewCloudTasksClient(ctx, cfg.CloudTasksEndpoint)
 	if err != nil {
-		rdb.Close()
-		ps.Close()
-		logw.Close()
+		base.Close()
 		return nil, err
 	}
-
+	rdb, ps, log := base.Redis, base.PubSub, base.Log
 	deps := lifecycle.Deps{
 		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
 		Permits:     limiter.New(rdb, cfg.Quotas),

@@ -30,37 +30,9 @@ type deferral struct {
 // then creates that deferral's Cloud Task, due at df.at (a claim lead
 // before it for a reservation), and acknowledges.
 func (m *Machine) deferTask(ctx context.Context, r *run, df deferral) Outcome {
-	// Number beyond every deferral the task has had: a takeover of a task
-	// whose Cloud Task was lost must not reuse a name that exists or ran.
-	// A delivery resuming its own mark re-creates that very Cloud Task
-	// (Cloud Tasks deduplicates the name) instead of adding one.
-	n := max(r.env.Deferrals, r.lease.Deferral) + 1
-	if r.lease.Resumed && r.lease.Previous == store.Waiting && r.lease.Deferral > 0 {
-		n = r.lease.Deferral
-	}
-	next := r.env
-	next.Deferrals, next.Permit = n, nil
-	if df.failedAttempt {
-		next.Attempt++
-	}
-	if df.permit != nil {
-		raw, err := json.Marshal(df.permit)
-		if err != nil {
-			r.log.ErrorContext(ctx, "encode permit", "error", err.Error())
-			m.releasePermit(ctx, r, df.permit)
-			return m.abort(ctx, r)
-		}
-		next.Permit = raw
-	}
-	if n > task.MaxCount {
-		m.releasePermit(ctx, r, df.permit)
-		return m.finishFailed(ctx, r, failure{code: 429, status: "RESOURCE_EXHAUSTED",
-			message: fmt.Sprintf("deferred %d times without running (last: %s)", r.env.Deferrals, df.why)})
-	}
-	body, err := task.Encode(next)
-	if err != nil {
-		m.releasePermit(ctx, r, df.permit)
-		return m.finishFailed(ctx, r, failure{code: 400, status: "INVALID_ARGUMENT", message: err.Error()})
+	n, body, o, ok := m.nextEnvelope(ctx, r, df)
+	if !ok {
+		return o
 	}
 	name := queue.TaskName(r.env.TaskID, n)
 	due := df.at
@@ -115,6 +87,45 @@ func (m *Machine) deferTask(ctx context.Context, r *run, df deferral) Outcome {
 	r.log.InfoContext(ctx, "task deferred", "reason", df.why, "at", df.at.UTC().Format(time.RFC3339Nano),
 		"due", due.UTC().Format(time.RFC3339Nano), "cloud_task", name, "reserved", df.permit != nil, "created", created)
 	return ack(OutDeferred)
+}
+
+// nextEnvelope is the envelope of the task's next deferral n, carrying
+// df's permit. ok is false when the delivery must answer o instead (the
+// task was deferred too often, or cannot be encoded: it fails).
+func (m *Machine) nextEnvelope(ctx context.Context, r *run, df deferral) (n int, body []byte, o Outcome, ok bool) {
+	// Number beyond every deferral the task has had: a takeover of a task
+	// whose Cloud Task was lost must not reuse a name that exists or ran.
+	// A delivery resuming its own mark re-creates that very Cloud Task
+	// (Cloud Tasks deduplicates the name) instead of adding one.
+	n = max(r.env.Deferrals, r.lease.Deferral) + 1
+	if r.lease.Resumed && r.lease.Previous == store.Waiting && r.lease.Deferral > 0 {
+		n = r.lease.Deferral
+	}
+	next := r.env
+	next.Deferrals, next.Permit = n, nil
+	if df.failedAttempt {
+		next.Attempt++
+	}
+	if df.permit != nil {
+		raw, err := json.Marshal(df.permit)
+		if err != nil {
+			r.log.ErrorContext(ctx, "encode permit", "error", err.Error())
+			m.releasePermit(ctx, r, df.permit)
+			return n, nil, m.abort(ctx, r), false
+		}
+		next.Permit = raw
+	}
+	if n > task.MaxCount {
+		m.releasePermit(ctx, r, df.permit)
+		return n, nil, m.finishFailed(ctx, r, failure{code: 429, status: "RESOURCE_EXHAUSTED",
+			message: fmt.Sprintf("deferred %d times without running (last: %s)", r.env.Deferrals, df.why)}), false
+	}
+	body, err := task.Encode(next)
+	if err != nil {
+		m.releasePermit(ctx, r, df.permit)
+		return n, nil, m.finishFailed(ctx, r, failure{code: 400, status: "INVALID_ARGUMENT", message: err.Error()}), false
+	}
+	return n, body, Outcome{}, true
 }
 
 // schedule creates a Cloud Task within CallTimeout; created is false when

@@ -2,7 +2,7 @@
 GO ?= go
 GOFLAGS_TEST ?= -race -count=1 -timeout 30m
 
-.PHONY: test vet fmt-check unit bench-limiter bench run
+.PHONY: test vet fmt-check unit bench-limiter bench run chaos
 
 ## test: everything CI checks (formatting, vet, all tests with the race detector)
 test: fmt-check vet tf-fmt unit
@@ -49,6 +49,13 @@ bench-limiter:
 ## More flags: make run RUN_ARGS="--rpm 200 --minute 5s" (see go run ./cmd/gemq run --help).
 run:
 	$(GO) run ./cmd/gemq run $(RUN_ARGS)
+
+## chaos: the fault-injection suite (infra/chaos): every scenario against the worker as a separate process,
+## real redis-server, pstest, the Cloud Tasks emulator and the Gemini stand-in; prints the table RELIABILITY.md
+## holds and exits non-zero when a scenario misses a target (about 12 minutes). Its short form (the scenarios
+## passing on main, infra/chaos TestShort) runs inside `make test`. More: make chaos CHAOS_ARGS="-run redis -logs DIR".
+chaos:
+	$(GO) run ./infra/chaos/cmd/gemqchaos $(CHAOS_ARGS)
 
 ## bench: the pipeline benchmarks (quota utilisation, 429s and waste, invocations, gemq vs the seed's
 ## policy, overheads) through the local stack, and the limiter under 1,000 simulated instances; prints a

@@ -110,6 +110,7 @@ func runMain(ctx context.Context, args []string, e env) int {
 		"results": cmdResults,
 		"dev":     cmdDev,
 		"run":     cmdRun,
+		"dlq":     cmdDLQ,
 	}
 	name := args[0]
 	switch name {

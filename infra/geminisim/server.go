@@ -194,6 +194,15 @@ func (s *Server) Reset() {
 	}
 }
 
+// SetBehaviour replaces the latency, faults and capacity-429 rate for the
+// requests that arrive from now on (a fault that starts and ends during a
+// run); the log and the quota windows are kept.
+func (s *Server) SetBehaviour(l Latency, f Faults, capacityRate float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Latency, s.opts.Faults, s.opts.CapacityRate = l, f, capacityRate
+}
+
 // ServeHTTP routes the Gemini REST surface (/v1beta/models/{model}:generateContent, :countTokens, GET
 // /v1beta/models/{model}; /v1 too) and the stand-in's own GET /_stats, GET /_log and POST /_reset.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {

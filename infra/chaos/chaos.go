@@ -1,0 +1,424 @@
+// Package chaos is gemq's fault-injection suite: it runs a job through the
+// real parts — the worker and ingest functions as separate gemqworker
+// processes (SIGKILLable), real redis-server processes, pstest over gRPC,
+// the Cloud Tasks emulator over gRPC and the Gemini stand-in over HTTP,
+// with the push loop of infra/pushsub — injects one fault per scenario, and
+// judges the outcome from evidence gemq does not write: the stand-in's own
+// request log (what Gemini received, when, for which task) and the
+// harness' own subscriptions to the results and dead-letter topics.
+//
+// Per scenario it reports tasks lost, tasks with more than one result,
+// duplicate Gemini calls (and how many had a call in flight when a worker
+// was killed), sliding windows over the real limit at Gemini's side, the
+// slowest task's delay beyond its slot once the fault ended, and the job
+// status the API gives against the truth from the results topic. A
+// scenario passes only when issue 10's "Must show" targets hold (see
+// Report.Verdict). `make chaos` runs every scenario (infra/chaos/cmd/gemqchaos);
+// `make test` runs the ones listed in Short.
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gemq-dev/gemq/infra/geminisim"
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+// Scenario is one fault injected into one job.
+type Scenario struct {
+	// Name is short and unique (a table row, a -run filter).
+	Name string
+	// Fault says what is injected, for the table.
+	Fault string
+	// Tasks is the job's size.
+	Tasks int
+	// Replica starts a replica of Redis (for PromoteReplica).
+	Replica bool
+	// PushAttempts is the push subscription's max delivery attempts
+	// (0: Terraform's default, 10).
+	PushAttempts int
+	// GeminiFails is true when the stand-in itself fails calls for a
+	// while (5xx, 429, slowness): a task may then legitimately end failed.
+	// Otherwise every task must succeed, and a failed one counts as lost.
+	GeminiFails bool
+	// Backoff is the longest back-off the fault can legitimately impose
+	// on a task once it has ended (push retry policy, Cloud Tasks queue,
+	// worker retries), in real time.
+	Backoff time.Duration
+	// Inject runs once the job is accepted; it injects the fault and
+	// returns when the fault has ended.
+	Inject func(ctx context.Context, e *Env, job string) error
+}
+
+// Report is one scenario's outcome, judged from independent evidence.
+type Report struct {
+	Name, Fault string
+	Tasks       int
+	// Lost: tasks of the job with no result on the results topic when the
+	// run ended (plus, where Gemini never failed, tasks whose only result
+	// is a failure), and poison messages that vanished (neither
+	// dead-lettered nor recorded).
+	Lost         int
+	LostDetail   string
+	TwoResults   int
+	DeadLettered int
+	// DupCalls are generateContent calls for a task after one of its calls
+	// had been answered 200 or while another was in flight; DupInFlight of
+	// them follow a call that was in flight when a worker was killed.
+	DupCalls, DupInFlight int
+	// WindowsOver are sliding windows over the real limit (safety 1) in the
+	// stand-in's log.
+	WindowsOver int
+	// Delay is the slowest task's delay beyond its slot after the last
+	// fault ended; Allowed the target (see Run).
+	Delay, Allowed time.Duration
+	// JobStatus is what the job API says; Truth what the results topic
+	// says; StatusOK whether they agree.
+	JobStatus, Truth string
+	StatusOK         bool
+	// Err is a harness error (the scenario could not be run as designed).
+	Err      error
+	Duration time.Duration
+	Log      string // the scenario's log file
+}
+
+// Failures lists the "Must show" targets the scenario missed.
+func (r Report) Failures() []string {
+	var f []string
+	if r.Err != nil {
+		f = append(f, "harness: "+r.Err.Error())
+	}
+	if r.Lost > 0 {
+		f = append(f, fmt.Sprintf("%d lost (%s)", r.Lost, r.LostDetail))
+	}
+	if r.TwoResults > 0 {
+		f = append(f, fmt.Sprintf("%d tasks with two results", r.TwoResults))
+	}
+	if n := r.DupCalls - r.DupInFlight; n > 0 {
+		f = append(f, fmt.Sprintf("%d duplicate Gemini calls with no call in flight at a worker's death", n))
+	}
+	if r.WindowsOver > 0 {
+		f = append(f, fmt.Sprintf("%d windows over the limit at Gemini", r.WindowsOver))
+	}
+	if r.Delay > r.Allowed {
+		f = append(f, fmt.Sprintf("slowest task %s beyond its slot (allowed %s)", r.Delay.Round(100*time.Millisecond), r.Allowed.Round(100*time.Millisecond)))
+	}
+	if !r.StatusOK {
+		f = append(f, fmt.Sprintf("job status %q, truth %q", r.JobStatus, r.Truth))
+	}
+	return f
+}
+
+// Pass reports whether every target held.
+func (r Report) Pass() bool { return len(r.Failures()) == 0 }
+
+// Run starts a fresh system, submits a job of sc.Tasks tasks, injects the
+// fault, waits for every task's result (or a deadline), waits one lease
+// more for late duplicates, and judges. logDir holds the scenario's
+// directory (log file kept; "" for the system's temporary directory).
+func Run(ctx context.Context, cfg Config, sc Scenario, logDir string) Report {
+	began := time.Now()
+	r := Report{Name: sc.Name, Fault: sc.Fault, Tasks: sc.Tasks}
+	if sc.Blocked() {
+		r.Err = sc.Inject(ctx, nil, "")
+		return r
+	}
+	e, err := startEnv(ctx, cfg, envOptions{replica: sc.Replica, latency: baseLatency, pushAttempts: sc.PushAttempts}, logDir)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+	defer e.close()
+	r.Log = e.logw.Name()
+	jobID := "chaos-" + sc.Name
+	if err := submit(ctx, e.ingest.url(), jobID, sc.Tasks); err != nil {
+		r.Err = err
+		return r
+	}
+	submitted := time.Now()
+	injected := make(chan error, 1)
+	go func() {
+		if sc.Inject == nil {
+			injected <- nil
+			return
+		}
+		injected <- sc.Inject(ctx, e, jobID)
+	}()
+	want := map[string]bool{}
+	for i := range sc.Tasks {
+		want[task.TaskID(jobID, key(i))] = true
+	}
+	capacity := int(float64(cfg.RPM) * cfg.Safety)
+	ideal := time.Duration((sc.Tasks+capacity-1)/capacity) * cfg.Minute
+	lease := cfg.scaled(180 * time.Second)
+	deadline := time.Now().Add(ideal + 3*lease + 30*time.Second)
+	var injectErr error
+	injectDone := false
+	for {
+		if !injectDone {
+			select {
+			case injectErr = <-injected:
+				injectDone = true
+				deadline = deadline.Add(time.Since(submitted))
+			default:
+			}
+		}
+		res, _ := e.collector.snapshot()
+		got := 0
+		seen := map[string]bool{}
+		for _, m := range res {
+			if id := m.Attributes["task_id"]; want[id] && !seen[id] {
+				seen[id] = true
+				got++
+			}
+		}
+		if (injectDone && got == len(want)) || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		sleepCtx(ctx, 200*time.Millisecond)
+	}
+	if !injectDone {
+		injectErr = <-injected
+	}
+	// Late duplicates come a lease later at most.
+	sleepCtx(ctx, lease)
+	r.Err = injectErr
+	judge(ctx, e, &r, sc, jobID, want, submitted)
+	r.Duration = time.Since(began)
+	return r
+}
+
+// baseLatency is the stand-in's latency outside faults: 5 s of stand-in
+// time (0.5 s real at the default scale), so calls are in flight when a
+// worker dies.
+var baseLatency = mustLatency("uniform:2s,8s")
+
+func key(i int) string { return fmt.Sprintf("task-%04d", i) }
+
+// submit posts the job through ingest's API as Batch-API JSONL.
+func submit(ctx context.Context, ingestURL, jobID string, n int) error {
+	var b bytes.Buffer
+	for i := range n {
+		fmt.Fprintf(&b, `{"key":%q,"request":{"contents":[{"role":"user","parts":[{"text":"Chaos task %d: name one prime number."}]}]}}`+"\n", key(i), i)
+	}
+	u := ingestURL + "/v1/jobs?job_id=" + jobID + "&model=" + model
+	var last error
+	for attempt := range 5 {
+		if attempt > 0 {
+			sleepCtx(ctx, time.Second)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b.Bytes()))
+		if err != nil {
+			return fmt.Errorf("http.NewRequest: %w", err)
+		}
+		req.Header.Set("Content-Type", "application/jsonl")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			last = fmt.Errorf("POST /v1/jobs: %w", err)
+			continue
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusAccepted {
+			return nil
+		}
+		last = fmt.Errorf("POST /v1/jobs: HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		if resp.StatusCode < 500 {
+			break
+		}
+	}
+	return last
+}
+
+// jobStatus is GET /v1/jobs/{id}.
+type jobStatus struct {
+	State  string `json:"state"`
+	Counts struct {
+		Total     int `json:"total"`
+		Succeeded int `json:"succeeded"`
+		Failed    int `json:"failed"`
+	} `json:"counts"`
+}
+
+func getStatus(ctx context.Context, ingestURL, jobID string) (jobStatus, error) {
+	var st jobStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ingestURL+"/v1/jobs/"+jobID, nil)
+	if err != nil {
+		return st, fmt.Errorf("http.NewRequest: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("GET /v1/jobs/%s: %w", jobID, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET /v1/jobs/%s: HTTP %d: %s", jobID, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, fmt.Errorf("GET /v1/jobs/%s: %w", jobID, err)
+	}
+	return st, nil
+}
+
+// judge fills r from the results and dead-letter topics, the stand-in's
+// log and the job API.
+func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, want map[string]bool, submitted time.Time) {
+	results, dead := e.collector.snapshot()
+	type verdict struct {
+		first    time.Time
+		outcomes []string
+		payloads map[string]bool
+	}
+	per := map[string]*verdict{}
+	for _, m := range results {
+		id := m.Attributes["task_id"]
+		if !want[id] {
+			continue
+		}
+		v := per[id]
+		if v == nil {
+			v = &verdict{first: m.At, payloads: map[string]bool{}}
+			per[id] = v
+		}
+		v.outcomes = append(v.outcomes, m.Attributes["outcome"])
+		v.payloads[m.Attributes["outcome"]+"\x00"+string(m.Data)] = true
+	}
+	var succeeded, failed, missing, wrong int
+	var arrivals []time.Time
+	for id := range want {
+		v := per[id]
+		if v == nil {
+			missing++
+			continue
+		}
+		arrivals = append(arrivals, v.first)
+		if len(v.payloads) > 1 {
+			r.TwoResults++
+		}
+		if slices.Contains(v.outcomes, "succeeded") {
+			succeeded++
+		} else {
+			failed++
+			if !sc.GeminiFails {
+				wrong++
+			}
+		}
+	}
+	for _, m := range dead {
+		if env, err := task.Decode(m.Data); err == nil && env.JobID == jobID {
+			r.DeadLettered++
+		}
+	}
+	vanished := 0
+	for _, p := range e.Poison() {
+		found := false
+		for _, m := range dead {
+			if bytes.Equal(m.Data, p) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			vanished++
+		}
+	}
+	r.Lost = missing + wrong + vanished
+	r.LostDetail = fmt.Sprintf("%d without result, %d failed though Gemini never failed them, %d poison messages vanished", missing, wrong, vanished)
+	r.Truth = fmt.Sprintf("%d/%d results: %d succeeded, %d failed", succeeded+failed, len(want), succeeded, failed)
+
+	// Gemini's side.
+	r.WindowsOver = len(e.Gemini.Check(model, geminiLimits(e.Cfg), 1))
+	e.evMu.Lock()
+	r.DupCalls, r.DupInFlight = duplicates(e.Gemini.Log(), e.killedMidCall)
+	e.evMu.Unlock()
+
+	// Delay beyond slot: the i-th result vs the i-th slot of an ideal run
+	// (capacity per quota minute from submission), restarted at the end of
+	// the last fault for the tasks not finished by then.
+	faultEnd := submitted
+	for _, ev := range e.Events() {
+		if ev.At.After(faultEnd) {
+			faultEnd = ev.At
+		}
+	}
+	capacity := max(int(float64(e.Cfg.RPM)*e.Cfg.Safety), 1)
+	sort.Slice(arrivals, func(i, j int) bool { return arrivals[i].Before(arrivals[j]) })
+	n0 := 0
+	for n0 < len(arrivals) && arrivals[n0].Before(faultEnd) {
+		n0++
+	}
+	for i, at := range arrivals {
+		slot := submitted.Add(time.Duration(i/capacity) * e.Cfg.Minute)
+		if i >= n0 {
+			if s := faultEnd.Add(time.Duration((i-n0)/capacity) * e.Cfg.Minute); s.After(slot) {
+				slot = s
+			}
+		}
+		r.Delay = max(r.Delay, at.Sub(slot))
+	}
+	// max(2 × back-off, 30 s) scaled, plus one quota minute (a sliding
+	// window may still hold calls from before the fault) and 2 s of real
+	// overheads the scale does not shrink (claim lead, dispatch, Gemini
+	// latency, process start).
+	r.Allowed = max(2*sc.Backoff, e.Cfg.scaled(30*time.Second)) + e.Cfg.Minute + 2*time.Second
+
+	st, err := getStatus(ctx, e.ingest.url(), jobID)
+	switch {
+	case err != nil:
+		r.JobStatus = err.Error()
+	default:
+		r.JobStatus = fmt.Sprintf("%s, total %d: %d succeeded, %d failed", st.State, st.Counts.Total, st.Counts.Succeeded, st.Counts.Failed)
+		counts := st.Counts.Succeeded == succeeded && st.Counts.Failed == failed
+		r.StatusOK = counts && missing == 0 && st.State == "done" && st.Counts.Total == len(want) ||
+			counts && st.State == "state_lost"
+	}
+}
+
+// duplicates counts calls of a task made after one of its calls was
+// answered 200, or while one was in flight; inFlight counts those of tasks
+// that had a call in flight when a worker was killed.
+func duplicates(log []geminiEntry, killedMidCall map[string]bool) (dups, inFlight int) {
+	byTask := map[string][]geminiEntry{}
+	for _, en := range log {
+		if en.Method == "generateContent" && en.TaskID != "" && en.Status != http.StatusBadRequest {
+			byTask[en.TaskID] = append(byTask[en.TaskID], en)
+		}
+	}
+	for _, calls := range byTask {
+		sort.Slice(calls, func(i, j int) bool { return calls[i].Received.Before(calls[j].Received) })
+		for i := 1; i < len(calls); i++ {
+			for _, prev := range calls[:i] {
+				if prev.Status == http.StatusOK || prev.Finished.After(calls[i].Received) {
+					dups++
+					if killedMidCall[calls[i].TaskID] {
+						inFlight++
+					}
+					break
+				}
+			}
+		}
+	}
+	return dups, inFlight
+}
+
+type geminiEntry = geminisim.Entry
+
+func geminiLimits(c Config) geminisim.Limits { return geminisim.Limits{RPM: c.RPM, TPM: c.TPM} }
+
+func mustLatency(spec string) geminisim.Latency {
+	l, err := geminisim.ParseLatency(spec)
+	if err != nil {
+		panic(fmt.Sprintf("chaos: latency %q: %v", spec, err)) // a constant of this package
+	}
+	return l
+}

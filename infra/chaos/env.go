@@ -1,0 +1,580 @@
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"cloud.google.com/go/cloudtasks/apiv2"
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"cloud.google.com/go/pubsub/v2/pstest"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/gemq-dev/gemq/infra/geminisim"
+	"github.com/gemq-dev/gemq/infra/pushsub"
+	"github.com/gemq-dev/gemq/infra/tasksemu"
+	"github.com/gemq-dev/gemq/internal/config"
+	"github.com/gemq-dev/gemq/internal/queue"
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+// Names of what an Env creates, as the deployment names them.
+const (
+	project          = "gemq-chaos"
+	model            = "gemini-2.5-flash"
+	apiKey           = "gemq-chaos-key"
+	tasksTopic       = "gemq-tasks"
+	resultsTopic     = "gemq-results"
+	deadLetterTopic  = "gemq-dead-letter"
+	pushSubscription = "gemq-tasks-push"
+	resultsSub       = "gemq-results-harness"
+	deadLetterSub    = "gemq-dead-letter-harness"
+	// replaySub is the operator's dead-letter subscription (Terraform's
+	// dead_letter_subscription), which `gemq dlq replay` drains.
+	replaySub = "gemq-dead-letter-sub"
+	queuePath = "projects/" + project + "/locations/us-central1/queues/gemq-deferred"
+)
+
+// Config is the quota and time scale a scenario runs under.
+type Config struct {
+	// Minute is how long a quota minute lasts in real time, for the Gemini
+	// stand-in and the limiter alike; every time-valued setting of gemq
+	// (Gemini timeout, lease, back-offs, push retry policy) is scaled by
+	// Minute/1m, except what a real client does in real time (go-redis
+	// timeouts, the claim lead, process start-up).
+	Minute time.Duration
+	// RPM and TPM are the stand-in's per-minute limits (RPD is not binding).
+	RPM, TPM int64
+	// Safety is the limiter's safety factor.
+	Safety float64
+}
+
+// DefaultConfig is the scale the suite runs at: a 6 s quota minute.
+var DefaultConfig = Config{Minute: 6 * time.Second, RPM: 20, TPM: 1_000_000, Safety: 0.95}
+
+// scaled maps a real-deployment duration onto the Config's time scale.
+func (c Config) scaled(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * float64(c.Minute) / float64(time.Minute))
+}
+
+// Env is one scenario's running system: real redis-server processes, the
+// worker and ingest functions as gemqworker processes, pstest over gRPC,
+// the Cloud Tasks emulator over gRPC, the Gemini stand-in over HTTP and
+// the push loop, with TCP proxies in front of Redis, Pub/Sub and Cloud
+// Tasks so those can be made unreachable or failed over.
+type Env struct {
+	Cfg    Config
+	dir    string
+	logw   *os.File
+	start  time.Time
+	events []Event
+	evMu   sync.Mutex
+
+	redis      *proc
+	redisAddr  string
+	redisFront *Proxy
+	replica    *proc
+	replAddr   string
+	replLink   *Proxy
+
+	ps       *pstest.Server
+	psFront  *Proxy
+	psClient *pubsub.Client
+
+	tasks      *tasksemu.Server
+	tasksFront *Proxy
+	ctClient   *cloudtasks.Client
+
+	Gemini    *geminisim.Server
+	geminiURL string
+	geminiHS  *http.Server
+	inFlight  map[string]int // task id → generateContent calls Gemini is answering
+	ifMu      sync.Mutex
+
+	worker, ingest *function
+	pusher         *pushsub.Pusher
+	pushDone       chan error
+
+	collector *collector
+	poison    [][]byte
+	// killedMidCall are the tasks whose Gemini call was in flight when a
+	// worker was killed.
+	killedMidCall map[string]bool
+	cleanup       []func()
+}
+
+// Event is a fault's start or end, in real time and in the stand-in's time.
+type Event struct {
+	What        string
+	At, SimTime time.Time
+}
+
+// envOptions are what a scenario sets before the system starts.
+type envOptions struct {
+	replica bool
+	latency geminisim.Latency
+	lease   time.Duration // 0: scaled default
+	// pushAttempts is the push subscription's max_delivery_attempts
+	// (0: Terraform's default, 10).
+	pushAttempts int
+}
+
+func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *Env, err error) {
+	e := &Env{Cfg: cfg, killedMidCall: map[string]bool{}}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.dir, err = os.MkdirTemp(logDir, "gemq-chaos-"); err != nil {
+		return nil, fmt.Errorf("temp dir: %w", err)
+	}
+	if e.logw, err = os.Create(filepath.Join(e.dir, "chaos.log")); err != nil {
+		return nil, fmt.Errorf("log file: %w", err)
+	}
+	bin, err := buildOnce()
+	if err != nil {
+		return nil, err
+	}
+
+	// Redis behind its front proxy (Memorystore's stable address).
+	if e.redis, e.redisAddr, err = startRedis(ctx, e.dir, e.logw); err != nil {
+		return nil, err
+	}
+	if e.redisFront, err = StartProxy(e.redisAddr); err != nil {
+		return nil, err
+	}
+	e.onClose(func() { e.redisFront.Close() })
+	if o.replica {
+		// The replica follows the primary through a link the harness can
+		// cut, so that the primary takes writes the replica never sees.
+		if e.replLink, err = StartProxy(e.redisAddr); err != nil {
+			return nil, err
+		}
+		e.onClose(func() { e.replLink.Close() })
+		host, port, _ := splitHostPort(e.replLink.Addr)
+		if e.replica, e.replAddr, err = startRedis(ctx, e.dir, e.logw, "--replicaof", host, port); err != nil {
+			return nil, err
+		}
+	}
+
+	// Pub/Sub.
+	e.ps = pstest.NewServer()
+	e.onClose(func() { e.ps.Close() })
+	if e.psFront, err = StartProxy(e.ps.Addr); err != nil {
+		return nil, err
+	}
+	e.onClose(func() { e.psFront.Close() })
+	if e.psClient, err = pubsub.NewClient(ctx, project, option.WithEndpoint(e.ps.Addr), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials()))); err != nil {
+		return nil, fmt.Errorf("pubsub new client: %w", err)
+	}
+	e.onClose(func() { e.psClient.Close() })
+	for _, t := range []string{tasksTopic, resultsTopic, deadLetterTopic} {
+		if err := queue.EnsureTopic(ctx, e.psClient, t); err != nil {
+			return nil, err
+		}
+	}
+	geminiTimeout := cfg.scaled(config.DefaultGeminiTimeout)
+	ackDeadline := min(max(geminiTimeout+30*time.Second, 10*time.Second), 600*time.Second)
+	if err := queue.EnsureSubscription(ctx, e.psClient, pushSubscription, tasksTopic, queue.SubscriptionOptions{AckDeadline: ackDeadline}); err != nil {
+		return nil, err
+	}
+	for sub, topic := range map[string]string{resultsSub: resultsTopic, deadLetterSub: deadLetterTopic, replaySub: deadLetterTopic} {
+		if err := queue.EnsureSubscription(ctx, e.psClient, sub, topic, queue.SubscriptionOptions{AckDeadline: 60 * time.Second}); err != nil {
+			return nil, err
+		}
+	}
+
+	// Cloud Tasks.
+	e.tasks = tasksemu.New(tasksemu.Options{
+		MinDispatchDeadline: time.Second,
+		Logger:              slog.New(slog.NewJSONHandler(e.logw, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "tasksemu"),
+	})
+	endpoint, err := e.tasks.Start()
+	if err != nil {
+		return nil, fmt.Errorf("tasksemu start: %w", err)
+	}
+	e.onClose(e.tasks.Stop)
+	if e.tasksFront, err = StartProxy(endpoint); err != nil {
+		return nil, err
+	}
+	e.onClose(func() { e.tasksFront.Close() })
+	if e.ctClient, err = queue.NewCloudTasksClient(ctx, endpoint); err != nil {
+		return nil, err
+	}
+	e.onClose(func() { e.ctClient.Close() })
+	if err := queue.EnsureQueue(ctx, e.ctClient, queuePath, queue.QueueOptions{
+		MaxDispatchesPerSecond: 500, MaxConcurrentDispatches: 1000, MaxAttempts: -1,
+		MinBackoff: cfg.scaled(time.Second), MaxBackoff: cfg.scaled(60 * time.Second),
+	}); err != nil {
+		return nil, err
+	}
+
+	// Gemini.
+	e.Gemini = geminisim.New(geminisim.Options{
+		APIKey:  apiKey,
+		Models:  []geminisim.Model{{ID: model, Limits: geminisim.Limits{RPM: cfg.RPM, TPM: cfg.TPM}}},
+		Minute:  cfg.Minute,
+		Latency: o.latency,
+	})
+	e.onClose(func() { e.Gemini.Close() })
+	if e.geminiURL, err = e.serveGemini(); err != nil {
+		return nil, err
+	}
+	e.onClose(func() { e.geminiHS.Close() })
+
+	// The functions, with the environment Terraform gives them.
+	workerPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	ingestPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	lease := o.lease
+	if lease <= 0 {
+		lease = cfg.scaled(config.DefaultGeminiTimeout + config.DefaultLeaseMargin)
+	}
+	fnEnv := map[string]string{
+		"REDIS_ADDR":                 e.redisFront.Addr,
+		"GOOGLE_CLOUD_PROJECT":       project,
+		"GEMQ_TASKS_TOPIC":           tasksTopic,
+		"GEMQ_RESULTS_TOPIC":         resultsTopic,
+		"GEMQ_TASKS_QUEUE":           queuePath,
+		"GEMQ_WORKER_URL":            "http://127.0.0.1:" + workerPort,
+		"GEMQ_CLOUDTASKS_ENDPOINT":   e.tasksFront.Addr,
+		"PUBSUB_EMULATOR_HOST":       e.psFront.Addr,
+		"GEMQ_QUOTAS":                quotas(cfg),
+		"GEMQ_DEFAULT_MODEL":         model,
+		"GEMINI_API_KEY":             apiKey,
+		"GOOGLE_GEMINI_BASE_URL":     e.geminiURL,
+		"GEMQ_GEMINI_TIMEOUT":        geminiTimeout.String(),
+		"GEMQ_LEASE":                 lease.String(),
+		"GEMQ_RETRY_BASE":            cfg.scaled(config.DefaultRetryBase).String(),
+		"GEMQ_RETRY_MAX":             cfg.scaled(config.DefaultRetryMax).String(),
+		"GEMQ_CAPACITY_BACKOFF_BASE": cfg.scaled(config.DefaultCapacityBackoffBase).String(),
+		"GEMQ_CAPACITY_BACKOFF_MAX":  cfg.scaled(config.DefaultCapacityBackoffMax).String(),
+		"GEMQ_SEED_BACKOFF_BASE":     cfg.scaled(config.DefaultSeedBackoffBase).String(),
+		"GEMQ_SEED_BACKOFF_MAX":      cfg.scaled(config.DefaultSeedBackoffMax).String(),
+		"GEMQ_CLAIM_LEAD":            time.Second.String(),
+		"GEMQ_LOG_LEVEL":             "info",
+		"GEMQ_LOG_FILE":              "",
+	}
+	var envList []string
+	for k, v := range fnEnv {
+		envList = append(envList, k+"="+v)
+	}
+	e.worker = &function{target: "Worker", port: workerPort, bin: bin, env: envList, logw: e.logw}
+	e.ingest = &function{target: "Ingest", port: ingestPort, bin: bin, env: envList, logw: e.logw}
+	for _, f := range []*function{e.worker, e.ingest} {
+		if err := f.start(); err != nil {
+			return nil, err
+		}
+	}
+
+	// The push subscription as Terraform deploys it: retry policy 10 s to
+	// 600 s (scaled), dead-letter after push_max_delivery_attempts (10).
+	if o.pushAttempts <= 0 {
+		o.pushAttempts = 10
+	}
+	if e.pusher, err = pushsub.New(ctx, e.psClient, pushSubscription, pushsub.Options{
+		Endpoint:            e.worker.url(),
+		Concurrency:         32,
+		AckDeadline:         ackDeadline,
+		MinBackoff:          cfg.scaled(10 * time.Second),
+		MaxBackoff:          cfg.scaled(600 * time.Second),
+		DeadLetterTopic:     deadLetterTopic,
+		MaxDeliveryAttempts: o.pushAttempts,
+		Logger:              slog.New(slog.NewJSONHandler(e.logw, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "pushsub"),
+	}); err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(context.Background())
+	e.pushDone = make(chan error, 1)
+	go func() { e.pushDone <- e.pusher.Run(pctx) }()
+	e.onClose(func() { cancel(); <-e.pushDone })
+
+	e.collector = newCollector(e.psClient)
+	e.collector.start()
+	e.onClose(e.collector.stop)
+	e.start = time.Now()
+	return e, nil
+}
+
+// quotas is the GEMQ_QUOTAS document matching the stand-in's limits.
+func quotas(c Config) string {
+	b, _ := json.Marshal(map[string]any{"safety": c.Safety, "scopes": []any{map[string]any{
+		"project": "*", "model": model, "dimensions": []map[string]any{
+			{"name": "rpm", "unit": "requests", "limit": c.RPM, "period": c.Minute.String()},
+			{"name": "tpm", "unit": "input_tokens", "limit": c.TPM, "period": c.Minute.String()},
+		},
+	}}})
+	return string(b)
+}
+
+func splitHostPort(addr string) (string, string, error) {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			return addr[:i], addr[i+1:], nil
+		}
+	}
+	return "", "", fmt.Errorf("address %q has no port", addr)
+}
+
+// mark records a fault event.
+func (e *Env) mark(what string) {
+	e.evMu.Lock()
+	defer e.evMu.Unlock()
+	e.events = append(e.events, Event{What: what, At: time.Now(), SimTime: e.Gemini.Now()})
+	fmt.Fprintf(e.logw, "chaos: %s at +%s\n", what, time.Since(e.start).Round(time.Millisecond))
+}
+
+// Events returns the faults injected so far.
+func (e *Env) Events() []Event {
+	e.evMu.Lock()
+	defer e.evMu.Unlock()
+	return append([]Event(nil), e.events...)
+}
+
+// serveGemini serves the stand-in behind a handler that knows which tasks'
+// generateContent calls are in flight at Gemini (the stand-in records a
+// call only when it ends).
+func (e *Env) serveGemini() (string, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("gemini listen: %w", err)
+	}
+	e.inFlight = map[string]int{}
+	e.geminiHS = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(geminisim.TaskIDHeader)
+		if id == "" || !strings.HasSuffix(r.URL.Path, ":generateContent") {
+			e.Gemini.ServeHTTP(w, r)
+			return
+		}
+		e.ifMu.Lock()
+		e.inFlight[id]++
+		e.ifMu.Unlock()
+		defer func() {
+			e.ifMu.Lock()
+			if e.inFlight[id]--; e.inFlight[id] == 0 {
+				delete(e.inFlight, id)
+			}
+			e.ifMu.Unlock()
+		}()
+		e.Gemini.ServeHTTP(w, r)
+	})}
+	go e.geminiHS.Serve(lis)
+	return "http://" + lis.Addr().String(), nil
+}
+
+// callsInFlight returns the tasks whose Gemini calls are in flight now.
+func (e *Env) callsInFlight() map[string]bool {
+	e.ifMu.Lock()
+	defer e.ifMu.Unlock()
+	m := make(map[string]bool, len(e.inFlight))
+	for id := range e.inFlight {
+		m[id] = true
+	}
+	return m
+}
+
+// KillWorkerMidCall waits (up to 30 s) until Gemini is answering at least
+// one call, then KillWorker; the tasks whose calls were in flight are
+// remembered for the judge.
+func (e *Env) KillWorkerMidCall(ctx context.Context, down time.Duration) error {
+	for deadline := time.Now().Add(30 * time.Second); len(e.callsInFlight()) == 0; {
+		if time.Now().After(deadline) || !sleepCtx(ctx, 5*time.Millisecond) {
+			return errors.New("chaos: no Gemini call in flight to kill the worker under")
+		}
+	}
+	return e.KillWorker(ctx, down)
+}
+
+// KillWorker SIGKILLs the worker process (requests in flight get no
+// answer) and starts a new one at the same URL after down.
+func (e *Env) KillWorker(ctx context.Context, down time.Duration) error {
+	e.worker.kill()
+	e.mark("worker killed")
+	e.evMu.Lock()
+	for id := range e.callsInFlight() {
+		e.killedMidCall[id] = true
+	}
+	e.evMu.Unlock()
+	if !sleepCtx(ctx, down) {
+		return ctx.Err()
+	}
+	if err := e.worker.start(); err != nil {
+		return err
+	}
+	e.mark("worker restarted")
+	return nil
+}
+
+// KillRedis SIGKILLs redis-server and, after down, starts an empty one
+// behind the same address.
+func (e *Env) KillRedis(ctx context.Context, down time.Duration) error {
+	e.redis.kill()
+	e.mark("redis killed")
+	if !sleepCtx(ctx, down) {
+		return ctx.Err()
+	}
+	p, addr, err := startRedis(ctx, e.dir, e.logw)
+	if err != nil {
+		return err
+	}
+	e.redis, e.redisAddr = p, addr
+	e.redisFront.SetBackend(addr)
+	e.mark("redis restarted empty")
+	return nil
+}
+
+// FlushRedis runs FLUSHALL on the primary.
+func (e *Env) FlushRedis(ctx context.Context) error {
+	if err := redisDo(ctx, e.redisAddr, "FLUSHALL"); err != nil {
+		return err
+	}
+	e.mark("redis FLUSHALL")
+	return nil
+}
+
+// PauseRedis stops redis-server (SIGSTOP) for d: connections stay open and
+// commands hang, then run when it resumes.
+func (e *Env) PauseRedis(ctx context.Context, d time.Duration) error {
+	if err := e.redis.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	e.mark("redis paused (SIGSTOP)")
+	sleepCtx(ctx, d)
+	if err := e.redis.signal(syscall.SIGCONT); err != nil {
+		return err
+	}
+	e.mark("redis resumed (SIGCONT)")
+	return nil
+}
+
+// PromoteReplica cuts the replication link, lets the primary take writes
+// the replica never sees for lag, then kills the primary and promotes the
+// replica behind the same address: a failover losing the last writes.
+func (e *Env) PromoteReplica(ctx context.Context, lag time.Duration) error {
+	if e.replica == nil {
+		return errors.New("chaos: PromoteReplica needs a scenario started with a replica")
+	}
+	e.replLink.Block()
+	e.mark("replication link cut")
+	if !sleepCtx(ctx, lag) {
+		return ctx.Err()
+	}
+	e.redis.kill()
+	if err := redisDo(ctx, e.replAddr, "REPLICAOF", "NO", "ONE"); err != nil {
+		return err
+	}
+	e.redis, e.redisAddr, e.replica = e.replica, e.replAddr, nil
+	e.redisFront.SetBackend(e.redisAddr)
+	e.mark("primary killed, replica promoted")
+	return nil
+}
+
+// Outage makes a service behind a proxy unreachable for d.
+func (e *Env) Outage(ctx context.Context, p *Proxy, name string, d time.Duration) error {
+	p.Block()
+	e.mark(name + " unreachable")
+	sleepCtx(ctx, d)
+	p.Unblock()
+	e.mark(name + " back")
+	return nil
+}
+
+// ReplayDeadLetters does what an operator's `gemq dlq replay` does: every
+// task envelope in the dead-letter subscription goes back to the tasks
+// topic.
+func (e *Env) ReplayDeadLetters(ctx context.Context) (pushsub.ReplayResult, error) {
+	res, err := pushsub.Replay(ctx, e.psClient, replaySub, tasksTopic, pushsub.ReplayOptions{
+		Check: func(data []byte) string {
+			if _, err := task.Decode(data); err != nil {
+				return err.Error()
+			}
+			return ""
+		},
+	})
+	e.mark(fmt.Sprintf("dead letters replayed: %d (kept %d)", res.Replayed, len(res.Kept)))
+	return res, err
+}
+
+// GeminiBehaviour changes the stand-in's latency and faults from now on.
+func (e *Env) GeminiBehaviour(what string, l geminisim.Latency, f geminisim.Faults, capacity float64) {
+	e.Gemini.SetBehaviour(l, f, capacity)
+	e.mark(what)
+}
+
+// Publish publishes raw data to the tasks topic, as a user may.
+func (e *Env) Publish(ctx context.Context, data []byte) error {
+	_, err := e.psClient.TopicAdminClient.Publish(ctx, &pubsubpb.PublishRequest{
+		Topic:    "projects/" + project + "/topics/" + tasksTopic,
+		Messages: []*pubsubpb.PubsubMessage{{Data: data}},
+	})
+	if err != nil {
+		return fmt.Errorf("pubsub Publish %s: %w", tasksTopic, err)
+	}
+	return nil
+}
+
+// PublishPoison publishes a message that cannot be processed; the judge
+// requires a copy of it on the dead-letter topic.
+func (e *Env) PublishPoison(ctx context.Context, data []byte) error {
+	e.evMu.Lock()
+	e.poison = append(e.poison, data)
+	e.evMu.Unlock()
+	return e.Publish(ctx, data)
+}
+
+// Poison returns what PublishPoison published.
+func (e *Env) Poison() [][]byte {
+	e.evMu.Lock()
+	defer e.evMu.Unlock()
+	return append([][]byte(nil), e.poison...)
+}
+
+// close stops everything that was started, newest first, then the
+// processes that faults may have replaced meanwhile.
+func (e *Env) close() {
+	for i := len(e.cleanup) - 1; i >= 0; i-- {
+		e.cleanup[i]()
+	}
+	for _, f := range []*function{e.worker, e.ingest} {
+		if f != nil && f.p != nil {
+			f.kill()
+		}
+	}
+	e.redis.kill()
+	e.replica.kill()
+	if e.logw != nil {
+		e.logw.Close()
+	}
+}
+
+// onClose registers what close must undo.
+func (e *Env) onClose(f func()) { e.cleanup = append(e.cleanup, f) }
+
+// sleepCtx waits d, or less if ctx ends first; it reports whether ctx is
+// still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	wait, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	<-wait.Done()
+	return ctx.Err() == nil
+}

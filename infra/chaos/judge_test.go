@@ -1,0 +1,49 @@
+package chaos
+
+import (
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestDuplicates checks the duplicate-call count on a hand-made stand-in
+// log: a retry after a failure is not a duplicate, a call after a 200 or
+// during another call of the same task is, and one of a task whose call was
+// in flight at a worker's death counts as such.
+func TestDuplicates(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	call := func(id string, from, to int, status int) geminiEntry {
+		return geminiEntry{Method: "generateContent", TaskID: id, Status: status,
+			Received: t0.Add(time.Duration(from) * time.Second), Finished: t0.Add(time.Duration(to) * time.Second)}
+	}
+	log := []geminiEntry{
+		call("retried", 0, 1, http.StatusServiceUnavailable), call("retried", 2, 3, http.StatusOK),
+		call("after-ok", 0, 1, http.StatusOK), call("after-ok", 5, 6, http.StatusOK),
+		call("overlap", 0, 4, 0), call("overlap", 2, 3, http.StatusOK),
+		call("killed", 0, 9, 0), call("killed", 3, 4, http.StatusOK),
+		call("once", 0, 1, http.StatusOK),
+	}
+	dups, inFlight := duplicates(log, map[string]bool{"killed": true})
+	if dups != 3 || inFlight != 1 {
+		t.Errorf("duplicates = %d, in flight at a kill %d; want 3 and 1", dups, inFlight)
+	}
+}
+
+func TestFailures(t *testing.T) {
+	ok := Report{StatusOK: true, Delay: time.Second, Allowed: 2 * time.Second, DupCalls: 2, DupInFlight: 2}
+	if !ok.Pass() {
+		t.Errorf("%+v fails: %v", ok, ok.Failures())
+	}
+	for name, r := range map[string]Report{
+		"lost":        {StatusOK: true, Lost: 1},
+		"two results": {StatusOK: true, TwoResults: 1},
+		"dup calls":   {StatusOK: true, DupCalls: 2, DupInFlight: 1},
+		"window":      {StatusOK: true, WindowsOver: 1},
+		"late":        {StatusOK: true, Delay: 3 * time.Second, Allowed: 2 * time.Second},
+		"status":      {},
+	} {
+		if r.Pass() {
+			t.Errorf("%s: %+v passes", name, r)
+		}
+	}
+}

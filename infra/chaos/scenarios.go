@@ -1,0 +1,140 @@
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/gemq-dev/gemq/infra/geminisim"
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+// Durations below are real time at DefaultConfig (a 6 s quota minute, so
+// 1 s here stands for 10 s in production) unless a comment says a real
+// client's timeout sets them.
+
+// after waits d from the start of the injection, then runs f.
+func after(ctx context.Context, d time.Duration, f func() error) error {
+	if !sleepCtx(ctx, d) {
+		return ctx.Err()
+	}
+	return f()
+}
+
+// Catalogue returns every scenario, in the order `make chaos` runs them.
+func Catalogue() []Scenario {
+	const n = 57 // three quota minutes at 19 calls each
+	return []Scenario{
+		{Name: "baseline", Fault: "none", Tasks: n},
+		{Name: "worker-kill", Fault: "worker SIGKILLed with Gemini calls in flight, in the first and second quota minutes; back after 1 s", Tasks: n, Backoff: 2 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				if err := e.KillWorkerMidCall(ctx, time.Second); err != nil {
+					return err
+				}
+				// The second minute's calls come from Cloud Tasks callbacks.
+				return after(ctx, 4*time.Second, func() error { return e.KillWorkerMidCall(ctx, time.Second) })
+			}},
+		{Name: "redis-restart-empty", Fault: "redis-server SIGKILLed, restarted empty 2 s later (20 s real)", Tasks: n, Backoff: 4 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				// Before the second quota minute's callbacks claim their
+				// reservations, within a minute of the first minute's calls.
+				return after(ctx, 2*time.Second, func() error { return e.KillRedis(ctx, 2*time.Second) })
+			}},
+		{Name: "redis-flushall", Fault: "FLUSHALL mid-job", Tasks: n, Backoff: time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				return after(ctx, 2*time.Second, func() error { return e.FlushRedis(ctx) })
+			}},
+		{Name: "redis-pause", Fault: "redis-server SIGSTOPped 10 s (real time: past go-redis' 3 s read timeout and its retries), then SIGCONT", Tasks: n, Backoff: 8 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				return after(ctx, 4*time.Second, func() error { return e.PauseRedis(ctx, 10*time.Second) })
+			}},
+		{Name: "replica-promoted", Fault: "replication cut for 1.5 s, then primary killed and replica promoted (the writes of those 1.5 s lost)", Tasks: n, Replica: true, Backoff: 2 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				return after(ctx, 500*time.Millisecond, func() error { return e.PromoteReplica(ctx, 1500*time.Millisecond) })
+			}},
+		{Name: "redis-down-long", Fault: "Redis unreachable 20 s (200 s real: a failover or maintenance) right after submission; push policy as deployed (10 attempts)", Tasks: n, Backoff: 16 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				return e.Outage(ctx, e.redisFront, "redis", 20*time.Second)
+			}},
+		{Name: "redis-down-past-budget", Fault: "Redis unreachable 20 s with a 5-attempt push budget (15 s): every task dead-lettered, then `gemq dlq replay`", Tasks: n, PushAttempts: 5, Backoff: 8 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				if err := e.Outage(ctx, e.redisFront, "redis", 20*time.Second); err != nil {
+					return err
+				}
+				_, err := e.ReplayDeadLetters(ctx)
+				return err
+			}},
+		{Name: "cloudtasks-outage", Fault: "Cloud Tasks API unreachable 3 s (30 s real)", Tasks: n, Backoff: 4 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				return after(ctx, 3*time.Second, func() error { return e.Outage(ctx, e.tasksFront, "cloud tasks", 3*time.Second) })
+			}},
+		{Name: "pubsub-outage", Fault: "Pub/Sub unreachable for the functions 3 s (30 s real)", Tasks: n, Backoff: 4 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				return after(ctx, 4*time.Second, func() error { return e.Outage(ctx, e.psFront, "pubsub", 3*time.Second) })
+			}},
+		{Name: "gemini-slow", Fault: "Gemini answers after 20 s, past the 12 s call timeout, for 6 s", Tasks: n, GeminiFails: true, Backoff: 4 * time.Second,
+			Inject: geminiSpell(3*time.Second, 6*time.Second, "gemini slow", mustLatency("fixed:200s"), geminisim.Faults{}, 0)},
+		{Name: "gemini-5xx-storm", Fault: "70% of Gemini calls answered 500/503 for 6 s", Tasks: n, GeminiFails: true, Backoff: 4 * time.Second,
+			Inject: geminiSpell(3*time.Second, 6*time.Second, "gemini 5xx storm", baseLatency, geminisim.Faults{Error500: 0.2, Error503: 0.5}, 0)},
+		{Name: "gemini-429-storm", Fault: "80% of Gemini calls answered 429 without details for 6 s", Tasks: n, GeminiFails: true, Backoff: 4 * time.Second,
+			Inject: geminiSpell(3*time.Second, 6*time.Second, "gemini 429 storm", baseLatency, geminisim.Faults{}, 0.8)},
+		{Name: "poison-duplicates", Fault: "every push delivered twice; a malformed copy of a waiting task, an oversized and a non-JSON message published", Tasks: n, Backoff: time.Second,
+			Inject: func(ctx context.Context, e *Env, job string) error {
+				e.pusher.SetDuplicateDelivery(true)
+				e.mark("duplicate delivery on")
+				return after(ctx, 4*time.Second, func() error { return publishPoison(ctx, e, job, n-5) })
+			}},
+		blocked("pacific-midnight", "Pacific midnight during a job (daily quota resets)"),
+		blocked("dst-spring", "the 23-hour Pacific day (2027-03-14) ends during a job"),
+		blocked("dst-fall", "the 25-hour Pacific day (2027-11-07) ends during a job"),
+	}
+}
+
+// errNoClock is why the Pacific-day scenarios cannot run yet.
+var errNoClock = errors.New("not runnable: the worker process takes time from the host clock and the limiter from Redis TIME; " +
+	"moving both to a chosen instant needs a clock hook in the worker (see /work/notes/chaos-findings.md); redis-server alone under libfaketime would disagree with the worker and Cloud Tasks")
+
+func blocked(name, fault string) Scenario {
+	return Scenario{Name: name, Fault: fault, Tasks: 0, Inject: func(context.Context, *Env, string) error { return errNoClock }}
+}
+
+// Blocked reports whether sc cannot be run yet (see errNoClock).
+func (sc Scenario) Blocked() bool { return sc.Tasks == 0 }
+
+// geminiSpell changes the stand-in's behaviour from `from` for `lasting`,
+// then restores the base behaviour.
+func geminiSpell(from, lasting time.Duration, what string, l geminisim.Latency, f geminisim.Faults, capacity float64) func(context.Context, *Env, string) error {
+	return func(ctx context.Context, e *Env, _ string) error {
+		return after(ctx, from, func() error {
+			e.GeminiBehaviour(what+" begins", l, f, capacity)
+			sleepCtx(ctx, lasting)
+			e.GeminiBehaviour(what+" ends", baseLatency, geminisim.Faults{}, 0)
+			return nil
+		})
+	}
+}
+
+// publishPoison publishes a malformed copy of task i (same job and key, a
+// request Gemini would refuse), a message over the envelope limit and one
+// that is not JSON.
+func publishPoison(ctx context.Context, e *Env, job string, i int) error {
+	malformed, err := json.Marshal(map[string]any{
+		"v": task.Version, "job_id": job, "key": key(i), "model": model,
+		"request": map[string]any{"contents": 42},
+	})
+	if err != nil {
+		return fmt.Errorf("json.Marshal: %w", err)
+	}
+	oversized := fmt.Appendf(nil, `{"v":%d,"job_id":%q,"key":"huge","model":%q,"request":{"contents":[{"parts":[{"text":%q}]}]}}`,
+		task.Version, job, model, strings.Repeat("x", task.MaxEnvelopeBytes))
+	for _, m := range [][]byte{malformed, oversized, []byte("this is not a task")} {
+		if err := e.PublishPoison(ctx, m); err != nil {
+			return err
+		}
+	}
+	e.mark("poison published")
+	return nil
+}

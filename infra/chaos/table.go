@@ -1,0 +1,31 @@
+package chaos
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Table renders reports as the Markdown table RELIABILITY.md holds: one
+// row per scenario, the measured numbers, PASS or FAIL and why.
+func Table(reports []Report) string {
+	var b strings.Builder
+	b.WriteString("| scenario | fault | tasks | lost | >1 result | dead-lettered | dup Gemini calls (in flight at kill) | windows over | slowest delay beyond slot (allowed) | job status (API) | truth (results topic) | verdict |\n")
+	b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |\n")
+	for _, r := range reports {
+		if r.Tasks == 0 {
+			fmt.Fprintf(&b, "| %s | %s | – | – | – | – | – | – | – | – | – | NOT RUN: %s |\n", r.Name, r.Fault, r.Err)
+			continue
+		}
+		verdict := "PASS"
+		if f := r.Failures(); len(f) > 0 {
+			verdict = "FAIL: " + strings.Join(f, "; ")
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d (%d) | %d | %s (%s) | %s | %s | %s |\n",
+			r.Name, r.Fault, r.Tasks, r.Lost, r.TwoResults, r.DeadLettered, r.DupCalls, r.DupInFlight, r.WindowsOver,
+			secs(r.Delay), secs(r.Allowed), r.JobStatus, r.Truth, strings.ReplaceAll(verdict, "|", "/"))
+	}
+	return b.String()
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }

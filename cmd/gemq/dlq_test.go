@@ -6,72 +6,59 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-
-	"github.com/gemq-dev/gemq/infra/stack"
+	"github.com/gemq-dev/gemq/infra/chaos"
 	"github.com/gemq-dev/gemq/internal/task"
 )
 
-// TestDLQReplay runs `gemq dlq replay` against a local stack (real
-// redis-server, pstest, the worker): a dead-lettered task that never ran
-// is replayed and completes once; a dead-lettered copy of a task that
-// already has its result is replayed and changes nothing (no Gemini call,
-// no second result); a message that is not a task stays in the
+// TestDLQReplay runs `gemq dlq replay` against a running system (the worker
+// and ingest as their own processes, a real redis-server, pstest, the Cloud
+// Tasks emulator, the Gemini stand-in; infra/chaos): a dead-lettered task
+// that never ran is replayed and completes once; a dead-lettered copy of a
+// task that already has its result is replayed and changes nothing (no
+// Gemini call, no second result); a message that is not a task stays in the
 // dead-letter subscription, and replaying again replays nothing.
 func TestDLQReplay(t *testing.T) {
 	ctx := context.Background()
-	s, err := stack.Start(ctx, stack.Options{Dir: t.TempDir(), Minute: 2 * time.Second, RPM: 60})
+	cfg := chaos.DefaultConfig
+	cfg.Minute = 2 * time.Second
+	s, err := chaos.Start(ctx, cfg, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	ps := s.PubSubClient()
 
-	// A job that finishes normally.
-	body := `{"key":"done","request":{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}}` + "\n"
-	resp, err := http.Post(s.IngestURL+"/v1/jobs?job_id=dlq-done&model="+s.Model, "application/jsonl", strings.NewReader(body))
-	if err != nil {
+	if err := s.Submit(ctx, "dlq-done", 1); err != nil {
 		t.Fatal(err)
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST /v1/jobs: %d", resp.StatusCode)
-	}
-	doneID := task.TaskID("dlq-done", "done")
-	waitResults(t, ps, map[string]int{doneID: 1})
+	doneID := task.TaskID("dlq-done", chaos.Key(0))
+	lostID := task.TaskID("dlq-lost", "lost")
+	waitResults(t, s, map[string]int{doneID: 1})
 
 	envelope := func(job, key string) []byte {
-		b, err := task.Encode(task.Envelope{V: task.Version, JobID: job, Key: key, Model: s.Model,
+		b, err := task.Encode(task.Envelope{V: task.Version, JobID: job, Key: key, Model: "gemini-2.5-flash",
 			Request: json.RawMessage(`{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}`)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
 	}
-	lostID := task.TaskID("dlq-lost", "lost")
-	for _, data := range [][]byte{envelope("dlq-done", "done"), envelope("dlq-lost", "lost"), []byte("not a task")} {
-		_, err := ps.TopicAdminClient.Publish(ctx, &pubsubpb.PublishRequest{
-			Topic:    "projects/" + s.Project + "/topics/" + stack.DeadLetterTopic,
-			Messages: []*pubsubpb.PubsubMessage{{Data: data, Attributes: map[string]string{"CloudPubSubDeadLetterSourceDeliveryCount": "5"}}},
-		})
-		if err != nil {
+	for _, data := range [][]byte{envelope("dlq-done", chaos.Key(0)), envelope("dlq-lost", "lost"), []byte("not a task")} {
+		if err := s.PublishTo(ctx, chaos.DeadLetterTopic, data, map[string]string{"CloudPubSubDeadLetterSourceDeliveryCount": "10"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	getenv := func(k string) string {
-		return map[string]string{"PUBSUB_EMULATOR_HOST": s.PubSubHost, "GOOGLE_CLOUD_PROJECT": s.Project}[k]
+		return map[string]string{"PUBSUB_EMULATOR_HOST": s.PubSubHost(), "GOOGLE_CLOUD_PROJECT": chaos.Project}[k]
 	}
 	replay := func() string {
 		var out, errb bytes.Buffer
-		if code := runMain(ctx, []string{"dlq", "replay", "--idle", "1s"}, env{stdout: &out, stderr: &errb, getenv: getenv}); code != exitOK {
+		args := []string{"dlq", "replay", "--idle", "1s", "--subscription", chaos.DeadLetterSubscription, "--topic", chaos.TasksTopic}
+		if code := runMain(ctx, args, env{stdout: &out, stderr: &errb, getenv: getenv}); code != exitOK {
 			t.Fatalf("gemq dlq replay: exit %d, stderr %s", code, errb.String())
 		}
 		return out.String()
@@ -81,9 +68,9 @@ func TestDLQReplay(t *testing.T) {
 		t.Errorf("first replay printed %q, want 2 replayed and the non-task kept", out)
 	}
 	// The never-run task gets its one result; the finished one no other.
-	waitResults(t, ps, map[string]int{lostID: 1})
+	waitResults(t, s, map[string]int{doneID: 1, lostID: 1})
 	calls := map[string]int{}
-	for _, e := range s.GeminiStandIn().Log() {
+	for _, e := range s.Gemini.Log() {
 		if e.Method == "generateContent" {
 			calls[e.TaskID]++
 		}
@@ -94,50 +81,35 @@ func TestDLQReplay(t *testing.T) {
 	if out := replay(); !strings.HasPrefix(out, "replayed 0 message(s)") || !strings.Contains(out, "kept 1\n") {
 		t.Errorf("second replay printed %q, want nothing replayed and the non-task still kept", out)
 	}
-	var usage bytes.Buffer
-	if code := runMain(ctx, []string{"dlq", "purge"}, env{stdout: io.Discard, stderr: &usage, getenv: getenv}); code != exitUsage {
+	if code := runMain(ctx, []string{"dlq", "purge"}, env{stdout: io.Discard, stderr: io.Discard, getenv: getenv}); code != exitUsage {
 		t.Errorf("gemq dlq purge: exit %d, want %d", code, exitUsage)
 	}
 }
 
-// waitResults reads the stack's results subscription until every task in
-// want has its count of results, then a second more, and fails on any
-// other count.
-func waitResults(t *testing.T, ps *pubsub.Client, want map[string]int) {
+// waitResults waits until the results topic holds want's count of results
+// for each of its tasks, then two seconds more, and fails on any other
+// count (a second result included).
+func waitResults(t *testing.T, s *chaos.Env, want map[string]int) {
 	t.Helper()
-	c := ps.SubscriptionAdminClient
-	sub := "projects/" + ps.Project() + "/subscriptions/" + stack.ResultsSubscription
-	got := map[string]int{}
-	deadline := time.Now().Add(30 * time.Second)
-	settled := time.Time{}
-	for time.Now().Before(deadline) {
-		r, err := c.Pull(context.Background(), &pubsubpb.PullRequest{
-			Subscription: sub, MaxMessages: 100, ReturnImmediately: true, //nolint:staticcheck
-		})
-		if err != nil {
-			t.Fatal(err)
+	count := func() map[string]int {
+		got := map[string]int{}
+		for _, m := range s.Results() {
+			got[m.Attributes["task_id"]]++
 		}
-		var acks []string
-		for _, m := range r.GetReceivedMessages() {
-			got[m.GetMessage().GetAttributes()["task_id"]]++
-			acks = append(acks, m.GetAckId())
-		}
-		if len(acks) > 0 {
-			c.Acknowledge(context.Background(), &pubsubpb.AcknowledgeRequest{Subscription: sub, AckIds: acks})
-		}
-		complete := true
+		return got
+	}
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		got := count()
+		done := true
 		for id, n := range want {
-			complete = complete && got[id] >= n
+			done = done && got[id] >= n
 		}
-		if complete && settled.IsZero() {
-			settled = time.Now()
-		}
-		if !settled.IsZero() && time.Since(settled) > time.Second {
+		if done {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
+	time.Sleep(2 * time.Second)
+	if got := count(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("results per task %v, want %v", got, want)
 	}
 }

@@ -78,6 +78,9 @@ type Report struct {
 	// WindowsOver are sliding windows over the real limit (safety 1) in the
 	// stand-in's log.
 	WindowsOver int
+	// WindowsPeak describes the fullest of them ("peak rpm 24 > 20").
+	WindowsPeak string
+	peak        int64
 	// Delay is the slowest task's delay beyond its slot after the last
 	// fault ended; Allowed the target (see Run).
 	Delay, Allowed time.Duration
@@ -107,7 +110,7 @@ func (r Report) Failures() []string {
 		f = append(f, fmt.Sprintf("%d duplicate Gemini calls with no call in flight at a worker's death", n))
 	}
 	if r.WindowsOver > 0 {
-		f = append(f, fmt.Sprintf("%d windows over the limit at Gemini", r.WindowsOver))
+		f = append(f, fmt.Sprintf("%d windows over the limit at Gemini (%s)", r.WindowsOver, r.WindowsPeak))
 	}
 	if r.Delay > r.Allowed {
 		f = append(f, fmt.Sprintf("slowest task %s beyond its slot (allowed %s)", r.Delay.Round(100*time.Millisecond), r.Allowed.Round(100*time.Millisecond)))
@@ -155,7 +158,7 @@ func Run(ctx context.Context, cfg Config, sc Scenario, logDir string) Report {
 	}()
 	want := map[string]bool{}
 	for i := range sc.Tasks {
-		want[task.TaskID(jobID, key(i))] = true
+		want[task.TaskID(jobID, Key(i))] = true
 	}
 	capacity := int(float64(cfg.RPM) * cfg.Safety)
 	ideal := time.Duration((sc.Tasks+capacity-1)/capacity) * cfg.Minute
@@ -202,13 +205,14 @@ func Run(ctx context.Context, cfg Config, sc Scenario, logDir string) Report {
 // worker dies.
 var baseLatency = mustLatency("uniform:2s,8s")
 
-func key(i int) string { return fmt.Sprintf("task-%04d", i) }
+// Key is the key of a job's i-th task.
+func Key(i int) string { return fmt.Sprintf("task-%04d", i) }
 
 // submit posts the job through ingest's API as Batch-API JSONL.
 func submit(ctx context.Context, ingestURL, jobID string, n int) error {
 	var b bytes.Buffer
 	for i := range n {
-		fmt.Fprintf(&b, `{"key":%q,"request":{"contents":[{"role":"user","parts":[{"text":"Chaos task %d: name one prime number."}]}]}}`+"\n", key(i), i)
+		fmt.Fprintf(&b, `{"key":%q,"request":{"contents":[{"role":"user","parts":[{"text":"Chaos task %d: name one prime number."}]}]}}`+"\n", Key(i), i)
 	}
 	u := ingestURL + "/v1/jobs?job_id=" + jobID + "&model=" + model
 	var last error
@@ -337,7 +341,13 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 	r.Truth = fmt.Sprintf("%d/%d results: %d succeeded, %d failed", succeeded+failed, len(want), succeeded, failed)
 
 	// Gemini's side.
-	r.WindowsOver = len(e.Gemini.Check(model, geminiLimits(e.Cfg), 1))
+	over := e.Gemini.Check(model, geminiLimits(e.Cfg), 1)
+	r.WindowsOver = len(over)
+	for _, v := range over {
+		if d := fmt.Sprintf("peak %s %d > %.0f", v.Dimension, v.Value, v.Limit); r.WindowsPeak == "" || v.Value > r.peak {
+			r.WindowsPeak, r.peak = d, v.Value
+		}
+	}
 	e.evMu.Lock()
 	r.DupCalls, r.DupInFlight = duplicates(e.Gemini.Log(), e.killedMidCall)
 	e.evMu.Unlock()
@@ -384,9 +394,12 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 	}
 }
 
-// duplicates counts calls of a task made after one of its calls was
-// answered 200, or while one was in flight; inFlight counts those of tasks
-// that had a call in flight when a worker was killed.
+// duplicates counts the calls of a task beyond what a correct worker
+// makes: a call after one of its calls was answered 200, a call while
+// another was in flight, and a call after one that got no answer because
+// its worker was killed mid-call (the client gone); inFlight counts those
+// of tasks that had a call in flight when a worker was killed. A retry
+// after a 5xx, a 429 or the worker's own timeout is not a duplicate.
 func duplicates(log []geminiEntry, killedMidCall map[string]bool) (dups, inFlight int) {
 	byTask := map[string][]geminiEntry{}
 	for _, en := range log {
@@ -394,16 +407,18 @@ func duplicates(log []geminiEntry, killedMidCall map[string]bool) (dups, inFligh
 			byTask[en.TaskID] = append(byTask[en.TaskID], en)
 		}
 	}
-	for _, calls := range byTask {
+	for id, calls := range byTask {
 		sort.Slice(calls, func(i, j int) bool { return calls[i].Received.Before(calls[j].Received) })
 		for i := 1; i < len(calls); i++ {
+			dup := false
 			for _, prev := range calls[:i] {
-				if prev.Status == http.StatusOK || prev.Finished.After(calls[i].Received) {
-					dups++
-					if killedMidCall[calls[i].TaskID] {
-						inFlight++
-					}
-					break
+				dup = dup || prev.Status == http.StatusOK || prev.Finished.After(calls[i].Received) ||
+					prev.Status == 0 && killedMidCall[id]
+			}
+			if dup {
+				dups++
+				if killedMidCall[id] {
+					inFlight++
 				}
 			}
 		}

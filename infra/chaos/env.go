@@ -45,7 +45,16 @@ const (
 	// replaySub is the operator's dead-letter subscription (Terraform's
 	// dead_letter_subscription), which `gemq dlq replay` drains.
 	replaySub = "gemq-dead-letter-sub"
-	queuePath = "projects/" + project + "/locations/us-central1/queues/gemq-deferred"
+)
+
+// What Start creates, for tests outside this package that drive a system
+// (e.g. `gemq dlq replay` against PubSubHost).
+const (
+	Project                = project
+	TasksTopic             = tasksTopic
+	DeadLetterTopic        = deadLetterTopic
+	DeadLetterSubscription = replaySub
+	queuePath              = "projects/" + project + "/locations/us-central1/queues/gemq-deferred"
 )
 
 // Config is the quota and time scale a scenario runs under.
@@ -316,6 +325,29 @@ func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *
 	return e, nil
 }
 
+// Start starts a system as a scenario gets it, with the stand-in's base
+// latency, under dir ("" for the temporary directory). Close it.
+func Start(ctx context.Context, cfg Config, dir string) (*Env, error) {
+	return startEnv(ctx, cfg, envOptions{latency: baseLatency}, dir)
+}
+
+// Close stops every part of the system.
+func (e *Env) Close() { e.close() }
+
+// PubSubHost is pstest's address (a PUBSUB_EMULATOR_HOST).
+func (e *Env) PubSubHost() string { return e.ps.Addr }
+
+// Submit submits a job of n tasks (keys Key(0..n-1)) through ingest.
+func (e *Env) Submit(ctx context.Context, jobID string, n int) error {
+	return submit(ctx, e.ingest.url(), jobID, n)
+}
+
+// Results returns the messages read from the results topic so far.
+func (e *Env) Results() []Message {
+	r, _ := e.collector.snapshot()
+	return r
+}
+
 // quotas is the GEMQ_QUOTAS document matching the stand-in's limits.
 func quotas(c Config) string {
 	b, _ := json.Marshal(map[string]any{"safety": c.Safety, "scopes": []any{map[string]any{
@@ -523,12 +555,17 @@ func (e *Env) GeminiBehaviour(what string, l geminisim.Latency, f geminisim.Faul
 
 // Publish publishes raw data to the tasks topic, as a user may.
 func (e *Env) Publish(ctx context.Context, data []byte) error {
+	return e.PublishTo(ctx, tasksTopic, data, nil)
+}
+
+// PublishTo publishes data with attributes to a topic of the system.
+func (e *Env) PublishTo(ctx context.Context, topic string, data []byte, attrs map[string]string) error {
 	_, err := e.psClient.TopicAdminClient.Publish(ctx, &pubsubpb.PublishRequest{
-		Topic:    "projects/" + project + "/topics/" + tasksTopic,
-		Messages: []*pubsubpb.PubsubMessage{{Data: data}},
+		Topic:    "projects/" + project + "/topics/" + topic,
+		Messages: []*pubsubpb.PubsubMessage{{Data: data, Attributes: attrs}},
 	})
 	if err != nil {
-		return fmt.Errorf("pubsub Publish %s: %w", tasksTopic, err)
+		return fmt.Errorf("pubsub Publish %s: %w", topic, err)
 	}
 	return nil
 }

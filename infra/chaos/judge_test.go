@@ -22,10 +22,12 @@ func TestDuplicates(t *testing.T) {
 		call("overlap", 0, 4, 0), call("overlap", 2, 3, http.StatusOK),
 		call("killed", 0, 9, 0), call("killed", 3, 4, http.StatusOK),
 		call("once", 0, 1, http.StatusOK),
+		call("timed-out", 0, 2, 0), call("timed-out", 4, 5, http.StatusOK),
+		call("killed-gone", 0, 1, 0), call("killed-gone", 30, 31, http.StatusOK),
 	}
-	dups, inFlight := duplicates(log, map[string]bool{"killed": true})
-	if dups != 3 || inFlight != 1 {
-		t.Errorf("duplicates = %d, in flight at a kill %d; want 3 and 1", dups, inFlight)
+	dups, inFlight := duplicates(log, map[string]bool{"killed": true, "killed-gone": true})
+	if dups != 4 || inFlight != 2 {
+		t.Errorf("duplicates = %d, in flight at a kill %d; want 4 and 2", dups, inFlight)
 	}
 }
 

@@ -122,7 +122,7 @@ func geminiSpell(from, lasting time.Duration, what string, l geminisim.Latency, 
 // that is not JSON.
 func publishPoison(ctx context.Context, e *Env, job string, i int) error {
 	malformed, err := json.Marshal(map[string]any{
-		"v": task.Version, "job_id": job, "key": key(i), "model": model,
+		"v": task.Version, "job_id": job, "key": Key(i), "model": model,
 		"request": map[string]any{"contents": 42},
 	})
 	if err != nil {

@@ -21,8 +21,12 @@ func Table(reports []Report) string {
 		if f := r.Failures(); len(f) > 0 {
 			verdict = "FAIL: " + strings.Join(f, "; ")
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d (%d) | %d | %s (%s) | %s | %s | %s |\n",
-			r.Name, r.Fault, r.Tasks, r.Lost, r.TwoResults, r.DeadLettered, r.DupCalls, r.DupInFlight, r.WindowsOver,
+		windows := fmt.Sprint(r.WindowsOver)
+		if r.WindowsOver > 0 {
+			windows += " (" + r.WindowsPeak + ")"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d (%d) | %s | %s (%s) | %s | %s | %s |\n",
+			r.Name, r.Fault, r.Tasks, r.Lost, r.TwoResults, r.DeadLettered, r.DupCalls, r.DupInFlight, windows,
 			secs(r.Delay), secs(r.Allowed), r.JobStatus, r.Truth, strings.ReplaceAll(verdict, "|", "/"))
 	}
 	return b.String()

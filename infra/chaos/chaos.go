@@ -323,21 +323,21 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 			r.DeadLettered++
 		}
 	}
-	vanished := 0
-	for _, p := range e.Poison() {
+	var vanished []string
+	for _, p := range e.published() {
 		found := false
 		for _, m := range dead {
-			if bytes.Equal(m.Data, p) {
-				found = true
-				break
-			}
+			found = found || bytes.Equal(m.Data, p.data)
 		}
 		if !found {
-			vanished++
+			vanished = append(vanished, p.name)
 		}
 	}
-	r.Lost = missing + wrong + vanished
-	r.LostDetail = fmt.Sprintf("%d without result, %d failed though Gemini never failed them, %d poison messages vanished", missing, wrong, vanished)
+	r.Lost = missing + wrong + len(vanished)
+	r.LostDetail = fmt.Sprintf("%d without result, %d failed though Gemini never failed them, %d poison messages vanished", missing, wrong, len(vanished))
+	if len(vanished) > 0 {
+		r.LostDetail += ": " + strings.Join(vanished, ", ")
+	}
 	r.Truth = fmt.Sprintf("%d/%d results: %d succeeded, %d failed", succeeded+failed, len(want), succeeded, failed)
 
 	// Gemini's side.

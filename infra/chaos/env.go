@@ -118,7 +118,7 @@ type Env struct {
 	pushDone       chan error
 
 	collector *collector
-	poison    [][]byte
+	poison    []poison
 	// killedMidCall are the tasks whose Gemini call was in flight when a
 	// worker was killed.
 	killedMidCall map[string]bool
@@ -264,6 +264,7 @@ func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *
 		"GOOGLE_CLOUD_PROJECT":       project,
 		"GEMQ_TASKS_TOPIC":           tasksTopic,
 		"GEMQ_RESULTS_TOPIC":         resultsTopic,
+		"GEMQ_DEAD_LETTER_TOPIC":     deadLetterTopic,
 		"GEMQ_TASKS_QUEUE":           queuePath,
 		"GEMQ_WORKER_URL":            "http://127.0.0.1:" + workerPort,
 		"GEMQ_CLOUDTASKS_ENDPOINT":   e.tasksFront.Addr,
@@ -570,20 +571,26 @@ func (e *Env) PublishTo(ctx context.Context, topic string, data []byte, attrs ma
 	return nil
 }
 
+// poison is a message that cannot be processed, named for the report.
+type poison struct {
+	name string
+	data []byte
+}
+
 // PublishPoison publishes a message that cannot be processed; the judge
 // requires a copy of it on the dead-letter topic.
-func (e *Env) PublishPoison(ctx context.Context, data []byte) error {
+func (e *Env) PublishPoison(ctx context.Context, name string, data []byte) error {
 	e.evMu.Lock()
-	e.poison = append(e.poison, data)
+	e.poison = append(e.poison, poison{name, data})
 	e.evMu.Unlock()
 	return e.Publish(ctx, data)
 }
 
-// Poison returns what PublishPoison published.
-func (e *Env) Poison() [][]byte {
+// published returns what PublishPoison published.
+func (e *Env) published() []poison {
 	e.evMu.Lock()
 	defer e.evMu.Unlock()
-	return append([][]byte(nil), e.poison...)
+	return append([]poison(nil), e.poison...)
 }
 
 // close stops everything that was started, newest first, then the

@@ -130,8 +130,8 @@ func publishPoison(ctx context.Context, e *Env, job string, i int) error {
 	}
 	oversized := fmt.Appendf(nil, `{"v":%d,"job_id":%q,"key":"huge","model":%q,"request":{"contents":[{"parts":[{"text":%q}]}]}}`,
 		task.Version, job, model, strings.Repeat("x", task.MaxEnvelopeBytes))
-	for _, m := range [][]byte{malformed, oversized, []byte("this is not a task")} {
-		if err := e.PublishPoison(ctx, m); err != nil {
+	for _, m := range []poison{{"malformed copy of " + Key(i), malformed}, {"oversized", oversized}, {"non-JSON", []byte("this is not a task")}} {
+		if err := e.PublishPoison(ctx, m.name, m.data); err != nil {
 			return err
 		}
 	}

@@ -203,8 +203,8 @@ func toInt(v any) (int, bool) {
 	return 0, false
 }
 
-// CountTokens is the stand-in's deterministic token counter (before any Options.TokenSkew): the same rule
-// as gemini.EstimateInputTokens (gemini.ContentsTokens), so gemq's local estimates are exact against it.
+// CountTokens counts input tokens with the stand-in's default tokenizer (CountTokensIndependent), before
+// any Options.TokenSkew.
 func CountTokens(system *genai.Content, contents []*genai.Content) int64 {
-	return gemini.ContentsTokens(system, contents)
+	return CountTokensIndependent(system, contents)
 }

@@ -28,6 +28,11 @@ type GeminiOptions struct {
 	TokenSkew float64
 	// Seed makes the random choices reproducible (0: the stand-in's default).
 	Seed uint64
+	// Tokenizer is how the stand-in counts tokens; "" is geminisim.IndependentTokens (its own rule,
+	// never gemq's estimator).
+	Tokenizer geminisim.Tokenizer
+	// DSQ puts a hidden capacity (Vertex AI's Dynamic Shared Quota) in front of the limits.
+	DSQ *geminisim.DSQ
 }
 
 // GeminiStats are the stand-in's statistics over its request log (zero with
@@ -103,7 +108,12 @@ func startGemini(ctx context.Context, o Options, logw io.Writer) (*geminiSide, e
 }
 
 func newSim(model string, lim geminisim.Limits, minute time.Duration, o GeminiOptions) *geminisim.Server {
+	if o.Tokenizer == "" {
+		o.Tokenizer = geminisim.IndependentTokens
+	}
 	return geminisim.New(geminisim.Options{
+		Tokenizer:    o.Tokenizer,
+		DSQ:          o.DSQ,
 		APIKey:       LocalAPIKey,
 		Models:       []geminisim.Model{{ID: model, Limits: lim}},
 		Minute:       minute,

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -48,6 +49,9 @@ type Failure struct {
 	// QuotaID is the quotaId that decided Kind for quota failures; QuotaIDs all the violations' quotaIds.
 	QuotaID  string   `json:"quota_id,omitempty"`
 	QuotaIDs []string `json:"quota_ids,omitempty"`
+	// QuotaValue is the QuotaFailure violation's quotaValue for QuotaID: the limit Gemini enforces (which
+	// may be lower than the configured one); 0 when absent or not a number.
+	QuotaValue int64 `json:"quota_value,omitempty"`
 }
 
 // Retryable reports whether the task may be tried again later (everything but Permanent and QuotaZero).
@@ -116,6 +120,7 @@ func Classify(err error) Failure {
 	switch {
 	case ae.Code == 429 && len(violations) > 0:
 		f.Kind, f.QuotaID = classifyQuota(violations, ae.Message)
+		f.QuotaValue = quotaValue(violations, f.QuotaID)
 	case ae.Code == 429:
 		f.Kind = Capacity
 	case ae.Code == 408 || ae.Code == 499 || ae.Code >= 500 || ae.Code == 0:
@@ -151,6 +156,21 @@ func classifyQuota(violations []map[string]any, message string) (Kind, string) {
 	}
 	id, _ := first(func(string, map[string]any) bool { return true })
 	return QuotaPerMinute, id
+}
+
+// quotaValue returns the quotaValue of the first violation with quota id, 0 when there is none.
+func quotaValue(violations []map[string]any, id string) int64 {
+	for _, v := range violations {
+		if got, _ := v["quotaId"].(string); got != id {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(fmt.Sprint(v["quotaValue"])), 10, 64)
+		if err != nil || n < 0 {
+			return 0
+		}
+		return n
+	}
+	return 0
 }
 
 func isTransport(err error) bool {

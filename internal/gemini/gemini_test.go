@@ -326,7 +326,7 @@ func TestQuota429Bodies(t *testing.T) {
 		t.Errorf("RPM 429 body (-want +got):\n%s", diff)
 	}
 	wantF := gemini.Failure{Kind: gemini.QuotaPerMinute, Code: 429, Status: "RESOURCE_EXHAUSTED", Message: want.Message, RetryAfter: 45 * time.Second,
-		QuotaID: "GenerateRequestsPerMinutePerProjectPerModel", QuotaIDs: []string{"GenerateRequestsPerMinutePerProjectPerModel"}}
+		QuotaID: "GenerateRequestsPerMinutePerProjectPerModel", QuotaIDs: []string{"GenerateRequestsPerMinutePerProjectPerModel"}, QuotaValue: 2}
 	if diff := cmp.Diff(wantF, gemini.Classify(err)); diff != "" {
 		t.Errorf("Classify(RPM 429) (-want +got):\n%s", diff)
 	}

@@ -48,7 +48,17 @@ func run(args []string) error {
 	capacity := fs.Float64("capacity-rate", 0, "probability of a 429 without details")
 	skew := fs.Float64("token-skew", 0, "random ± fraction applied to each request's token count, e.g. 0.3")
 	seed := fs.Uint64("seed", 0, "random seed (0: fixed default)")
+	tokenizer := fs.String("tokenizer", string(geminisim.IndependentTokens), "token counting: independent (the stand-in's own rule) | estimator (exactly gemq's estimate)")
+	dsqSpec := fs.String("dsq", "", "hidden capacity as Vertex AI's Dynamic Shared Quota: REQUESTS/WINDOW[;AFTER=FRACTION...], e.g. 60/10s;1m=0.4;2m=1")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	tok, ok := geminisim.ParseTokenizer(*tokenizer)
+	if !ok {
+		return fmt.Errorf("-tokenizer %q: want independent or estimator", *tokenizer)
+	}
+	dsq, err := geminisim.ParseDSQ(*dsqSpec)
+	if err != nil {
 		return err
 	}
 	lat, err := geminisim.ParseLatency(*latency)
@@ -74,7 +84,7 @@ func run(args []string) error {
 	}
 	srv := geminisim.New(geminisim.Options{
 		APIKey: *apiKey, Models: ms, FreeTier: *freeTier, Minute: *minute, Latency: lat, Faults: f,
-		CapacityRate: *capacity, TokenSkew: *skew, Seed: *seed,
+		CapacityRate: *capacity, TokenSkew: *skew, Seed: *seed, Tokenizer: tok, DSQ: dsq,
 	})
 	url, err := srv.Listen(*addr)
 	if err != nil {

@@ -500,7 +500,11 @@ func (c Config) ModelAllowed(m string) bool {
 // RedisOptions returns go-redis options for c: address, password, and with
 // RedisTLS a TLS 1.2+ configuration trusting RedisTLSCA (or the system pool).
 func (c Config) RedisOptions() (*redis.Options, error) {
-	o := &redis.Options{Addr: c.RedisAddr, Password: c.RedisPassword}
+	// MaxRetries -1: go-redis would otherwise run a script again after a read
+	// timeout, and the limiter's and the store's scripts are not idempotent
+	// (a paused Redis would run both copies on resume). A failed call fails
+	// the delivery, which Pub/Sub or Cloud Tasks redelivers.
+	o := &redis.Options{Addr: c.RedisAddr, Password: c.RedisPassword, MaxRetries: -1}
 	if !c.RedisTLS {
 		return o, nil
 	}

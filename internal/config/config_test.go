@@ -403,3 +403,12 @@ func TestOpenLog(t *testing.T) {
 		t.Errorf("SetupLog with a path: log file = %q", got)
 	}
 }
+
+// TestRedisOptionsNoRetries: a timed-out script call must not be sent again
+// by go-redis (the limiter's and store's scripts are not idempotent).
+func TestRedisOptionsNoRetries(t *testing.T) {
+	o, err := Config{RedisAddr: "127.0.0.1:1"}.RedisOptions()
+	if err != nil || o.MaxRetries != -1 {
+		t.Fatalf("RedisOptions() = MaxRetries %d, %v; want -1 (no retries)", o.MaxRetries, err)
+	}
+}

@@ -161,3 +161,30 @@ func TestSnake(t *testing.T) {
 		t.Error(diff)
 	}
 }
+
+func TestEstimateKind(t *testing.T) {
+	for _, tc := range []struct {
+		text, want string
+		media      bool
+	}{
+		{"The quick brown fox jumps over the lazy dog.", KindProse, false},
+		{"12,345,678.90,17,2026\n3,4,5", KindDigits, false},
+		{"東京都の天気は晴れです", KindCJK, false},
+		{`{"id":"x","tags":["a","b"],"ok":true}`, KindCode, false},
+		{"describe this", KindMedia, true},
+		{"", KindProse, false},
+	} {
+		part := &genai.Part{Text: tc.text}
+		if tc.media {
+			part.InlineData = &genai.Blob{MIMEType: "image/png", Data: []byte{1}}
+		}
+		r := &Request{Contents: []*genai.Content{{Role: "user", Parts: []*genai.Part{part}}}}
+		kind, n := EstimateKind(r)
+		if kind != tc.want || n != EstimateInputTokens(r) {
+			t.Errorf("EstimateKind(%q) = %s, %d; want %s, %d", tc.text, kind, n, tc.want, EstimateInputTokens(r))
+		}
+	}
+	if k, n := EstimateKind(nil); k != KindProse || n != 0 {
+		t.Errorf("EstimateKind(nil) = %s, %d", k, n)
+	}
+}

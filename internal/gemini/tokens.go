@@ -2,6 +2,7 @@ package gemini
 
 import (
 	"encoding/json"
+	"unicode"
 	"unicode/utf8"
 
 	"google.golang.org/genai"
@@ -99,4 +100,80 @@ func EstimateInputTokens(r *Request) int64 {
 		return 0
 	}
 	return ContentsTokens(r.SystemInstruction, r.Contents)
+}
+
+// Kinds of content EstimateKind tells apart: the estimate's error against Gemini's tokenizer differs by kind
+// (characters/4 is close for prose, low for digits and punctuation-dense code or JSON), so a learner keeps one
+// correction per kind.
+const (
+	KindProse  = "prose"
+	KindDigits = "digits"
+	KindCode   = "code"
+	KindCJK    = "cjk"
+	KindMedia  = "media"
+)
+
+// EstimateKind returns the request's dominant kind of content and its local estimate (EstimateInputTokens):
+// media when any part carries inline or file data; else, over the text of every part, cjk when CJK
+// characters are over 30% of the non-space characters, digits when digits are over 30%, code when other
+// punctuation and symbols are over 15%, prose otherwise. A nil request is ("prose", 0).
+func EstimateKind(r *Request) (string, int64) {
+	if r == nil {
+		return KindProse, 0
+	}
+	var total, digits, punct, cjk int
+	media := false
+	scan := func(s string) {
+		for _, c := range s {
+			switch {
+			case unicode.IsSpace(c):
+				continue
+			case unicode.IsDigit(c):
+				digits++
+			case unicode.Is(unicode.Han, c) || unicode.Is(unicode.Hiragana, c) || unicode.Is(unicode.Katakana, c) || unicode.Is(unicode.Hangul, c):
+				cjk++
+			case unicode.IsPunct(c) || unicode.IsSymbol(c):
+				punct++
+			}
+			total++
+		}
+	}
+	contents := r.Contents
+	if r.SystemInstruction != nil {
+		contents = append([]*genai.Content{r.SystemInstruction}, contents...)
+	}
+	for _, c := range contents {
+		if c == nil {
+			continue
+		}
+		for _, p := range c.Parts {
+			if p == nil {
+				continue
+			}
+			media = media || p.InlineData != nil || p.FileData != nil
+			scan(p.Text)
+			if fc := p.FunctionCall; fc != nil {
+				b, _ := json.Marshal(fc.Args)
+				scan(string(b))
+			}
+			if fr := p.FunctionResponse; fr != nil {
+				b, _ := json.Marshal(fr.Response)
+				scan(string(b))
+			}
+		}
+	}
+	n := EstimateInputTokens(r)
+	switch {
+	case media:
+		return KindMedia, n
+	case total == 0:
+		return KindProse, n
+	case cjk*10 > total*3:
+		return KindCJK, n
+	case digits*10 > total*3:
+		return KindDigits, n
+	case punct*100 > total*15:
+		return KindCode, n
+	}
+	return KindProse, n
 }

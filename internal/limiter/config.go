@@ -43,6 +43,9 @@ func (s Scope) String() string { return s.Project + "/" + s.Model }
 type Cost struct {
 	Requests    int64 `json:"requests"`
 	InputTokens int64 `json:"input_tokens"`
+	// Estimate, when set (by Limiter.Estimate), says how InputTokens was
+	// estimated, so Settle can learn from the actual count.
+	Estimate *Estimate `json:"estimate,omitempty"`
 }
 
 // of returns the part of c that unit u counts.
@@ -62,12 +65,25 @@ type Dimension struct {
 	// Unit is what it counts.
 	Unit Unit
 	// Limit is Gemini's limit; the limiter admits at most
-	// floor(Safety × Limit) (see Quota.Capacity).
+	// floor(Safety × Limit) (see Quota.Capacity). For an adaptive
+	// dimension it is the ceiling.
 	Limit int64
+	// Adaptive, when set, makes the limit a range the limiter moves in
+	// (configured as "limit": "adaptive" with "start", "floor", "ceiling"):
+	// it starts at Start and is lowered by 429s and raised by successes
+	// (see Limiter.Throttled), never below Floor nor above Limit. Nil: the
+	// limit is fixed (it is still lowered by 429s, see Limiter).
+	Adaptive *Adaptive
 	// Period is the sliding window's length; zero for a daily dimension.
 	Period time.Duration
 	// Per is PacificDay for a daily dimension, empty otherwise.
 	Per string
+}
+
+// Adaptive is the range of an adaptive dimension (Dimension.Limit is the
+// ceiling): Floor <= Start <= ceiling.
+type Adaptive struct {
+	Start, Floor int64
 }
 
 // Daily reports whether d resets at Pacific midnight instead of sliding.
@@ -90,9 +106,32 @@ type Quota struct {
 }
 
 // Capacity returns floor(Safety × d.Limit): the most the limiter admits in
-// one window (or day) of d.
+// one window (or day) of d (for an adaptive dimension, at its ceiling).
 func (q Quota) Capacity(d Dimension) int64 {
-	return int64(math.Floor(q.Safety*float64(d.Limit) + 1e-9))
+	return q.capacityOf(d.Limit)
+}
+
+func (q Quota) capacityOf(limit int64) int64 {
+	return int64(math.Floor(q.Safety*float64(limit) + 1e-9))
+}
+
+// StartCapacity is the capacity d starts at: Capacity(d), or for an
+// adaptive dimension floor(Safety × Start).
+func (q Quota) StartCapacity(d Dimension) int64 {
+	if d.Adaptive != nil {
+		return q.capacityOf(d.Adaptive.Start)
+	}
+	return q.Capacity(d)
+}
+
+// FloorCapacity is the lowest capacity adaptation may bring d to:
+// floor(Safety × Floor) for an adaptive dimension, else a tenth of
+// Capacity(d) (at least 1).
+func (q Quota) FloorCapacity(d Dimension) int64 {
+	if d.Adaptive != nil {
+		return max(1, q.capacityOf(d.Adaptive.Floor))
+	}
+	return max(1, q.Capacity(d)/10)
 }
 
 // Config is a parsed quota configuration. The zero value has no scopes.
@@ -148,6 +187,12 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 //	    {"name": "rpm", "unit": "requests", "limit": 1000, "period": "1m"},
 //	    {"name": "tpm", "unit": "input_tokens", "limit": 1000000, "period": "1m"},
 //	    {"name": "rpd", "unit": "requests", "limit": 10000, "per": "pacific_day"}]}]}
+//
+// A dimension's limit may be "adaptive", with "start", "floor" and
+// "ceiling" (integers, floor <= start <= ceiling) — the natural shape for
+// Vertex AI's Dynamic Shared Quota, which publishes no number:
+//
+//	{"name": "rpm", "unit": "requests", "limit": "adaptive", "start": 300, "floor": 30, "ceiling": 1000, "period": "1m"}
 //
 // Unknown fields are errors. Each scope may override "safety", "horizon" and
 // "guard". Durations are Go durations ("1m", "500ms") and must be whole
@@ -212,7 +257,7 @@ func parseScope(raw json.RawMessage, f string, cfg Config) (Quota, error) {
 			return Quota{}, cfgErr(df+".name", "duplicate dimension name %q (also dimensions[%d])", d.Name, j)
 		}
 		names[d.Name] = i
-		if q.Capacity(d) < 1 {
+		if q.Capacity(d) < 1 || q.StartCapacity(d) < 1 {
 			return Quota{}, cfgErr(df+".limit", "limit %d × safety %g rounds down to 0", d.Limit, q.Safety)
 		}
 		q.Dimensions = append(q.Dimensions, d)
@@ -220,9 +265,21 @@ func parseScope(raw json.RawMessage, f string, cfg Config) (Quota, error) {
 	return q, nil
 }
 
+func parseLimit(r json.RawMessage, f string, dst *int64) error {
+	if err := decodeValue(r, f, dst); err != nil {
+		return err
+	}
+	if *dst < 1 || *dst > 1<<50 {
+		return cfgErr(f, "%d must be between 1 and 2^50", *dst)
+	}
+	return nil
+}
+
 func parseDimension(raw json.RawMessage, f string) (Dimension, error) {
 	var d Dimension
 	var unit string
+	var adaptive bool
+	var start, floor, ceiling int64
 	err := decodeObject(raw, f, map[string]func(json.RawMessage, string) error{
 		"name": func(r json.RawMessage, f string) error {
 			if err := decodeValue(r, f, &d.Name); err != nil {
@@ -244,14 +301,15 @@ func parseDimension(raw json.RawMessage, f string) (Dimension, error) {
 			return nil
 		},
 		"limit": func(r json.RawMessage, f string) error {
-			if err := decodeValue(r, f, &d.Limit); err != nil {
-				return err
+			if string(bytes.TrimSpace(r)) == `"adaptive"` {
+				adaptive = true
+				return nil
 			}
-			if d.Limit < 1 || d.Limit > 1<<50 {
-				return cfgErr(f, "%d must be between 1 and 2^50", d.Limit)
-			}
-			return nil
+			return parseLimit(r, f, &d.Limit)
 		},
+		"start":   func(r json.RawMessage, f string) error { return parseLimit(r, f, &start) },
+		"floor":   func(r json.RawMessage, f string) error { return parseLimit(r, f, &floor) },
+		"ceiling": func(r json.RawMessage, f string) error { return parseLimit(r, f, &ceiling) },
 		"period": func(r json.RawMessage, f string) error {
 			if err := parseDuration(r, f, &d.Period); err != nil {
 				return err
@@ -273,6 +331,16 @@ func parseDimension(raw json.RawMessage, f string) (Dimension, error) {
 	}, "name", "unit", "limit")
 	if err != nil {
 		return Dimension{}, err
+	}
+	switch {
+	case adaptive && (start == 0 || floor == 0 || ceiling == 0):
+		return Dimension{}, cfgErr(f, `"limit": "adaptive" requires start, floor and ceiling`)
+	case adaptive && !(floor <= start && start <= ceiling):
+		return Dimension{}, cfgErr(f, "adaptive limits must satisfy floor %d <= start %d <= ceiling %d", floor, start, ceiling)
+	case adaptive:
+		d.Limit, d.Adaptive = ceiling, &Adaptive{Start: start, Floor: floor}
+	case start != 0 || floor != 0 || ceiling != 0:
+		return Dimension{}, cfgErr(f, `start, floor and ceiling are only for "limit": "adaptive"`)
 	}
 	switch {
 	case d.Period == 0 && d.Per == "":

@@ -43,5 +43,13 @@ func dayField(dim string, start time.Time) string {
 	return "d:" + dim + ":" + strconv.FormatInt(start.UnixMilli(), 10)
 }
 
+// genKey is the scope's generation: written when the scope's state is
+// created and kept far longer than meta, so a script that finds meta gone
+// can tell an idle scope (generation present) from lost state.
+func genKey(prefix string) string { return prefix + ":gen" }
+
+// estKey is the HASH of learned estimate corrections, one field per kind.
+func estKey(prefix string) string { return prefix + ":est" }
+
 // permitKey is the state of one permit.
 func permitKey(prefix, id string) string { return prefix + ":p:" + id }

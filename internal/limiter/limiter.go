@@ -52,6 +52,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"math"
 	"regexp"
 	"strconv"
@@ -112,6 +113,8 @@ type Limiter struct {
 	cfg   Config
 	plans sync.Map // Scope -> *plan
 	nonce string   // seeds the secret of a new epoch of a scope's state
+	log   *slog.Logger
+	est   estimates
 
 	// clock, when set (tests only), replaces Redis TIME in the scripts and
 	// time.Now in the client.
@@ -138,11 +141,13 @@ type plan struct {
 	prefix      string
 	fp          string
 	meta, log   string
+	gen, est    string
 	acquireTail string   // settings and dimensions, packed: ARGV[7] of acquireScript after the day boundaries
 	names       string   // the Limiter's nonce, then the names of the sliding and the daily dimensions, joined by "|"
 	caps        []int64  // capacity of each dimension of q.Dimensions
 	adjustArgs  []any    // ARGV[7..]
 	dayPrefixes []string // "d:<name>:" of each daily dimension
+	adapt       adaptPlan
 
 	day    atomic.Pointer[planDay] // ARGV parts that change once a day
 	secret atomic.Pointer[string]  // the scope's secret as last returned by Redis
@@ -193,6 +198,7 @@ func (l *Limiter) plan(s Scope) (*plan, error) {
 	var sliding, daily []Dimension
 	p := &plan{q: q, prefix: scopePrefix(s)}
 	p.meta, p.log = metaKey(p.prefix), logKey(p.prefix)
+	p.gen, p.est = genKey(p.prefix), estKey(p.prefix)
 	h := fnv.New64a()
 	var maxWin time.Duration
 	for _, d := range q.Dimensions {
@@ -213,13 +219,14 @@ func (l *Limiter) plan(s Scope) (*plan, error) {
 	var dims []int64
 	var slidingUnits, dailyUnits string
 	for _, d := range sliding {
-		dims = append(dims, unitFlag(d.Unit), q.Capacity(d), (d.Period + g).Milliseconds())
+		dims = append(dims, unitFlag(d.Unit), q.StartCapacity(d), (d.Period + g).Milliseconds())
 		slidingUnits += unitCode(d.Unit)
 	}
 	for _, d := range daily {
-		dims = append(dims, unitFlag(d.Unit), q.Capacity(d))
+		dims = append(dims, unitFlag(d.Unit), q.StartCapacity(d))
 		dailyUnits += unitCode(d.Unit)
 	}
+	p.adapt = newAdaptPlan(q, sliding, daily)
 	vfmt := "<" + strings.Repeat("d", 7+3*len(sliding))
 	p.acquireTail = settings + packDoubles(dims...)
 	var names []string
@@ -359,9 +366,13 @@ func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, e
 	now, nowArg := l.now()
 	pd := pl.today(days(now))
 	secret := *pl.secret.Load()
-	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, in.ID)}
-	args := make([]any, 0, 9+len(pd.fields))
-	args = append(args, nowArg, mode, in.ID, pl.fp, cost.Requests, cost.InputTokens, pd.packed, secret, pl.names)
+	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, in.ID), pl.gen}
+	floor := ""
+	if mode == "c" && in.Outcome == Reserved && !in.At.IsZero() {
+		floor = strconv.FormatInt(in.At.UnixMilli(), 10)
+	}
+	args := make([]any, 0, 10+len(pd.fields))
+	args = append(args, nowArg, mode, in.ID, pl.fp, cost.Requests, cost.InputTokens, pd.packed, secret, pl.names, floor)
 	args = append(args, pd.fields...)
 	res, err := acquireScript.Run(ctx, l.rdb, keys, args...).Slice()
 	if err != nil {
@@ -470,22 +481,40 @@ func (l *Limiter) adjust(ctx context.Context, mode string, p Permit, tokens int6
 	if p.Outcome != Granted && p.Outcome != Reserved {
 		return nil
 	}
-	if !idRE.MatchString(p.ID) {
-		return fmt.Errorf("invalid permit id %q", p.ID)
-	}
 	pl, err := l.plan(p.Scope)
 	if err != nil {
 		return err
 	}
-	_, nowArg := l.now()
-	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, p.ID)}
-	args := make([]any, 0, 6+len(pl.adjustArgs))
-	args = append(args, nowArg, mode, pl.fp, tokens, p.ID, p.Ref)
-	args = append(args, pl.adjustArgs...)
-	if err := adjustScript.Run(ctx, l.rdb, keys, args...).Err(); err != nil {
-		return fmt.Errorf("redis script: %w", err)
+	_, err = l.runAdjust(ctx, pl, mode, p, tokens, "", "")
+	return err
+}
+
+// runAdjust runs adjustScript; learn and success are Settle's extra
+// arguments ("" for none). It returns the learned state the script replied.
+func (l *Limiter) runAdjust(ctx context.Context, pl *plan, mode string, p Permit, tokens int64, learn, success string) (string, error) {
+	id := p.ID
+	if p.Outcome != Granted && p.Outcome != Reserved {
+		id = "none" // nothing to reconcile; the script still learns and counts the success
 	}
-	return nil
+	if !idRE.MatchString(id) {
+		return "", fmt.Errorf("invalid permit id %q", id)
+	}
+	_, nowArg := l.now()
+	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, id), pl.est}
+	args := make([]any, 0, 9+len(pl.adjustArgs))
+	args = append(args, nowArg, mode, pl.fp, tokens, id, p.Ref)
+	args = append(args, pl.adjustArgs[:5]...)
+	args = append(args, learn, success, (pl.q.Horizon + permitTTL).Milliseconds())
+	args = append(args, pl.adjustArgs[5:]...)
+	res, err := adjustScript.Run(ctx, l.rdb, keys, args...).Slice()
+	if err != nil {
+		return "", fmt.Errorf("redis script: %w", err)
+	}
+	if len(res) == 2 {
+		s, _ := res[1].(string)
+		return s, nil
+	}
+	return "", nil
 }
 
 // Cooldown pauses scope until the given time, e.g. when Gemini answered 429

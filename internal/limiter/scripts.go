@@ -85,6 +85,7 @@ end
 // KEYS[1] -> gemq:{<scope>}:meta
 // KEYS[2] -> gemq:{<scope>}:log
 // KEYS[3] -> gemq:{<scope>}:p:<id>
+// KEYS[4] -> gemq:{<scope>}:gen (the scope's generation: written at first use, outlives meta)
 // ARGV[1]  -> now in ms, or "" to use Redis TIME
 // ARGV[2]  -> mode: "a" acquire, "c" claim the permit KEYS[3] (re-acquire if it cannot be used)
 // ARGV[3]  -> permit id
@@ -102,7 +103,9 @@ end
 // ARGV[8]  -> the scope's secret as the client last saw it ("" if none)
 // ARGV[9]  -> read only by the general path: a random nonce (seeds the secret of a
 // new epoch), then the ns sliding and the nd daily dimension names, joined by "|"
-// ARGV[10..] -> the meta fields of the nd daily counters of the day between the
+// ARGV[10] -> for a claim of a Reserved permit, its slot in ms (a claim whose
+// state vanished is decided no earlier), else ""
+// ARGV[11..] -> the meta fields of the nd daily counters of the day between the
 // 2nd and 3rd boundaries
 // The struct format of meta v is '<' and 7 + 3 × ns 'd's.
 // Output: {code (1 granted, 2 reserved, 3 denied), at_ms, reason}, or for a Granted
@@ -131,11 +134,18 @@ local vfmt = '<' .. string.rep('d', nv)
 local meta, log, pkey = KEYS[1], KEYS[2], KEYS[3]
 local m
 if nd == 1 then
-  m = redis.call('HMGET', meta, 'v', 'k', 'cd', ARGV[10])
+  m = redis.call('HMGET', meta, 'v', 'k', 'cd', 'ad', ARGV[11])
 else
-  m = redis.call('HMGET', meta, 'v', 'k', 'cd', unpack(ARGV, 10, 9 + nd))
+  m = redis.call('HMGET', meta, 'v', 'k', 'cd', 'ad', unpack(ARGV, 11, 10 + nd))
 end
 local cd = tonumber(m[3]) or 0
+-- Adapted capacities (see adaptLua): the effective capacity of each
+-- dimension replaces the configured one.
+if m[4] and #m[4] == 8 * (1 + 2 * (ns + nd)) then
+  local A = {struct.unpack('<' .. string.rep('d', 1 + 2 * (ns + nd)), m[4])}
+  for i = 1, ns do D[3 * i - 1] = A[2 * i] end
+  for i = 1, nd do D[3 * ns + 2 * i] = A[2 * (ns + i)] end
+end
 
 -- Fast path: an Acquire granted now, in today's Pacific day, with no
 -- cooldown, whose every head is still inside its window (nothing to walk)
@@ -166,7 +176,7 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
       local c = creq
       if D[3 * ns + 2 * i - 1] == 1 then c = ctok end
       if c ~= 0 then
-        local cnt = m[3 + i]
+        local cnt = m[4 + i]
         if not cnt or t < b2 + early or t >= b3 - blackout or tonumber(cnt) + c > D[3 * ns + 2 * i] then
           ok = false
           break
@@ -220,7 +230,7 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
     elseif nd == 1 then
       -- The common shape; dayend is set when the day counter counts this cost.
       if dayend then
-        redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)), ARGV[10], tonumber(m[4]) + (D[3 * ns + 1] == 1 and ctok or creq))
+        redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)), ARGV[11], tonumber(m[5]) + (D[3 * ns + 1] == 1 and ctok or creq))
       else
         redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)))
       end
@@ -230,7 +240,7 @@ if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 
         local c = creq
         if D[3 * ns + 2 * i - 1] == 1 then c = ctok end
         if c ~= 0 then
-          hs[#hs + 1], hs[#hs + 2] = ARGV[9 + i], tonumber(m[3 + i]) + c
+          hs[#hs + 1], hs[#hs + 2] = ARGV[10 + i], tonumber(m[4 + i]) + c
         end
       end
       redis.call('HSET', meta, unpack(hs))
@@ -264,7 +274,8 @@ for i = 1, nd do
   dl[i] = {name = names[1 + ns + i], cap = dv[3 * ns + 2 * i], cost = tok and ctok or creq, tok = tok, counts = {}, exists = {}, dirty = {}}
 end
 
-local vals, secret, fresh = nil, m[2], false
+local vals, secret, fresh, lost = nil, m[2], false, false
+local gen_ttl = 35 * 86400000
 if m[1] and secret then
   local old = {struct.unpack('<ddddddd', m[1])}
   if old[2] == fpnum and #m[1] == 8 * nv then
@@ -290,9 +301,17 @@ else
   secret = redis.sha1hex(names[1] .. '|' .. id .. '|' .. string.format('%d', now))
   vals = {now, fpnum, 0, 0, 0, 0, 0}
   for i = 1, ns do vals[5 + 3 * i], vals[6 + 3 * i], vals[7 + 3 * i] = 0, 0, -1 end
+  -- The generation outlives meta, which expires when idle: meta gone with
+  -- the generation gone too, seen by a client that knew a secret (or by a
+  -- claim of a reservation), means Redis lost the scope's state (flush,
+  -- empty restart), not an idle scope.
+  if not redis.call('GET', KEYS[4]) then
+    if ARGV[8] ~= '' or mode == 'c' then lost = true end
+  end
+  redis.call('SET', KEYS[4], string.format('%d', vals[1]), 'PX', gen_ttl)
 end
 for i = 1, nd do
-  local c = m[3 + i]
+  local c = m[4 + i]
   dl[i].exists[2] = c ~= false
   dl[i].counts[2] = tonumber(c) or 0
 end
@@ -333,11 +352,12 @@ local function write_meta(t, dayend)
   end
   local hs = {'v', struct.pack(vfmt, unpack(vals, 1, nv))}
   if fresh then hs[3], hs[4] = 'k', secret end
+  if lost then hs[#hs + 1], hs[#hs + 2], hs[#hs + 3], hs[#hs + 4] = 'cd', cd, 'cr', 'state lost' end
   for i = 1, nd do
     local d = dl[i]
     for k = 1, 4 do
       if d.dirty[k] then
-        hs[#hs + 1], hs[#hs + 2] = k == 2 and ARGV[9 + i] or dayfield(d, k), d.counts[k]
+        hs[#hs + 1], hs[#hs + 2] = k == 2 and ARGV[10 + i] or dayfield(d, k), d.counts[k]
       end
     end
   end
@@ -346,9 +366,15 @@ local function write_meta(t, dayend)
   if logexp then redis.call('PEXPIRE', log, vals[6] - now) end
 end
 
-local dirty = false
+local dirty, floor = false, nil
 if mode == 'c' then
   local pv = redis.call('GET', pkey)
+  if not pv and ARGV[10] ~= '' then
+    -- The reservation's state vanished although it cannot have expired
+    -- yet: Redis lost state. Decide again, no earlier than the slot.
+    floor = tonumber(ARGV[10])
+    if floor + pbase > now then lost = true end
+  end
   if pv then
     local p = split(pv)
     if p[1] == 'r' and p[5] == fp then
@@ -459,10 +485,19 @@ local function dayfit(d, t)
   end
 end
 
+-- After a loss, every window is taken as full for one window from the new
+-- epoch's start (fail safe): a cooldown, shared like any other.
+local lostcr = nil
+if lost and vals[1] + maxwin > cd then
+  cd, lostcr, dirty = vals[1] + maxwin, 'state lost', true
+else
+  lost = false
+end
 for i = 1, ns do pos[i], rem[i] = vals[6 + 3 * i], 0 end
 local last = vals[3]
 local t, why = math.max(now, last), 'fifo'
-if cd > t then t, why = cd, 'cooldown: ' .. (redis.call('HGET', meta, 'cr') or '') end
+if floor and floor > t then t = floor end
+if cd > t then t, why = cd, 'cooldown: ' .. (lostcr or redis.call('HGET', meta, 'cr') or '') end
 local limit = now + horizon
 local changed = true
 while changed and t <= limit do
@@ -573,10 +608,17 @@ return {code, t, why}
 // ARGV[9] -> units of the sliding dimensions, one letter each ("r" requests, "t" tokens)
 // ARGV[10] -> units of the daily dimensions, likewise
 // ARGV[11] -> dimensions fingerprint as a number (as stored in meta v)
-// ARGV[12..] -> names of the daily dimensions
-// Output: 1 when the permit changed, 0 when there was nothing to do
-// (unknown, forged or expired permit, already released, same amount).
-var adjustScript = redis.NewScript(luaCommon + `
+// ARGV[12] -> for Settle: "<kind>|<raw estimate>" to learn from (ARGV[4] is the
+// actual count), else ""
+// ARGV[13] -> for Settle: the adapt spec, to count a success (AIMD), else ""
+// ARGV[14] -> TTL of a meta created by the success, ms
+// ARGV[15..] -> names of the daily dimensions
+// KEYS[4] -> gemq:{<scope>}:est (learned estimate corrections)
+// Output: {1 when the permit changed, 0 when there was nothing to do
+// (unknown, forged or expired permit, already released, same amount);
+// the learned state of the kind (packed n, mean, variance), or ""}.
+var adjustScript = redis.NewScript(luaCommon + luaAdapt + luaLearn + `
+local function adjust()
 local mode, fp, tokens, id, ref = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local pbase, vfmt, su, du = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
 local ns, nd = #su, #du
@@ -597,7 +639,7 @@ if release then newreq, newtok = 0, 0 end
 if newreq == tonumber(p[3]) and newtok == tonumber(p[4]) and not release then return 0 end
 
 local fields = {'v', 'k'}
-for i = 1, nd do fields[2 + i] = 'd:' .. ARGV[11 + i] .. ':' .. p[7] end
+for i = 1, nd do fields[2 + i] = 'd:' .. ARGV[14 + i] .. ':' .. p[7] end
 local m = redis.call('HMGET', meta, unpack(fields))
 local now
 if mac then
@@ -634,6 +676,16 @@ else
   redis.call('SET', pkey, table.concat(p, '|'), 'KEEPTTL')
 end
 return 1
+end
+
+local changed = adjust()
+local learned = ''
+if ARGV[12] ~= '' then
+  local kind, raw = string.match(ARGV[12], '^([a-z]+)|(%d+)$')
+  if kind then learned = learn(KEYS[4], kind, tonumber(raw), tonumber(ARGV[4])) or '' end
+end
+if ARGV[13] ~= '' then adapt(KEYS[1], now_ms(ARGV[1]), 's', ARGV[13], 0, 0, 0, tonumber(ARGV[14])) end
+return {changed, learned}
 `)
 
 // cooldownScript extends a scope's cooldown.

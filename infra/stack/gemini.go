@@ -28,8 +28,8 @@ type GeminiOptions struct {
 	TokenSkew float64
 	// Seed makes the random choices reproducible (0: the stand-in's default).
 	Seed uint64
-	// Tokenizer is how the stand-in counts tokens; "" is geminisim.IndependentTokens (its own rule,
-	// never gemq's estimator).
+	// Tokenizer is how the stand-in counts tokens ("": the stand-in's zero value, see
+	// geminisim.Options.Tokenizer); make bench sets geminisim.IndependentTokens.
 	Tokenizer geminisim.Tokenizer
 	// DSQ puts a hidden capacity (Vertex AI's Dynamic Shared Quota) in front of the limits.
 	DSQ *geminisim.DSQ
@@ -81,7 +81,7 @@ func startGemini(ctx context.Context, o Options, logw io.Writer) (*geminiSide, e
 
 	g.limits = geminisim.Limits{RPM: o.RPM, TPM: o.TPM, RPD: o.RPD}
 	g.minute = o.Minute
-	g.quotas = quotasJSON(o.Model, o.RPM, o.TPM, o.RPD, o.Minute, o.Safety)
+	g.quotas = quotasJSON(o.Model, o.RPM, o.TPM, o.RPD, o.Minute, o.Safety, o.Guard)
 	g.sim.Store(newSim(o.Model, g.limits, o.Minute, o.Gemini))
 	addr := o.GeminiAddr
 	if addr == "" {
@@ -108,9 +108,6 @@ func startGemini(ctx context.Context, o Options, logw io.Writer) (*geminiSide, e
 }
 
 func newSim(model string, lim geminisim.Limits, minute time.Duration, o GeminiOptions) *geminisim.Server {
-	if o.Tokenizer == "" {
-		o.Tokenizer = geminisim.IndependentTokens
-	}
 	return geminisim.New(geminisim.Options{
 		Tokenizer:    o.Tokenizer,
 		DSQ:          o.DSQ,
@@ -140,7 +137,7 @@ func realQuotas(getenv func(string) string, model string) (string, error) {
 		}
 		return string(b), nil
 	}
-	return quotasJSON(model, 10, 250_000, 250, time.Minute, 0.95), nil
+	return quotasJSON(model, 10, 250_000, 250, time.Minute, 0.95, 0), nil
 }
 
 func (g *geminiSide) stats() GeminiStats {

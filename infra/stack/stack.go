@@ -99,6 +99,9 @@ type Options struct {
 	RPM, TPM, RPD int64
 	// Safety is the limiter's safety factor (default 0.95).
 	Safety float64
+	// Guard is the limiter's guard time in real time (GEMQ_QUOTAS "guard");
+	// 0 leaves the limiter's default (1s, unscaled).
+	Guard time.Duration
 	// Gemini configures the stand-in's latency and faults.
 	Gemini GeminiOptions
 
@@ -471,7 +474,7 @@ func scale(d, minute time.Duration) time.Duration {
 }
 
 // quotasJSON is the GEMQ_QUOTAS document for model with limits per minute.
-func quotasJSON(model string, rpm, tpm, rpd int64, minute time.Duration, safety float64) string {
+func quotasJSON(model string, rpm, tpm, rpd int64, minute time.Duration, safety float64, guard time.Duration) string {
 	type dim struct {
 		Name   string `json:"name"`
 		Unit   string `json:"unit"`
@@ -489,6 +492,9 @@ func quotasJSON(model string, rpm, tpm, rpd int64, minute time.Duration, safety 
 				{Name: "rpd", Unit: "requests", Limit: rpd, Per: "pacific_day"},
 			},
 		}},
+	}
+	if guard > 0 {
+		doc["guard"] = guard.String()
 	}
 	b, _ := json.Marshal(doc)
 	return string(b)

@@ -167,6 +167,7 @@ func run() error {
 		emit(r.Section(command))
 	}
 
+	var simErr error // reported after the figures are written
 	if slices.Contains(want, "sim") {
 		fmt.Fprintf(os.Stderr, "gemqbench: sim: %d instances ...\n", *instances)
 		rds, err := stack.StartRedis(ctx, dir, nil)
@@ -181,6 +182,7 @@ func run() error {
 			return err
 		}
 		emit(r.Section(command))
+		simErr = r.Err()
 	}
 
 	if *md != "" && len(sections) > 0 {
@@ -189,7 +191,7 @@ func run() error {
 		}
 		fmt.Fprintf(os.Stderr, "gemqbench: wrote %s\n", *md)
 	}
-	return nil
+	return simErr
 }
 
 // runChild runs one scenario in a child process (its function logs go to a

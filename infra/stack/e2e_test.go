@@ -34,10 +34,10 @@ const (
 	// safety is the limiter's (the stack's default); the stand-in's log is
 	// checked against floor(safety × limit), not the limit it enforces itself.
 	safety = 0.95
-	// guard is the limiter's guard: 10% of the scaled minute (1s on a 2s
+	// guard is the limiter's guard: 20% of the scaled minute (1s on a 2s
 	// minute would hide late calls; 1/60 of it would not survive a loaded
 	// 2-core machine).
-	guard = 200 * time.Millisecond
+	guard = 400 * time.Millisecond
 )
 
 func TestEndToEnd(t *testing.T) {

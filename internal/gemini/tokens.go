@@ -1,7 +1,13 @@
 package gemini
 
 import (
+	"bytes"
 	"encoding/json"
+	"image"
+	_ "image/gif" // image.DecodeConfig of inline images
+	_ "image/jpeg"
+	_ "image/png"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -31,8 +37,8 @@ func TextTokens(s string) int64 {
 	return (ascii+3)/4 + other
 }
 
-// PartTokens counts one part: text (thoughts included) by TextTokens; inlineData and fileData as
-// MediaPartTokens; a functionCall or functionResponse as the text of its name plus its JSON arguments or
+// PartTokens counts one part: text (thoughts included) by TextTokens; an inline image by its size at
+// Gemini's documented rate, other inlineData and fileData as MediaPartTokens; a functionCall or functionResponse as the text of its name plus its JSON arguments or
 // response; executableCode and codeExecutionResult as their text. A nil part counts 0.
 func PartTokens(p *genai.Part) int64 {
 	if p == nil {
@@ -40,7 +46,7 @@ func PartTokens(p *genai.Part) int64 {
 	}
 	n := TextTokens(p.Text)
 	if p.InlineData != nil {
-		n += MediaPartTokens
+		n += inlineTokens(p.InlineData)
 	}
 	if p.FileData != nil {
 		n += MediaPartTokens
@@ -58,6 +64,21 @@ func PartTokens(p *genai.Part) int64 {
 		n += TextTokens(cr.Output)
 	}
 	return n
+}
+
+// inlineTokens counts an inline part: an image whose size can be read at Gemini's documented rate (258
+// tokens up to 384×384 pixels, else 258 per 768×768 tile, https://ai.google.dev/gemini-api/docs/tokens),
+// anything else as MediaPartTokens.
+func inlineTokens(b *genai.Blob) int64 {
+	if !strings.HasPrefix(b.MIMEType, "image/") {
+		return MediaPartTokens
+	}
+	c, _, err := image.DecodeConfig(bytes.NewReader(b.Data))
+	if err != nil || (c.Width <= 384 && c.Height <= 384) {
+		return MediaPartTokens
+	}
+	tiles := func(px int) int64 { return int64(px+767) / 768 }
+	return MediaPartTokens * tiles(c.Width) * tiles(c.Height)
 }
 
 func jsonTokens(v map[string]any) int64 {

@@ -43,7 +43,7 @@ func run() error {
 	for _, o := range sc.Scenarios() {
 		all = append(all, o.Name)
 	}
-	all = append(all, "overhead", "sim")
+	all = append(all, "overhead", "sim", "estimator")
 
 	only := flag.String("only", strings.Join(all, ","), "comma-separated benchmarks to run: "+strings.Join(all, ", "))
 	md := flag.String("md", "BENCHMARKS.md", "file to write the figures into (empty: do not write)")
@@ -163,6 +163,20 @@ func run() error {
 		}
 		if r.Error != "" {
 			return fmt.Errorf("overhead: %s", r.Error)
+		}
+		emit(r.Section(command))
+	}
+
+	if slices.Contains(want, "estimator") {
+		fmt.Fprintf(os.Stderr, "gemqbench: estimator ...\n")
+		rds, err := stack.StartRedis(ctx, dir, nil)
+		if err != nil {
+			return err
+		}
+		r, err := bench.RunEstimator(ctx, rds.Addr, 200, 20)
+		rds.Stop()
+		if err != nil {
+			return err
 		}
 		emit(r.Section(command))
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/gemq-dev/gemq/infra/geminisim"
+	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/store"
 	"github.com/gemq-dev/gemq/internal/task"
 )
@@ -140,6 +141,18 @@ func TestStateLossIsReported(t *testing.T) {
 	if err := f.rdb.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
+	// The limiter, which had seen the scope before the flush, fails safe:
+	// every window is taken as full for one window (internal/limiter).
+	want(t, f.serve(context.Background(), pushBodyWith(encode(t, envs[1]), "m-b0", 1), nil), http.StatusOK, OutDeferred)
+	if !strings.Contains(f.logs(), "cooldown: state lost") {
+		t.Fatal("no deferral for the limiter's lost state")
+	}
+	// A worker instance started after the loss cannot tell it from a first
+	// use; the job's own loss is what the rest checks, on such an instance.
+	if err := f.rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.m.deps.Permits = limiter.New(f.rdb, f.limCfg)
 	want(t, f.serve(context.Background(), pushBodyWith(encode(t, envs[1]), "m-b", 1), nil), http.StatusOK, OutSucceeded)
 	j, err := f.store.GetJob(context.Background(), "job-lost")
 	if err != nil {

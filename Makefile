@@ -51,9 +51,12 @@ bench-limiter:
 ## run: the example job (examples/prompts.jsonl) on a local stack: Redis, Pub/Sub (pstest) with a push loop,
 ## the Cloud Tasks emulator, the Gemini stand-in and both functions served by the functions framework; shows
 ## progress, writes results.jsonl and prints a summary. GEMINI_API_KEY=... uses the real Gemini API instead.
-## More flags: make run RUN_ARGS="--rpm 200 --minute 5s" (see go run ./cmd/gemq run --help).
+## More flags: make run RUN_ARGS="--rpm 200 --minute 5s" (see bin/gemq run --help).
+## It builds bin/gemq and runs that, not `go run`, which would turn gemq's exit code into 1: make
+## then reports it as "Error N" (and exits 2 itself).
 run:
-	$(GO) run ./cmd/gemq run $(RUN_ARGS)
+	$(GO) build -o bin/gemq ./cmd/gemq
+	./bin/gemq run $(RUN_ARGS)
 
 ## chaos: the fault-injection suite (infra/chaos): every scenario against the worker as a separate process,
 ## real redis-server, pstest, the Cloud Tasks emulator and the Gemini stand-in; prints the table RELIABILITY.md

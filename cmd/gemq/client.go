@@ -36,6 +36,11 @@ func newClient(ctx context.Context, rawURL string, getenv func(string) string) (
 	}
 	u.RawQuery, u.Fragment = "", ""
 	u.Path = strings.TrimSuffix(u.Path, "/")
+	if i := strings.Index(u.Path, "/v1/jobs"); i >= 0 {
+		base := *u
+		base.Path = u.Path[:i]
+		return nil, &exitError{code: exitUsage, msg: fmt.Sprintf("ingest URL %q ends in an API path: give the function's base URL, %s (gemq adds /v1/jobs itself)", rawURL, base.String())}
+	}
 	c := &client{base: u, http: &http.Client{}}
 	if isLoopback(u.Hostname()) {
 		return c, nil
@@ -53,7 +58,9 @@ func isLoopback(host string) bool {
 		return true
 	}
 	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	// 0.0.0.0 and :: are "every local address" (a server's listen
+	// address, pasted as a URL): connecting to them reaches this machine.
+	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
 }
 
 // tokenTransport adds "Authorization: Bearer <ID token>" to every request.
@@ -191,22 +198,25 @@ type submitAnswer struct {
 	Accepted int    `json:"accepted"`
 }
 
-// submit posts a Batch-API JSONL body as a job. It retries transport errors
-// and 5xx answers with the same job id, which ingest treats idempotently.
-func (c *client) submit(ctx context.Context, jsonl []byte, model, jobID string) (submitAnswer, error) {
+// submit posts a job file (JSONL or the JSON job format) as a job. model
+// and jobID go in the query string unless empty or equal to the JSON job's
+// own (ingest refuses a query that contradicts the body). It retries
+// transport errors and 5xx answers with the same job id, which ingest
+// treats idempotently.
+func (c *client) submit(ctx context.Context, f *jobFile, model, jobID string) (submitAnswer, error) {
 	q := url.Values{}
-	if model != "" {
+	if model != "" && model != f.model {
 		q.Set("model", model)
 	}
-	if jobID != "" {
+	if jobID != "" && jobID != f.jobID {
 		q.Set("job_id", jobID)
 	}
-	h := http.Header{"Content-Type": {"application/jsonl"}}
-	body := jsonl
-	if len(jsonl) > 1<<20 {
+	h := http.Header{"Content-Type": {f.contentType()}}
+	body := f.data
+	if len(f.data) > 1<<20 {
 		var buf bytes.Buffer
 		zw := gzip.NewWriter(&buf)
-		zw.Write(jsonl)
+		zw.Write(f.data)
 		zw.Close()
 		body = buf.Bytes()
 		h.Set("Content-Encoding", "gzip")
@@ -276,27 +286,44 @@ func (c *client) status(ctx context.Context, jobID string) (jobStatus, error) {
 	return st, err
 }
 
+// resultsInfo is what a results download found.
+type resultsInfo struct {
+	lines, failed int
+	// state is the job's X-Gemq-Job-State ("done", or "running": more
+	// results may come); complete is false when the server's trailer
+	// X-Gemq-Results-Complete said the stream ended early.
+	state    string
+	complete bool
+}
+
+// partial reports whether the results downloaded are not all the job's.
+func (r resultsInfo) partial() bool { return r.state != "done" || !r.complete }
+
 // results streams GET /v1/jobs/{id}/results into w and counts the lines and
 // those holding an "error".
-func (c *client) results(ctx context.Context, jobID string, w io.Writer) (lines, failed int, err error) {
+func (c *client) results(ctx context.Context, jobID string, w io.Writer) (resultsInfo, error) {
+	var info resultsInfo
 	resp, err := c.do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(jobID)+"/results", nil, nil, nil)
 	if err != nil {
-		return 0, 0, err
+		return info, err
 	}
 	defer resp.Body.Close()
+	info.state = resp.Header.Get("X-Gemq-Job-State")
 	dec := json.NewDecoder(resp.Body)
 	for {
 		var line map[string]json.RawMessage
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err == io.EOF {
-			return lines, failed, nil
+			// The trailer is readable once the body is.
+			info.complete = resp.Trailer.Get("X-Gemq-Results-Complete") != "false"
+			return info, nil
 		} else if err != nil {
-			return lines, failed, &unreachableError{url: c.base.String(), err: fmt.Errorf("reading results: %w", err)}
+			return info, &unreachableError{url: c.base.String(), err: fmt.Errorf("reading results: %w", err)}
 		}
-		lines++
+		info.lines++
 		if json.Unmarshal(raw, &line) == nil {
 			if _, ok := line["error"]; ok {
-				failed++
+				info.failed++
 			}
 		}
 		var buf bytes.Buffer
@@ -306,7 +333,7 @@ func (c *client) results(ctx context.Context, jobID string, w io.Writer) (lines,
 		}
 		buf.WriteByte('\n')
 		if _, err := w.Write(buf.Bytes()); err != nil {
-			return lines, failed, fmt.Errorf("write results: %w", err)
+			return info, fmt.Errorf("write results: %w", err)
 		}
 	}
 }

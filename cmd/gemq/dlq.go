@@ -36,7 +36,7 @@ func cmdDLQ(ctx context.Context, args []string, e env) error {
 	maxF := fs.Int("max", 0, "replay at most this many messages (0: all)")
 	dryF := fs.Bool("dry-run", false, "only count what would be replayed; leave every message in place")
 	idleF := fs.Duration("idle", 2*time.Second, "stop once no new message arrived for this long")
-	if _, err := parse(fs, args[1:], e, 0); err != nil {
+	if _, err := parse(fs, args[1:], e); err != nil {
 		return err
 	}
 	emulator := e.getenv("PUBSUB_EMULATOR_HOST")

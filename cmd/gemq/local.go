@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/gemq-dev/gemq/infra/geminisim"
@@ -42,26 +44,74 @@ func addStackFlags(fs *flag.FlagSet, minute time.Duration, rpm, tpm int64, inges
 	}
 }
 
-// start starts the stack with its log file in --dir (a new temporary
-// directory by default, kept). Everything logs there, not on the terminal:
-// the stack and redis-server, and the functions through GEMQ_LOG_FILE (in
-// the cloud they log to stdout).
-func (f *stackFlags) start(ctx context.Context, e env) (*stack.Stack, error) {
+// flagFor names the flag of a stack.Options listen address.
+var flagFor = map[string]string{
+	"IngestAddr": "--ingest-addr", "WorkerAddr": "--worker-addr", "PubSubAddr": "--pubsub-addr",
+	"TasksAddr": "--tasks-addr", "GeminiAddr": "--gemini-addr",
+}
+
+// check refuses flag values the stack would otherwise replace silently.
+func (f *stackFlags) check() error {
+	for _, v := range []struct {
+		name string
+		n    int64
+	}{{"rpm", *f.rpm}, {"tpm", *f.tpm}, {"rpd", *f.rpd}} {
+		if v.n <= 0 {
+			return &exitError{code: exitUsage, msg: fmt.Sprintf("--%s %d: want a positive number (the stand-in's limit)", v.name, v.n)}
+		}
+	}
+	if *f.minute <= 0 {
+		return &exitError{code: exitUsage, msg: fmt.Sprintf("--minute %v: want a positive duration, e.g. 10s (1m is real time)", *f.minute)}
+	}
+	return nil
+}
+
+// logDir is where a stack's log file lives: --dir, kept, or a temporary
+// directory removed when the command ends well (kept when it failed, so
+// that the log it points to is there).
+type logDir struct {
+	path string
+	temp bool
+}
+
+func (f *stackFlags) logDir() (*logDir, error) {
+	if *f.dir != "" {
+		if err := os.MkdirAll(*f.dir, 0o755); err != nil {
+			return nil, &exitError{code: exitStack, msg: fmt.Sprintf("--dir: %v", err)}
+		}
+		return &logDir{path: *f.dir}, nil
+	}
+	dir, err := os.MkdirTemp("", "gemq-")
+	if err != nil {
+		return nil, &exitError{code: exitStack, msg: fmt.Sprintf("temporary directory for the log: %v", err)}
+	}
+	return &logDir{path: dir, temp: true}, nil
+}
+
+// done removes a temporary directory when the command succeeded and
+// returns what became of the log, for the user.
+func (d *logDir) done(ok bool) string {
+	log := filepath.Join(d.path, "gemq.log")
+	if d.temp && ok {
+		os.RemoveAll(d.path)
+		return "removed (--dir DIR keeps it)"
+	}
+	return log
+}
+
+// start starts the stack with its log file in dir. Everything logs there,
+// not on the terminal: the stack and redis-server, and the functions
+// through GEMQ_LOG_FILE (in the cloud they log to stdout). A failure is an
+// exitError with exitStack naming the port or variable at fault and what
+// to do; whatever had started is stopped.
+func (f *stackFlags) start(ctx context.Context, e env, dir *logDir) (*stack.Stack, error) {
 	lat, err := geminisim.ParseLatency(*f.latency)
 	if err != nil {
-		return nil, &exitError{code: exitUsage, msg: err.Error()}
-	}
-	dir := *f.dir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "gemq-"); err != nil {
-			return nil, &exitError{code: exitStack, msg: err.Error()}
-		}
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, &exitError{code: exitStack, msg: err.Error()}
+		return nil, &exitError{code: exitUsage, msg: "--latency: " + err.Error()}
 	}
 	s, err := stack.Start(ctx, stack.Options{
 		Getenv:     e.getenv,
-		Dir:        dir,
+		Dir:        dir.path,
 		Model:      *f.model,
 		Minute:     *f.minute,
 		RPM:        *f.rpm,
@@ -71,14 +121,48 @@ func (f *stackFlags) start(ctx context.Context, e env) (*stack.Stack, error) {
 		IngestAddr: *f.ingestAddr, WorkerAddr: *f.workerAddr,
 		PubSubAddr: *f.pubsubAddr, TasksAddr: *f.tasksAddr, GeminiAddr: *f.geminiAddr,
 	})
-	if err != nil {
-		msg := fmt.Sprintf("the local stack could not start: %v\n  (log: %s)", err, filepath.Join(dir, "gemq.log"))
-		if errors.Is(err, stack.ErrNoRedis) {
-			msg = err.Error()
-		}
-		return nil, &exitError{code: exitStack, msg: msg}
+	if err == nil {
+		return s, nil
 	}
-	return s, nil
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	var le *stack.ListenError
+	var ee *stack.EnvError
+	var msg string
+	switch {
+	case errors.As(err, &le) && le.InUse():
+		flag := flagFor[le.Option]
+		msg = fmt.Sprintf("port %s (%s, %s %s) is already in use", le.Port(), le.Part, flag, le.Addr)
+		if le.Option == "PubSubAddr" {
+			msg += ": another `gemq dev`, or gcloud's Pub/Sub emulator (which uses 8085 by default)?"
+		} else {
+			msg += ": another `gemq dev`?"
+		}
+		msg += fmt.Sprintf("\n  Stop it, or pick another port: %s 127.0.0.1:0 takes a free one.", flag)
+	case errors.As(err, &le):
+		msg = fmt.Sprintf("%v\n  Check %s.", err, flagFor[le.Option])
+	case errors.As(err, &ee), errors.Is(err, stack.ErrNoRedis):
+		msg = err.Error()
+	default:
+		msg = fmt.Sprintf("the local stack could not start: %v\n  (log: %s)", err, filepath.Join(dir.path, "gemq.log"))
+	}
+	return nil, &exitError{code: exitStack, msg: msg}
+}
+
+// printParts says which parts run here and which come from the user's
+// environment, and what the environment changed.
+func printParts(w io.Writer, prefix string, s *stack.Stack) {
+	for _, p := range s.Parts {
+		where := "local    " + p.Where
+		if !p.Local {
+			where = "from " + p.Var + ": " + p.Where
+		}
+		fmt.Fprintf(w, "%s%-12s %s\n", prefix, p.Name, where)
+	}
+	for _, n := range s.Notes {
+		fmt.Fprintf(w, "%snote: %s\n", prefix, n)
+	}
 }
 
 func describeGemini(s *stack.Stack) string {
@@ -98,15 +182,27 @@ func describeGemini(s *stack.Stack) string {
 func cmdDev(ctx context.Context, args []string, e env) error {
 	fs := newFlagSet("dev", "dev [flags]\n\nStarts the whole stack on this machine and leaves it running until Ctrl-C: Redis, Pub/Sub\n(pstest) with a push loop, the Cloud Tasks emulator, the Gemini stand-in (or the real Gemini API when\nGEMINI_API_KEY is set), and the Ingest and Worker functions served by the functions framework.", e)
 	sf := addStackFlags(fs, time.Minute, 60, 100_000, "127.0.0.1:8080", "127.0.0.1:8085")
-	if _, err := parse(fs, args, e, 0); err != nil {
+	if _, err := parse(fs, args, e); err != nil {
 		return err
 	}
-	s, err := sf.start(ctx, e)
+	if err := sf.check(); err != nil {
+		return err
+	}
+	dir, err := sf.logDir()
 	if err != nil {
+		return err
+	}
+	s, err := sf.start(ctx, e, dir)
+	if err != nil {
+		dir.done(!keepLog(err))
 		return err
 	}
 	defer s.Close()
 	w := e.stdout
+	logs := s.LogPath
+	if dir.temp {
+		logs += " (removed when gemq dev stops; --dir DIR keeps it)"
+	}
 	fmt.Fprintf(w, "gemq dev: the local stack is running (Ctrl-C stops it)\n\n")
 	fmt.Fprintf(w, "  ingest       %s\n", s.IngestURL)
 	fmt.Fprintf(w, "  worker       %s (push loop from %s, Cloud Tasks target)\n", s.WorkerURL, stack.PushSubscription)
@@ -114,59 +210,113 @@ func cmdDev(ctx context.Context, args []string, e env) error {
 	fmt.Fprintf(w, "  cloud tasks  %s, queue %s\n", s.TasksEndpoint, s.QueuePath)
 	fmt.Fprintf(w, "  gemini       %s\n", describeGemini(s))
 	fmt.Fprintf(w, "  redis        %s\n", s.RedisAddr)
-	fmt.Fprintf(w, "  logs         %s\n\n", s.LogPath)
-	fmt.Fprintf(w, "In another shell:\n\n")
+	fmt.Fprintf(w, "  logs         %s\n\n", logs)
+	fmt.Fprintf(w, "Where each part comes from:\n\n")
+	printParts(w, "  ", s)
+	fmt.Fprintf(w, "\nIn another shell:\n\n")
 	fmt.Fprintf(w, "  export GEMQ_URL=%s\n", s.IngestURL)
 	fmt.Fprintf(w, "  gemq submit examples/prompts.jsonl --wait -o results.jsonl\n\n")
 	fmt.Fprintf(w, "  curl -s -X POST \"$GEMQ_URL/v1/jobs?job_id=demo\" -H 'Content-Type: application/jsonl' --data-binary @examples/prompts.jsonl\n")
 	fmt.Fprintf(w, "  curl -s \"$GEMQ_URL/v1/jobs/demo\"\n")
 	fmt.Fprintf(w, "  curl -s \"$GEMQ_URL/v1/jobs/demo/results\"\n\n")
 	fmt.Fprintf(w, "  # publish a task envelope straight to the topic with any Pub/Sub client library\n")
-	fmt.Fprintf(w, "  # (pstest speaks gRPC only, so gcloud's REST calls cannot reach it):\n")
-	fmt.Fprintf(w, "  export PUBSUB_EMULATOR_HOST=%s GOOGLE_CLOUD_PROJECT=%s\n", s.PubSubHost, s.Project)
+	fmt.Fprintf(w, "  # (pstest speaks gRPC only, so gcloud's REST calls cannot reach it). Set the variable\n")
+	fmt.Fprintf(w, "  # for that one command: left exported, a later gemq run or gemq dev in the shell\n")
+	fmt.Fprintf(w, "  # would use this stack's Pub/Sub (they refuse it while this one runs):\n")
+	fmt.Fprintf(w, "  PUBSUB_EMULATOR_HOST=%s GOOGLE_CLOUD_PROJECT=%s your-publisher\n", s.PubSubHost, s.Project)
 	fmt.Fprintf(w, "  # topic %s, data: {\"v\":1,\"job_id\":\"mine\",\"key\":\"k1\",\"model\":\"%s\",\"request\":{\"contents\":[{\"parts\":[{\"text\":\"Hello\"}]}]}}\n", stack.TasksTopic, s.Model)
 	if s.GeminiURL != "" {
 		fmt.Fprintf(w, "\n  curl -s %s/_stats   # what the Gemini stand-in received: windows, 429s, duplicates\n", s.GeminiURL)
 	}
+	if e.afterStart != nil {
+		e.afterStart()
+	}
 	<-ctx.Done()
 	fmt.Fprintf(w, "\ngemq dev: stopping\n")
-	if err := s.Close(); err != nil {
-		return &exitError{code: exitStack, msg: fmt.Sprintf("shutdown: %v", err)}
+	cerr := s.Close()
+	fmt.Fprintf(w, "gemq dev: stopped; log %s\n", dir.done(cerr == nil))
+	if cerr != nil {
+		return &exitError{code: exitStack, msg: fmt.Sprintf("shutdown: %v", cerr)}
+	}
+	// Ctrl-C is how gemq dev is meant to stop: exit 0. Another signal
+	// (hang-up, broken pipe, kill) is reported as such.
+	if e.signal != nil {
+		if sig := e.signal(); sig != nil && sig != os.Interrupt {
+			return ctx.Err()
+		}
 	}
 	return nil
 }
 
+// keepLog reports whether a start-up failure's message points to the log
+// file (an unexpected failure), so its directory must stay.
+func keepLog(err error) bool {
+	var ee *exitError
+	return errors.As(err, &ee) && strings.Contains(ee.msg, "(log: ")
+}
+
+// defaultJob is gemq run's job when --file is not given.
+const defaultJob = "examples/prompts.jsonl"
+
 // cmdRun runs the example job on a fresh local stack and prints a summary.
 func cmdRun(ctx context.Context, args []string, e env) error {
-	fs := newFlagSet("run", "run [flags]\n\nStarts the local stack on free ports, submits the example job (a Batch API JSONL file), shows\nprogress, writes the results and prints what gemq achieved against the quota. This is `make run`.", e)
+	fs := newFlagSet("run", "run [flags]\n\nStarts the local stack on free ports, submits the example job (a Batch API JSONL file), shows\nprogress, writes the results and prints what gemq achieved against the quota. This is `make run`.\nWith GEMINI_API_KEY (or GOOGLE_GENAI_USE_VERTEXAI=true) set it uses the real Gemini, and refuses a\njob larger than one quota minute unless --real-gemini is given.", e)
 	sf := addStackFlags(fs, 10*time.Second, 100, 40_000, "127.0.0.1:0", "127.0.0.1:0")
-	file := fs.String("file", "examples/prompts.jsonl", "the job: a Gemini Batch API JSONL file")
+	file := fs.String("file", defaultJob, "the job: a Gemini Batch API JSONL file, or the JSON job format")
 	out := fs.String("o", "results.jsonl", "results file (Batch API JSONL)")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up after this long")
-	if _, err := parse(fs, args, e, 0); err != nil {
+	realOK := fs.Bool("real-gemini", false, "with GEMINI_API_KEY set: spend real Gemini quota on a job larger than one quota minute")
+	if _, err := parse(fs, args, e); err != nil {
 		return err
+	}
+	if err := sf.check(); err != nil {
+		return err
+	}
+	if _, err := os.Stat(*file); errors.Is(err, os.ErrNotExist) && *file == defaultJob {
+		wd, _ := os.Getwd()
+		return &exitError{code: exitInput, msg: fmt.Sprintf("%s not found in %s: the example job is in the gemq repository;\n  run gemq run from the repository's root, or pass --file YOUR-JOB.jsonl", defaultJob, wd)}
 	}
 	f, err := readJobFile(*file)
 	if err != nil {
 		return err
 	}
-	s, err := sf.start(ctx, e)
+	if err := guardRealGemini(e, f, *sf.model, *realOK); err != nil {
+		return err
+	}
+	dir, err := sf.logDir()
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	s, err := sf.start(ctx, e, dir)
+	if err != nil {
+		dir.done(!keepLog(err))
+		return err
+	}
+	ok := false
+	defer func() {
+		s.Close()
+		dir.done(ok)
+	}()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	w := e.stderr
-	fmt.Fprintf(w, "gemq run: local stack up (ingest %s; logs %s)\n", s.IngestURL, s.LogPath)
+	fmt.Fprintf(w, "gemq run: local stack up (ingest %s; log %s)\n", s.IngestURL, s.LogPath)
+	printParts(w, "gemq run: ", s)
 	fmt.Fprintf(w, "gemq run: Gemini: %s\n", describeGemini(s))
+	if e.afterStart != nil {
+		e.afterStart()
+	}
 
 	c, err := newClient(ctx, s.IngestURL, e.getenv)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	ans, err := c.submit(ctx, f.data, *sf.model, newJobID(*file))
+	id := f.jobID
+	if id == "" {
+		id = newJobID(*file)
+	}
+	ans, err := c.submit(ctx, f, *sf.model, id)
 	if err != nil {
 		return err
 	}
@@ -183,16 +333,21 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	wall := time.Since(start)
-	if _, _, err := writeResults(ctx, c, ans.JobID, *out, e); err != nil {
+	if err := writeAll(ctx, c, ans.JobID, *out, e); err != nil {
 		return err
 	}
-	printSummary(e, s, st, wall, *out)
+	ok = st.Counts.Failed == 0
+	logs := s.LogPath
+	if dir.temp && ok {
+		logs = "removed at exit (--dir DIR keeps it)"
+	}
+	printSummary(e, s, st, wall, *out, logs)
 	return jobOutcome(st)
 }
 
 // printSummary prints what the run achieved against the limits, measured at
 // the Gemini stand-in (its request log is the ground truth).
-func printSummary(e env, s *stack.Stack, st jobStatus, wall time.Duration, out string) {
+func printSummary(e env, s *stack.Stack, st jobStatus, wall time.Duration, out, logs string) {
 	w := e.stdout
 	stats := s.Stats()
 	c := st.Counts
@@ -233,7 +388,7 @@ func printSummary(e env, s *stack.Stack, st jobStatus, wall time.Duration, out s
 	fmt.Fprintf(w, "  worker invocations    %d (%s per task: %d pushes, %d Cloud Tasks callbacks)\n",
 		stats.WorkerCalls, perTask(stats.WorkerCalls), stats.WorkerCalls-stats.WorkerTaskCalls, stats.WorkerTaskCalls)
 	fmt.Fprintf(w, "  results               %s\n", out)
-	fmt.Fprintf(w, "  logs                  %s\n", s.LogPath)
+	fmt.Fprintf(w, "  logs                  %s\n", logs)
 	if c.Failed > 0 {
 		fmt.Fprintf(w, "  %d task(s) failed: see the \"error\" lines in %s\n", c.Failed, out)
 	}

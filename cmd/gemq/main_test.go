@@ -31,6 +31,8 @@ type fakeIngest struct {
 	lastQuery string
 	lastCE    string
 	lastAuth  string
+	// resultsComplete is the X-Gemq-Results-Complete trailer ("true").
+	resultsComplete string
 }
 
 type fakeJob struct {
@@ -41,7 +43,7 @@ type fakeJob struct {
 }
 
 func newFakeIngest(t *testing.T) (*fakeIngest, string) {
-	f := &fakeIngest{jobs: map[string]*fakeJob{}}
+	f := &fakeIngest{jobs: map[string]*fakeJob{}, resultsComplete: "true"}
 	srv := httptest.NewServer(http.StripPrefix("/Ingest", f))
 	t.Cleanup(srv.Close)
 	return f, srv.URL + "/Ingest"
@@ -66,7 +68,8 @@ func (f *fakeIngest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "upstream unavailable", http.StatusServiceUnavailable)
 			return
 		}
-		if ct := r.Header.Get("Content-Type"); ct != "application/jsonl" {
+		ct := r.Header.Get("Content-Type")
+		if ct != "application/jsonl" && ct != "application/json" {
 			apiErr(w, 415, "INVALID_ARGUMENT", "wrong content type "+ct, "")
 			return
 		}
@@ -82,6 +85,30 @@ func (f *fakeIngest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		body, _ := io.ReadAll(rd)
 		job := &fakeJob{model: r.URL.Query().Get("model"), body: string(body)}
+		id := r.URL.Query().Get("job_id")
+		if ct == "application/json" {
+			// The JSON job format: turned into JSONL lines here.
+			var jb struct {
+				JobID    string            `json:"job_id"`
+				Model    string            `json:"model"`
+				Requests []json.RawMessage `json:"requests"`
+			}
+			if err := json.Unmarshal(body, &jb); err != nil {
+				apiErr(w, 400, "INVALID_ARGUMENT", "not a JSON job: "+err.Error(), "")
+				return
+			}
+			if id == "" {
+				id = jb.JobID
+			}
+			if job.model == "" {
+				job.model = jb.Model
+			}
+			var lines []byte
+			for _, r := range jb.Requests {
+				lines = append(append(lines, r...), '\n')
+			}
+			body = lines
+		}
 		sc := bufio.NewScanner(bytes.NewReader(body))
 		sc.Buffer(nil, 8<<20)
 		for sc.Scan() {
@@ -99,7 +126,6 @@ func (f *fakeIngest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			job.keys = append(job.keys, l.Key)
 		}
-		id := r.URL.Query().Get("job_id")
 		if old, ok := f.jobs[id]; ok && old.body != job.body {
 			apiErr(w, 409, "ALREADY_EXISTS", "job "+id+" exists with different content", "job_id")
 			return
@@ -115,7 +141,16 @@ func (f *fakeIngest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if len(parts) == 4 && parts[3] == "results" {
+			// As ingest: whether more results may come, and a trailer
+			// saying whether every finished task was sent.
 			w.Header().Set("Content-Type", "application/jsonl")
+			state := "running"
+			if job.done == len(job.keys) {
+				state = "done"
+			}
+			w.Header().Set("X-Gemq-Job-State", state)
+			w.Header().Set("Trailer", "X-Gemq-Results-Complete")
+			defer func() { w.Header().Set("X-Gemq-Results-Complete", f.resultsComplete) }()
 			for _, k := range job.keys[:job.done] {
 				if strings.Contains(k, "fail") {
 					fmt.Fprintf(w, `{"key":%q,"error":{"code":400,"message":"bad","status":"INVALID_ARGUMENT"}}`+"\n", k)
@@ -373,17 +408,32 @@ func TestUsage(t *testing.T) {
 		{[]string{"frobnicate"}, nil, exitUsage, "", `unknown command "frobnicate"`},
 		{[]string{"--help"}, nil, exitOK, "Exit codes:", ""},
 		{[]string{"help", "submit"}, nil, exitOK, "-job-id", ""},
-		{[]string{"submit", "--help"}, nil, exitOK, "Usage: gemq submit FILE.jsonl", ""},
+		{[]string{"submit", "--help"}, nil, exitOK, "Usage: gemq submit FILE [--url URL]", ""},
 		{[]string{"status", "-h"}, nil, exitOK, "-json", ""},
 		{[]string{"results", "--help"}, nil, exitOK, "-o string", ""},
 		{[]string{"submit", "a.jsonl"}, nil, exitUsage, "", "no ingest URL: pass --url or set GEMQ_URL"},
-		{[]string{"submit"}, nil, exitUsage, "", "want 1 argument(s), got 0"},
-		{[]string{"submit", "a", "b", "--url", "http://x"}, nil, exitUsage, "", "want 1 argument(s), got 2"},
+		{[]string{"submit"}, nil, exitUsage, "", "gemq submit: missing FILE\n  usage: gemq submit FILE"},
+		{[]string{"status"}, nil, exitUsage, "", "gemq status: missing JOB\n  usage: gemq status JOB (gemq status --help lists the flags)\n"},
+		{[]string{"results"}, nil, exitUsage, "", "gemq results: missing JOB"},
+		{[]string{"submit", "a", "b", "--url", "http://x"}, nil, exitUsage, "", "too many arguments: a b"},
+		{[]string{"run", "extra"}, nil, exitUsage, "", `unexpected argument "extra": gemq run takes flags only`},
+		// A flag's bad value says what the flag wants, without the whole usage.
+		{[]string{"run", "--minute", "10"}, nil, exitUsage, "", "gemq run: invalid value \"10\" for --minute: want a duration with a unit, such as 10s, 1m or 500ms\n  (gemq run --help lists the flags)\n"},
+		{[]string{"dev", "--rpm", "many"}, nil, exitUsage, "", `invalid value "many" for --rpm: want a whole number`},
+		// Values the stack would replace silently are refused.
+		{[]string{"run", "--rpm", "0"}, nil, exitUsage, "", "--rpm 0: want a positive number"},
+		{[]string{"dev", "--tpm", "-5"}, nil, exitUsage, "", "--tpm -5: want a positive number"},
+		{[]string{"run", "--minute", "0s"}, nil, exitUsage, "", "--minute 0s: want a positive duration"},
+		{[]string{"status", "j", "--url", "http://127.0.0.1:8080/v1/jobs"}, nil, exitUsage, "", `ends in an API path: give the function's base URL, http://127.0.0.1:8080 (gemq adds /v1/jobs itself)`},
+		{[]string{"status", "j", "--url", "https://x.run.app/Ingest/v1/jobs/j"}, nil, exitUsage, "", `give the function's base URL, https://x.run.app/Ingest `},
 		{[]string{"submit", "a", "--bogus"}, nil, exitUsage, "", "flag provided but not defined: -bogus"},
 		{[]string{"submit", "a", "-o", "r.jsonl"}, map[string]string{"GEMQ_URL": "http://localhost:1"}, exitUsage, "", "-o needs --wait"},
 		{[]string{"status", "j", "--url", "ftp://x"}, nil, exitUsage, "", "invalid ingest URL"},
 	} {
 		code, stdout, stderr := gemq(t, tc.envs, tc.args...)
+		if code != exitOK && strings.Contains(stderr, "Usage:") && len(tc.args) > 0 && tc.code == exitUsage && !strings.Contains(tc.inStderr, "unknown command") {
+			t.Errorf("gemq %q printed the whole usage for one mistake:\n%s", tc.args, stderr)
+		}
 		if code != tc.code || !strings.Contains(stdout, tc.inStdout) || !strings.Contains(stderr, tc.inStderr) {
 			t.Errorf("gemq %q: exit %d (want %d)\nstdout:\n%s\nstderr:\n%s", tc.args, code, tc.code, stdout, stderr)
 		}

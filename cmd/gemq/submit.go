@@ -18,10 +18,24 @@ import (
 	"unicode/utf8"
 )
 
-// jobFile is a Batch-API JSONL file checked locally before submitting.
+// jobFile is a job file checked locally before submitting: Batch-API
+// JSONL, or the JSON job format of POST /v1/jobs.
 type jobFile struct {
 	data  []byte
-	lines []int // lines[i] is the file line of request i
+	lines []int // lines[i] is the file line of request i (JSONL)
+	// isJSON: the file is one JSON job object {"requests": [...], ...};
+	// jobID and model are its "job_id" and "model", if any.
+	isJSON       bool
+	jobID, model string
+	requests     int
+}
+
+// contentType is the Content-Type ingest expects for the file's format.
+func (f *jobFile) contentType() string {
+	if f.isJSON {
+		return "application/json"
+	}
+	return "application/jsonl"
 }
 
 var requestIndex = regexp.MustCompile(`^requests\[(\d+)\]`)
@@ -30,7 +44,7 @@ var requestIndex = regexp.MustCompile(`^requests\[(\d+)\]`)
 // line it came from.
 func (f *jobFile) lineOf(field string) string {
 	m := requestIndex.FindStringSubmatch(field)
-	if m == nil {
+	if m == nil || f.isJSON {
 		return ""
 	}
 	i, _ := strconv.Atoi(m[1])
@@ -40,9 +54,10 @@ func (f *jobFile) lineOf(field string) string {
 	return fmt.Sprintf("line %d", f.lines[i])
 }
 
-// readJobFile reads and checks a Batch-API JSONL file: one JSON object per
-// non-blank line with a non-empty string "key" (unique) and an object
-// "request". Ingest checks the rest (and names the field).
+// readJobFile reads and checks a job file: a Batch-API JSONL file, one
+// JSON object per non-blank line with a non-empty string "key" (unique) and
+// an object "request"; or a JSON job, one object whose "requests" array
+// holds such objects. Ingest checks the rest (and names the field).
 func readJobFile(path string) (*jobFile, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -50,6 +65,9 @@ func readJobFile(path string) (*jobFile, error) {
 	}
 	if !utf8.Valid(data) {
 		return nil, &exitError{code: exitInput, msg: fmt.Sprintf("%s is not UTF-8 text", path)}
+	}
+	if f, ok, err := readJSONJob(path, data); ok || err != nil {
+		return f, err
 	}
 	f := &jobFile{data: data}
 	seen := map[string]int{}
@@ -61,7 +79,7 @@ func readJobFile(path string) (*jobFile, error) {
 		if len(line) == 0 {
 			continue
 		}
-		if p := checkLine(line, seen, n); p != "" {
+		if p := checkLine(line, seen, n, "on line %d"); p != "" {
 			problems = append(problems, fmt.Sprintf("%s:%d: %s", path, n, p))
 		}
 		f.lines = append(f.lines, n)
@@ -82,10 +100,66 @@ func readJobFile(path string) (*jobFile, error) {
 	if len(f.lines) == 0 {
 		return nil, &exitError{code: exitInput, msg: fmt.Sprintf("%s holds no requests", path)}
 	}
+	f.requests = len(f.lines)
 	return f, nil
 }
 
-func checkLine(line []byte, seen map[string]int, n int) string {
+// readJSONJob recognises the JSON job format: the whole file is one JSON
+// object with a "requests" member. ok is false for anything else (JSONL is
+// tried next); err reports a JSON job whose requests are malformed.
+func readJSONJob(path string, data []byte) (f *jobFile, ok bool, err error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var top map[string]json.RawMessage
+	if dec.Decode(&top) != nil || dec.More() {
+		return nil, false, nil
+	}
+	raw, has := top["requests"]
+	if !has {
+		return nil, false, nil
+	}
+	bad := func(format string, args ...any) (*jobFile, bool, error) {
+		return nil, true, &exitError{code: exitInput, msg: fmt.Sprintf("%s: %s (the JSON job format: {\"requests\": [{\"key\": ..., \"request\": {...}}, ...]})", path, fmt.Sprintf(format, args...))}
+	}
+	var reqs []json.RawMessage
+	if err := json.Unmarshal(raw, &reqs); err != nil {
+		return bad(`"requests" must be an array of objects`)
+	}
+	if len(reqs) == 0 {
+		return bad(`"requests" is empty`)
+	}
+	f = &jobFile{data: data, isJSON: true, requests: len(reqs)}
+	for _, name := range []string{"job_id", "model"} {
+		if v, has := top[name]; has {
+			var str string
+			if json.Unmarshal(v, &str) != nil {
+				return bad("%q must be a string", name)
+			}
+			if name == "job_id" {
+				f.jobID = str
+			} else {
+				f.model = str
+			}
+		}
+	}
+	seen := map[string]int{}
+	var problems []string
+	for i, r := range reqs {
+		if p := checkLine(r, seen, i, "at requests[%d]"); p != "" {
+			problems = append(problems, fmt.Sprintf("requests[%d]: %s", i, p))
+		}
+	}
+	if len(problems) > 0 {
+		if len(problems) > 5 {
+			problems = append(problems[:5], fmt.Sprintf("… and %d more", len(problems)-5))
+		}
+		return nil, true, &exitError{code: exitInput, msg: fmt.Sprintf("%s is a JSON job with bad requests:\n  %s", path, strings.Join(problems, "\n  "))}
+	}
+	return f, true, nil
+}
+
+// checkLine checks one request object; n is its place, printed with
+// where ("on line %d" or "at requests[%d]") in a message about a duplicate key.
+func checkLine(line []byte, seen map[string]int, n int, where string) string {
 	var l struct {
 		Key     *string         `json:"key"`
 		Request json.RawMessage `json:"request"`
@@ -106,7 +180,7 @@ func checkLine(line []byte, seen map[string]int, n int) string {
 		return `"request" must be a JSON object (a GenerateContentRequest)`
 	}
 	if prev, ok := seen[*l.Key]; ok {
-		return fmt.Sprintf("duplicate key %q (first on line %d)", *l.Key, prev)
+		return fmt.Sprintf("duplicate key %q (first "+where+")", *l.Key, prev)
 	}
 	seen[*l.Key] = n
 	return ""
@@ -126,14 +200,14 @@ func newJobID(path string) string {
 }
 
 func cmdSubmit(ctx context.Context, args []string, e env) error {
-	fs := newFlagSet("submit", "submit FILE.jsonl [--url URL] [--model M] [--job-id ID] [--wait] [-o results.jsonl]", e)
+	fs := newFlagSet("submit", "submit FILE [--url URL] [--model M] [--job-id ID] [--wait] [-o results.jsonl]\n\nFILE is a Gemini Batch API JSONL file, or a job in the JSON format of POST /v1/jobs\n({\"job_id\": ..., \"model\": ..., \"requests\": [{\"key\": ..., \"request\": {...}}]}).", e)
 	urlF := urlFlag(fs, e)
 	model := fs.String("model", e.getenv("GEMQ_MODEL"), "Gemini model for every request (default $GEMQ_MODEL; empty: ingest's default)")
 	jobID := fs.String("job-id", "", "job id, [A-Za-z0-9_-]{1,64} (default: FILE-TIMESTAMP-RANDOM); resubmitting the same id and content is a no-op")
 	wait := fs.Bool("wait", false, "wait until every task has finished, showing progress")
 	out := fs.String("o", "", "with --wait: write the results (Batch API JSONL) to this file")
 	interval := fs.Duration("interval", time.Second, "with --wait: how often to poll the job's status")
-	pos, err := parse(fs, args, e, 1)
+	pos, err := parse(fs, args, e, "FILE")
 	if err != nil {
 		return err
 	}
@@ -151,10 +225,21 @@ func cmdSubmit(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	if *jobID == "" {
+	// A named job may exist already: ingest answers a resubmission of the
+	// same content as it answered the first one, so ask first, to say
+	// that nothing was sent again.
+	existed := false
+	if *jobID != "" || f.jobID != "" {
+		id := *jobID
+		if id == "" {
+			id = f.jobID
+		}
+		_, serr := c.status(ctx, id)
+		existed = serr == nil
+	} else {
 		*jobID = newJobID(pos[0])
 	}
-	ans, err := c.submit(ctx, f.data, *model, *jobID)
+	ans, err := c.submit(ctx, f, *model, *jobID)
 	if err != nil {
 		if ae, ok := err.(*apiError); ok {
 			if l := f.lineOf(ae.Field); l != "" {
@@ -164,7 +249,11 @@ func cmdSubmit(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	fmt.Fprintln(e.stdout, ans.JobID)
-	fmt.Fprintf(e.stderr, "gemq: job %s accepted %d request(s)\n", ans.JobID, ans.Accepted)
+	if existed {
+		fmt.Fprintf(e.stderr, "gemq: job %s already existed with this content: nothing was sent again (%d request(s); `gemq status %s` shows where it is)\n", ans.JobID, ans.Accepted, ans.JobID)
+	} else {
+		fmt.Fprintf(e.stderr, "gemq: job %s accepted %d request(s)\n", ans.JobID, ans.Accepted)
+	}
 	if !*wait {
 		return nil
 	}
@@ -173,11 +262,21 @@ func cmdSubmit(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	if *out != "" {
-		if _, _, err := writeResults(ctx, c, ans.JobID, *out, e); err != nil {
+		if err := writeAll(ctx, c, ans.JobID, *out, e); err != nil {
 			return err
 		}
 	}
 	return jobOutcome(st)
+}
+
+// writeAll writes the results of a job that is done, failing with
+// exitIncomplete when the server says they are not all there.
+func writeAll(ctx context.Context, c *client, jobID, path string, e env) error {
+	info, err := writeResults(ctx, c, jobID, path, e)
+	if err == nil && info.partial() {
+		return &exitError{code: exitIncomplete, msg: fmt.Sprintf("the results of job %s are incomplete (state %q): %d written; fetch them again with gemq results %s", jobID, info.state, info.lines, jobID)}
+	}
+	return err
 }
 
 // jobOutcome is nil for a job without failed tasks, else exit code 1.
@@ -226,7 +325,7 @@ func cmdStatus(ctx context.Context, args []string, e env) error {
 	fs := newFlagSet("status", "status JOB [--url URL] [--json]", e)
 	urlF := urlFlag(fs, e)
 	asJSON := fs.Bool("json", false, "print the raw JSON status")
-	pos, err := parse(fs, args, e, 1)
+	pos, err := parse(fs, args, e, "JOB")
 	if err != nil {
 		return err
 	}
@@ -269,10 +368,11 @@ func printStatus(w io.Writer, st jobStatus) {
 }
 
 func cmdResults(ctx context.Context, args []string, e env) error {
-	fs := newFlagSet("results", "results JOB [--url URL] [-o FILE]", e)
+	fs := newFlagSet("results", "results JOB [--url URL] [-o FILE] [--partial]\n\nWrites the job's results so far. While the job is still running that is only part of them:\ngemq says so on stderr and exits 7, unless --partial.", e)
 	urlF := urlFlag(fs, e)
 	out := fs.String("o", "", "write the results to FILE instead of stdout")
-	pos, err := parse(fs, args, e, 1)
+	partial := fs.Bool("partial", false, "accept the results of a job still running (exit 0 or 1, not 7)")
+	pos, err := parse(fs, args, e, "JOB")
 	if err != nil {
 		return err
 	}
@@ -283,45 +383,64 @@ func cmdResults(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	_, failed, err := writeResults(ctx, c, pos[0], *out, e)
+	info, err := writeResults(ctx, c, pos[0], *out, e)
 	if err != nil {
 		return err
 	}
-	if failed > 0 {
+	if info.partial() {
+		why := fmt.Sprintf("job %s is still running", pos[0])
+		if info.state == "done" {
+			why = fmt.Sprintf("the results of job %s ended early (the server said they are incomplete)", pos[0])
+		}
+		if !*partial {
+			return &exitError{code: exitIncomplete, msg: fmt.Sprintf("%s: these %d result(s) are not all of them.\n  Wait (gemq status %s), or pass --partial to accept part of them.", why, info.lines, pos[0])}
+		}
+		fmt.Fprintf(e.stderr, "gemq: %s: %d result(s) so far (--partial)\n", why, info.lines)
+	}
+	if info.failed > 0 {
 		return &exitError{code: exitJobFailures}
 	}
 	return nil
 }
 
 // writeResults streams a job's results to path ("" or "-": stdout), writing
-// a file atomically, and reports the counts on stderr.
-func writeResults(ctx context.Context, c *client, jobID, path string, e env) (lines, failed int, err error) {
+// a file atomically (mode 0644, or the mode of the file it replaces), and
+// reports the counts on stderr.
+func writeResults(ctx context.Context, c *client, jobID, path string, e env) (resultsInfo, error) {
 	if path == "" || path == "-" {
-		lines, failed, err = c.results(ctx, jobID, e.stdout)
+		info, err := c.results(ctx, jobID, e.stdout)
 		if err == nil {
-			fmt.Fprintf(e.stderr, "gemq: %d result(s), %d with an error\n", lines, failed)
+			fmt.Fprintf(e.stderr, "gemq: %d result(s), %d with an error\n", info.lines, info.failed)
 		}
-		return lines, failed, err
+		return info, err
+	}
+	mode := os.FileMode(0o644)
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
+		mode = fi.Mode().Perm()
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
-		return 0, 0, &exitError{code: exitInput, msg: fmt.Sprintf("create results file: %v", err)}
+		return resultsInfo{}, &exitError{code: exitInput, msg: fmt.Sprintf("create results file: %v", err)}
 	}
 	defer os.Remove(tmp.Name())
 	bw := bufio.NewWriterSize(tmp, 1<<16)
-	lines, failed, err = c.results(ctx, jobID, bw)
+	info, err := c.results(ctx, jobID, bw)
 	if err == nil {
 		err = bw.Flush()
+	}
+	if err == nil {
+		// CreateTemp makes the file 0600; a results file is for reading.
+		err = tmp.Chmod(mode)
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return lines, failed, err
+		return info, err
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
-		return lines, failed, &exitError{code: exitInput, msg: fmt.Sprintf("write results file: %v", err)}
+		return info, &exitError{code: exitInput, msg: fmt.Sprintf("write results file: %v", err)}
 	}
-	fmt.Fprintf(e.stderr, "gemq: wrote %d result(s) to %s (%d with an error)\n", lines, path, failed)
-	return lines, failed, nil
+	fmt.Fprintf(e.stderr, "gemq: wrote %d result(s) to %s (%d with an error)\n", info.lines, path, info.failed)
+	return info, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -160,13 +161,13 @@ func (f *front) countTask(r *http.Request) {
 	f.invoked[id]++
 }
 
-func startFront(listenAddr, backend string, perTask bool) (*front, error) {
+func startFront(listenAddr, backend string, perTask bool, log *slog.Logger) (*front, error) {
 	if listenAddr == "" {
 		listenAddr = "127.0.0.1:0"
 	}
 	lis, err := net.Listen("tcp", listenAddr)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", listenAddr, err)
+		return nil, err
 	}
 	target := &url.URL{Scheme: "http", Host: backend}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -196,6 +197,9 @@ func startFront(listenAddr, backend string, perTask bool) (*front, error) {
 			f.handledIn(time.Since(start))
 		}),
 		ReadHeaderTimeout: 30 * time.Second,
+		// A handler's panic is recovered by net/http and logged here: in
+		// the stack's log, not on the terminal.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 	}
 	f.url = "http://" + lis.Addr().String()
 	go func() {

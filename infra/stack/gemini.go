@@ -8,11 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/gemq-dev/gemq/infra/geminisim"
+	"github.com/gemq-dev/gemq/internal/config"
+	"github.com/gemq-dev/gemq/internal/limiter"
 )
 
 // GeminiOptions configures the Gemini stand-in's behaviour (not its limits,
@@ -44,36 +47,108 @@ type GeminiStats = geminisim.Stats
 type geminiSide struct {
 	url    string            // stand-in base URL; "" for the real service
 	env    map[string]string // the functions' Gemini variables
-	quotas string            // GEMQ_QUOTAS
-	real   string            // "", "Gemini API" or "Vertex AI"
-	sim    atomic.Pointer[geminisim.Server]
-	hs     *http.Server
-	limits geminisim.Limits
-	minute time.Duration
-	model  string
+	quotas string            // the quota document the limiter enforces
+	// quotasInline and quotasFile are the functions' GEMQ_QUOTAS and
+	// GEMQ_QUOTAS_FILE: the user's file is passed on as a file, so that
+	// the functions name the variable the user set.
+	quotasInline, quotasFile string
+	real                     string // "", "Gemini API" or "Vertex AI"
+	sim                      atomic.Pointer[geminisim.Server]
+	hs                       *http.Server
+	limits                   geminisim.Limits
+	minute                   time.Duration
+	model                    string
 }
 
-// startGemini starts the stand-in, or configures the real Gemini when the
-// user's environment has GEMINI_API_KEY or GOOGLE_GENAI_USE_VERTEXAI=true.
-func startGemini(ctx context.Context, o Options, logw io.Writer) (*geminiSide, error) {
+// geminiPlan is the Gemini side the user's environment asks for, checked
+// before anything starts.
+type geminiPlan struct {
+	real                     string // "", "Gemini API" or "Vertex AI"
+	realVar                  string // the variable choosing it
+	quotas                   string // the quota document
+	quotasInline, quotasFile string // the functions' GEMQ_QUOTAS, GEMQ_QUOTAS_FILE
+	notes                    []string
+}
+
+// planGemini decides between the stand-in and the real Gemini (the user's
+// GEMINI_API_KEY or GOOGLE_GENAI_USE_VERTEXAI=true) and checks the quota
+// variables as the functions will (config.LoadQuotas: exactly one of
+// GEMQ_QUOTAS and GEMQ_QUOTAS_FILE, or neither here, meaning a default).
+// With the stand-in the stack's own limits apply; a quota variable the user
+// set is still checked (a typo should not wait for the day it matters) and
+// a note says it is not used.
+func planGemini(o Options) (*geminiPlan, error) {
 	getenv := o.Getenv
-	g := &geminiSide{env: map[string]string{}, model: o.Model}
-	vertex := strings.EqualFold(getenv("GOOGLE_GENAI_USE_VERTEXAI"), "true")
-	if key := getenv("GEMINI_API_KEY"); key != "" || vertex {
-		quotas, err := realQuotas(getenv, o.Model)
-		if err != nil {
-			return nil, err
+	p := &geminiPlan{}
+	switch {
+	case strings.EqualFold(getenv("GOOGLE_GENAI_USE_VERTEXAI"), "true"):
+		p.real, p.realVar = "Vertex AI", "GOOGLE_GENAI_USE_VERTEXAI"
+	case getenv("GEMINI_API_KEY") != "":
+		p.real, p.realVar = "Gemini API", "GEMINI_API_KEY"
+	}
+	inline, file := strings.TrimSpace(getenv("GEMQ_QUOTAS")), strings.TrimSpace(getenv("GEMQ_QUOTAS_FILE"))
+	if inline == "" && file == "" {
+		if p.real != "" {
+			p.quotas = quotasJSON(o.Model, 10, 250_000, 250, time.Minute, 0.95, 0)
+			p.quotasInline = p.quotas
 		}
-		g.quotas = quotas
+		return p, nil
+	}
+	v := "GEMQ_QUOTAS"
+	if inline == "" {
+		v = "GEMQ_QUOTAS_FILE"
+	}
+	q, err := config.LoadQuotas(getenv)
+	if err != nil {
+		var ce *config.Error
+		if errors.As(err, &ce) && len(ce.Problems) == 1 {
+			v = ce.Problems[0].Var
+		}
+		return nil, &EnvError{Var: v, Problem: strings.TrimPrefix(err.Error(), "config: "+v+": "),
+			Fix: "fix it (README: Quota configuration), or unset it"}
+	}
+	if p.real == "" {
+		p.notes = append(p.notes, fmt.Sprintf("%s is set but not used: the Gemini stand-in enforces the stack's own limits (--rpm, --tpm, --rpd)", v))
+		return p, nil
+	}
+	if _, ok := q.Quota(limiter.Scope{Project: o.Project, Model: o.Model}); !ok {
+		return nil, &EnvError{Var: v, Problem: fmt.Sprintf("no quota for model %s in project %s (it covers %s)", o.Model, o.Project, strings.Join(q.Models(), ", ")),
+			Fix: fmt.Sprintf(`add a scope {"project": "*", "model": %q, ...}, or choose a model it covers (--model)`, o.Model)}
+	}
+	if inline != "" {
+		p.quotas, p.quotasInline = inline, inline
+	} else {
+		b, _ := os.ReadFile(file) // LoadQuotas read it a moment ago
+		p.quotas, p.quotasFile = string(b), file
+		if abs, err := filepath.Abs(file); err == nil {
+			p.quotasFile = abs
+		}
+	}
+	return p, nil
+}
+
+// part describes the Gemini side for Stack.Parts.
+func (p *geminiPlan) part(url string) Part {
+	if p.real == "" {
+		return Part{Name: "Gemini", Local: true, Where: url + " (gemq's stand-in, in this process)"}
+	}
+	return Part{Name: "Gemini", Where: "the real " + p.real, Var: p.realVar}
+}
+
+// startGemini starts the stand-in, or configures the real Gemini as plan
+// says.
+func startGemini(ctx context.Context, o Options, plan *geminiPlan, logw io.Writer) (*geminiSide, error) {
+	getenv := o.Getenv
+	g := &geminiSide{env: map[string]string{}, model: o.Model, real: plan.real,
+		quotas: plan.quotas, quotasInline: plan.quotasInline, quotasFile: plan.quotasFile}
+	if plan.real != "" {
 		g.env["GOOGLE_GEMINI_BASE_URL"] = getenv("GOOGLE_GEMINI_BASE_URL")
-		if vertex {
-			g.real = "Vertex AI"
+		if plan.real == "Vertex AI" {
 			g.env["GOOGLE_GENAI_USE_VERTEXAI"] = "true"
 			g.env["GOOGLE_CLOUD_LOCATION"] = getenv("GOOGLE_CLOUD_LOCATION")
 			g.env["GEMINI_API_KEY"] = ""
 		} else {
-			g.real = "Gemini API"
-			g.env["GEMINI_API_KEY"] = key
+			g.env["GEMINI_API_KEY"] = getenv("GEMINI_API_KEY")
 			g.env["GOOGLE_GENAI_USE_VERTEXAI"] = ""
 		}
 		return g, nil
@@ -82,6 +157,7 @@ func startGemini(ctx context.Context, o Options, logw io.Writer) (*geminiSide, e
 	g.limits = geminisim.Limits{RPM: o.RPM, TPM: o.TPM, RPD: o.RPD}
 	g.minute = o.Minute
 	g.quotas = quotasJSON(o.Model, o.RPM, o.TPM, o.RPD, o.Minute, o.Safety, o.Guard)
+	g.quotasInline, g.quotasFile = g.quotas, ""
 	g.sim.Store(newSim(o.Model, g.limits, o.Minute, o.Gemini))
 	addr := o.GeminiAddr
 	if addr == "" {
@@ -89,7 +165,7 @@ func startGemini(ctx context.Context, o Options, logw io.Writer) (*geminiSide, e
 	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("gemini stand-in listen %s: %w", addr, err)
+		return nil, &ListenError{Part: "Gemini stand-in", Option: "GeminiAddr", Addr: addr, Err: err}
 	}
 	g.hs = &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { g.sim.Load().ServeHTTP(w, r) }),
@@ -120,24 +196,6 @@ func newSim(model string, lim geminisim.Limits, minute time.Duration, o GeminiOp
 		TokenSkew:    o.TokenSkew,
 		Seed:         o.Seed,
 	})
-}
-
-// realQuotas returns the user's quota configuration for the real Gemini
-// (GEMQ_QUOTAS or GEMQ_QUOTAS_FILE), else a conservative default for model:
-// the free tier's 10 requests and 250,000 input tokens per minute, 250
-// requests per day (check your project's quota page and set GEMQ_QUOTAS).
-func realQuotas(getenv func(string) string, model string) (string, error) {
-	if q := getenv("GEMQ_QUOTAS"); q != "" {
-		return q, nil
-	}
-	if f := getenv("GEMQ_QUOTAS_FILE"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return "", fmt.Errorf("read GEMQ_QUOTAS_FILE: %w", err)
-		}
-		return string(b), nil
-	}
-	return quotasJSON(model, 10, 250_000, 250, time.Minute, 0.95, 0), nil
 }
 
 func (g *geminiSide) stats() GeminiStats {

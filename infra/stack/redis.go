@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -23,7 +24,7 @@ var ErrNoRedis = errors.New("no Redis: set REDIS_ADDR=host:port, or install redi
 type redisServer struct {
 	addr string
 	cmd  *exec.Cmd
-	done chan struct{}
+	done <-chan struct{}
 }
 
 // startRedis starts redis-server from PATH on addr ("" → a free loopback
@@ -50,11 +51,12 @@ func startRedis(ctx context.Context, addr, dir string, logw io.Writer) (*redisSe
 		cmd := exec.Command(bin, "--bind", host, "--port", port, "--save", "", "--appendonly", "no",
 			"--dir", dir, "--maxmemory-policy", "noeviction", "--loglevel", "warning")
 		cmd.Stdout, cmd.Stderr = logw, logw
-		if err := cmd.Start(); err != nil {
+		cmd.SysProcAttr = childAttr()
+		done, err := startChild(cmd)
+		if err != nil {
 			return nil, fmt.Errorf("start redis-server: %w", err)
 		}
-		r := &redisServer{addr: a, cmd: cmd, done: make(chan struct{})}
-		go func() { cmd.Wait(); close(r.done) }()
+		r := &redisServer{addr: a, cmd: cmd, done: done}
 		if lastErr = r.waitReady(ctx); lastErr == nil {
 			return r, nil
 		}
@@ -64,6 +66,29 @@ func startRedis(ctx context.Context, addr, dir string, logw io.Writer) (*redisSe
 		}
 	}
 	return nil, fmt.Errorf("start redis-server: %w", lastErr)
+}
+
+// startChild starts cmd and waits for it in the background; done is closed
+// when it has exited. Linux's parent-death signal (childAttr) fires when the
+// OS thread that forked the child exits, not the process, and the Go
+// runtime may retire an idle thread at any time: so the child is started
+// and waited for on one goroutine locked to its thread for the child's
+// whole life.
+func startChild(cmd *exec.Cmd) (done <-chan struct{}, err error) {
+	d := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			errc <- err
+			return
+		}
+		errc <- nil
+		cmd.Wait()
+		close(d)
+	}()
+	return d, <-errc
 }
 
 func (r *redisServer) waitReady(ctx context.Context) error {
@@ -101,12 +126,20 @@ func (r *redisServer) stop() {
 
 // pingRedis checks a Redis the user pointed REDIS_ADDR at.
 func pingRedis(ctx context.Context, addr, password string) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, Password: password})
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return &EnvError{Var: "REDIS_ADDR", Value: addr, Problem: "not host:port",
+			Fix: "set REDIS_ADDR=host:port, or unset it so gemq starts redis-server itself"}
+	}
+	c := redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1, DialTimeout: 3 * time.Second})
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis PING %s (REDIS_ADDR): %w", addr, err)
+	if err := c.Ping(pctx).Err(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &EnvError{Var: "REDIS_ADDR", Value: addr, Problem: fmt.Sprintf("redis PING: %v", err),
+			Fix: "start that Redis (or fix REDIS_PASSWORD), or unset REDIS_ADDR so gemq starts redis-server itself"}
 	}
 	return nil
 }

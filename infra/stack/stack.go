@@ -34,7 +34,11 @@ import (
 
 	"cloud.google.com/go/cloudtasks/apiv2"
 	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/gemq-dev/gemq/infra/pushsub"
 	"github.com/gemq-dev/gemq/infra/tasksemu"
@@ -160,10 +164,18 @@ type Stack struct {
 	// Env is the environment the functions run with (secrets included:
 	// do not print it whole).
 	Env map[string]string
-	// Quotas is the GEMQ_QUOTAS JSON the limiter enforces.
+	// Quotas is the GEMQ_QUOTAS JSON the limiter enforces (the file's
+	// content when the functions read GEMQ_QUOTAS_FILE).
 	Quotas string
 	// Limits are the quota limits per minute, for reports.
 	Limits Limits
+	// Parts says where each service comes from: started here, or taken
+	// from the user's environment (in the order Pub/Sub, Redis, Cloud
+	// Tasks, Gemini).
+	Parts []Part
+	// Notes are things the user should know about their environment that
+	// did not stop the stack (e.g. a quota variable the stand-in ignores).
+	Notes []string
 
 	opts    Options
 	log     *slog.Logger
@@ -184,6 +196,56 @@ type Stack struct {
 	pushDone   chan error
 	closeOnce  sync.Once
 	closeErr   error
+	// ownPushSub: the stack created the push subscription on an outside
+	// Pub/Sub, and Close deletes it so that the next stack can use it.
+	ownPushSub bool
+}
+
+// Part is where one service of the stack comes from.
+type Part struct {
+	// Name is "Pub/Sub", "Redis", "Cloud Tasks" or "Gemini".
+	Name string
+	// Local is true when the stack started it (in this process, or as a
+	// child process that dies with it).
+	Local bool
+	// Where describes it: an address, and what runs there.
+	Where string
+	// Var is the environment variable it was taken from ("" when Local).
+	Var string
+}
+
+// setByStack holds the variables Start set in this process' environment
+// (for the functions, which read it), with their values, so that a later
+// Start reading os.Getenv does not take its predecessor's Pub/Sub, Redis or
+// local API key for the user's.
+var (
+	setMu      sync.Mutex
+	setByStack = map[string]string{}
+)
+
+// userEnv is getenv without the values a Stack set itself.
+func userEnv(getenv func(string) string) func(string) string {
+	return func(k string) string {
+		v := getenv(k)
+		setMu.Lock()
+		defer setMu.Unlock()
+		if own, ok := setByStack[k]; ok && own == v {
+			return ""
+		}
+		return v
+	}
+}
+
+func setenv(k, v string) {
+	setMu.Lock()
+	defer setMu.Unlock()
+	if v == "" {
+		os.Unsetenv(k)
+		delete(setByStack, k)
+		return
+	}
+	os.Setenv(k, v)
+	setByStack[k] = v
 }
 
 // Limits are the quota the stack runs under, per quota minute.
@@ -197,6 +259,12 @@ var live atomic.Bool
 
 // Start starts every part of the stack and returns when ingest and the
 // worker answer. Close it to stop. On error, whatever was started is stopped.
+//
+// Everything the user configured is checked first, before anything is
+// started: the quota variables (as the functions read them), fixed listen
+// ports (a *ListenError), and the outside services the environment names
+// (an *EnvError naming the variable). The functions' whole configuration
+// is validated before the push loop starts.
 func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if !live.CompareAndSwap(false, true) {
 		return nil, errors.New("stack: another Stack is running in this process")
@@ -217,6 +285,7 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 	if opts.Getenv == nil {
 		opts.Getenv = os.Getenv
 	}
+	opts.Getenv = userEnv(opts.Getenv)
 	if vertex := strings.EqualFold(opts.Getenv("GOOGLE_GENAI_USE_VERTEXAI"), "true"); vertex || opts.Getenv("GEMINI_API_KEY") != "" {
 		// The real Gemini keeps real time; Vertex AI needs the real project.
 		opts.Minute = time.Minute
@@ -248,91 +317,178 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 		s.logFile, logw = f, f
 	}
 	s.log = slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo})).With("component", "stack")
+	// go-redis reports dial failures on its own logger (stderr by default):
+	// they belong in the log file, the error returned says what failed.
+	redisLog.Store(s.log)
+	redisLoggerOnce.Do(func() { redis.SetLogger(redisLogger{}) })
 
-	// Redis.
-	if addr := getenv("REDIS_ADDR"); addr != "" {
-		if err := pingRedis(ctx, addr, getenv("REDIS_PASSWORD")); err != nil {
+	// The user's configuration, before anything starts.
+	gem, err := planGemini(opts)
+	if err != nil {
+		return err
+	}
+	s.Notes = append(s.Notes, gem.notes...)
+	extPubSub, extTasks, extRedis := getenv("PUBSUB_EMULATOR_HOST"), getenv("GEMQ_CLOUDTASKS_ENDPOINT"), getenv("REDIS_ADDR")
+	listens := []struct{ part, option, addr string }{
+		{"ingest", "IngestAddr", opts.IngestAddr},
+		{"worker", "WorkerAddr", opts.WorkerAddr},
+	}
+	if extPubSub == "" {
+		listens = append(listens, struct{ part, option, addr string }{"Pub/Sub (pstest)", "PubSubAddr", opts.PubSubAddr})
+	}
+	if extTasks == "" {
+		listens = append(listens, struct{ part, option, addr string }{"Cloud Tasks emulator", "TasksAddr", opts.TasksAddr})
+	}
+	if gem.real == "" {
+		listens = append(listens, struct{ part, option, addr string }{"Gemini stand-in", "GeminiAddr", opts.GeminiAddr})
+	}
+	for _, l := range listens {
+		if err := checkListen(l.part, l.option, l.addr); err != nil {
 			return err
 		}
-		s.RedisAddr = addr
+	}
+	if extPubSub != "" {
+		if err := dialCheck("PUBSUB_EMULATOR_HOST", extPubSub, "start that Pub/Sub emulator, or unset PUBSUB_EMULATOR_HOST so that gemq starts its own (pstest)"); err != nil {
+			return err
+		}
+	}
+	if extTasks != "" {
+		if err := dialCheck("GEMQ_CLOUDTASKS_ENDPOINT", extTasks, "start that Cloud Tasks emulator, or unset GEMQ_CLOUDTASKS_ENDPOINT so that gemq starts its own"); err != nil {
+			return err
+		}
+	}
+
+	// Redis.
+	if extRedis != "" {
+		if err := pingRedis(ctx, extRedis, getenv("REDIS_PASSWORD")); err != nil {
+			return err
+		}
+		s.RedisAddr = extRedis
+		s.Parts = append(s.Parts, Part{Name: "Redis", Where: extRedis, Var: "REDIS_ADDR"})
 	} else {
 		r, err := startRedis(ctx, "", opts.Dir, logw)
 		if err != nil {
 			return err
 		}
 		s.redis, s.RedisAddr = r, r.addr
+		s.Parts = append(s.Parts, Part{Name: "Redis", Local: true, Where: r.addr + " (redis-server, a child process)"})
 	}
 
 	// Pub/Sub.
-	if host := getenv("PUBSUB_EMULATOR_HOST"); host != "" {
-		s.PubSubHost = host
+	setup := ctx
+	if extPubSub != "" {
+		s.PubSubHost = extPubSub
+		s.Parts = append([]Part{{Name: "Pub/Sub", Where: extPubSub, Var: "PUBSUB_EMULATOR_HOST"}}, s.Parts...)
+		// An outside emulator that accepts connections but does not answer
+		// must not hang the start for the client's minute-long default.
+		var cancel context.CancelFunc
+		setup, cancel = context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
 	} else {
-		addr := opts.PubSubAddr
-		if addr == "" {
-			addr = "127.0.0.1:0"
+		srv, err := startPstest(opts.PubSubAddr)
+		if err != nil {
+			return err
 		}
-		s.pstest = pstest.NewServerWithAddress(addr)
-		s.PubSubHost = s.pstest.Addr
+		s.pstest, s.PubSubHost = srv, srv.Addr
+		s.Parts = append([]Part{{Name: "Pub/Sub", Local: true, Where: srv.Addr + " (pstest, in this process)"}}, s.Parts...)
+	}
+	pubsubErr := func(err error) error {
+		if extPubSub == "" || ctx.Err() != nil {
+			return err
+		}
+		return &EnvError{Var: "PUBSUB_EMULATOR_HOST", Value: extPubSub, Problem: err.Error(),
+			Fix: "is a Pub/Sub emulator (gRPC) running there? Otherwise unset PUBSUB_EMULATOR_HOST so that gemq starts its own"}
 	}
 	// The functions' clients read PUBSUB_EMULATOR_HOST themselves; so does
 	// ours, so it must be set before any client is made.
-	os.Setenv("PUBSUB_EMULATOR_HOST", s.PubSubHost)
-	psc, err := queue.NewPubSubClient(ctx, s.Project)
+	setenv("PUBSUB_EMULATOR_HOST", s.PubSubHost)
+	psc, err := queue.NewPubSubClient(setup, s.Project)
 	if err != nil {
-		return err
+		return pubsubErr(err)
 	}
 	s.psClient = psc
 	for _, t := range []string{TasksTopic, ResultsTopic, DeadLetterTopic} {
-		if err := queue.EnsureTopic(ctx, psc, t); err != nil {
-			return err
+		if err := queue.EnsureTopic(setup, psc, t); err != nil {
+			return pubsubErr(err)
 		}
+	}
+	if extPubSub != "" {
+		// Every subscription of the tasks topic gets every task: a push
+		// subscription that exists already belongs to another stack, whose
+		// worker would take this stack's tasks (and this one its).
+		_, err := psc.SubscriptionAdminClient.GetSubscription(setup, &pubsubpb.GetSubscriptionRequest{
+			Subscription: "projects/" + s.Project + "/subscriptions/" + PushSubscription})
+		switch {
+		case err == nil:
+			return &EnvError{Var: "PUBSUB_EMULATOR_HOST", Value: extPubSub,
+				Problem: fmt.Sprintf("that Pub/Sub already has the subscription %s of project %s: another gemq stack (a `gemq dev`?) delivers the tasks published there to its own worker, so this stack's tasks would go to it and wait forever", PushSubscription, s.Project),
+				Fix:     "unset PUBSUB_EMULATOR_HOST (gemq starts its own Pub/Sub), or stop the other stack; if none runs, a stack that crashed left the subscription behind: restart the emulator"}
+		case status.Code(err) != codes.NotFound:
+			return pubsubErr(fmt.Errorf("pubsub get subscription %s: %w", PushSubscription, err))
+		}
+		s.ownPushSub = true
 	}
 	// The push subscription: its ack deadline covers a Gemini call; retry and
 	// dead-letter policies are applied by the push loop (pstest's own
 	// dead-lettering repeats messages, so none is set on the subscription).
 	ackDeadline := min(max(opts.GeminiTimeout+30*time.Second, 10*time.Second), 600*time.Second)
-	if err := queue.EnsureSubscription(ctx, psc, PushSubscription, TasksTopic, queue.SubscriptionOptions{
+	if err := queue.EnsureSubscription(setup, psc, PushSubscription, TasksTopic, queue.SubscriptionOptions{
 		AckDeadline: ackDeadline,
 		MinBackoff:  opts.Push.MinBackoff, MaxBackoff: opts.Push.MaxBackoff,
 	}); err != nil {
-		return err
+		return pubsubErr(err)
 	}
 	for sub, topic := range map[string]string{DeadLetterSubscription: DeadLetterTopic, ResultsSubscription: ResultsTopic} {
-		if err := queue.EnsureSubscription(ctx, psc, sub, topic, queue.SubscriptionOptions{AckDeadline: 60 * time.Second}); err != nil {
-			return err
+		if err := queue.EnsureSubscription(setup, psc, sub, topic, queue.SubscriptionOptions{AckDeadline: 60 * time.Second}); err != nil {
+			return pubsubErr(err)
 		}
 	}
 
 	// Cloud Tasks.
-	if s.TasksEndpoint = getenv("GEMQ_CLOUDTASKS_ENDPOINT"); s.TasksEndpoint == "" {
+	tasksSetup := ctx
+	if s.TasksEndpoint = extTasks; s.TasksEndpoint == "" {
 		s.tasks = tasksemu.New(tasksemu.Options{
 			Addr:                opts.TasksAddr,
 			MinDispatchDeadline: time.Second,
 			Logger:              slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "tasksemu"),
 		})
 		if s.TasksEndpoint, err = s.tasks.Start(); err != nil {
+			return &ListenError{Part: "Cloud Tasks emulator", Option: "TasksAddr", Addr: opts.TasksAddr, Err: err}
+		}
+		s.Parts = append(s.Parts, Part{Name: "Cloud Tasks", Local: true, Where: s.TasksEndpoint + " (gemq's emulator, in this process)"})
+	} else {
+		s.Parts = append(s.Parts, Part{Name: "Cloud Tasks", Where: extTasks, Var: "GEMQ_CLOUDTASKS_ENDPOINT"})
+		var cancel context.CancelFunc
+		tasksSetup, cancel = context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+	}
+	tasksErr := func(err error) error {
+		if extTasks == "" || ctx.Err() != nil {
 			return err
 		}
+		return &EnvError{Var: "GEMQ_CLOUDTASKS_ENDPOINT", Value: extTasks, Problem: err.Error(),
+			Fix: "is a Cloud Tasks emulator (gRPC) running there? Otherwise unset GEMQ_CLOUDTASKS_ENDPOINT so that gemq starts its own"}
 	}
-	if s.ctClient, err = queue.NewCloudTasksClient(ctx, s.TasksEndpoint); err != nil {
-		return err
+	if s.ctClient, err = queue.NewCloudTasksClient(tasksSetup, s.TasksEndpoint); err != nil {
+		return tasksErr(err)
 	}
 	s.QueuePath = fmt.Sprintf("projects/%s/locations/%s/queues/%s", s.Project, QueueLocation, QueueID)
-	if err := queue.EnsureQueue(ctx, s.ctClient, s.QueuePath, queue.QueueOptions{
+	if err := queue.EnsureQueue(tasksSetup, s.ctClient, s.QueuePath, queue.QueueOptions{
 		MaxDispatchesPerSecond:  500,
 		MaxConcurrentDispatches: 1000,
 		MaxAttempts:             -1,
 		MinBackoff:              scale(time.Second, opts.Minute),
 		MaxBackoff:              scale(60*time.Second, opts.Minute),
 	}); err != nil {
-		return err
+		return tasksErr(err)
 	}
 
 	// Gemini.
-	if s.gemini, err = startGemini(ctx, opts, logw); err != nil {
+	if s.gemini, err = startGemini(ctx, opts, gem, logw); err != nil {
 		return err
 	}
 	s.GeminiURL = s.gemini.url
+	s.Parts = append(s.Parts, gem.part(s.GeminiURL))
 
 	// Front servers first, so GEMQ_WORKER_URL is known before the functions
 	// read their configuration.
@@ -340,11 +496,11 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	if s.ingest, err = startFront(opts.IngestAddr, fns.addr(TargetIngest), false); err != nil {
-		return err
+	if s.ingest, err = startFront(opts.IngestAddr, fns.addr(TargetIngest), false, s.log); err != nil {
+		return &ListenError{Part: "ingest", Option: "IngestAddr", Addr: opts.IngestAddr, Err: err}
 	}
-	if s.worker, err = startFront(opts.WorkerAddr, fns.addr(TargetWorker), true); err != nil {
-		return err
+	if s.worker, err = startFront(opts.WorkerAddr, fns.addr(TargetWorker), true, s.log); err != nil {
+		return &ListenError{Part: "worker", Option: "WorkerAddr", Addr: opts.WorkerAddr, Err: err}
 	}
 	s.IngestURL, s.WorkerURL = s.ingest.url, s.worker.url
 
@@ -360,8 +516,8 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 		"GEMQ_WORKER_URL":            s.WorkerURL,
 		"GEMQ_CLOUDTASKS_ENDPOINT":   s.TasksEndpoint,
 		"PUBSUB_EMULATOR_HOST":       s.PubSubHost,
-		"GEMQ_QUOTAS":                s.Quotas,
-		"GEMQ_QUOTAS_FILE":           "",
+		"GEMQ_QUOTAS":                s.gemini.quotasInline,
+		"GEMQ_QUOTAS_FILE":           s.gemini.quotasFile,
 		"GEMQ_DEFAULT_MODEL":         s.Model,
 		"GEMQ_GEMINI_TIMEOUT":        opts.GeminiTimeout.String(),
 		"GEMQ_MAX_ATTEMPTS":          strconv.Itoa(opts.MaxAttempts),
@@ -384,12 +540,30 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 		env[k] = v
 	}
 	s.Env = env
-	for k, v := range env {
-		if v == "" {
-			os.Unsetenv(k)
-		} else {
-			os.Setenv(k, v)
+	// The functions read this environment, the user's shell variables
+	// included (a GEMQ_LEASE, say): check it as they will, before saying
+	// the stack is up, rather than answer the first job with a 500.
+	look := func(k string) string {
+		if v, ok := env[k]; ok {
+			return v
 		}
+		return os.Getenv(k)
+	}
+	for _, f := range []config.Function{config.Ingest, config.Worker} {
+		if _, err := config.LoadFor(f, look); err != nil {
+			var ce *config.Error
+			vars := []string{}
+			if errors.As(err, &ce) {
+				for _, p := range ce.Problems {
+					vars = append(vars, p.Var)
+				}
+			}
+			return &EnvError{Var: strings.Join(vars, ", "), Problem: fmt.Sprintf("the %s function would refuse this configuration: %v", f, err),
+				Fix: "fix or unset the variable(s) named (README: Configuration)"}
+		}
+	}
+	for k, v := range env {
+		setenv(k, v)
 	}
 
 	// The push subscription.
@@ -411,6 +585,34 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 	s.log.Info("stack started", "ingest", s.IngestURL, "worker", s.WorkerURL, "redis", s.RedisAddr,
 		"pubsub", s.PubSubHost, "cloudtasks", s.TasksEndpoint, "gemini", s.GeminiURL)
 	return nil
+}
+
+// startPstest starts pstest on addr ("": a free port). pstest panics when
+// it cannot listen; that is an error here, naming the address.
+func startPstest(addr string) (srv *pstest.Server, err error) {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			srv, err = nil, &ListenError{Part: "Pub/Sub (pstest)", Option: "PubSubAddr", Addr: addr, Err: fmt.Errorf("%v", r)}
+		}
+	}()
+	return pstest.NewServerWithAddress(addr), nil
+}
+
+// redisLog is where go-redis' own log lines go: the running stack's log.
+var (
+	redisLog        atomic.Pointer[slog.Logger]
+	redisLoggerOnce sync.Once
+)
+
+type redisLogger struct{}
+
+func (redisLogger) Printf(_ context.Context, format string, v ...any) {
+	if l := redisLog.Load(); l != nil {
+		l.Warn(fmt.Sprintf(format, v...), "source", "go-redis")
+	}
 }
 
 func withDefaults(o Options) Options {
@@ -579,6 +781,15 @@ func (s *Stack) Close() error {
 		if s.tasks != nil {
 			s.tasks.Stop()
 		}
+		if s.ownPushSub && s.psClient != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := s.psClient.SubscriptionAdminClient.DeleteSubscription(ctx, &pubsubpb.DeleteSubscriptionRequest{
+				Subscription: "projects/" + s.Project + "/subscriptions/" + PushSubscription})
+			cancel()
+			if err != nil && status.Code(err) != codes.NotFound {
+				errs = append(errs, fmt.Errorf("pubsub delete subscription %s: %w", PushSubscription, err))
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		for _, f := range []*front{s.ingest, s.worker} {
@@ -599,6 +810,7 @@ func (s *Stack) Close() error {
 			s.pstest.Close()
 		}
 		s.redis.stop()
+		redisLog.CompareAndSwap(s.log, nil)
 		if s.log != nil {
 			s.log.Info("stack stopped")
 		}

@@ -442,13 +442,9 @@ func load(getenv func(string) string, ps *problems) Config {
 		ps.add("GEMQ_LOG_LEVEL", "want debug, info, warn or error, got %q", s)
 	}
 
-	quotas, err := limiter.LoadConfig(getenv)
+	quotas, err := LoadQuotas(getenv)
 	if err != nil {
-		v := "GEMQ_QUOTAS"
-		if getenv("GEMQ_QUOTAS_FILE") != "" && getenv("GEMQ_QUOTAS") == "" {
-			v = "GEMQ_QUOTAS_FILE"
-		}
-		ps.add(v, "%v", err)
+		*ps = append(*ps, err.(*Error).Problems...)
 		return c
 	}
 	c.Quotas = quotas
@@ -477,6 +473,35 @@ func load(getenv func(string) string, ps *problems) Config {
 		ps.add("GEMQ_DEFAULT_MODEL", "%q is not an allowed model (%s)", c.DefaultModel, strings.Join(c.AllowedModels, ", "))
 	}
 	return c
+}
+
+// LoadQuotas reads the quota configuration as the functions do, for them
+// and for anything that must agree with them (the local stack):
+// GEMQ_QUOTAS holds the JSON itself, GEMQ_QUOTAS_FILE the path of a file
+// holding it, and exactly one of the two must be set (both set is refused,
+// never resolved by precedence). The error is an *Error with one Problem
+// naming the variable at fault: GEMQ_QUOTAS_FILE for a file that cannot
+// be read or parsed, GEMQ_QUOTAS otherwise.
+func LoadQuotas(getenv func(string) string) (limiter.Config, error) {
+	inline, file := strings.TrimSpace(getenv("GEMQ_QUOTAS")), strings.TrimSpace(getenv("GEMQ_QUOTAS_FILE"))
+	env := func(v string) string {
+		switch v {
+		case "GEMQ_QUOTAS":
+			return inline
+		case "GEMQ_QUOTAS_FILE":
+			return file
+		}
+		return getenv(v)
+	}
+	q, err := limiter.LoadConfig(env)
+	if err == nil {
+		return q, nil
+	}
+	v := "GEMQ_QUOTAS"
+	if file != "" && inline == "" {
+		v = "GEMQ_QUOTAS_FILE"
+	}
+	return limiter.Config{}, &Error{Problems: []Problem{{Var: v, Msg: err.Error()}}}
 }
 
 func validLevel(s string) bool {

@@ -412,3 +412,47 @@ func TestRedisOptionsNoRetries(t *testing.T) {
 		t.Fatalf("RedisOptions() = MaxRetries %d, %v; want -1 (no retries)", o.MaxRetries, err)
 	}
 }
+
+// TestLoadQuotasNamesTheVariable: the local stack validates the quota
+// configuration with LoadQuotas, so it and the functions agree on
+// precedence (none: both set is refused) and on which variable is at fault.
+func TestLoadQuotasNamesTheVariable(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.json")
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(good, []byte(quotas), 0o644)
+	os.WriteFile(bad, []byte(`{"scopes": [`), 0o644)
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantVar string // "" for success
+		wantMsg string
+	}{
+		{"inline", map[string]string{"GEMQ_QUOTAS": quotas}, "", ""},
+		{"file", map[string]string{"GEMQ_QUOTAS_FILE": good}, "", ""},
+		{"both set", map[string]string{"GEMQ_QUOTAS": quotas, "GEMQ_QUOTAS_FILE": good}, "GEMQ_QUOTAS", "set only one"},
+		{"neither", map[string]string{}, "GEMQ_QUOTAS", "required"},
+		{"blank inline, file", map[string]string{"GEMQ_QUOTAS": "  ", "GEMQ_QUOTAS_FILE": good}, "", ""},
+		{"malformed inline", map[string]string{"GEMQ_QUOTAS": "{"}, "GEMQ_QUOTAS", "quota config"},
+		{"malformed file", map[string]string{"GEMQ_QUOTAS_FILE": bad}, "GEMQ_QUOTAS_FILE", bad},
+		{"missing file", map[string]string{"GEMQ_QUOTAS_FILE": filepath.Join(dir, "none.json")}, "GEMQ_QUOTAS_FILE", "none.json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q, err := LoadQuotas(env(tt.env))
+			if tt.wantVar == "" {
+				if err != nil || len(q.Models()) == 0 {
+					t.Fatalf("LoadQuotas = %v, %v; want a config", q.Models(), err)
+				}
+				return
+			}
+			var ce *Error
+			if !errors.As(err, &ce) || len(ce.Problems) != 1 {
+				t.Fatalf("LoadQuotas error = %v, want one *Error problem", err)
+			}
+			if p := ce.Problems[0]; p.Var != tt.wantVar || !strings.Contains(p.Msg, tt.wantMsg) {
+				t.Errorf("problem = %+v, want var %s and a message containing %q", p, tt.wantVar, tt.wantMsg)
+			}
+		})
+	}
+}

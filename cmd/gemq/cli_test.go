@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestResultsOfARunningJob(t *testing.T) {
+	f, url := newFakeIngest(t)
+	in := writeFile(t, "job.jsonl", jsonl("a", "b", "c", "d", "e"))
+	if code, _, stderr := gemq(t, nil, "submit", in, "--url", url, "--job-id", "r1"); code != exitOK {
+		t.Fatalf("submit: exit %d\n%s", code, stderr)
+	}
+	gemq(t, nil, "status", "r1", "--url", url) // 2 of 5 done
+
+	// Without --partial: the results so far, a word on stderr, exit 7.
+	code, stdout, stderr := gemq(t, nil, "results", "r1", "--url", url)
+	if code != exitIncomplete || strings.Count(stdout, "\n") != 2 ||
+		!strings.Contains(stderr, "job r1 is still running: these 2 result(s) are not all of them") ||
+		!strings.Contains(stderr, "--partial") {
+		t.Errorf("exit %d (want %d)\nstdout:\n%s\nstderr:\n%s", code, exitIncomplete, stdout, stderr)
+	}
+	// With --partial: accepted, still said.
+	code, _, stderr = gemq(t, nil, "results", "r1", "--url", url, "--partial")
+	if code != exitOK || !strings.Contains(stderr, "job r1 is still running: 2 result(s) so far (--partial)") {
+		t.Errorf("--partial: exit %d\nstderr:\n%s", code, stderr)
+	}
+	// A done job whose stream the server says ended early is incomplete too.
+	for range 3 {
+		gemq(t, nil, "status", "r1", "--url", url)
+	}
+	f.mu.Lock()
+	f.resultsComplete = "false"
+	f.mu.Unlock()
+	code, _, stderr = gemq(t, nil, "results", "r1", "--url", url, "-o", filepath.Join(t.TempDir(), "r.jsonl"))
+	if code != exitIncomplete || !strings.Contains(stderr, "the results of job r1 ended early") {
+		t.Errorf("truncated stream: exit %d\nstderr:\n%s", code, stderr)
+	}
+	f.mu.Lock()
+	f.resultsComplete = "true"
+	f.mu.Unlock()
+	if code, _, stderr = gemq(t, nil, "results", "r1", "--url", url); code != exitOK {
+		t.Errorf("done job: exit %d\nstderr:\n%s", code, stderr)
+	}
+}
+
+func TestResultsFileMode(t *testing.T) {
+	_, url := newFakeIngest(t)
+	in := writeFile(t, "job.jsonl", jsonl("a", "b"))
+	dir := t.TempDir()
+	out := filepath.Join(dir, "results.jsonl")
+	if code, _, stderr := gemq(t, nil, "submit", in, "--url", url, "--wait", "--interval", "1ms", "-o", out); code != exitOK {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	fi, err := os.Stat(out)
+	if err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("results file mode %v (%v), want 0644", fi.Mode().Perm(), err)
+	}
+	// Replacing a file keeps its mode.
+	os.Chmod(out, 0o600)
+	if code, _, stderr := gemq(t, nil, "submit", in, "--url", url, "--wait", "--interval", "1ms", "-o", out); code != exitOK {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if fi, _ := os.Stat(out); fi.Mode().Perm() != 0o600 {
+		t.Errorf("replaced file mode %v, want its own 0600", fi.Mode().Perm())
+	}
+}
+
+// TestSubmitJSONJob: the README's JSON job format is accepted, sent as
+// application/json with its own job id and model.
+func TestSubmitJSONJob(t *testing.T) {
+	f, url := newFakeIngest(t)
+	in := writeFile(t, "job.json", `{
+  "job_id": "json-1",
+  "model": "gemini-2.5-flash",
+  "requests": [
+    {"key": "a", "request": {"contents": [{"parts": [{"text": "hi"}]}]}},
+    {"key": "b", "request": {"contents": [{"parts": [{"text": "ho"}]}]}}
+  ]
+}`)
+	code, stdout, stderr := gemq(t, nil, "submit", in, "--url", url)
+	if code != exitOK || stdout != "json-1\n" || !strings.Contains(stderr, "accepted 2 request(s)") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	if f.lastQuery != "" || f.jobs["json-1"] == nil || f.jobs["json-1"].model != "gemini-2.5-flash" {
+		t.Errorf("query %q, jobs %v: the body's job id and model should be used", f.lastQuery, f.jobs)
+	}
+	for _, tc := range []struct{ body, want string }{
+		{`{"requests": []}`, `"requests" is empty`},
+		{`{"requests": [{"key": "a", "request": {}}, {"key": "a", "request": {}}]}`, `requests[1]: duplicate key "a" (first at requests[0])`},
+		{`{"requests": [{"request": {}}]}`, `requests[0]: missing "key"`},
+		{`{"requests": {"a": 1}}`, `"requests" must be an array`},
+	} {
+		code, _, stderr := gemq(t, nil, "submit", writeFile(t, "bad.json", tc.body), "--url", url)
+		if code != exitInput || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s: exit %d, stderr %s (want %q)", tc.body, code, stderr, tc.want)
+		}
+	}
+}
+
+func TestResubmitSaysNothingWasSent(t *testing.T) {
+	_, url := newFakeIngest(t)
+	in := writeFile(t, "job.jsonl", jsonl("a", "b", "c"))
+	_, _, stderr := gemq(t, nil, "submit", in, "--url", url, "--job-id", "again")
+	if !strings.Contains(stderr, "job again accepted 3 request(s)") {
+		t.Fatalf("first submission: %s", stderr)
+	}
+	code, _, stderr := gemq(t, nil, "submit", in, "--url", url, "--job-id", "again")
+	if code != exitOK || !strings.Contains(stderr, "job again already existed with this content: nothing was sent again (3 request(s)") ||
+		strings.Contains(stderr, "accepted") {
+		t.Errorf("resubmission: exit %d, stderr %s", code, stderr)
+	}
+}
+
+func TestUnspecifiedAddressIsLocal(t *testing.T) {
+	for _, u := range []string{"http://0.0.0.0:8080", "http://[::]:8080"} {
+		c, err := newClient(context.Background(), u, func(string) string { return "" })
+		if err != nil || c.http.Transport != nil {
+			t.Errorf("%s: treated as a deployed URL (%v)", u, err)
+		}
+	}
+}
+
+// TestRealGeminiNeedsAFlag: with a key in the environment, gemq run
+// refuses a job larger than a quota minute, saying what it would spend,
+// before anything starts.
+func TestRealGeminiNeedsAFlag(t *testing.T) {
+	var keys []string
+	for i := range 300 {
+		keys = append(keys, "k"+strings.Repeat("x", i%3)+string(rune('a'+i%26))+string(rune('a'+i/26)))
+	}
+	big := writeFile(t, "big.jsonl", jsonl(keys...))
+	code, _, stderr := gemq(t, map[string]string{"GEMINI_API_KEY": "secret-key"}, "run", "--file", big)
+	for _, want := range []string{
+		"GEMINI_API_KEY is set, so this job would go to the real Gemini API: 300 requests to gemini-2.5-flash",
+		"127% of the 237 requests a day gemq may use (the free tier gemq assumes without GEMQ_QUOTAS)",
+		"taking at least 33m", "Pass --real-gemini", "unset GEMINI_API_KEY", "at most 9 requests",
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	if code != exitUsage || strings.Contains(stderr, "secret-key") {
+		t.Errorf("exit %d (want %d), or the key printed:\n%s", code, exitUsage, stderr)
+	}
+	code, _, stderr = gemq(t, map[string]string{"GOOGLE_GENAI_USE_VERTEXAI": "true"}, "run", "--file", big)
+	if code != exitUsage || !strings.Contains(stderr, "GOOGLE_GENAI_USE_VERTEXAI=true is set, so this job would go to the real Vertex AI") {
+		t.Errorf("Vertex: exit %d\n%s", code, stderr)
+	}
+
+	// Small jobs, the flag, or a quota that holds the job pass the guard.
+	small, _ := readJobFile(writeFile(t, "small.jsonl", jsonl("a", "b", "c")))
+	bigF, _ := readJobFile(big)
+	key := map[string]string{"GEMINI_API_KEY": "k"}
+	quota := map[string]string{"GEMINI_API_KEY": "k", "GEMQ_QUOTAS": `{"scopes":[{"project":"*","model":"gemini-2.5-flash","dimensions":[
+		{"name":"rpm","unit":"requests","limit":1000,"period":"1m"},{"name":"rpd","unit":"requests","limit":10000,"per":"pacific_day"}]}]}`}
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		f     *jobFile
+		allow bool
+	}{
+		{"small job", key, small, false},
+		{"--real-gemini", key, bigF, true},
+		{"quota holds it", quota, bigF, false},
+		{"no key", nil, bigF, false},
+	} {
+		e := env{getenv: func(k string) string { return tc.env[k] }}
+		if err := guardRealGemini(e, tc.f, "gemini-2.5-flash", tc.allow); err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}
+
+// TestRunOutsideTheRepository: the default job is a file of the
+// repository; elsewhere gemq run says so instead of a bare open error.
+func TestRunOutsideTheRepository(t *testing.T) {
+	t.Chdir(t.TempDir())
+	code, _, stderr := gemq(t, nil, "run")
+	if code != exitInput || !strings.Contains(stderr, "examples/prompts.jsonl not found in") ||
+		!strings.Contains(stderr, "run gemq run from the repository's root, or pass --file YOUR-JOB.jsonl") {
+		t.Errorf("exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+// TestSubmitTheReadmesJSONJob: the JSON job the README shows under
+// "Submitting" is accepted by gemq submit as it stands.
+func TestSubmitTheReadmesJSONJob(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), "**Submitting.** Either JSON")
+	_, block, ok2 := strings.Cut(after, "```json\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("README: no JSON job under **Submitting.**")
+	}
+	f, url := newFakeIngest(t)
+	code, stdout, stderr := gemq(t, nil, "submit", writeFile(t, "job.json", block), "--url", url)
+	if code != exitOK || stdout != "nightly-2024-06-01\n" || f.jobs["nightly-2024-06-01"] == nil {
+		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}

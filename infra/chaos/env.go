@@ -302,7 +302,15 @@ func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *
 	if o.pushAttempts <= 0 {
 		o.pushAttempts = 10
 	}
-	if e.pusher, err = pushsub.New(ctx, e.psClient, pushSubscription, pushsub.Options{
+	// The push loop reaches Pub/Sub through the proxy too: an outage stops
+	// pushes as it would in the cloud. The harness' own reads stay direct.
+	pushClient, err := pubsub.NewClient(ctx, project, option.WithEndpoint(e.psFront.Addr), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	if err != nil {
+		return nil, fmt.Errorf("pubsub new client: %w", err)
+	}
+	e.onClose(func() { pushClient.Close() })
+	if e.pusher, err = pushsub.New(ctx, pushClient, pushSubscription, pushsub.Options{
 		Endpoint:            e.worker.url(),
 		Concurrency:         32,
 		AckDeadline:         ackDeadline,

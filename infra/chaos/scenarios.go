@@ -71,7 +71,7 @@ func Catalogue() []Scenario {
 			Inject: func(ctx context.Context, e *Env, _ string) error {
 				return after(ctx, 3*time.Second, func() error { return e.Outage(ctx, e.tasksFront, "cloud tasks", 3*time.Second) })
 			}},
-		{Name: "pubsub-outage", Fault: "Pub/Sub unreachable for the functions 3 s (30 s real)", Tasks: n, Backoff: 4 * time.Second,
+		{Name: "pubsub-outage", Fault: "Pub/Sub unreachable 3 s (30 s real): publishing, pulling and pushing", Tasks: n, Backoff: 4 * time.Second,
 			Inject: func(ctx context.Context, e *Env, _ string) error {
 				return after(ctx, 4*time.Second, func() error { return e.Outage(ctx, e.psFront, "pubsub", 3*time.Second) })
 			}},

@@ -367,10 +367,13 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 	for n0 < len(arrivals) && arrivals[n0].Before(faultEnd) {
 		n0++
 	}
+	// Calls repeated because their worker died mid-call are allowed, and
+	// Gemini charged them: each takes a slot before the results after it.
 	for i, at := range arrivals {
-		slot := submitted.Add(time.Duration(i/capacity) * e.Cfg.Minute)
+		k := i + r.DupInFlight
+		slot := submitted.Add(time.Duration(k/capacity) * e.Cfg.Minute)
 		if i >= n0 {
-			if s := faultEnd.Add(time.Duration((i-n0)/capacity) * e.Cfg.Minute); s.After(slot) {
+			if s := faultEnd.Add(time.Duration((k-n0)/capacity) * e.Cfg.Minute); s.After(slot) {
 				slot = s
 			}
 		}

@@ -225,7 +225,7 @@ func TestTooLongPromptCountsAgainstTPM(t *testing.T) {
 }
 
 func TestInvalidRequest(t *testing.T) {
-	_, gc := start(t, geminisim.Options{})
+	_, gc := start(t, geminisim.Options{Tokenizer: geminisim.EstimatorTokens})
 	_, err := gc.Models.GenerateContent(context.Background(), model, nil, nil)
 	var ae genai.APIError
 	if !errors.As(err, &ae) || ae.Code != 400 || ae.Status != "INVALID_ARGUMENT" || !strings.Contains(ae.Message, "contents") {

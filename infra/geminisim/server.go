@@ -84,9 +84,8 @@ type Options struct {
 	Faults Faults
 	// CapacityRate is the probability that a generateContent gets a 429 without details (not charged).
 	CapacityRate float64
-	// Tokenizer counts input tokens. Everything that checks quota behaviour (infra/stack, infra/bench, the
-	// geminisim command) sets IndependentTokens; the zero value still means EstimatorTokens because the
-	// worker's own tests expect exact estimates without naming the mode (to be flipped once they do).
+	// Tokenizer counts input tokens; the zero value is IndependentTokens (the stand-in's own rule, never
+	// gemq's estimator). Tests that need exact estimates name EstimatorTokens.
 	Tokenizer Tokenizer
 	// DSQ, when set, puts a hidden capacity in front of the quotas, as Vertex AI's Dynamic Shared Quota
 	// does: requests beyond it get a 429 without details (not charged).
@@ -129,7 +128,7 @@ func New(opts Options) *Server {
 		opts.HangFor = 10 * time.Minute
 	}
 	if opts.Tokenizer == "" {
-		opts.Tokenizer = EstimatorTokens
+		opts.Tokenizer = IndependentTokens
 	}
 	if opts.Seed == 0 {
 		opts.Seed = 0x6765_6d71

@@ -31,8 +31,7 @@ type GeminiOptions struct {
 	TokenSkew float64
 	// Seed makes the random choices reproducible (0: the stand-in's default).
 	Seed uint64
-	// Tokenizer is how the stand-in counts tokens ("": the stand-in's zero value, see
-	// geminisim.Options.Tokenizer); make bench sets geminisim.IndependentTokens.
+	// Tokenizer is how the stand-in counts tokens ("": geminisim.IndependentTokens, its own rule).
 	Tokenizer geminisim.Tokenizer
 	// DSQ puts a hidden capacity (Vertex AI's Dynamic Shared Quota) in front of the limits.
 	DSQ *geminisim.DSQ

@@ -65,6 +65,13 @@ func (a reserve) Admit(ctx context.Context, r *run, req *gemini.Request) (limite
 func (a reserve) Throttled(ctx context.Context, r *run, scope limiter.Scope, f gemini.Failure) Outcome {
 	m := a.m
 	now := m.now()
+	// Adapt the scope's limits for every instance: a quotaValue below the
+	// configuration lowers that dimension; a 429 without details, or any on
+	// Vertex AI, lowers the rate (AIMD). The per-task paths below remain.
+	sig := limiter.Throttle429{QuotaID: f.QuotaID, QuotaValue: f.QuotaValue, Capacity: f.Kind == gemini.Capacity || m.opts.Vertex}
+	if _, err := m.deps.Permits.Throttled(ctx, scope, sig); err != nil {
+		r.log.WarnContext(ctx, "limiter throttled", "error", err.Error())
+	}
 	switch f.Kind {
 	case gemini.QuotaPerMinute:
 		wait := f.RetryAfter

@@ -22,7 +22,7 @@ type countingPermits struct {
 	Permits
 	mu                      sync.Mutex
 	acquire, claim, release int
-	reconcile               int
+	reconcile, settle       int
 	released                []string // permit ids
 }
 
@@ -31,6 +31,13 @@ func (c *countingPermits) Reconcile(ctx context.Context, p limiter.Permit, token
 	c.reconcile++
 	c.mu.Unlock()
 	return c.Permits.Reconcile(ctx, p, tokens)
+}
+
+func (c *countingPermits) Settle(ctx context.Context, p limiter.Permit, tokens int64) error {
+	c.mu.Lock()
+	c.settle++
+	c.mu.Unlock()
+	return c.Permits.Settle(ctx, p, tokens)
 }
 
 func (c *countingPermits) Acquire(ctx context.Context, s limiter.Scope, cost limiter.Cost) (limiter.Permit, error) {

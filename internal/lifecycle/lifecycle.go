@@ -90,6 +90,9 @@ type Permits interface {
 	Reconcile(ctx context.Context, p limiter.Permit, actualInputTokens int64) error
 	Release(ctx context.Context, p limiter.Permit) error
 	Cooldown(ctx context.Context, scope limiter.Scope, until time.Time, reason string) error
+	Estimate(ctx context.Context, scope limiter.Scope, kind string, raw int64) (limiter.Cost, error)
+	Settle(ctx context.Context, p limiter.Permit, actualInputTokens int64) error
+	Throttled(ctx context.Context, scope limiter.Scope, t limiter.Throttle429) (limiter.Adaptation, error)
 }
 
 // Generator calls Gemini (*gemini.Client).
@@ -126,6 +129,9 @@ type Options struct {
 	Project string
 	// Policy is the admission policy (GEMQ_LIMIT_POLICY).
 	Policy config.Policy
+	// Vertex: Gemini is Vertex AI (GOOGLE_GENAI_USE_VERTEXAI), where every
+	// 429 is a capacity signal (Dynamic Shared Quota).
+	Vertex bool
 	// CountTokens: estimate with the countTokens API, not locally.
 	CountTokens bool
 	// GeminiTimeout bounds one Gemini call (GEMQ_GEMINI_TIMEOUT).
@@ -160,6 +166,7 @@ func OptionsFrom(cfg config.Config) Options {
 		Project:       cfg.Project,
 		Policy:        cfg.LimitPolicy,
 		CountTokens:   cfg.TokenEstimator == config.EstimateCountTokens,
+		Vertex:        cfg.Vertex,
 		GeminiTimeout: cfg.GeminiTimeout,
 		Lease:         cfg.Lease,
 		MaxAttempts:   cfg.MaxAttempts,

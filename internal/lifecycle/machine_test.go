@@ -544,8 +544,14 @@ func TestGeminiOutcomes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.Outcome == limiter.Granted || !strings.Contains(p.Reason, "cooldown") {
+		// (by the cooldown, or by the lowered limit below when it binds later)
+		if p.Outcome == limiter.Granted || !strings.Contains(p.Reason, "cooldown") && p.Reason != "rpm" {
 			t.Errorf("acquire after a 429 = %s %q, want held back by the cooldown", p.Outcome, p.Reason)
+		}
+		// The stand-in enforces 1 RPM against a configured 100,000: its
+		// quotaValue lowers the scope's limit for every instance.
+		if lim, err := f.lim.Limits(context.Background(), limiter.Scope{Project: testProject, Model: modelSimRPM}); err != nil || lim["rpm"] != 1 {
+			t.Errorf("effective limits after a 429 with quotaValue 1 = %v, %v; want rpm 1", lim, err)
 		}
 	})
 	t.Run("429 per day: after Pacific midnight", func(t *testing.T) {
@@ -582,6 +588,10 @@ func TestGeminiOutcomes(t *testing.T) {
 		}
 		if body := taskBody(t, tks[0]); body.Attempt != 0 || body.Deferrals != 1 {
 			t.Errorf("attempt/deferrals = %d/%d, want 0/1 (not a failed attempt)", body.Attempt, body.Deferrals)
+		}
+		// Shared AIMD: the scope's rate drops ×0.8 for every instance.
+		if lim, err := f.lim.Limits(context.Background(), limiter.Scope{Project: testProject, Model: modelOpen}); err != nil || lim["rpm"] != 80000 {
+			t.Errorf("effective limits after a capacity 429 = %v, %v; want rpm 80000", lim, err)
 		}
 	})
 	t.Run("404: permanent with Gemini's message", func(t *testing.T) {
@@ -670,15 +680,15 @@ func TestCountTokensEstimator(t *testing.T) {
 	}
 }
 
-// A permit is reconciled only when Gemini's promptTokenCount differs from
-// the estimate it was charged with.
-func TestReconcileOnlyWhenTheEstimateWasOff(t *testing.T) {
+// A successful call is settled once (one script: reconcile, learning,
+// AIMD), whether or not the estimate was off; Reconcile is not called.
+func TestSettledOncePerSuccess(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		skew float64
 		want int
 	}{
-		{"exact estimate", 0, 0},
+		{"exact estimate", 0, 1},
 		{"estimate off by up to 30%", 0.3, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -687,10 +697,10 @@ func TestReconcileOnlyWhenTheEstimateWasOff(t *testing.T) {
 			e := envelope("job-rec", "k", modelOpen, "a prompt long enough that a 30% skew changes its token count")
 			want(t, f.push(e), http.StatusOK, OutSucceeded)
 			c.mu.Lock()
-			got := c.reconcile
+			got, rec := c.settle, c.reconcile
 			c.mu.Unlock()
-			if got != tc.want {
-				t.Fatalf("Reconcile calls = %d, want %d", got, tc.want)
+			if got != tc.want || rec != 0 {
+				t.Fatalf("Settle calls = %d, Reconcile calls = %d; want %d and 0", got, rec, tc.want)
 			}
 		})
 	}

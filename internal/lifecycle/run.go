@@ -171,12 +171,10 @@ func (m *Machine) call(ctx context.Context, r *run, req *gemini.Request, permit 
 	resp, err := m.deps.Gemini.Generate(callCtx, r.env.TaskID, r.env.Model, req)
 	cancel()
 	if err == nil {
-		// A permit is reconciled once, so an exact estimate (countTokens)
-		// needs no round trip.
-		if resp.PromptTokens != permit.Cost.InputTokens {
-			if err := m.deps.Permits.Reconcile(ctx, permit, resp.PromptTokens); err != nil {
-				r.log.WarnContext(ctx, "limiter reconcile", "error", err.Error())
-			}
+		// One script: reconcile the charge, learn the estimate's error,
+		// count the success for the adaptive limits.
+		if err := m.deps.Permits.Settle(ctx, permit, resp.PromptTokens); err != nil {
+			r.log.WarnContext(ctx, "limiter settle", "error", err.Error())
 		}
 		return m.finishSucceeded(ctx, r, resp.JSON)
 	}
@@ -192,29 +190,40 @@ func (m *Machine) call(ctx context.Context, r *run, req *gemini.Request, permit 
 	return m.geminiFailed(ctx, r, permit.Scope, err)
 }
 
-// estimate returns the task's estimated input tokens, or the outcome to
-// answer when it could not (countTokens failed).
-func (m *Machine) estimate(ctx context.Context, r *run, req *gemini.Request) (int64, Outcome, bool) {
+// estimate returns the task's cost: the local estimate corrected by what
+// the limiter learned for its kind of content, or countTokens' exact count;
+// or the outcome to answer when it could not (Redis down, countTokens
+// failed).
+func (m *Machine) estimate(ctx context.Context, r *run, scope limiter.Scope, req *gemini.Request) (limiter.Cost, Outcome, bool) {
 	if !m.opts.CountTokens {
-		return gemini.EstimateInputTokens(req), Outcome{}, true
+		kind, raw := gemini.EstimateKind(req)
+		cost, err := m.deps.Permits.Estimate(ctx, scope, kind, raw)
+		if err != nil && !errorsIsUnknownScope(err) {
+			r.log.ErrorContext(ctx, "limiter estimate", "error", err.Error())
+			return cost, m.abort(ctx, r), false
+		}
+		if err != nil { // Acquire answers the unknown scope
+			cost = limiter.Cost{Requests: 1, InputTokens: raw}
+		}
+		return cost, Outcome{}, true
 	}
 	callCtx, cancel := context.WithTimeout(ctx, m.opts.GeminiTimeout)
 	n, err := m.deps.Gemini.CountTokens(callCtx, r.env.Model, req)
 	cancel()
 	if err == nil {
-		return n, Outcome{}, true
+		return limiter.Cost{Requests: 1, InputTokens: n}, Outcome{}, true
 	}
 	if ctx.Err() != nil {
-		return 0, Outcome{Name: OutAbandoned, Redeliver: true}, false
+		return limiter.Cost{}, Outcome{Name: OutAbandoned, Redeliver: true}, false
 	}
 	f := gemini.Classify(err)
 	r.log.WarnContext(ctx, "countTokens failed", "failure", string(f.Kind), "error", f.Message)
 	if f.Kind == gemini.Permanent {
-		return 0, m.finishFailed(ctx, r, failure{code: f.Code, status: f.Status, message: f.Message}), false
+		return limiter.Cost{}, m.finishFailed(ctx, r, failure{code: f.Code, status: f.Status, message: f.Message}), false
 	}
 	// countTokens has its own quota; any other failure is retried later
 	// without counting as an attempt.
-	return 0, m.deferTask(ctx, r, deferral{at: m.now().Add(backoff(r.env.Deferrals+1, m.opts.CapacityBase, m.opts.CapacityMax)),
+	return limiter.Cost{}, m.deferTask(ctx, r, deferral{at: m.now().Add(backoff(r.env.Deferrals+1, m.opts.CapacityBase, m.opts.CapacityMax)),
 		why: "countTokens: " + string(f.Kind)}), false
 }
 
@@ -222,12 +231,12 @@ func (m *Machine) estimate(ctx context.Context, r *run, req *gemini.Request) (in
 // when the answer is o instead (no quota configured for the model, Redis
 // down, countTokens failed).
 func (m *Machine) acquire(ctx context.Context, r *run, req *gemini.Request) (p limiter.Permit, o Outcome, ok bool) {
-	tokens, o, ok := m.estimate(ctx, r, req)
+	scope := limiter.Scope{Project: m.opts.Project, Model: r.env.Model}
+	cost, o, ok := m.estimate(ctx, r, scope, req)
 	if !ok {
 		return p, o, false
 	}
-	scope := limiter.Scope{Project: m.opts.Project, Model: r.env.Model}
-	p, err := m.deps.Permits.Acquire(ctx, scope, limiter.Cost{Requests: 1, InputTokens: tokens})
+	p, err := m.deps.Permits.Acquire(ctx, scope, cost)
 	if errorsIsUnknownScope(err) {
 		return p, m.finishFailed(ctx, r, failure{code: 400, status: "INVALID_ARGUMENT",
 			message: fmt.Sprintf("no quota is configured for model %q", r.env.Model)}), false

@@ -191,8 +191,8 @@ func req(text string) string {
 	return `{"contents": [{"role": "user", "parts": [{"text": ` + string(b) + `}]}]}`
 }
 
-// job builds a JSON job body with the given items ("key" → request JSON).
-func job(head string, items ...string) string {
+// jobJSON builds a JSON job body with the given items ("key" → request JSON).
+func jobJSON(head string, items ...string) string {
 	var b strings.Builder
 	b.WriteString("{" + head)
 	if head != "" {
@@ -244,69 +244,69 @@ func TestBadInput(t *testing.T) {
 		{name: "malformed JSON", body: `{"model": "gemini-2.5-flash", "requests": [`, code: 400, field: "requests[0]", msg: "unexpected end"},
 		{name: "not JSON at all", body: `model=gemini`, code: 400, msg: "expected a value"},
 		{name: "empty body", body: ``, code: 400, msg: "empty input"},
-		{name: "trailing data", body: job(m, "a", req("hi")) + ` {"x": 1}`, code: 400, msg: "after the JSON value"},
+		{name: "trailing data", body: jobJSON(m, "a", req("hi")) + ` {"x": 1}`, code: 400, msg: "after the JSON value"},
 		{name: "JSONL sent as JSON", body: lines("a", req("x"), "b", req("y")), code: 400, field: "key", msg: "application/jsonl"},
 		{name: "unknown top-level field", body: `{"model": "gemini-2.5-flash", "requets": []}`, code: 400, field: "requets", msg: "unknown field"},
 		{name: "case-variant field", body: `{"Model": "gemini-2.5-flash", "requests": []}`, code: 400, field: "Model", msg: `did you mean "model"`},
 		{name: "unknown field in item", body: `{"model": "gemini-2.5-flash", "requests": [{"key": "a", "request": {}, "metadata": {}}]}`, code: 400, field: "requests[0].metadata", msg: "unknown field"},
-		{name: "unknown field in request", body: job(m, "a", req("x"), "b", `{"contents": [{"parts": [{"txt": "hi"}]}]}`), code: 400, field: "requests[1].request.contents[0].parts[0].txt", key: "b", msg: "unknown field"},
+		{name: "unknown field in request", body: jobJSON(m, "a", req("x"), "b", `{"contents": [{"parts": [{"txt": "hi"}]}]}`), code: 400, field: "requests[1].request.contents[0].parts[0].txt", key: "b", msg: "unknown field"},
 		{name: "duplicate key", body: `{"model": "gemini-2.5-flash", "model": "gemini-tiny", "requests": []}`, code: 400, field: "model", msg: "duplicate key"},
-		{name: "case-variant duplicate key", body: job(m, "a", `{"contents": [], "Contents": [{"parts": [{"text": "x"}]}]}`), code: 400, field: "requests[0].request.Contents", key: "a", msg: "unknown field"},
-		{name: "case-variant duplicate deep", body: job(m, "a", `{"contents": [{"parts": [{"text": "x", "TEXT": "y"}]}]}`), code: 400, field: "requests[0].request.contents[0].parts[0].TEXT", key: "a", msg: "unknown field"},
-		{name: "invalid UTF-8", body: job(m, "a", req("ok"), "b", `{"contents": [{"parts": [{"text": "caf`+"\xe9"+`"}]}]}`), code: 400, field: "requests[1].request.contents[0].parts[0].text", msg: "invalid UTF-8"},
-		{name: "lone surrogate", body: job(m, "a", `{"contents": [{"parts": [{"text": "\ud83d"}]}]}`), code: 400, field: "requests[0].request.contents[0].parts[0].text", msg: "surrogate"},
-		{name: "no content type", hdr: []string{}, body: job(m, "a", req("x")), code: 415, field: "Content-Type"},
-		{name: "wrong content type", hdr: []string{"Content-Type", "text/plain"}, body: job(m, "a", req("x")), code: 415, field: "Content-Type"},
+		{name: "case-variant duplicate key", body: jobJSON(m, "a", `{"contents": [], "Contents": [{"parts": [{"text": "x"}]}]}`), code: 400, field: "requests[0].request.Contents", key: "a", msg: "unknown field"},
+		{name: "case-variant duplicate deep", body: jobJSON(m, "a", `{"contents": [{"parts": [{"text": "x", "TEXT": "y"}]}]}`), code: 400, field: "requests[0].request.contents[0].parts[0].TEXT", key: "a", msg: "unknown field"},
+		{name: "invalid UTF-8", body: jobJSON(m, "a", req("ok"), "b", `{"contents": [{"parts": [{"text": "caf`+"\xe9"+`"}]}]}`), code: 400, field: "requests[1].request.contents[0].parts[0].text", msg: "invalid UTF-8"},
+		{name: "lone surrogate", body: jobJSON(m, "a", `{"contents": [{"parts": [{"text": "\ud83d"}]}]}`), code: 400, field: "requests[0].request.contents[0].parts[0].text", msg: "surrogate"},
+		{name: "no content type", hdr: []string{}, body: jobJSON(m, "a", req("x")), code: 415, field: "Content-Type"},
+		{name: "wrong content type", hdr: []string{"Content-Type", "text/plain"}, body: jobJSON(m, "a", req("x")), code: 415, field: "Content-Type"},
 		{name: "form content type", hdr: []string{"Content-Type", "application/x-www-form-urlencoded"}, body: "a=b", code: 415, field: "Content-Type"},
-		{name: "wrong charset", hdr: []string{"Content-Type", "application/json; charset=latin1"}, body: job(m, "a", req("x")), code: 415, field: "Content-Type"},
-		{name: "unsupported encoding", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "br"}, body: job(m, "a", req("x")), code: 415, field: "Content-Encoding"},
+		{name: "wrong charset", hdr: []string{"Content-Type", "application/json; charset=latin1"}, body: jobJSON(m, "a", req("x")), code: 415, field: "Content-Type"},
+		{name: "unsupported encoding", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "br"}, body: jobJSON(m, "a", req("x")), code: 415, field: "Content-Encoding"},
 		{name: "gzip bomb", hdr: []string{"Content-Type", "application/jsonl", "Content-Encoding", "gzip"}, raw: bomb, code: 413, msg: "decompressed"},
-		{name: "not gzip", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "gzip"}, body: job(m, "a", req("x")), code: 400, field: "Content-Encoding"},
-		{name: "truncated gzip", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "gzip"}, raw: gz(t, []byte(job(m, "a", req("x"))))[:30], code: 400, field: "Content-Encoding"},
-		{name: "body over the cap", body: job(m, "a", req(strings.Repeat("x", 3<<20))), code: 413, msg: "larger than the limit"},
+		{name: "not gzip", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "gzip"}, body: jobJSON(m, "a", req("x")), code: 400, field: "Content-Encoding"},
+		{name: "truncated gzip", hdr: []string{"Content-Type", "application/json", "Content-Encoding", "gzip"}, raw: gz(t, []byte(jobJSON(m, "a", req("x"))))[:30], code: 400, field: "Content-Encoding"},
+		{name: "body over the cap", body: jobJSON(m, "a", req(strings.Repeat("x", 3<<20))), code: 413, msg: "larger than the limit"},
 		{name: "empty batch", body: `{"model": "gemini-2.5-flash", "requests": []}`, code: 400, field: "requests", msg: "no requests"},
 		{name: "no requests member", body: `{"model": "gemini-2.5-flash"}`, code: 400, field: "requests", msg: "no requests"},
 		{name: "empty JSONL", hdr: jsonl, body: "\n\n", code: 400, msg: "no JSON lines"},
-		{name: "oversized batch", body: job(m, "a", req("x"), "b", req("x"), "c", req("x"), "d", req("x")), code: 400, field: "requests", msg: "more than the limit of 3"},
+		{name: "oversized batch", body: jobJSON(m, "a", req("x"), "b", req("x"), "c", req("x"), "d", req("x")), code: 400, field: "requests", msg: "more than the limit of 3"},
 		{name: "oversized JSONL batch", hdr: jsonl, path: "/v1/jobs?model=gemini-2.5-flash", body: lines("a", req("x"), "b", req("x"), "c", req("x"), "d", req("x")), code: 400, field: "requests", line: 4, msg: "more than 3"},
-		{name: "empty prompt text", body: job(m, "a", req("")), code: 400, field: "requests[0].request.contents[0].parts[0]", key: "a", msg: "no data"},
-		{name: "prompt without parts", body: job(m, "a", `{"contents": [{"role": "user", "parts": []}]}`), code: 400, field: "requests[0].request.contents[0].parts", key: "a", msg: "must not be empty"},
-		{name: "no contents", body: job(m, "a", `{}`), code: 400, field: "requests[0].request.contents", key: "a", msg: "required"},
-		{name: "null request", body: job(m, "a", `null`), code: 400, field: "requests[0].request", key: "a", msg: "required"},
+		{name: "empty prompt text", body: jobJSON(m, "a", req("")), code: 400, field: "requests[0].request.contents[0].parts[0]", key: "a", msg: "no data"},
+		{name: "prompt without parts", body: jobJSON(m, "a", `{"contents": [{"role": "user", "parts": []}]}`), code: 400, field: "requests[0].request.contents[0].parts", key: "a", msg: "must not be empty"},
+		{name: "no contents", body: jobJSON(m, "a", `{}`), code: 400, field: "requests[0].request.contents", key: "a", msg: "required"},
+		{name: "null request", body: jobJSON(m, "a", `null`), code: 400, field: "requests[0].request", key: "a", msg: "required"},
 		{name: "missing request", body: `{"model": "gemini-2.5-flash", "requests": [{"key": "a"}]}`, code: 400, field: "requests[0].request", key: "a", msg: "required"},
-		{name: "request not an object", body: job(m, "a", `"hello"`), code: 400, field: "requests[0].request", msg: "JSON object"},
-		{name: "prompt beyond the input limit", body: job(`"model": "gemini-tiny"`, "a", req("ok"), "b", req(strings.Repeat("word ", 100))), code: 400, field: "requests[1].request.contents", key: "b", msg: "over the limit of 95"},
-		{name: "no model", body: job(``, "a", req("x")), code: 400, field: "model", msg: "required"},
-		{name: "unknown model", body: job(`"model": "gemini-9-ultra"`, "a", req("x")), code: 400, field: "model", msg: "not allowed"},
-		{name: "model with a quota but not allowed", body: job(`"model": "gemini-2.0-flash"`, "a", req("x")), code: 400, field: "model", msg: "not allowed"},
-		{name: "malformed model", body: job(`"model": "gemini/../x"`, "a", req("x")), code: 400, field: "model"},
+		{name: "request not an object", body: jobJSON(m, "a", `"hello"`), code: 400, field: "requests[0].request", msg: "JSON object"},
+		{name: "prompt beyond the input limit", body: jobJSON(`"model": "gemini-tiny"`, "a", req("ok"), "b", req(strings.Repeat("word ", 100))), code: 400, field: "requests[1].request.contents", key: "b", msg: "over the limit of 95"},
+		{name: "no model", body: jobJSON(``, "a", req("x")), code: 400, field: "model", msg: "required"},
+		{name: "unknown model", body: jobJSON(`"model": "gemini-9-ultra"`, "a", req("x")), code: 400, field: "model", msg: "not allowed"},
+		{name: "model with a quota but not allowed", body: jobJSON(`"model": "gemini-2.0-flash"`, "a", req("x")), code: 400, field: "model", msg: "not allowed"},
+		{name: "malformed model", body: jobJSON(`"model": "gemini/../x"`, "a", req("x")), code: 400, field: "model"},
 		{name: "model of the wrong type", body: `{"model": 5, "requests": []}`, code: 400, field: "model", msg: "expected a string"},
-		{name: "temperature out of range", body: job(m, "a", `{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"temperature": 3}}`), code: 400, field: "requests[0].request.generationConfig.temperature", key: "a"},
-		{name: "topK of the wrong type", body: job(m, "a", `{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"topK": "many"}}`), code: 400, field: "requests[0].request.generationConfig.topK"},
-		{name: "job-level temperature out of range", body: job(m+`, "generation_config": {"temperature": 5}`, "a", req("x")), code: 400, field: "generation_config.temperature"},
-		{name: "job-level unknown config field", body: job(m+`, "generation_config": {"temprature": 1}`, "a", req("x")), code: 400, field: "generation_config.temprature"},
-		{name: "job-level bad system instruction", body: job(m+`, "system_instruction": {"parts": [{"text": "x", "extra": 1}]}`, "a", req("x")), code: 400, field: "system_instruction.parts[0].extra"},
-		{name: "duplicate request keys", body: job(m, "a", req("x"), "b", req("y"), "a", req("z")), code: 400, field: "requests[2].key", key: "a", msg: "first used by requests[0]"},
+		{name: "temperature out of range", body: jobJSON(m, "a", `{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"temperature": 3}}`), code: 400, field: "requests[0].request.generationConfig.temperature", key: "a"},
+		{name: "topK of the wrong type", body: jobJSON(m, "a", `{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"topK": "many"}}`), code: 400, field: "requests[0].request.generationConfig.topK"},
+		{name: "job-level temperature out of range", body: jobJSON(m+`, "generation_config": {"temperature": 5}`, "a", req("x")), code: 400, field: "generation_config.temperature"},
+		{name: "job-level unknown config field", body: jobJSON(m+`, "generation_config": {"temprature": 1}`, "a", req("x")), code: 400, field: "generation_config.temprature"},
+		{name: "job-level bad system instruction", body: jobJSON(m+`, "system_instruction": {"parts": [{"text": "x", "extra": 1}]}`, "a", req("x")), code: 400, field: "system_instruction.parts[0].extra"},
+		{name: "duplicate request keys", body: jobJSON(m, "a", req("x"), "b", req("y"), "a", req("z")), code: 400, field: "requests[2].key", key: "a", msg: "first used by requests[0]"},
 		{name: "duplicate JSONL keys", hdr: jsonl, path: "/v1/jobs?model=gemini-2.5-flash", body: lines("a", req("x"), "a", req("y")), code: 400, field: "key", line: 2, key: "a", msg: "first used by line 1"},
-		{name: "empty key", body: job(m, "", req("x")), code: 400, field: "requests[0].key", msg: "required"},
-		{name: "key too long", body: job(m, strings.Repeat("k", task.MaxKeyBytes+1), req("x")), code: 400, field: "requests[0].key", msg: "over the limit"},
+		{name: "empty key", body: jobJSON(m, "", req("x")), code: 400, field: "requests[0].key", msg: "required"},
+		{name: "key too long", body: jobJSON(m, strings.Repeat("k", task.MaxKeyBytes+1), req("x")), code: 400, field: "requests[0].key", msg: "over the limit"},
 		{name: "key of the wrong type", body: `{"model": "gemini-2.5-flash", "requests": [{"key": 7, "request": {}}]}`, code: 400, field: "requests[0].key", msg: "expected a string"},
-		{name: "job id with a hash tag", body: job(m+`, "job_id": "a}{b"`, "a", req("x")), code: 400, field: "job_id"},
-		{name: "job id with a newline", body: job(m+`, "job_id": "a\nINFO fake log line"`, "a", req("x")), code: 400, field: "job_id"},
-		{name: "job id too long", body: job(m+`, "job_id": "`+strings.Repeat("j", 65)+`"`, "a", req("x")), code: 400, field: "job_id"},
+		{name: "job id with a hash tag", body: jobJSON(m+`, "job_id": "a}{b"`, "a", req("x")), code: 400, field: "job_id"},
+		{name: "job id with a newline", body: jobJSON(m+`, "job_id": "a\nINFO fake log line"`, "a", req("x")), code: 400, field: "job_id"},
+		{name: "job id too long", body: jobJSON(m+`, "job_id": "`+strings.Repeat("j", 65)+`"`, "a", req("x")), code: 400, field: "job_id"},
 		{name: "job id in query", path: "/v1/jobs?job_id=bad%20id", hdr: jsonl, body: lines("a", req("x")), code: 400, field: "job_id"},
-		{name: "query and body disagree", path: "/v1/jobs?model=gemini-tiny", body: job(m, "a", req("x")), code: 400, field: "model", msg: "differs"},
-		{name: "unknown query parameter", path: "/v1/jobs?modle=x", body: job(m, "a", req("x")), code: 400, field: "modle"},
+		{name: "query and body disagree", path: "/v1/jobs?model=gemini-tiny", body: jobJSON(m, "a", req("x")), code: 400, field: "model", msg: "differs"},
+		{name: "unknown query parameter", path: "/v1/jobs?modle=x", body: jobJSON(m, "a", req("x")), code: 400, field: "modle"},
 		{name: "repeated query parameter", path: "/v1/jobs?model=a&model=b", hdr: jsonl, body: lines("a", req("x")), code: 400, field: "model"},
 		{name: "bad JSONL default config", path: "/v1/jobs?model=gemini-2.5-flash&generation_config=" + url.QueryEscape(`{"topP": 2}`), hdr: jsonl, body: lines("a", req("x")), code: 400, field: "generation_config.topP"},
 		{name: "JSONL line with an unknown field", path: "/v1/jobs?model=gemini-2.5-flash", hdr: jsonl, body: lines("a", req("x")) + "{\"key\": \"b\", \"request\": {}, \"bad\": 1}\n", code: 400, field: "bad", line: 2},
 		{name: "JSONL request error names the line", path: "/v1/jobs?model=gemini-2.5-flash", hdr: jsonl, body: lines("a", req("x"), "b", `{"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": 99}}`), code: 400, field: "request.generationConfig.candidateCount", line: 2, key: "b"},
 		{name: "pretty-printed JSONL", path: "/v1/jobs?model=gemini-2.5-flash", hdr: jsonl, body: "{\n\"key\": \"a\", \"request\": {}}\n", code: 400, line: 1},
-		{name: "task too large for Cloud Tasks", body: job(m, "small", req("x"), "big one", bigInline), code: 413, field: "requests[1].request", key: "big one", msg: `"big one"`},
-		{name: "wrong method", method: http.MethodPut, body: job(m, "a", req("x")), code: 405},
+		{name: "task too large for Cloud Tasks", body: jobJSON(m, "small", req("x"), "big one", bigInline), code: 413, field: "requests[1].request", key: "big one", msg: `"big one"`},
+		{name: "wrong method", method: http.MethodPut, body: jobJSON(m, "a", req("x")), code: 405},
 		{name: "GET on the collection", method: http.MethodGet, code: 405},
-		{name: "POST on a job", method: http.MethodPost, path: "/v1/jobs/j1", body: job(m, "a", req("x")), code: 405},
-		{name: "unknown path", path: "/v2/jobs", body: job(m, "a", req("x")), code: 404},
+		{name: "POST on a job", method: http.MethodPost, path: "/v1/jobs/j1", body: jobJSON(m, "a", req("x")), code: 405},
+		{name: "unknown path", path: "/v2/jobs", body: jobJSON(m, "a", req("x")), code: 404},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -369,7 +369,7 @@ func decodeAccepted(t *testing.T, w *httptest.ResponseRecorder) accepted {
 
 func TestSubmitJSON(t *testing.T) {
 	e := newEnv(t)
-	body := job(`"job_id": "nightly-1", "model": "models/gemini-2.5-flash",
+	body := jobJSON(`"job_id": "nightly-1", "model": "models/gemini-2.5-flash",
 		"system_instruction": {"parts": [{"text": "Be brief."}]},
 		"generation_config": {"temperature": 0.5, "max_output_tokens": 100}`,
 		"a", req("first"),
@@ -405,8 +405,8 @@ func TestSubmitJSON(t *testing.T) {
 
 func TestSubmitWithoutJobID(t *testing.T) {
 	e := newEnv(t)
-	a1 := decodeAccepted(t, e.postJSON(job(m, "a", req("x"))))
-	a2 := decodeAccepted(t, e.postJSON(job(m, "a", req("x"))))
+	a1 := decodeAccepted(t, e.postJSON(jobJSON(m, "a", req("x"))))
+	a2 := decodeAccepted(t, e.postJSON(jobJSON(m, "a", req("x"))))
 	if !task.ValidJobID(a1.JobID) || a1.JobID == a2.JobID {
 		t.Errorf("generated job ids %q, %q: want two distinct valid ids", a1.JobID, a2.JobID)
 	}
@@ -417,7 +417,7 @@ func TestSubmitWithoutJobID(t *testing.T) {
 
 func TestSubmitDefaultModel(t *testing.T) {
 	e := newEnv(t, func(d *deps) { d.defaultModel = model })
-	a := decodeAccepted(t, e.postJSON(job(``, "a", req("x"))))
+	a := decodeAccepted(t, e.postJSON(jobJSON(``, "a", req("x"))))
 	if envs := e.published(); len(envs) != 1 || envs[0].Model != model || envs[0].JobID != a.JobID {
 		t.Errorf("published %+v, want one task for %s with the default model", envs, a.JobID)
 	}
@@ -466,7 +466,7 @@ func TestSubmitBatchFile(t *testing.T) {
 
 func TestIdempotentRetryAndConflict(t *testing.T) {
 	e := newEnv(t)
-	body := job(`"job_id": "retry-1", `+m, "a", req("x"), "b", req("y"))
+	body := jobJSON(`"job_id": "retry-1", `+m, "a", req("x"), "b", req("y"))
 	first := e.postJSON(body)
 	decodeAccepted(t, first)
 	// The same job as JSONL is the same content.
@@ -478,11 +478,11 @@ func TestIdempotentRetryAndConflict(t *testing.T) {
 		t.Errorf("published %d messages after a retry, want 2 (nothing republished)", n)
 	}
 	for _, changed := range []string{
-		job(`"job_id": "retry-1", `+m, "a", req("x"), "b", req("z")),
-		job(`"job_id": "retry-1", `+m, "a", req("x")),
-		job(`"job_id": "retry-1", `+m, "b", req("y"), "a", req("x")),
-		job(`"job_id": "retry-1", "model": "gemini-tiny"`, "a", req("x"), "b", req("y")),
-		job(`"job_id": "retry-1", `+m+`, "generation_config": {"temperature": 1}`, "a", req("x"), "b", req("y")),
+		jobJSON(`"job_id": "retry-1", `+m, "a", req("x"), "b", req("z")),
+		jobJSON(`"job_id": "retry-1", `+m, "a", req("x")),
+		jobJSON(`"job_id": "retry-1", `+m, "b", req("y"), "a", req("x")),
+		jobJSON(`"job_id": "retry-1", "model": "gemini-tiny"`, "a", req("x"), "b", req("y")),
+		jobJSON(`"job_id": "retry-1", `+m+`, "generation_config": {"temperature": 1}`, "a", req("x"), "b", req("y")),
 	} {
 		w := e.postJSON(changed)
 		if w.Code != http.StatusConflict {
@@ -525,7 +525,7 @@ func TestRetryAfterPartialPublish(t *testing.T) {
 		flaky = &flakyPublisher{pub: d.publisher}
 		d.publisher = flaky
 	})
-	body := job(`"job_id": "crash-1", `+m, "a", req("1"), "b", req("2"), "c", req("3"), "d", req("4"))
+	body := jobJSON(`"job_id": "crash-1", `+m, "a", req("1"), "b", req("2"), "c", req("3"), "d", req("4"))
 	w := e.postJSON(body)
 	if w.Code != http.StatusServiceUnavailable {
 		t.Fatalf("POST with a failing publish = %d %s, want 503", w.Code, w.Body)
@@ -557,7 +557,7 @@ func TestRetryAfterPartialPublish(t *testing.T) {
 
 func TestConcurrentIdenticalSubmissions(t *testing.T) {
 	e := newEnv(t)
-	body := job(`"job_id": "race-1", `+m, "a", req("1"), "b", req("2"))
+	body := jobJSON(`"job_id": "race-1", `+m, "a", req("1"), "b", req("2"))
 	var wg sync.WaitGroup
 	codes := make([]int, 8)
 	for i := range codes {
@@ -614,7 +614,7 @@ func seed(t *testing.T, st *store.Store, jobID string, succeed map[string]string
 func TestStatusAndResults(t *testing.T) {
 	e := newEnv(t)
 	weird := "key/with slash?and#hash %2F"
-	decodeAccepted(t, e.postJSON(job(`"job_id": "st-1", `+m, "a", req("1"), "b", req("2"), weird, req("3"), "d", req("4"))))
+	decodeAccepted(t, e.postJSON(jobJSON(`"job_id": "st-1", `+m, "a", req("1"), "b", req("2"), weird, req("3"), "d", req("4"))))
 	resp := `{"candidates":[{"content":{"role":"model","parts":[{"text":"hi"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":1}}`
 	errJSON := `{"code":400,"message":"bad","status":"INVALID_ARGUMENT"}`
 	seed(t, e.st, "st-1", map[string]string{"a": resp, weird: resp}, map[string]string{"b": errJSON})
@@ -739,7 +739,7 @@ func TestResultsManyPages(t *testing.T) {
 		items = append(items, k, req("x"))
 		succeed[k] = `{"candidates":[]}`
 	}
-	decodeAccepted(t, e.postJSON(job(`"job_id": "pages", `+m, items...)))
+	decodeAccepted(t, e.postJSON(jobJSON(`"job_id": "pages", `+m, items...)))
 	seed(t, e.st, "pages", succeed, nil)
 	if got := results(t, e, "pages", "done"); len(got) != len(succeed) {
 		t.Errorf("results: %d lines, want %d", len(got), len(succeed))
@@ -748,7 +748,7 @@ func TestResultsManyPages(t *testing.T) {
 
 func TestLookupErrors(t *testing.T) {
 	e := newEnv(t)
-	decodeAccepted(t, e.postJSON(job(`"job_id": "look", `+m, "a", req("x"))))
+	decodeAccepted(t, e.postJSON(jobJSON(`"job_id": "look", `+m, "a", req("x"))))
 	for _, tc := range []struct {
 		path  string
 		code  int
@@ -802,32 +802,13 @@ func TestParseRoute(t *testing.T) {
 	}
 }
 
-func TestApplyDefaults(t *testing.T) {
-	sys := json.RawMessage(`{"parts":[{"text":"S"}]}`)
-	gen := json.RawMessage(`{"temperature":0.1,"topK":3}`)
-	tests := []struct{ in, want string }{
-		{`{"contents":[]}`, `{"contents":[],"generationConfig":{"temperature":0.1,"topK":3},"systemInstruction":{"parts":[{"text":"S"}]}}`},
-		{`{"contents":[],"system_instruction":{"parts":[]},"generationConfig":null}`, `{"contents":[],"generationConfig":{"temperature":0.1,"topK":3},"system_instruction":{"parts":[]}}`},
-		{`{"contents":[],"generationConfig":{"top_k":9}}`, `{"contents":[],"generationConfig":{"temperature":0.1,"top_k":9},"systemInstruction":{"parts":[{"text":"S"}]}}`},
-	}
-	for _, tt := range tests {
-		got, err := applyDefaults(json.RawMessage(tt.in), sys, gen)
-		if err != nil || string(got) != tt.want {
-			t.Errorf("applyDefaults(%s) = %s, %v; want %s", tt.in, got, err, tt.want)
-		}
-	}
-	if got, _ := applyDefaults(json.RawMessage(`{"contents":[]}`), nil, json.RawMessage("null")); string(got) != `{"contents":[]}` {
-		t.Errorf("applyDefaults without defaults changed the request: %s", got)
-	}
-}
-
 func TestLogsCarryNoInput(t *testing.T) {
 	var buf syncBuffer
 	e := newEnv(t, func(d *deps) { d.log = newTestLogger(&buf) })
 	secret := "SECRET-PROMPT-TEXT"
-	decodeAccepted(t, e.postJSON(job(`"job_id": "logs-1", `+m, "KEY-"+secret, req(secret))))
-	e.postJSON(job(`"job_id": "logs-2", `+m, "KEY-"+secret, req(secret), "KEY-"+secret, req(secret)))
-	e.postJSON(job(`"job_id": "logs-3", `+m, "k", `{"contents": [{"parts": [{"text": "`+secret+`", "`+secret+`": 1}]}]}`))
+	decodeAccepted(t, e.postJSON(jobJSON(`"job_id": "logs-1", `+m, "KEY-"+secret, req(secret))))
+	e.postJSON(jobJSON(`"job_id": "logs-2", `+m, "KEY-"+secret, req(secret), "KEY-"+secret, req(secret)))
+	e.postJSON(jobJSON(`"job_id": "logs-3", `+m, "k", `{"contents": [{"parts": [{"text": "`+secret+`", "`+secret+`": 1}]}]}`))
 	e.do(http.MethodGet, "/v1/jobs/logs-1/requests/KEY-"+secret, nil)
 	e.do(http.MethodGet, "/v1/jobs/"+secret+"%7B/results", nil)
 	out := buf.String()
@@ -915,7 +896,7 @@ func TestKeysAreHashed(t *testing.T) {
 	for _, k := range keys {
 		items = append(items, k, req("x"))
 	}
-	decodeAccepted(t, e.postJSON(job(`"job_id": "keys-1", `+m, items...)))
+	decodeAccepted(t, e.postJSON(jobJSON(`"job_id": "keys-1", `+m, items...)))
 	for _, rk := range e.keys() {
 		if !strings.HasPrefix(rk, "gemq:job:{keys-1}:") && rk != publishedKey("keys-1") {
 			t.Errorf("unexpected Redis key %q", rk)

@@ -12,9 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gemq-dev/gemq/internal/job"
 	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/store"
+	"github.com/gemq-dev/gemq/internal/task"
 )
 
 // jobStore is what ingest needs of internal/store.
@@ -41,12 +43,6 @@ type publishMarks interface {
 	MarkPublished(ctx context.Context, jobID string) error
 }
 
-// inputLimits gives a model's input token limit (0: none known) and what
-// the limit is, for messages.
-type inputLimits interface {
-	InputTokenLimit(ctx context.Context, model string) (limit int64, what string, err error)
-}
-
 // deps are the server's collaborators and settings. The registered function
 // builds them from internal/config; tests build them directly.
 type deps struct {
@@ -54,7 +50,7 @@ type deps struct {
 	marks     publishMarks
 	publisher publisher
 	// limits gives per-model input token limits; nil: not checked.
-	limits inputLimits
+	limits job.InputLimits
 	// allowed is the set of models accepted; empty allows none.
 	allowed []string
 	// defaultModel is used when a job names none; "" makes model required.
@@ -80,6 +76,8 @@ const resultsPageSize = 500
 // server is the ingest HTTP handler.
 type server struct {
 	deps
+	// rules build jobs from submissions, from deps' settings.
+	rules job.Rules
 }
 
 // newServer returns the handler for d, filling in defaults.
@@ -94,12 +92,13 @@ func newServer(d deps) *server {
 		d.maxBodyBytes = 32 << 20
 	}
 	if d.newJobID == nil {
-		d.newJobID = randomJobID
+		d.newJobID = job.RandomID
 	}
 	if d.publishTimeout <= 0 {
 		d.publishTimeout = 5 * time.Minute
 	}
-	return &server{deps: d}
+	return &server{deps: d, rules: job.Rules{Allowed: d.allowed, DefaultModel: d.defaultModel,
+		MaxRequests: d.maxRequests, Limits: d.limits, NewID: d.newJobID}}
 }
 
 // route is one parsed request path: the part after ".../v1/jobs".
@@ -195,7 +194,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // safeID returns id when it is a valid job id, else a placeholder, so that
 // arbitrary client input never reaches the logs.
 func safeID(id string) string {
-	if validJobID(id) {
+	if task.ValidJobID(id) {
 		return id
 	}
 	return "(invalid)"
@@ -269,8 +268,8 @@ func viewOf(j store.Job) jobView {
 // lookupJob answers 400 for a malformed id and 404 for an unknown job; ok
 // is false when it has answered.
 func (s *server) lookupJob(w http.ResponseWriter, r *http.Request, id string) (store.Job, bool) {
-	if !validJobID(id) {
-		s.fail(w, r, &apiError{Code: http.StatusBadRequest, Field: "job_id", Message: jobIDRule})
+	if !task.ValidJobID(id) {
+		s.fail(w, r, &apiError{Code: http.StatusBadRequest, Field: "job_id", Message: job.IDRule})
 		return store.Job{}, false
 	}
 	j, err := s.store.GetJob(r.Context(), id)

@@ -1,0 +1,119 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+const testModel = "gemini-2.5-flash"
+
+func rules() Rules {
+	return Rules{Allowed: []string{testModel}, MaxRequests: 10, NewID: func() string { return "fresh" }}
+}
+
+// limits is an InputLimits answering limit, or err.
+type limits struct {
+	limit int64
+	err   error
+}
+
+func (l limits) InputTokenLimit(context.Context, string) (int64, string, error) {
+	return l.limit, "the test limit", l.err
+}
+
+func TestBuildRefusesWithKind(t *testing.T) {
+	ok := `{"contents":[{"parts":[{"text":"hello"}]}]}`
+	huge := fmt.Sprintf(`{"contents":[{"parts":[{"text":%q}]}]}`, strings.Repeat("x", task.MaxPublishBytes))
+	for _, tc := range []struct {
+		name   string
+		rules  func(*Rules)
+		body   string
+		kind   Kind
+		field  string
+		reason string
+	}{
+		{name: "model not allowed", body: `{"model":"gemini-other","requests":[{"key":"a","request":` + ok + `}]}`, kind: Invalid, field: "model", reason: "model"},
+		{name: "too many", rules: func(r *Rules) { r.MaxRequests = 1 }, body: `{"model":"` + testModel + `","requests":[{"key":"a","request":` + ok + `},{"key":"b","request":` + ok + `}]}`, kind: Invalid, field: "requests", reason: "too_many_requests"},
+		{name: "limit lookup fails", rules: func(r *Rules) { r.Limits = limits{err: errors.New("down")} }, body: `{"model":"` + testModel + `","requests":[{"key":"a","request":` + ok + `}]}`, kind: Unavailable, reason: "model_info"},
+		{name: "prompt over the limit", rules: func(r *Rules) { r.Limits = limits{limit: 1} }, body: `{"model":"` + testModel + `","requests":[{"key":"a","request":` + ok + `}]}`, kind: Invalid, field: "requests[0].request.contents", reason: "request"},
+		{name: "task too large", body: `{"model":"` + testModel + `","requests":[{"key":"a","request":` + huge + `}]}`, kind: TooLarge, field: "requests[0].request", reason: "task_too_large"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := rules()
+			if tc.rules != nil {
+				tc.rules(&r)
+			}
+			_, err := r.Build(t.Context(), JSON, []byte(tc.body), Params{})
+			var je *Error
+			if !errors.As(err, &je) {
+				t.Fatalf("Build = %v, want *Error", err)
+			}
+			if je.Kind != tc.kind || je.Field != tc.field || je.Reason != tc.reason {
+				t.Errorf("Build = %+v, want kind %d field %q reason %q", je, tc.kind, tc.field, tc.reason)
+			}
+		})
+	}
+}
+
+// The content hash is the idempotency key: the same job in either format
+// hashes the same, any change to its content does not, and every task
+// carries the hash and the job's size.
+func TestBuildHash(t *testing.T) {
+	r := rules()
+	build := func(f Format, body string, p Params) *Job {
+		t.Helper()
+		j, err := r.Build(t.Context(), f, []byte(body), p)
+		if err != nil {
+			t.Fatalf("Build(%s): %v", body, err)
+		}
+		return j
+	}
+	req := `{"contents":[{"parts":[{"text":"hi"}]}]}`
+	a := build(JSON, `{"job_id":"j1","model":"`+testModel+`","requests":[{"key":"a","request":`+req+`},{"key":"b","request":`+req+`}]}`, Params{})
+	b := build(JSONL, `{"key":"a","request":`+req+"}\n"+`{"key":"b","request":`+req+"}\n", Params{JobID: "j1", Model: testModel})
+	c := build(JSONL, `{"key":"a","request":`+req+"}\n"+`{"key":"c","request":`+req+"}\n", Params{JobID: "j1", Model: testModel})
+	if a.Hash != b.Hash {
+		t.Errorf("JSON and JSONL of one job hash differently: %s, %s", a.Hash, b.Hash)
+	}
+	if a.Hash == c.Hash {
+		t.Errorf("jobs with different keys hash the same")
+	}
+	for i, tk := range a.Tasks {
+		env, err := task.Decode(tk.Data)
+		if err != nil {
+			t.Fatalf("task %d: %v", i, err)
+		}
+		if env.JobHash != a.Hash || env.JobTotal != 2 || env.TaskID != tk.ID || tk.ID != task.TaskID("j1", env.Key) {
+			t.Errorf("task %d = %+v (id %s), want job hash %s, total 2", i, env, tk.ID, a.Hash)
+		}
+	}
+	if j := build(JSON, `{"model":"`+testModel+`","requests":[{"key":"a","request":`+req+`}]}`, Params{}); j.ID != "fresh" {
+		t.Errorf("job without id got %q, want NewID's", j.ID)
+	}
+}
+
+// BenchmarkBuildJSONL builds a 10,000-request JSONL job shaped like the one
+// make bench's overhead run submits: ingest's CPU per job, without HTTP,
+// Redis or Pub/Sub.
+func BenchmarkBuildJSONL(b *testing.B) {
+	const n = 10_000
+	var body strings.Builder
+	for i := range n {
+		fmt.Fprintf(&body, `{"key":"k%06d","request":{"contents":[{"role":"user","parts":[{"text":"Task %d: %s"}]}],"generationConfig":{"maxOutputTokens":16}}}`+"\n",
+			i, i, strings.Repeat("alpha beta gamma delta ", 8))
+	}
+	r := Rules{Allowed: []string{testModel}, MaxRequests: n}
+	data := []byte(body.String())
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := r.Build(context.Background(), JSONL, data, Params{JobID: "bench", Model: testModel}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tasks/s")
+}

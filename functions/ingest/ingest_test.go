@@ -32,9 +32,10 @@ import (
 	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
-	"github.com/gemq-dev/gemq/internal/redistest"
 	"github.com/gemq-dev/gemq/internal/store"
 	"github.com/gemq-dev/gemq/internal/task"
+
+	"github.com/gemq-dev/gemq/internal/redistest"
 )
 
 const (

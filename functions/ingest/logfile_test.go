@@ -24,12 +24,8 @@ func TestFromEnvLogFile(t *testing.T) {
 		t.Fatalf("fromEnv: %v", err)
 	}
 	s.log.Info("another line")
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := strings.Count(string(got), "\n"); n != 2 || !strings.Contains(string(got), `"message":"ingest configured"`) ||
-		!strings.Contains(string(got), `"message":"another line"`) {
+	if got := readFile(t, path); strings.Count(got, "\n") != 2 || !strings.Contains(got, `"message":"ingest configured"`) ||
+		!strings.Contains(got, `"message":"another line"`) {
 		t.Errorf("log file:\n%s", got)
 	}
 	if stdout.b.Len() != 0 {
@@ -40,4 +36,13 @@ func TestFromEnvLogFile(t *testing.T) {
 	if _, err := fromEnv(t.Context(), func(k string) string { return env[k] }, &stdout); err == nil || !strings.Contains(err.Error(), "GEMQ_LOG_FILE") {
 		t.Errorf("fromEnv with an unopenable GEMQ_LOG_FILE: %v, want an error naming it", err)
 	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
 	"google.golang.org/genai"
 )
 
@@ -48,18 +47,22 @@ func TestParseRequestRejects(t *testing.T) {
 		{"unknown nested", `{"contents":[{"parts":[{"text":"a"},{"txt":"b"}]}]}`, "request.contents[0].parts[1].txt", "unknown field"},
 		{"unknown in config", `{"generationConfig":{"temprature":1}}`, "request.generationConfig.temprature", "unknown field"},
 		{"case variant", `{"Contents":[]}`, "request.Contents", "unknown field"},
-		{"duplicate", `{"contents":[],"contents":[]}`, "request.contents", "duplicate field"},
-		{"alias duplicate", `{"generationConfig":{"maxOutputTokens":1,"max_output_tokens":2}}`, "request.generationConfig.maxOutputTokens", "duplicate field"},
+		{"duplicate", `{"contents":[],"contents":[]}`, "request.contents", `duplicate key "contents"`},
+		{"alias duplicate", `{"generationConfig":{"maxOutputTokens":1,"max_output_tokens":2}}`, "request.generationConfig.max_output_tokens", `the same field as "maxOutputTokens"`},
 		{"duplicate in free JSON", `{"tools":[{"functionDeclarations":[{"name":"f","parametersJsonSchema":{"a":1,"a":2}}]}]}`, "request.tools[0].functionDeclarations[0].parametersJsonSchema.a", "duplicate key"},
-		{"wrong type", `{"generationConfig":{"temperature":"hot"}}`, "request.generationConfig.temperature", "must be a number"},
-		{"fraction for int", `{"generationConfig":{"maxOutputTokens":1.5}}`, "request.generationConfig.maxOutputTokens", "must be an integer"},
+		{"wrong type", `{"generationConfig":{"temperature":"hot"}}`, "request.generationConfig.temperature", "expected a number, got a string"},
+		{"fraction for int", `{"generationConfig":{"maxOutputTokens":1.5}}`, "request.generationConfig.maxOutputTokens", "does not fit an integer"},
 		{"bad base64", `{"contents":[{"parts":[{"inlineData":{"mimeType":"image/png","data":"@@"}}]}]}`, "request.contents[0].parts[0].inlineData.data", "invalid base64"},
-		{"not an array", `{"contents":{}}`, "request.contents", "must be an array"},
+		{"not an array", `{"contents":{}}`, "request.contents", "expected an array, got an object"},
 		{"trailing data", `{"contents":[]} {}`, "request", "unexpected data"},
 		{"not an object", `[1]`, "request", "must be a JSON object"},
-		{"syntax", `{"contents":[}`, "request.contents", "invalid JSON"},
-		{"truncated", `{"contents":[`, "request.contents", "unexpected end"},
-		{"invalid UTF-8", "{\"contents\":[{\"parts\":[{\"text\":\"\xff\"}]}]}", "request", "invalid UTF-8"},
+		{"syntax", `{"contents":[}`, "request.contents[0]", "expected a value"},
+		{"truncated", `{"contents":[`, "request.contents[0]", "unexpected end"},
+		{"invalid UTF-8", "{\"contents\":[{\"parts\":[{\"text\":\"\xff\"}]}]}", "request.contents[0].parts[0].text", "invalid UTF-8"},
+		{"lone surrogate", `{"contents":[{"parts":[{"text":"\ud800"}]}]}`, "request.contents[0].parts[0].text", "lone UTF-16 surrogate"},
+		{"case variant deep", `{"contents":[{"parts":[{"text":"x","TEXT":"y"}]}]}`, "request.contents[0].parts[0].TEXT", `unknown field "TEXT"`},
+		{"exact duplicate in a schema", `{"generationConfig":{"responseJsonSchema":{"properties":{"url":{},"url":{}}}}}`, "request.generationConfig.responseJsonSchema.properties.url", `duplicate key "url"`},
+		{"too deep", `{"tools":[{"functionDeclarations":[{"name":"f","parametersJsonSchema":` + strings.Repeat(`{"a":`, 64) + `1` + strings.Repeat(`}`, 64) + `}]}]}`, "request.tools[0].functionDeclarations[0].parametersJsonSchema" + strings.Repeat(".a", 59), "nesting deeper"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseRequest([]byte(tc.raw))
@@ -153,12 +156,6 @@ func TestModelID(t *testing.T) {
 		if (err != nil) != (want == "") || got != want {
 			t.Errorf("ModelID(%q) = %q, %v; want %q", in, got, err, want)
 		}
-	}
-}
-
-func TestSnake(t *testing.T) {
-	if diff := cmp.Diff([]string{"max_output_tokens", "top_p", "contents"}, []string{snake("maxOutputTokens"), snake("topP"), snake("contents")}); diff != "" {
-		t.Error(diff)
 	}
 }
 

@@ -12,11 +12,14 @@
 // The scan checks, in one pass over the bytes:
 //   - JSON syntax, and that nothing but whitespace follows the value;
 //   - valid UTF-8 everywhere and no lone surrogate escapes in strings;
-//   - no duplicate keys in any object, and no keys that differ only in case
-//     (Unicode simple case folding, as encoding/json matches fields) except in
-//     objects decoded into a Go map, whose keys are case-sensitive;
 //   - every key of an object decoded into a struct names one of its fields,
-//     spelled exactly as the field's JSON name (case-sensitive);
+//     spelled exactly as the field's JSON name: a key that matches a field
+//     only up to case (which encoding/json would merge into it) is an
+//     unknown field;
+//   - no duplicate keys in any object; in an object of no known type
+//     (Validate) not even keys that differ only in case (Unicode simple case
+//     folding, as encoding/json matches fields); keys of a Go map, and keys
+//     anywhere inside an opaque value, are data and compared exactly;
 //   - values whose Go type is known have a matching JSON kind (a string for a
 //     string field, an integer in range for an int field, ...);
 //   - the Limits: nesting depth, string length, array length, object size,
@@ -128,7 +131,8 @@ func (l Limits) withDefaults() Limits {
 // trailing data, UTF-8, duplicate and case-variant keys (every object is
 // treated like a struct), and lim. It returns nil or an *Error.
 func Validate(data []byte, lim Limits) error {
-	return scan(data, nil, lim)
+	_, err := scan(data, nil, lim, false)
+	return err
 }
 
 // Decode scans data as one JSON document against the type of v and, when it
@@ -136,14 +140,40 @@ func Validate(data []byte, lim Limits) error {
 // It returns nil, an *Error describing the input's problem, or (for a bad v)
 // a plain error.
 func Decode(data []byte, v any, lim Limits) error {
+	return Decoder{Limits: lim}.Decode(data, v)
+}
+
+// A Decoder decodes single JSON documents as Decode does, with options. The
+// zero value is Decode with zero Limits. A Decoder is a value: it is safe for
+// concurrent use.
+type Decoder struct {
+	// Limits bounds the input, as for Decode.
+	Limits Limits
+	// ProtoJSON accepts, for values decoded into Go types, the spellings
+	// protobuf's JSON mapping accepts beside the canonical ones, as Google
+	// APIs' REST endpoints do: a snake_case key for a struct field whose JSON
+	// name is lowerCamel ("max_output_tokens" for "maxOutputTokens"; both in
+	// one object are a duplicate), a whole number written with a fraction or
+	// an exponent for an integer field ("1.0", "1e3"), and base64 for a
+	// []byte in the URL-safe alphabet or without padding. They are rewritten
+	// into the canonical form before encoding/json decodes the input.
+	ProtoJSON bool
+}
+
+// Decode scans data as one JSON document against the type of v and, when it
+// passes, decodes it into v with encoding/json. v must be a non-nil pointer.
+// It returns nil, an *Error describing the input's problem, or (for a bad v)
+// a plain error.
+func (d Decoder) Decode(data []byte, v any) error {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return fmt.Errorf("jsonstrict.Decode: target must be a non-nil pointer, got %T", v)
 	}
-	if err := scan(data, rv.Type().Elem(), lim); err != nil {
+	edits, err := scan(data, rv.Type().Elem(), d.Limits, d.ProtoJSON)
+	if err != nil {
 		return err
 	}
-	return unmarshal(data, v)
+	return unmarshal(apply(data, edits), v)
 }
 
 // unmarshal runs encoding/json on input that already passed the scan. It can
@@ -194,7 +224,7 @@ func DecodeLines[T any](data []byte, lim Limits, fn func(line int, v *T) error) 
 		if lim.MaxLines > 0 && count > lim.MaxLines {
 			return &Error{Kind: Limit, Line: n, Msg: fmt.Sprintf("more than %d lines", lim.MaxLines)}
 		}
-		if err := scan(line, target, lim); err != nil {
+		if _, err := scan(line, target, lim, false); err != nil {
 			err.(*Error).Line = n
 			return err
 		}
@@ -214,24 +244,24 @@ func DecodeLines[T any](data []byte, lim Limits, fn func(line int, v *T) error) 
 }
 
 // scan runs the checker over data against target (nil: no type), returning
-// nil or an *Error.
-func scan(data []byte, target reflect.Type, lim Limits) error {
-	s := &scanner{data: data, lim: lim.withDefaults()}
+// nil or an *Error, and with proto the edits that make data canonical.
+func scan(data []byte, target reflect.Type, lim Limits, proto bool) ([]edit, error) {
+	s := &scanner{data: data, lim: lim.withDefaults(), proto: proto}
 	if len(data) >= 3 && data[0] == 0xEF && data[1] == 0xBB && data[2] == 0xBF {
-		return s.fail(Syntax, "byte order mark (U+FEFF) before the value is not allowed")
+		return nil, s.fail(Syntax, "byte order mark (U+FEFF) before the value is not allowed")
 	}
 	s.skipSpace()
 	if s.pos == len(data) {
-		return s.fail(Syntax, "empty input: expected a JSON value")
+		return nil, s.fail(Syntax, "empty input: expected a JSON value")
 	}
 	if err := s.value(target); err != nil {
-		return err
+		return nil, err
 	}
 	s.skipSpace()
 	if s.pos < len(data) {
-		return s.fail(Trailing, fmt.Sprintf("unexpected data after the JSON value at offset %d (%s)", s.pos, describeByte(data[s.pos])))
+		return nil, s.fail(Trailing, fmt.Sprintf("unexpected data after the JSON value at offset %d (%s)", s.pos, describeByte(data[s.pos])))
 	}
-	return nil
+	return s.edits, nil
 }
 
 func describeByte(c byte) string {

@@ -90,8 +90,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"ignored field is unknown", `{"requests": [{"request": {"Ignored": "x"}}]}`, Limits{}, UnknownField, "requests[0].request.Ignored", "unknown field"},
 		{"duplicate top", `{"model": "a", "model": "b"}`, Limits{}, DuplicateKey, "model", `duplicate key "model"`},
 		{"duplicate deep", `{"requests": [{"key": "a"}, {"key": "b", "request": {"contents": [], "contents": []}}]}`, Limits{}, DuplicateKey, "requests[1].request.contents", "duplicate key"},
-		{"case duplicate", `{"model": "a", "MODEL": "b"}`, Limits{}, DuplicateKey, "MODEL", `differs from "model" only in case`},
-		{"kelvin fold", "{\"requests\": [{\"key\": \"a\", \"\u212aey\": \"b\"}]}", Limits{}, DuplicateKey, "requests[0][\"\u212aey\"]", "only in case"},
+		{"case variant of a field", `{"model": "a", "MODEL": "b"}`, Limits{}, UnknownField, "MODEL", `unknown field "MODEL" (field names are case-sensitive: did you mean "model"?)`},
+		{"case variant of a field first", `{"MODEL": "b", "model": "a"}`, Limits{}, UnknownField, "MODEL", `did you mean "model"?`},
+		{"kelvin fold", "{\"requests\": [{\"key\": \"a\", \"\u212aey\": \"b\"}]}", Limits{}, UnknownField, "requests[0][\"\u212aey\"]", `did you mean "key"?`},
 		{"exact duplicate in raw", `{"requests": [{"request": {"contents": [{"parts": [{"raw": {"a": 1, "a": 2}}]}]}}]}`, Limits{}, DuplicateKey, "requests[0].request.contents[0].parts[0].raw.a", `duplicate key "a"`},
 		{"exact duplicate in map", `{"requests": [{"request": {"labels": {"a": "1", "a": "2"}}}]}`, Limits{}, DuplicateKey, "requests[0].request.labels.a", `duplicate key "a"`},
 		{"escaped duplicate", `{"model": "a", "mod\u0065l": "b"}`, Limits{}, DuplicateKey, "model", `duplicate key "model"`},
@@ -214,7 +215,8 @@ func TestDecodeLines(t *testing.T) {
 		{"blank", "\n \r\n", Limits{}, Syntax, 0, ""},
 		{"bad line 3", "{\"key\": \"a\"}\n{\"key\": \"b\"}\n{\"key\": \"c\", \"request\": {\"contents\": [{\"parts\": {}}]}}\n", Limits{}, Type, 3, "request.contents[0].parts"},
 		{"two values on a line", "{\"key\": \"a\"}{\"key\": \"b\"}\n", Limits{}, Trailing, 1, ""},
-		{"duplicate", "{\"key\": \"a\"}\n{\"key\": \"a\", \"KEY\": \"b\"}", Limits{}, DuplicateKey, 2, "KEY"},
+		{"duplicate", "{\"key\": \"a\"}\n{\"key\": \"a\", \"key\": \"b\"}", Limits{}, DuplicateKey, 2, "key"},
+		{"case variant", "{\"key\": \"a\"}\n{\"key\": \"a\", \"KEY\": \"b\"}", Limits{}, UnknownField, 2, "KEY"},
 		{"unknown", "\n{\"key\": \"a\", \"requests\": {}}", Limits{}, UnknownField, 2, "requests"},
 		{"pretty printed", "{\n\"key\": \"a\"}\n", Limits{}, Syntax, 1, ""},
 		{"line too long", "{\"key\": \"a\"}\n{\"key\": \"abcdefgh\"}\n", Limits{MaxLineBytes: 14}, Limit, 2, ""},
@@ -337,7 +339,7 @@ func ExampleDecode() {
 	}
 	err := Decode([]byte(`{"model": "a", "Model": "b"}`), &v, Limits{})
 	fmt.Println(err)
-	// Output: Model: duplicate key "Model": differs from "model" only in case
+	// Output: Model: unknown field "Model" (field names are case-sensitive: did you mean "model"?)
 }
 
 // Keys inside a value decoded into json.RawMessage or any are data (a JSON
@@ -352,5 +354,60 @@ func TestCaseVariantsInsideOpaqueValuesAreDistinct(t *testing.T) {
 		if err := Decode([]byte(body), &v, Limits{}); err != nil {
 			t.Errorf("Decode(%s) = %v, want nil", body, err)
 		}
+	}
+}
+
+// Without a target type, keys that encoding/json would match to one field
+// are duplicates.
+func TestValidateFoldsKeysOfUnknownObjects(t *testing.T) {
+	var e *Error
+	if err := Validate([]byte(`{"a": {"Ab": 1, "aB": 2}}`), Limits{}); !errors.As(err, &e) || e.Kind != DuplicateKey || e.Path != "a.aB" || !strings.Contains(e.Msg, "only in case") {
+		t.Errorf("Validate = %v, want a case-variant duplicate at a.aB", err)
+	}
+}
+
+func TestDecoderProtoJSON(t *testing.T) {
+	proto := Decoder{ProtoJSON: true}
+	in := `{"contents": [{"parts": [{"inline_data": {"mime_type": "image/png", "data": "aGVsbG8"}}, {"inlineData": {"mimeType": "a/b", "data": "-_8"}}]}],
+	        "generation_config": {"max_output_tokens": 1e2, "candidateCount": 3.0, "stop_sequences": ["x"]}, "labels": {"snake_key": "kept"}}`
+	var got request
+	if err := proto.Decode([]byte(in), &got); err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+	ten := int32(100)
+	want := request{
+		Contents: []content{{Parts: []part{{InlineData: &blob{MimeType: "image/png", Data: []byte("hello")}}, {InlineData: &blob{MimeType: "a/b", Data: []byte{0xfb, 0xff}}}}}},
+		Config:   &genConfig{MaxOutputTokens: &ten, CandidateCount: 3, Stop: []string{"x"}},
+		Labels:   map[string]string{"snake_key": "kept"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Decode (-want +got):\n%s", diff)
+	}
+	for _, tc := range []struct {
+		name, in string
+		kind     Kind
+		path     string
+		msg      string
+	}{
+		{"alias and name", `{"generationConfig": {"maxOutputTokens": 1, "max_output_tokens": 2}}`, DuplicateKey, "generationConfig.max_output_tokens", `the same field as "maxOutputTokens"`},
+		{"not the alias", `{"generationConfig": {"maxOutput_tokens": 1}}`, UnknownField, "generationConfig.maxOutput_tokens", "unknown field"},
+		{"case variant", `{"Contents": []}`, UnknownField, "Contents", `did you mean "contents"?`},
+		{"fraction for int", `{"generationConfig": {"maxOutputTokens": 1.5}}`, Type, "generationConfig.maxOutputTokens", "does not fit an integer"},
+		{"whole but out of range", `{"generationConfig": {"candidateCount": 256.0}}`, Type, "generationConfig.candidateCount", "does not fit"},
+		{"bad base64", `{"contents": [{"parts": [{"inlineData": {"mimeType": "a/b", "data": "@@"}}]}]}`, Type, "contents[0].parts[0].inlineData.data", "invalid base64"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var v request
+			err := proto.Decode([]byte(tc.in), &v)
+			var e *Error
+			if !errors.As(err, &e) || e.Kind != tc.kind || e.Path != tc.path || !strings.Contains(e.Msg, tc.msg) {
+				t.Errorf("Decode = %#v, want %s at %q containing %q", err, tc.kind, tc.path, tc.msg)
+			}
+		})
+	}
+	// Without ProtoJSON the spellings are refused.
+	var v request
+	if err := Decode([]byte(`{"generation_config": {}}`), &v, Limits{}); err == nil {
+		t.Error("Decode without ProtoJSON accepted a snake_case field name")
 	}
 }

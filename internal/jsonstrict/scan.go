@@ -1,7 +1,9 @@
 package jsonstrict
 
 import (
+	"encoding/base64"
 	"fmt"
+	"math"
 	"reflect"
 	"strconv"
 	"strings"
@@ -23,6 +25,33 @@ type scanner struct {
 	// not struct fields that encoding/json would merge up to case, so they
 	// are compared exactly; the consumer of the raw value checks its names.
 	exact int
+	// proto accepts the spellings of protobuf's JSON mapping (see
+	// Decoder.ProtoJSON), recording in edits how to rewrite them into the
+	// form encoding/json decodes.
+	proto bool
+	edits []edit
+}
+
+// edit replaces data[start:end] with text.
+type edit struct {
+	start, end int
+	text       string
+}
+
+// apply returns data with the edits (in ascending, non-overlapping order)
+// made, or data itself when there are none.
+func apply(data []byte, edits []edit) []byte {
+	if len(edits) == 0 {
+		return data
+	}
+	out := make([]byte, 0, len(data))
+	at := 0
+	for _, e := range edits {
+		out = append(out, data[at:e.start]...)
+		out = append(out, e.text...)
+		at = e.end
+	}
+	return append(out, data[at:]...)
 }
 
 // fail returns an *Error of kind k at the current position and path.
@@ -74,6 +103,9 @@ func (s *scanner) value(t reflect.Type) error {
 		if err := expect(t, "string"); err != "" {
 			return s.fail(Type, err)
 		}
+		if s.proto && t != nil && t.Kind() == reflect.Slice {
+			return s.bytes()
+		}
 		_, err := s.str(false)
 		return err
 	case c == '-' || '0' <= c && c <= '9':
@@ -81,7 +113,15 @@ func (s *scanner) value(t reflect.Type) error {
 		if err := s.number(); err != nil {
 			return err
 		}
-		if msg := checkNumber(t, string(s.data[start:s.pos])); msg != "" {
+		lit := string(s.data[start:s.pos])
+		msg := checkNumber(t, lit)
+		if msg != "" && s.proto {
+			if whole, ok := wholeNumber(t, lit); ok {
+				s.edits = append(s.edits, edit{start, s.pos, whole})
+				msg = ""
+			}
+		}
+		if msg != "" {
 			s.pos = start
 			return s.fail(Type, msg)
 		}
@@ -118,9 +158,11 @@ func (s *scanner) enter() error {
 	return nil
 }
 
-// object checks an object decoded into t: a struct, a map, or nil (unknown:
-// keys are then compared up to case, as for a struct, except inside an
-// opaque value, where they are compared exactly).
+// object checks an object decoded into t: a struct (every key must name one
+// of its fields exactly: a key matching a field only up to case is unknown),
+// a map (keys compared exactly), or nil (unknown type: keys are compared up
+// to case, as encoding/json would match them to fields, except inside an
+// opaque value, where they are data and compared exactly).
 func (s *scanner) object(t reflect.Type) error {
 	if err := s.enter(); err != nil {
 		return err
@@ -137,7 +179,7 @@ func (s *scanner) object(t reflect.Type) error {
 			elem, caseSensitive = t.Elem(), true
 		}
 	}
-	seen := map[string]string{} // folded (or exact) key → key as written
+	seen := map[string]string{} // key's identity (see id below) → key as written
 	n := 0
 	s.skipSpace()
 	if s.pos < len(s.data) && s.data[s.pos] == '}' {
@@ -155,24 +197,12 @@ func (s *scanner) object(t reflect.Type) error {
 		if err != nil {
 			return err
 		}
+		keyEnd := s.pos
 		n++
 		if s.lim.MaxObjectKeys > 0 && n > s.lim.MaxObjectKeys {
 			s.pos = keyPos
 			return s.fail(Limit, fmt.Sprintf("object has more than %d members", s.lim.MaxObjectKeys))
 		}
-		id := key
-		if !caseSensitive {
-			id = fold(key)
-		}
-		if prev, dup := seen[id]; dup {
-			s.pos = keyPos
-			s.path = append(s.path, segment{key: key, isKey: true})
-			if prev == key {
-				return s.fail(DuplicateKey, fmt.Sprintf("duplicate key %q", key))
-			}
-			return s.fail(DuplicateKey, fmt.Sprintf("duplicate key %q: differs from %q only in case", key, prev))
-		}
-		seen[id] = key
 		s.skipSpace()
 		if s.pos >= len(s.data) || s.data[s.pos] != ':' {
 			return s.syntax("':' after the object key")
@@ -180,10 +210,12 @@ func (s *scanner) object(t reflect.Type) error {
 		s.pos++
 		s.skipSpace()
 		s.path = append(s.path, segment{key: key, isKey: true})
-		var vt reflect.Type
+		// id is what makes two keys the same: the struct field they name,
+		// or the key itself, or (objects of unknown type) its case fold.
+		id, vt := key, elem
 		switch {
 		case fields != nil:
-			f, ok := fields.byName[key]
+			name, f, ok := fields.lookup(key, s.proto)
 			if !ok {
 				s.pos = keyPos
 				msg := fmt.Sprintf("unknown field %q", key)
@@ -192,12 +224,27 @@ func (s *scanner) object(t reflect.Type) error {
 				}
 				return s.fail(UnknownField, msg)
 			}
+			if name != key {
+				s.edits = append(s.edits, edit{keyPos, keyEnd, strconv.Quote(name)})
+			}
+			id, vt = name, nil
 			if !f.quoted {
 				vt = f.typ
 			}
-		case elem != nil:
-			vt = elem
+		case !caseSensitive:
+			id = fold(key)
 		}
+		if prev, dup := seen[id]; dup {
+			s.pos = keyPos
+			switch {
+			case prev == key:
+				return s.fail(DuplicateKey, fmt.Sprintf("duplicate key %q", key))
+			case fields != nil:
+				return s.fail(DuplicateKey, fmt.Sprintf("duplicate key %q: the same field as %q", key, prev))
+			}
+			return s.fail(DuplicateKey, fmt.Sprintf("duplicate key %q: differs from %q only in case", key, prev))
+		}
+		seen[id] = key
 		if err := s.value(vt); err != nil {
 			return err
 		}
@@ -482,4 +529,53 @@ func fold(s string) string {
 		b.WriteRune(m)
 	}
 	return b.String()
+}
+
+// bytes checks a string decoded into a []byte under proto: base64 in the
+// standard or URL-safe alphabet, padded or not, as protobuf's JSON mapping
+// accepts; a form encoding/json does not decode (it takes standard, padded
+// base64 only) is rewritten into one it does.
+func (s *scanner) bytes() error {
+	start := s.pos
+	text, err := s.str(true)
+	if err != nil {
+		return err
+	}
+	trimmed := strings.TrimRight(text, "=")
+	enc := base64.RawStdEncoding
+	if strings.ContainsAny(trimmed, "-_") {
+		enc = base64.RawURLEncoding
+	}
+	b, derr := enc.DecodeString(trimmed)
+	if derr != nil {
+		s.pos = start
+		return s.fail(Type, fmt.Sprintf("invalid base64: %v", derr))
+	}
+	if std := base64.StdEncoding.EncodeToString(b); std != text {
+		s.edits = append(s.edits, edit{start, s.pos, `"` + std + `"`})
+	}
+	return nil
+}
+
+// wholeNumber returns the integer literal for lit when t is an integer type
+// and lit a whole number within its range written otherwise ("1.0",
+// "1e3"), as protobuf's JSON mapping accepts.
+func wholeNumber(t reflect.Type, lit string) (string, bool) {
+	if t == nil {
+		return "", false
+	}
+	f, err := strconv.ParseFloat(lit, 64)
+	if err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+		return "", false
+	}
+	whole := strconv.FormatFloat(f, 'f', -1, 64)
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		_, err = strconv.ParseInt(whole, 10, t.Bits())
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		_, err = strconv.ParseUint(whole, 10, t.Bits())
+	default:
+		return "", false
+	}
+	return whole, err == nil
 }

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"unicode"
 )
 
 var (
@@ -183,4 +184,58 @@ func fieldsOf(t reflect.Type) *structFields {
 	}
 	f, _ := fieldCache.LoadOrStore(t, sf)
 	return f.(*structFields)
+}
+
+// lookup returns the field key names: the field of that exact JSON name, or
+// with proto the lowerCamel field whose snake_case spelling key is
+// ("max_output_tokens" for "maxOutputTokens"). name is the field's JSON
+// name.
+func (sf *structFields) lookup(key string, proto bool) (name string, f field, ok bool) {
+	if f, ok := sf.byName[key]; ok {
+		return key, f, true
+	}
+	if !proto || !strings.Contains(key, "_") {
+		return "", field{}, false
+	}
+	name = lowerCamel(key)
+	f, ok = sf.byName[name]
+	if !ok || snakeCase(name) != key {
+		return "", field{}, false
+	}
+	return name, f, true
+}
+
+// lowerCamel maps snake_case to lowerCamel: "max_output_tokens" →
+// "maxOutputTokens".
+func lowerCamel(s string) string {
+	var b strings.Builder
+	up := false
+	for _, r := range s {
+		switch {
+		case r == '_':
+			up = true
+		case up:
+			b.WriteRune(unicode.ToUpper(r))
+			up = false
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// snakeCase maps lowerCamel to snake_case: "maxOutputTokens" →
+// "max_output_tokens".
+func snakeCase(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if unicode.IsUpper(r) {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/gemq-dev/gemq/internal/gemini"
+	"github.com/gemq-dev/gemq/internal/jsonstrict"
 )
 
 // request returns the item's request with the job's defaults applied, or
@@ -116,10 +117,10 @@ func applyDefaults(raw, sys, gen json.RawMessage) (json.RawMessage, error) {
 			}
 			have := make(map[string]bool, len(own))
 			for name := range own {
-				have[camel(name)] = true
+				have[jsonstrict.ProtoName(name)] = true
 			}
 			for name, v := range def {
-				if !have[camel(name)] {
+				if !have[jsonstrict.ProtoName(name)] {
 					own[name] = v
 				}
 			}
@@ -131,26 +132,4 @@ func applyDefaults(raw, sys, gen json.RawMessage) (json.RawMessage, error) {
 		}
 	}
 	return json.Marshal(m)
-}
-
-// camel maps a snake_case field name to lowerCamel ("max_output_tokens" →
-// "maxOutputTokens"); lowerCamel names are unchanged.
-func camel(s string) string {
-	if !strings.Contains(s, "_") {
-		return s
-	}
-	var b strings.Builder
-	up := false
-	for _, r := range s {
-		switch {
-		case r == '_':
-			up = true
-		case up:
-			b.WriteString(strings.ToUpper(string(r)))
-			up = false
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
 }

@@ -205,6 +205,16 @@ func (sf *structFields) lookup(key string, proto bool) (name string, f field, ok
 	return name, f, true
 }
 
+// ProtoName returns the canonical (lowerCamel) spelling of a field name in
+// protobuf's JSON mapping: "max_output_tokens" → "maxOutputTokens"; a
+// lowerCamel name is returned unchanged. See Decoder.ProtoJSON.
+func ProtoName(s string) string {
+	if !strings.Contains(s, "_") {
+		return s
+	}
+	return lowerCamel(s)
+}
+
 // lowerCamel maps snake_case to lowerCamel: "max_output_tokens" →
 // "maxOutputTokens".
 func lowerCamel(s string) string {

@@ -1,10 +1,16 @@
 package ingest
 
 import (
+	"bytes"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/gemq-dev/gemq/internal/logging"
 )
 
 // TestFromEnvLogFile: with GEMQ_LOG_FILE ingest logs to that file, not to
@@ -46,3 +52,23 @@ func readFile(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newTestLogger(w io.Writer) *slog.Logger { return logging.New(w, slog.LevelDebug) }

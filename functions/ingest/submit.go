@@ -54,17 +54,15 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	msgs := make([]queue.Message, len(j.Tasks))
+	taskIDs := make([]string, len(j.Tasks))
 	for i, t := range j.Tasks {
 		msgs[i] = queue.Message{Data: t.Data, Attributes: map[string]string{"job_id": j.ID, "task_id": t.ID}}
+		taskIDs[i] = t.ID
 	}
 	log := logging.From(r.Context(), s.log).With(logging.JobID, j.ID)
 	setLogger(w, log)
 	r = r.WithContext(logging.With(r.Context(), log))
 
-	taskIDs := make([]string, len(j.Tasks))
-	for i, t := range j.Tasks {
-		taskIDs[i] = t.ID
-	}
 	_, created, err := s.store.CreateJob(r.Context(), store.NewJob{ID: j.ID, Model: j.Model, ContentHash: j.Hash, TaskIDs: taskIDs})
 	switch {
 	case errors.Is(err, store.ErrConflict):

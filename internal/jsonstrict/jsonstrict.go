@@ -28,6 +28,11 @@
 // Values decoded into json.RawMessage, interfaces or types with their own
 // UnmarshalJSON are scanned for everything except field names and kinds.
 //
+// It is the one strict decoder of gemq's inputs: ingest decodes submissions
+// with it, and internal/gemini decodes every GenerateContentRequest (at
+// ingest and in the worker) with a Decoder whose ProtoJSON option also
+// accepts the spellings Google's REST APIs accept.
+//
 // All functions are safe for concurrent use.
 package jsonstrict
 

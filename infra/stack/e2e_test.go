@@ -34,10 +34,11 @@ const (
 	// safety is the limiter's (the stack's default); the stand-in's log is
 	// checked against floor(safety × limit), not the limit it enforces itself.
 	safety = 0.95
-	// guard is the limiter's guard: 20% of the scaled minute (1s on a 2s
-	// minute would hide late calls; 1/60 of it would not survive a loaded
-	// 2-core machine).
-	guard = 400 * time.Millisecond
+	// guard is the limiter's guard: 30% of the scaled minute (1s on a 2s
+	// minute would hide late calls; 400ms, whose budget is 300ms from permit
+	// to Gemini, was missed now and then at a load average of 12 on 2 cores:
+	// 58 calls in a window of 57 in the faults scenario).
+	guard = 600 * time.Millisecond
 )
 
 func TestEndToEnd(t *testing.T) {

@@ -20,6 +20,10 @@ const (
 	KindUndecodable DeadLetterKind = "undecodable" // not a push envelope, or not a valid task envelope
 	KindOversized   DeadLetterKind = "oversized"   // over the worker's size limit
 	KindForeign     DeadLetterKind = "foreign"     // not one of its job's tasks
+	// KindInvalidRequest: a valid envelope whose Gemini request can never
+	// be sent (it would be refused); its task fails with 400 when the
+	// message is the task's own (see Machine.invalid).
+	KindInvalidRequest DeadLetterKind = "invalid_request"
 )
 
 // Attributes of a dead-letter copy published by the worker (Pub/Sub's own
@@ -34,10 +38,11 @@ const (
 // invalid handles a message that can never be processed: a copy goes to
 // the dead-letter topic with the reason. When its envelope still names a
 // task of a user-published job (job id, key and model are usable), that task
-// is also settled as failed (400) so the job's counts add up; a task of a
-// job created by ingest is never touched (ingest publishes only valid
-// envelopes, so this cannot be the task itself), nor is a task another
-// delivery holds or awaits.
+// is also settled as failed (400) so the job's counts add up, and so is a
+// task of an ingest job when the message is a valid envelope carrying that
+// job's hash (the task's own message); otherwise a task of a job created by
+// ingest is never touched (this cannot be the task itself), nor is a task
+// another delivery holds or awaits.
 func (m *Machine) invalid(ctx context.Context, d Delivery, log *slog.Logger) Outcome {
 	kind := d.Kind
 	if kind == "" {
@@ -47,13 +52,17 @@ func (m *Machine) invalid(ctx context.Context, d Delivery, log *slog.Logger) Out
 		return o
 	}
 	ref, ok := refOfInvalid(d.Data)
+	own := d.Envelope.TaskID != "" && d.Envelope.JobHash != ""
+	if own {
+		ref, ok = store.RefOf(d.Envelope), true
+	}
 	if !ok {
 		return ack(OutPoison)
 	}
 	r := &run{d: d, ref: ref, log: log.With(logging.TaskID, ref.TaskID, logging.JobID, ref.JobID)}
 	r.env = task.Envelope{V: task.Version, JobID: ref.JobID, Key: ref.Key, Model: ref.Model, TaskID: ref.TaskID}
 	lr, err := m.deps.Store.LeaseTask(ctx, ref, store.LeaseRequest{
-		Holder: d.holder(), Attempt: d.Attempt, TTL: m.firstLease(), AdhocOnly: true,
+		Holder: d.holder(), Attempt: d.Attempt, TTL: m.firstLease(), AdhocOnly: !own,
 	})
 	if err != nil {
 		r.log.ErrorContext(ctx, "lease task", "error", err.Error())

@@ -198,14 +198,36 @@ func TestPoison(t *testing.T) {
 	}
 }
 
+// A valid envelope whose request Gemini would refuse: its task fails with
+// 400 naming the field, without a call, and a copy is dead-lettered; a
+// malformed copy of a task of an ingest job (no job hash) leaves that task
+// alone, while its own message (carrying the job's hash) fails it.
 func TestInvalidRequestFailsWithoutCall(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
 	e := envelope("job-bad", "k1", modelOpen, "x")
 	e.Request = json.RawMessage(`{"contents":[{"role":"user","parts":[{"textt":"typo"}]}]}`)
-	want(t, f.push(e), http.StatusOK, OutFailed)
+	want(t, f.push(e), http.StatusOK, OutPoison)
 	rec := f.record(e)
 	if eo := errorOf(t, rec.Error); rec.State != store.Failed || eo.Code != 400 || eo.Status != "INVALID_ARGUMENT" || !strings.Contains(eo.Message, "textt") {
 		t.Fatalf("record = %s %s", rec.State, rec.Error)
+	}
+	if dead := f.deadLettered(); len(dead) != 1 || dead[0].Attributes[AttrDeadLetterKind] != string(KindInvalidRequest) {
+		t.Fatalf("dead letters = %v, want one invalid_request copy", dead)
+	}
+
+	in := envelope("job-ingested", "k1", modelOpen, "y")
+	if _, _, err := f.store.CreateJob(context.Background(), store.NewJob{ID: in.JobID, Model: modelOpen, ContentHash: "h", TaskIDs: []string{in.TaskID}}); err != nil {
+		t.Fatal(err)
+	}
+	in.Request = e.Request
+	want(t, f.push(in), http.StatusOK, OutPoison)
+	if rec := f.record(in); rec.State != store.Queued {
+		t.Fatalf("an ingest task after a malformed copy = %s, want untouched (queued)", rec.State)
+	}
+	in.JobHash, in.JobTotal = "h", 1
+	want(t, f.serve(context.Background(), pushBodyWith(encode(t, in), "m-own", 1), nil), http.StatusOK, OutPoison)
+	if rec := f.record(in); rec.State != store.Failed {
+		t.Fatalf("an ingest task after its own invalid message = %s, want failed", rec.State)
 	}
 	if f.allGenerateCalls() != 0 {
 		t.Fatal("gemini called for an invalid request")

@@ -31,6 +31,8 @@ type run struct {
 	// carried is the reservation the envelope carries, if any (nil when the
 	// task was taken over from a holder that may have used it).
 	carried *limiter.Permit
+	// req is the envelope's request, parsed and valid.
+	req *gemini.Request
 }
 
 // Handle runs one delivery through the lifecycle and says how to answer it.
@@ -39,10 +41,23 @@ func (m *Machine) Handle(ctx context.Context, d Delivery) Outcome {
 	if d.Source == CloudTasks && d.Attempt == 0 {
 		m.lead.observe(d.ScheduledAt, m.now())
 	}
+	var req *gemini.Request
+	if d.Invalid == nil {
+		// A request that can never be sent is a message that cannot be
+		// processed, whoever else holds its task: checked before the lease,
+		// so that a malformed copy of a task is dead-lettered too.
+		var err error
+		if req, err = gemini.ParseRequest(d.Envelope.Request); err == nil {
+			err = req.Validate()
+		}
+		if err != nil {
+			d.Invalid, d.Kind = err, KindInvalidRequest
+		}
+	}
 	if d.Invalid != nil {
 		return m.invalid(ctx, d, log)
 	}
-	r := &run{d: d, env: d.Envelope, ref: store.RefOf(d.Envelope)}
+	r := &run{d: d, env: d.Envelope, ref: store.RefOf(d.Envelope), req: req}
 	r.log = log.With(logging.TaskID, r.env.TaskID, logging.JobID, r.env.JobID, "model", r.env.Model,
 		"attempt", r.env.Attempt, "deferrals", r.env.Deferrals)
 	o := m.process(ctx, r)
@@ -106,19 +121,11 @@ func (m *Machine) process(ctx context.Context, r *run) Outcome {
 			"awaited_deferral", lr.Deferral, "lease_check", check, "resumed", lr.Resumed)
 	}
 
-	req, err := gemini.ParseRequest(r.env.Request)
-	if err == nil {
-		err = req.Validate()
-	}
-	if err != nil {
-		m.releasePermit(ctx, r, r.carried)
-		return m.finishFailed(ctx, r, failure{code: 400, status: "INVALID_ARGUMENT", message: err.Error()})
-	}
-	permit, o, ok := m.admit.Admit(ctx, r, req)
+	permit, o, ok := m.admit.Admit(ctx, r, r.req)
 	if !ok {
 		return o
 	}
-	return m.call(ctx, r, req, permit)
+	return m.call(ctx, r, r.req, permit)
 }
 
 // firstLease is the lease LeaseTask takes: long enough for what comes

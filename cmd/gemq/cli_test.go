@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestResultsOfARunningJob(t *testing.T) {
@@ -203,5 +205,79 @@ func TestSubmitTheReadmesJSONJob(t *testing.T) {
 	code, stdout, stderr := gemq(t, nil, "submit", writeFile(t, "job.json", block), "--url", url)
 	if code != exitOK || stdout != "nightly-2024-06-01\n" || f.jobs["nightly-2024-06-01"] == nil {
 		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+// TestProgressETAFromReservedSlots: with gemq run's live figures the ETA is
+// the last reserved slot (queued tasks follow at the quota's pace), not a
+// moving average; failures print as they happen, once each.
+func TestProgressETAFromReservedSlots(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := start.Add(30 * time.Second)
+	var buf bytes.Buffer
+	p := newProgress(&buf, false, start)
+	c := jobCounts{Total: 300, Succeeded: 100, Waiting: 200}
+	lv := &live{LastSlot: now.Add(95 * time.Second), PerMinute: 570}
+	p.update(now, c, lv)
+	if !strings.Contains(buf.String(), "ETA 1m35s") {
+		t.Errorf("ETA not from the last slot:\n%s", buf.String())
+	}
+	// Queued tasks, not reserved yet, take the quota's time after the last slot.
+	if d, ok := eta(now, jobCounts{Total: 300, Succeeded: 100, Waiting: 143, Queued: 57}, 0, lv); !ok || d != 95*time.Second+6*time.Second {
+		t.Errorf("eta with queued tasks = %v, %v; want 1m41s", d, ok)
+	}
+	// Without a slot or a rate there is no ETA; at a low rate it comes from
+	// the whole run rather than a window in which nothing finished.
+	if _, ok := eta(now, c, 0, &live{}); ok {
+		t.Error("an ETA from nothing")
+	}
+	q := newProgress(&bytes.Buffer{}, false, start)
+	q.rate(start, 0)
+	q.rate(start.Add(30*time.Second), 3)
+	if r := q.rate(start.Add(89*time.Second), 3); r <= 0 {
+		t.Errorf("rate %v after a quiet minute, want the run's average", r)
+	}
+	if got := fmtRate(3.0 / 89); got != "2/min" {
+		t.Errorf("fmtRate = %q", got)
+	}
+
+	buf.Reset()
+	lv = &live{Transient: 2, Throttled: 1, Last: "transient: error sending request", LastSlot: now.Add(time.Minute)}
+	p.update(now.Add(6*time.Second), c, lv)
+	p.update(now.Add(12*time.Second), c, lv)
+	out := buf.String()
+	if strings.Count(out, "gemq: transient: error sending request (so far: 429s 1, transient errors 2, dead letters 0)") != 1 {
+		t.Errorf("the failure should print once, as it happens:\n%s", out)
+	}
+	if !strings.Contains(out, "· 429s 1 · transient errors 2") {
+		t.Errorf("progress line lacks the failure counts:\n%s", out)
+	}
+}
+
+// TestUtilisationOverFullWindowsOnly: a burst shorter than a window is not
+// a rate; a tail shorter than a window is left out.
+func TestUtilisationOverFullWindowsOnly(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var burst []call
+	for i := range 100 { // 100 calls in 40 s: "150%" as a mean over the span
+		burst = append(burst, call{at: t0.Add(time.Duration(i) * 400 * time.Millisecond), tokens: 10})
+	}
+	if u := fullWindows(burst, time.Minute); u.windows != 0 || u.span < 0.6 || u.span > 0.7 {
+		t.Errorf("burst: %+v, want no full window and a span of 0.66", u)
+	}
+	var long []call
+	for i := range 250 { // 95 a minute for 2 minutes, then 60 in the next 0.6 minute
+		at := t0.Add(time.Duration(i) * time.Minute / 95)
+		if i >= 190 {
+			at = t0.Add(2*time.Minute + time.Duration(i-190)*600*time.Millisecond)
+		}
+		long = append(long, call{at: at, tokens: 100})
+	}
+	u := fullWindows(long, time.Minute)
+	if u.windows != 2 || u.requests != 95 || u.tokens != 9500 {
+		t.Errorf("long: %+v, want 2 windows of 95 requests and 9500 tokens", u)
+	}
+	if u := fullWindows(nil, time.Minute); u != (utilisation{}) {
+		t.Errorf("no calls: %+v", u)
 	}
 }

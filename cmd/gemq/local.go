@@ -297,6 +297,7 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 		s.Close()
 		dir.done(ok)
 	}()
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	w := e.stderr
@@ -321,14 +322,21 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	fmt.Fprintf(w, "gemq run: submitted %s: job %s, %d requests\n", *file, ans.JobID, ans.Accepted)
-	live := func() string {
-		st := s.Stats()
-		return fmt.Sprintf("429s %d", st.Gemini.Quota429+st.Gemini.Capacity429)
+	perMinute := 0.0
+	if s.RealGemini() == "" {
+		l := s.Limits
+		perMinute = float64(l.RPM) * l.Safety * float64(time.Minute) / float64(l.Minute)
 	}
-	if s.RealGemini() != "" {
-		live = nil
+	liveFn := func() *live {
+		ev := s.JobEvents(ans.JobID)
+		return &live{Throttled: ev.Throttled, Transient: ev.Transient, DeadLettered: ev.DeadLettered + int(s.Stats().Push.DeadLettered),
+			Last: ev.Last, LastSlot: ev.LastSlot, PerMinute: perMinute}
 	}
-	st, err := waitJob(ctx, c, ans.JobID, 250*time.Millisecond, e, live)
+	st, err := waitJob(ctx, c, ans.JobID, 250*time.Millisecond, e, liveFn)
+	if errors.Is(err, context.DeadlineExceeded) && parent.Err() == nil {
+		return &exitError{code: exitIncomplete, msg: fmt.Sprintf("gave up after --timeout %v: job %s is not done (%d of %d tasks finished)",
+			*timeout, ans.JobID, st.Counts.finished(), st.Counts.Total)}
+	}
 	if err != nil {
 		return err
 	}
@@ -373,17 +381,31 @@ func printSummary(e env, s *stack.Stack, st jobStatus, wall time.Duration, out, 
 			}
 			return fmt.Sprintf(" = %.0f%% of %d", 100*v/float64(lim), lim)
 		}
-		fmt.Fprintf(w, "  achieved (mean)       %.1f requests/min%s, %.0f input tokens/min%s\n",
-			ms.MeanPerMinute.Requests, pct(ms.MeanPerMinute.Requests, l.RPM),
-			ms.MeanPerMinute.InputTokens, pct(ms.MeanPerMinute.InputTokens, l.TPM))
+		var calls []call
+		for _, en := range s.GeminiStandIn().Log() {
+			if en.Method == "generateContent" && en.Model == s.Model && en.Charged {
+				calls = append(calls, call{at: en.Received, tokens: en.InputTokens})
+			}
+		}
+		// Stand-in time: its minute is a quota minute.
+		u := fullWindows(calls, time.Minute)
+		if u.windows == 0 {
+			fmt.Fprintf(w, "  achieved              not measured: the calls spanned %.2f of a quota minute, and utilisation\n"+
+				"                        is only meaningful over full quota windows (a longer job, or a shorter --minute)\n", u.span)
+		} else {
+			fmt.Fprintf(w, "  achieved              %.1f requests/min%s, %.0f input tokens/min%s (mean of the %d full quota\n"+
+				"                        minute(s) from the first call; the last %.2f minute left out)\n",
+				u.requests, pct(u.requests, l.RPM), u.tokens, pct(u.tokens, l.TPM), u.windows, u.span-float64(u.windows))
+		}
 		fmt.Fprintf(w, "  busiest minute        %d requests%s, %d input tokens%s (gemq keeps to %.0f%%)\n",
 			ms.Peaks.RPM, pct(float64(ms.Peaks.RPM), l.RPM), ms.Peaks.TPM, pct(float64(ms.Peaks.TPM), l.TPM), 100*l.Safety)
 		fmt.Fprintf(w, "  429s from Gemini      %d (quota %d, capacity %d); windows over the limit: %d\n",
 			g.Quota429+g.Capacity429, g.Quota429, g.Capacity429, len(ms.Violations))
 		fmt.Fprintf(w, "  Gemini calls          %d (%s per task; %d duplicate)\n", g.Requests, perTask(int64(g.Requests)), g.DuplicateCalls)
+	} else if mins := wall.Minutes(); mins < 1 {
+		fmt.Fprintf(w, "  achieved              not measured: the job took %s, less than a quota minute\n", fmtDuration(wall))
 	} else {
-		mins := wall.Minutes()
-		fmt.Fprintf(w, "  achieved (mean)       %.1f tasks/min against %s\n", float64(c.Total)/mins, describeGemini(s))
+		fmt.Fprintf(w, "  achieved (mean)       %.1f tasks/min over %s against %s\n", float64(c.Total)/mins, fmtDuration(wall), describeGemini(s))
 	}
 	fmt.Fprintf(w, "  worker invocations    %d (%s per task: %d pushes, %d Cloud Tasks callbacks)\n",
 		stats.WorkerCalls, perTask(stats.WorkerCalls), stats.WorkerCalls-stats.WorkerTaskCalls, stats.WorkerTaskCalls)
@@ -392,4 +414,52 @@ func printSummary(e env, s *stack.Stack, st jobStatus, wall time.Duration, out, 
 	if c.Failed > 0 {
 		fmt.Fprintf(w, "  %d task(s) failed: see the \"error\" lines in %s\n", c.Failed, out)
 	}
+}
+
+// call is one Gemini call the stand-in counted against the quota.
+type call struct {
+	at     time.Time
+	tokens int64
+}
+
+// utilisation is what full quota windows saw.
+type utilisation struct {
+	windows          int     // full windows from the first call to the last
+	span             float64 // first to last call, in windows
+	requests, tokens float64 // per window, mean over the full windows
+}
+
+// fullWindows measures calls over the whole windows of length window that
+// start at the first call: a mean over a span shorter than the window (or
+// with a part-window tail) overstates the rate, e.g. a burst of one
+// window's quota in 40 s reads as 150% of the limit.
+func fullWindows(calls []call, window time.Duration) utilisation {
+	if len(calls) == 0 {
+		return utilisation{}
+	}
+	first, last := calls[0].at, calls[0].at
+	for _, c := range calls {
+		if c.at.Before(first) {
+			first = c.at
+		}
+		if c.at.After(last) {
+			last = c.at
+		}
+	}
+	u := utilisation{span: float64(last.Sub(first)) / float64(window)}
+	u.windows = int(u.span)
+	if u.windows == 0 {
+		return u
+	}
+	end := first.Add(time.Duration(u.windows) * window)
+	var n, toks int64
+	for _, c := range calls {
+		if c.at.Before(end) {
+			n++
+			toks += c.tokens
+		}
+	}
+	u.requests = float64(n) / float64(u.windows)
+	u.tokens = float64(toks) / float64(u.windows)
+	return u
 }

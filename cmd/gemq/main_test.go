@@ -492,13 +492,12 @@ func TestProgressLine(t *testing.T) {
 	var buf bytes.Buffer
 	p := newProgress(&buf, false, start)
 	p.update(start, jobCounts{Total: 100, Queued: 100}, nil)
-	p.update(start.Add(10*time.Second), jobCounts{Total: 100, Succeeded: 40, Failed: 10, Waiting: 30, Running: 5, Queued: 15},
-		func() string { return "429s 0" })
+	p.update(start.Add(10*time.Second), jobCounts{Total: 100, Succeeded: 40, Failed: 10, Waiting: 30, Running: 5, Queued: 15}, nil)
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("lines:\n%s", buf.String())
 	}
-	want := "██████████████░░░░░░░░░░░░░░  50% 50/100 · done 40 · waiting for quota 30 · running 5 · queued 15 · failed 10 · 5.0/s · ETA 10s · 10s · 429s 0"
+	want := "██████████████░░░░░░░░░░░░░░  50% 50/100 · done 40 · waiting for quota 30 · running 5 · queued 15 · failed 10 · 5.0/s · ETA 10s · 10s"
 	if lines[1] != want {
 		t.Errorf("progress line\n got %q\nwant %q", lines[1], want)
 	}

@@ -281,3 +281,40 @@ func TestStartFailuresLeaveNothing(t *testing.T) {
 	}
 	c.noneLeft(t)
 }
+
+// TestRunShowsFailuresAsTheyHappen: gemq run against a "real" Gemini that
+// cannot be reached (a key, and GOOGLE_GEMINI_BASE_URL on a dead port: the
+// issue's no-network case) prints the transient errors as they happen,
+// with their reason, instead of "waiting for quota"; --timeout then ends it
+// with exit 7, naming what was not done.
+func TestRunShowsFailuresAsTheyHappen(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	job := filepath.Join(t.TempDir(), "small.jsonl")
+	os.WriteFile(job, []byte(jsonl("a", "b", "c")), 0o644)
+	c := startChild(t, "1", []string{"GEMINI_API_KEY=not-a-key", "GOOGLE_GEMINI_BASE_URL=http://" + dead},
+		"run", "--file", job, "-o", filepath.Join(t.TempDir(), "r.jsonl"), "--timeout", "20s")
+	code := c.wait(t)
+	stderr := c.stderr.String()
+	for _, want := range []string{
+		"gemq run: Gemini       from GEMINI_API_KEY: the real Gemini API",
+		"gemq: transient: ", "(so far: 429s 0, transient errors ",
+		"· transient errors ",
+		"gave up after --timeout 20s: job small-",
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	if code != exitIncomplete {
+		t.Errorf("exit %d, want %d", code, exitIncomplete)
+	}
+	if strings.Contains(stderr, "not-a-key") {
+		t.Errorf("the key was printed:\n%s", stderr)
+	}
+	c.noneLeft(t)
+}

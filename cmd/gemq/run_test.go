@@ -35,12 +35,14 @@ func TestRunOnTheLocalStack(t *testing.T) {
 		"429s from Gemini      0 (quota 0, capacity 0); windows over the limit: 0",
 		"Gemini calls          40 (1.00 per task; 0 duplicate)",
 		"results               " + out,
+		"full quota\n",
 	} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("summary lacks %q:\n%s", want, stdout)
 		}
 	}
-	for _, want := range []string{"submitted " + in, "waiting for quota", "100% 40/40", "wrote 40 result(s)"} {
+	for _, want := range []string{"submitted " + in, "waiting for quota", "100% 40/40", "wrote 40 result(s)",
+		"gemq run: Redis        from REDIS_ADDR: " + rds.Addr, "gemq run: Pub/Sub      local    ", "gemq run: Gemini       local    "} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
 		}

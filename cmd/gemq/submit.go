@@ -287,35 +287,39 @@ func jobOutcome(st jobStatus) error {
 	return nil
 }
 
-// waitJob polls the job until it is done, drawing progress on stderr. extra,
-// when set, adds live figures to the progress line (gemq run's 429s, rates).
-func waitJob(ctx context.Context, c *client, jobID string, interval time.Duration, e env, extra func() string) (jobStatus, error) {
+// waitJob polls the job until it is done, drawing progress on stderr.
+// liveFn, when set, adds what gemq run knows beyond the status API
+// (failures as they happen, reserved slots for the ETA).
+func waitJob(ctx context.Context, c *client, jobID string, interval time.Duration, e env, liveFn func() *live) (jobStatus, error) {
 	p := newProgress(e.stderr, e.stderrTTY, time.Now())
+	defer p.finish()
 	failures := 0
+	var last jobStatus // the last status read, returned with an error
 	for {
 		st, err := c.status(ctx, jobID)
 		switch {
 		case err == nil:
-			failures = 0
-			p.update(time.Now(), st.Counts, extra)
+			failures, last = 0, st
+			var lv *live
+			if liveFn != nil {
+				lv = liveFn()
+			}
+			p.update(time.Now(), st.Counts, lv)
 			if st.State == "done" || (st.Counts.Total > 0 && st.Counts.finished() >= st.Counts.Total) {
-				p.finish(time.Now(), st.Counts)
 				return st, nil
 			}
 		case ctx.Err() != nil:
-			p.finish(time.Now(), jobCounts{})
-			return st, ctx.Err()
+			return last, ctx.Err()
 		default:
 			// A deployed ingest may blip; give up after a minute of errors.
 			failures++
 			if failures*int(interval/time.Millisecond+1) > 60_000 || failures > 60 {
-				return st, err
+				return last, err
 			}
 		}
 		select {
 		case <-ctx.Done():
-			p.finish(time.Now(), jobCounts{})
-			return st, ctx.Err()
+			return last, ctx.Err()
 		case <-time.After(interval):
 		}
 	}

@@ -191,6 +191,7 @@ type Stack struct {
 	ingest   *front
 	worker   *front
 	pusher   *pushsub.Pusher
+	events   *events
 
 	pushCancel context.CancelFunc
 	pushDone   chan error
@@ -582,6 +583,11 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 	s.pushCancel, s.pushDone = cancel, make(chan error, 1)
 	go func() { s.pushDone <- s.pusher.Run(pctx) }()
 
+	if s.LogPath != "" {
+		if s.events, err = followLog(s.LogPath); err != nil {
+			return err
+		}
+	}
 	s.log.Info("stack started", "ingest", s.IngestURL, "worker", s.WorkerURL, "redis", s.RedisAddr,
 		"pubsub", s.PubSubHost, "cloudtasks", s.TasksEndpoint, "gemini", s.GeminiURL)
 	return nil
@@ -755,6 +761,11 @@ func (s *Stack) WorkerInvocations() (perTask map[string]int, unparsed int) {
 	return perTask, s.worker.unparsed
 }
 
+// JobEvents returns what the functions have logged so far about job id's
+// failures and deferrals, as they happen. It is zero when the functions do
+// not log to the stack's own log file (Options.Log given).
+func (s *Stack) JobEvents(id string) JobEvents { return s.events.job(id) }
+
 // SetDuplicateDelivery makes the push loop deliver every message twice (or
 // stop doing so), as at-least-once delivery may.
 func (s *Stack) SetDuplicateDelivery(on bool) { s.pusher.SetDuplicateDelivery(on) }
@@ -797,6 +808,7 @@ func (s *Stack) Close() error {
 				errs = append(errs, fmt.Errorf("stop front server: %w", err))
 			}
 		}
+		s.events.close()
 		if s.ctClient != nil {
 			s.ctClient.Close()
 		}

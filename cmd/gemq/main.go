@@ -108,9 +108,13 @@ func mainCode(args []string, e env) (code int) {
 		s := <-sigc
 		got.Store(s)
 		cancel()
-		if s = <-sigc; s != syscall.SIGPIPE {
-			fmt.Fprintf(e.stderr, "gemq: %v again: exiting now\n", s)
-			os.Exit(signalCode(s))
+		// Every write to a closed pipe raises SIGPIPE again: only another
+		// signal means "now".
+		for s = range sigc {
+			if s != syscall.SIGPIPE {
+				fmt.Fprintf(e.stderr, "gemq: %v again: exiting now\n", s)
+				os.Exit(signalCode(s))
+			}
 		}
 	}()
 	defer func() {

@@ -281,3 +281,64 @@ func TestUtilisationOverFullWindowsOnly(t *testing.T) {
 		t.Errorf("no calls: %+v", u)
 	}
 }
+
+// TestBadQuotaConfigStopsTheStack: gemq dev exits 6 naming the quota
+// variable, before saying the stack runs (the stand-in ignores the value,
+// but a typo should not wait for the day it matters).
+func TestBadQuotaConfigStopsTheStack(t *testing.T) {
+	bad := writeFile(t, "quotas.json", `{"scopes": [`)
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"GEMQ_QUOTAS": "{"}, "GEMQ_QUOTAS: quota config"},
+		{map[string]string{"GEMQ_QUOTAS_FILE": bad}, "GEMQ_QUOTAS_FILE: " + bad + ": quota config: invalid JSON"},
+		{map[string]string{"GEMINI_API_KEY": "k", "GEMQ_QUOTAS": "{}", "GEMQ_QUOTAS_FILE": bad}, "set only one of GEMQ_QUOTAS and GEMQ_QUOTAS_FILE"},
+	} {
+		code, stdout, stderr := gemq(t, tc.env, "dev", "--ingest-addr", "127.0.0.1:0", "--pubsub-addr", "127.0.0.1:0")
+		if code != exitStack || !strings.Contains(stderr, tc.want) || strings.Contains(stdout, "running") {
+			t.Errorf("%v: exit %d (want %d)\nstdout:\n%s\nstderr:\n%s", tc.env, code, exitStack, stdout, stderr)
+		}
+	}
+}
+
+// TestLogDirRemovedOnSuccess: a temporary log directory goes when the
+// command ends well and stays (its log named) when it fails; --dir stays.
+func TestLogDirRemovedOnSuccess(t *testing.T) {
+	f := &stackFlags{dir: new(string)}
+	for _, ok := range []bool{true, false} {
+		d, err := f.logDir()
+		if err != nil || !d.temp {
+			t.Fatalf("logDir = %+v, %v", d, err)
+		}
+		got := d.done(ok)
+		_, statErr := os.Stat(d.path)
+		if ok && (statErr == nil || !strings.Contains(got, "removed")) {
+			t.Errorf("success: %s still there (%q)", d.path, got)
+		}
+		if !ok && (statErr != nil || got != filepath.Join(d.path, "gemq.log")) {
+			t.Errorf("failure: %s gone or not named (%q)", d.path, got)
+		}
+		os.RemoveAll(d.path)
+	}
+	*f.dir = t.TempDir()
+	d, _ := f.logDir()
+	d.done(true)
+	if _, err := os.Stat(*f.dir); err != nil {
+		t.Errorf("--dir removed: %v", err)
+	}
+}
+
+// TestMakeRunKeepsExitCodes: make run runs the built binary, whose exit
+// code make reports ("Error N"); `go run` would have turned every code into 1.
+func TestMakeRunKeepsExitCodes(t *testing.T) {
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, recipe, _ := strings.Cut(string(mk), "\nrun:\n")
+	recipe, _, _ = strings.Cut(recipe, "\n\n")
+	if strings.Contains(recipe, "go run") || strings.Contains(recipe, "$(GO) run") || !strings.Contains(recipe, "./bin/gemq run $(RUN_ARGS)") {
+		t.Errorf("make run's recipe:\n%s", recipe)
+	}
+}

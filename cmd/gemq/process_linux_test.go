@@ -280,6 +280,26 @@ func TestStartFailuresLeaveNothing(t *testing.T) {
 		t.Errorf("stderr does not name PUBSUB_EMULATOR_HOST and what to do:\n%s", c.stderr)
 	}
 	c.noneLeft(t)
+
+	// A dead REDIS_ADDR is named, without go-redis' own log lines.
+	c = startChild(t, "1", []string{"REDIS_ADDR=" + deadAddr(t)}, append([]string{"dev"}, freeAddrs...)...)
+	if code := c.wait(t); code != exitStack {
+		t.Errorf("exit %d, want %d", code, exitStack)
+	}
+	if s := c.stderr.String(); !strings.Contains(s, "REDIS_ADDR=") || !strings.Contains(s, "unset REDIS_ADDR") || strings.Contains(s, "redis: ") {
+		t.Errorf("stderr should name REDIS_ADDR and hold no go-redis log line:\n%s", s)
+	}
+	c.noneLeft(t)
+}
+
+// deadAddr is a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // TestRunShowsFailuresAsTheyHappen: gemq run against a "real" Gemini that

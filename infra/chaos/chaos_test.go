@@ -9,7 +9,7 @@ import (
 // Short lists the scenarios `make test` runs (under two minutes): ones
 // that pass on main. The others run in `make chaos` until the task
 // lifecycle of issue 10 makes them pass (RELIABILITY.md).
-var Short = []string{"worker-kill", "cloudtasks-outage", "gemini-5xx-storm"}
+var Short = []string{"worker-kill", "cloudtasks-outage"}
 
 // TestShort runs the short form of the suite against the real parts and
 // fails on any missed target.

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -340,5 +343,19 @@ func TestMakeRunKeepsExitCodes(t *testing.T) {
 	recipe, _, _ = strings.Cut(recipe, "\n\n")
 	if strings.Contains(recipe, "go run") || strings.Contains(recipe, "$(GO) run") || !strings.Contains(recipe, "./bin/gemq run $(RUN_ARGS)") {
 		t.Errorf("make run's recipe:\n%s", recipe)
+	}
+}
+
+// gemq status on a job whose state Redis lost says so and what to do, and
+// exits 8: a script must not take it for a finished job.
+func TestStatusStateLost(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"job_id":"j","model":"m","state":"state_lost","counts":{"total":5,"succeeded":2,"queued":3},"state_lost":"Redis lost this job's state; resubmit the same job"}`)
+	}))
+	defer srv.Close()
+	code, stdout, stderr := gemq(t, nil, "status", "j", "--url", srv.URL)
+	if code != exitStateLost || !strings.Contains(stdout, "state_lost") || !strings.Contains(stderr, "resubmit the same job") {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want %d, the state, and what to do", code, stdout, stderr, exitStateLost)
 	}
 }

@@ -266,6 +266,8 @@ type jobStatus struct {
 	CreatedAt  time.Time  `json:"created_at"`
 	UpdatedAt  time.Time  `json:"updated_at"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	// StateLost explains a "state_lost" job (Redis lost its record).
+	StateLost string `json:"state_lost,omitempty"`
 }
 
 // jobCounts are a job's tasks per state.

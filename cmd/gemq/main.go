@@ -19,6 +19,7 @@
 //	6    the local stack could not start: a port in use, an environment variable
 //	     naming something unreachable or invalid (the message names it), no redis-server
 //	7    results incomplete: the job is still running (gemq results without --partial)
+//	8    the job's state was lost (Redis lost it: gemq status on a state_lost job)
 //	70   internal error (a bug in gemq)
 //	129  hang-up (SIGHUP), 130 interrupted (Ctrl-C), 141 broken pipe (SIGPIPE),
 //	     143 terminated (SIGTERM): 128 + the signal, after stopping what gemq started
@@ -53,6 +54,7 @@ const (
 	exitAuth        = 5
 	exitStack       = 6
 	exitIncomplete  = 7
+	exitStateLost   = 8
 	exitInternal    = 70
 	exitInterrupted = 130
 )
@@ -164,6 +166,7 @@ Exit codes:
   6    the local stack could not start (a port in use, a bad or unreachable
        environment variable, redis-server missing: the message names it)
   7    results incomplete: the job is still running (gemq results without --partial)
+  8    the job's state was lost (Redis lost it; gemq status says what to do)
   70   internal error
   129/130/141/143  stopped by SIGHUP / Ctrl-C / SIGPIPE / SIGTERM
 (go run and make replace these with their own codes: build gemq to see them.)

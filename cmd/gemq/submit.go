@@ -350,6 +350,9 @@ func cmdStatus(ctx context.Context, args []string, e env) error {
 	} else {
 		printStatus(e.stdout, st)
 	}
+	if st.State == "state_lost" {
+		return &exitError{code: exitStateLost, msg: "job " + st.JobID + ": " + st.StateLost}
+	}
 	if st.Counts.Failed > 0 {
 		return &exitError{code: exitJobFailures}
 	}

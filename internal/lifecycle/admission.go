@@ -2,7 +2,6 @@ package lifecycle
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/gemq-dev/gemq/internal/config"
@@ -173,5 +172,3 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
-
-func errorsIsUnknownScope(err error) bool { return errors.Is(err, limiter.ErrUnknownScope) }

@@ -287,17 +287,15 @@ const (
 	OutSucceeded  = "succeeded"
 	OutFailed     = "failed"
 	OutDeadLetter = "dead_letter"
-	OutPoison     = "poison"     // dead-lettered copy: the message can never be processed
-	OutDuplicate  = "duplicate"  // already terminal, or waiting for another delivery
-	OutHeld       = "held"       // another delivery's lease is live
-	OutDeferred   = "deferred"   // Cloud Task created for later
-	OutParked     = "parked"     // Redis unreachable: parked as a Cloud Task
-	OutRedeliver  = "redeliver"  // infrastructure failure
-	OutAbandoned  = "abandoned"  // the request's context ended mid-way
-	OutStale      = "stale"      // another delivery took the task over meanwhile
-	OutForeign    = "foreign"    // not one of its job's tasks: dead-lettered copy
-	OutNotStale   = "not_stale"  // a lease check found nothing to take over
-	OutUnexpected = "unexpected" // a store answer the machine does not know
+	OutPoison     = "poison"    // dead-lettered copy: the message can never be processed
+	OutDuplicate  = "duplicate" // already terminal, or waiting for another delivery
+	OutHeld       = "held"      // another delivery's lease is live
+	OutDeferred   = "deferred"  // Cloud Task created for later
+	OutParked     = "parked"    // Redis unreachable: parked as a Cloud Task
+	OutRedeliver  = "redeliver" // infrastructure failure
+	OutAbandoned  = "abandoned" // the request's context ended mid-way
+	OutStale      = "stale"     // another delivery took the task over meanwhile
+	OutForeign    = "foreign"   // not one of its job's tasks: dead-lettered copy
 )
 
 func ack(name string) Outcome { return Outcome{Name: name} }

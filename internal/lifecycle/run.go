@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -205,7 +206,7 @@ func (m *Machine) estimate(ctx context.Context, r *run, scope limiter.Scope, req
 	if !m.opts.CountTokens {
 		kind, raw := gemini.EstimateKind(req)
 		cost, err := m.deps.Permits.Estimate(ctx, scope, kind, raw)
-		if err != nil && !errorsIsUnknownScope(err) {
+		if err != nil && !errors.Is(err, limiter.ErrUnknownScope) {
 			r.log.ErrorContext(ctx, "limiter estimate", "error", err.Error())
 			return cost, m.abort(ctx, r), false
 		}
@@ -244,7 +245,7 @@ func (m *Machine) acquire(ctx context.Context, r *run, req *gemini.Request) (p l
 		return p, o, false
 	}
 	p, err := m.deps.Permits.Acquire(ctx, scope, cost)
-	if errorsIsUnknownScope(err) {
+	if errors.Is(err, limiter.ErrUnknownScope) {
 		return p, m.finishFailed(ctx, r, failure{code: 400, status: "INVALID_ARGUMENT",
 			message: fmt.Sprintf("no quota is configured for model %q", r.env.Model)}), false
 	}

@@ -96,6 +96,9 @@ type PipelineResult struct {
 	// (infra/stack Stats.WorkerTime, real time: what Cloud Functions bills);
 	// WorkerTimeMax the longest call.
 	WorkerTime, WorkerTimeMax time.Duration
+	// GeminiTime is the real time the stand-in spent answering the
+	// generateContent calls, summed (part of WorkerTime; see cost.go).
+	GeminiTime time.Duration
 	// Lags are, for each successful call made under a reservation that
 	// was deferred to a Cloud Task, how long after the permit's At (the
 	// reserved slot) the stand-in received the call, in real time, from
@@ -283,6 +286,7 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	for _, n := range perTask {
 		res.MaxInvocations = max(res.MaxInvocations, n)
 	}
+	res.GeminiTime = geminiRealTime(log, factor)
 	res.analyse(log, submitted)
 	if res.Error != "" {
 		return res, fmt.Errorf("%s: %s", o.Name, res.Error)

@@ -165,7 +165,7 @@ func SeedSection(pairs []SeedPair, command string) Section {
 			Check(j+"gemq/seed worker invocations per task", fmt.Sprintf("%s (%.3f vs %.3f)", ratio(gi, si), gi, si), "gemq below seed", gi < si),
 			Info(j+"gemq/seed Gemini calls per task", fmt.Sprintf("%s (%.3f vs %.3f)", ratio(gc, sc), gc, sc)),
 			Info(j+"gemq/seed 429s", fmt.Sprintf("%s (%d vs %d)", ratio(float64(g.Status429), float64(s.Status429)), g.Status429, s.Status429)),
-			Info(j+"gemq/seed function-seconds per task", fmt.Sprintf("%s (%.3f s vs %.3f s)", ratio(gf, sf), gf, sf)),
+			Check(j+"gemq/seed function-seconds per task", fmt.Sprintf("%s (%.3f s vs %.3f s)", ratio(gf, sf), gf, sf), "≤ 1.5", gf <= 1.5*sf),
 			Info(j+"seed: peak sliding-minute requests / input tokens", fmt.Sprintf("%d / %d (safety×limit %d / %d; %d windows over)",
 				s.PeakRPM, s.PeakTPM, s.CapRPM, s.CapTPM, s.Violations)),
 		)

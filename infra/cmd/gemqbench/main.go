@@ -152,7 +152,7 @@ func run() error {
 		}
 	}
 	if len(pairs) > 0 {
-		emit(bench.SeedSection(pairs, command))
+		emit(bench.SeedSection(pairs, command), bench.CostSection(pairs, command))
 	}
 
 	if slices.Contains(want, "overhead") {

@@ -84,9 +84,13 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		return nil, err
 	}
 	rdb, ps, log := base.Redis, base.PubSub, base.Log
+	limOpts := []limiter.Option{limiter.WithLogger(log)}
+	if cfg.LimiterBaseline {
+		limOpts = append(limOpts, limiter.WithoutAdaptation())
+	}
 	deps := lifecycle.Deps{
 		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
-		Permits:     limiter.New(rdb, cfg.Quotas),
+		Permits:     limiter.New(rdb, cfg.Quotas, limOpts...),
 		Gemini:      gem,
 		Scheduler:   queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
 		Results:     queue.NewPublisher(ps, cfg.ResultsTopic),

@@ -186,6 +186,11 @@ type Config struct {
 	TokenEstimator Estimator
 	// LimitPolicy is the limiter policy. GEMQ_LIMIT_POLICY, default "reserve".
 	LimitPolicy Policy
+	// LimiterBaseline switches off the limiter's learned estimates, AIMD and
+	// quota-value lowering (limiter.WithoutAdaptation): gemq as it was before
+	// they existed, which the benchmarks measure against in the same run.
+	// GEMQ_LIMITER_BASELINE, default false; benchmarks only.
+	LimiterBaseline bool
 	// MaxBodyBytes caps an ingest request body (after decompression).
 	// GEMQ_MAX_BODY_BYTES, default 33554432 (32 MiB).
 	MaxBodyBytes int64
@@ -382,6 +387,7 @@ func load(getenv func(string) string, ps *problems) Config {
 		MaxAttempts:         int(integer("GEMQ_MAX_ATTEMPTS", DefaultMaxAttempts, 1, task.MaxCount)),
 		TokenEstimator:      Estimator(str("GEMQ_TOKEN_ESTIMATOR", string(EstimateLocal))),
 		LimitPolicy:         Policy(str("GEMQ_LIMIT_POLICY", string(PolicyReserve))),
+		LimiterBaseline:     boolean("GEMQ_LIMITER_BASELINE"),
 		MaxBodyBytes:        integer("GEMQ_MAX_BODY_BYTES", DefaultMaxBodyBytes, 1, 1<<40),
 		RetryBase:           duration("GEMQ_RETRY_BASE", DefaultRetryBase),
 		RetryMax:            duration("GEMQ_RETRY_MAX", DefaultRetryMax),
@@ -631,6 +637,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("seed_backoff_max", c.SeedBackoffMax),
 		slog.String("token_estimator", string(c.TokenEstimator)),
 		slog.String("limit_policy", string(c.LimitPolicy)),
+		slog.Bool("limiter_baseline", c.LimiterBaseline),
 		slog.Int64("max_body_bytes", c.MaxBodyBytes),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_file", c.LogFile),

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"log/slog"
 	"math"
 	"strings"
 
@@ -204,6 +203,9 @@ func (l *Limiter) Throttled(ctx context.Context, scope Scope, t Throttle429) (Ad
 	if err != nil {
 		return Adaptation{}, fmt.Errorf("limiter throttled: %w", err)
 	}
+	if l.static {
+		return Adaptation{}, nil
+	}
 	kind, j, obs := "c", 0, 0.0
 	var a Adaptation
 	if !t.Capacity {
@@ -230,9 +232,13 @@ func (l *Limiter) Throttled(ctx context.Context, scope Scope, t Throttle429) (Ad
 		a.Lowered = ch == 1
 	}
 	if a.Lowered && kind == "q" {
-		l.logger().Warn("Gemini enforces a lower limit than configured; using it for this scope",
+		l.log.Warn("Gemini enforces a lower limit than configured; using it for this scope",
 			"scope", scope.String(), "quota_id", t.QuotaID, "dimension", a.Dimension,
 			"configured", a.Configured, "observed", a.Observed)
+	}
+	if a.Lowered && kind == "c" {
+		l.log.Info("Gemini is short of capacity (429 without quota details); lowered the scope's effective rate",
+			"scope", scope.String(), "factor", aimdDecrease)
 	}
 	return a, nil
 }
@@ -264,15 +270,4 @@ var readAdaptScript = redis.NewScript(`return redis.call('HGET', KEYS[1], 'ad')`
 
 func unpackFloat(s string, i int) float64 {
 	return math.Float64frombits(binary.LittleEndian.Uint64([]byte(s[8*i : 8*i+8])))
-}
-
-// SetLogger sets the logger of the limiter's warnings (default slog.Default()).
-// Call it before using the Limiter.
-func (l *Limiter) SetLogger(lg *slog.Logger) { l.log = lg }
-
-func (l *Limiter) logger() *slog.Logger {
-	if l.log != nil {
-		return l.log
-	}
-	return slog.Default()
 }

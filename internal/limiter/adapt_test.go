@@ -115,8 +115,11 @@ const tierQuota = `{"safety": 1, "horizon": "1m", "guard": "40ms", "scopes": [
 func TestThrottledByQuotaValue(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, tierQuota)
-	var logs bytes.Buffer
-	f.l.SetLogger(slog.New(slog.NewTextHandler(&logs, nil)))
+	var logs, defaults bytes.Buffer
+	WithLogger(slog.New(slog.NewTextHandler(&logs, nil)))(f.l)
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&defaults, nil)))
+	defer slog.SetDefault(prev)
 	sig := Throttle429{QuotaID: "GenerateRequestsPerMinutePerProjectPerModel", QuotaValue: 6}
 	for i := range 3 {
 		a, err := f.l.Throttled(ctx, scopeA, sig)
@@ -134,6 +137,16 @@ func TestThrottledByQuotaValue(t *testing.T) {
 	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{QuotaID: "GenerateRequestsPerDayPerProjectPerModel", QuotaValue: 2000}); a.Lowered {
 		t.Fatal("a quota value above the configured limit lowered it")
 	}
+	// A lower value again is a change: one more warning, naming it.
+	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{QuotaID: "GenerateRequestsPerMinutePerProjectPerModel", QuotaValue: 5}); !a.Lowered {
+		t.Fatal("a quota value below the effective limit did not lower it")
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 2 || !strings.Contains(logs.String(), "configured=10 observed=5") {
+		t.Fatalf("want a second warning for the second change; got %d:\n%s", n, logs.String())
+	}
+	if defaults.Len() != 0 {
+		t.Fatalf("the limiter logged to slog.Default:\n%s", defaults.String())
+	}
 	l2 := New(f.rdb, f.l.cfg)
 	l2.clock = f.clock.Now
 	granted := 0
@@ -146,11 +159,11 @@ func TestThrottledByQuotaValue(t *testing.T) {
 			granted++
 		}
 	}
-	if granted != 6 {
-		t.Fatalf("another instance granted %d in one window, want the observed 6", granted)
+	if granted != 5 {
+		t.Fatalf("another instance granted %d in one window, want the observed 5", granted)
 	}
 	lim, _ := l2.Limits(ctx, scopeA)
-	if lim["rpm"] != 6 || lim["tpm"] != 1000 {
+	if lim["rpm"] != 5 || lim["tpm"] != 1000 {
 		t.Fatalf("Limits = %v", lim)
 	}
 }
@@ -258,5 +271,41 @@ func TestEstimatesLearn(t *testing.T) {
 	}
 	if _, err := f.l.Estimate(ctx, scopeA, "Bad kind", 1); err == nil {
 		t.Fatal("invalid kind accepted")
+	}
+}
+
+// TestWithoutAdaptation: the benchmarks' baseline learns nothing, adapts to
+// no 429 and estimates with the raw count, while reconciling as before.
+func TestWithoutAdaptation(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, tierQuota)
+	WithoutAdaptation()(f.l)
+	for range 8 {
+		c, err := f.l.Estimate(ctx, scopeA, "digits", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.InputTokens != 10 || c.Estimate != nil {
+			t.Fatalf("Estimate = %+v, want the raw 10 tokens and nothing to learn from", c)
+		}
+		p := f.acquire(t, c)
+		if err := f.l.Settle(ctx, p, 40); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := f.rdb.Exists(ctx, estKey(scopePrefix(scopeA))).Result(); n != 0 {
+		t.Fatal("the baseline learned a correction")
+	}
+	for _, sig := range []Throttle429{{Capacity: true}, {QuotaID: "GenerateRequestsPerMinutePerProjectPerModel", QuotaValue: 3}} {
+		if a, err := f.l.Throttled(ctx, scopeA, sig); err != nil || a.Lowered {
+			t.Fatalf("Throttled(%+v) = %+v, %v; want nothing changed", sig, a, err)
+		}
+	}
+	if m, _ := f.l.Limits(ctx, scopeA); m["rpm"] != 10 || m["tpm"] != 1000 {
+		t.Fatalf("Limits = %v, want the configuration", m)
+	}
+	// Settle still reconciled: 8 × 40 tokens are charged, so 1000 - 320 remain.
+	if p := f.acquire(t, Cost{Requests: 1, InputTokens: 681}); p.Outcome == Granted {
+		t.Fatalf("681 tokens granted after 320 were reconciled against a 1000 limit: %+v", p)
 	}
 }

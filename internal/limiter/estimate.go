@@ -166,6 +166,12 @@ func (l *Limiter) Estimate(ctx context.Context, scope Scope, kind string, raw in
 	if raw < 0 {
 		return Cost{}, fmt.Errorf("limiter estimate: negative raw estimate %d", raw)
 	}
+	if l.static {
+		if _, err := l.plan(scope); err != nil {
+			return Cost{}, fmt.Errorf("limiter estimate: %w", err)
+		}
+		return Cost{Requests: 1, InputTokens: raw}, nil
+	}
 	f, err := l.Factor(ctx, scope, kind)
 	if err != nil {
 		return Cost{}, err
@@ -186,6 +192,9 @@ func (l *Limiter) Settle(ctx context.Context, p Permit, actualInputTokens int64)
 	pl, err := l.plan(p.Scope)
 	if err != nil {
 		return fmt.Errorf("limiter settle: %w", err)
+	}
+	if l.static {
+		return l.Reconcile(ctx, p, actualInputTokens)
 	}
 	learn := ""
 	if e := p.Cost.Estimate; e != nil && kindRE.MatchString(e.Kind) && e.Raw > 0 {

@@ -115,6 +115,8 @@ type Limiter struct {
 	nonce string   // seeds the secret of a new epoch of a scope's state
 	log   *slog.Logger
 	est   estimates
+	// static: no learning, no AIMD, no quota-value lowering (WithoutAdaptation).
+	static bool
 
 	// clock, when set (tests only), replaces Redis TIME in the scripts and
 	// time.Now in the client.
@@ -123,9 +125,35 @@ type Limiter struct {
 
 // New returns a Limiter over rdb (any go-redis client: standalone, cluster,
 // ring) with quotas cfg.
-func New(rdb redis.Scripter, cfg Config) *Limiter {
-	return &Limiter{rdb: rdb, cfg: cfg, nonce: newID()}
+func New(rdb redis.Scripter, cfg Config, opts ...Option) *Limiter {
+	l := &Limiter{rdb: rdb, cfg: cfg, nonce: newID(), log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
 }
+
+// Option configures a Limiter in New.
+type Option func(*Limiter)
+
+// WithLogger sends the limiter's warnings (an effective limit lowered by a
+// quota value Gemini reported: one warning per change) to lg. Without it
+// they are discarded; the limiter never logs to slog.Default.
+func WithLogger(lg *slog.Logger) Option {
+	return func(l *Limiter) {
+		if lg != nil {
+			l.log = lg
+		}
+	}
+}
+
+// WithoutAdaptation switches off everything that adapts to what Gemini
+// reports: Estimate returns the raw estimate (factor 1, nothing learned),
+// Settle only reconciles (no learning, no AIMD increase), Throttled changes
+// nothing. It is gemq's limiter as it was before estimates learned and limits
+// adapted, kept for benchmarks that measure the difference in the same run
+// (the worker's GEMQ_LIMITER_BASELINE); reservations still hold.
+func WithoutAdaptation() Option { return func(l *Limiter) { l.static = true } }
 
 const (
 	// ttlSlack is added to every key's TTL.

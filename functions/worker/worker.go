@@ -64,6 +64,14 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	opts := lifecycle.OptionsFrom(cfg)
+	if cfg.TokenEstimator == config.EstimateTokenizer {
+		tok, err := gemini.NewLocalTokenizer(cfg.TokenizerModel)
+		if err != nil {
+			return nil, fmt.Errorf("GEMQ_TOKENIZER_MODEL: %w", err)
+		}
+		opts.Tokenizer = tok
+	}
 	// Stdout, as Cloud Functions require; GEMQ_LOG_FILE locally. The file
 	// stays open as long as the handler (the process).
 	base, err := clients.Open(ctx, cfg, os.Stdout)
@@ -96,7 +104,7 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		Results:     queue.NewPublisher(ps, cfg.ResultsTopic),
 		DeadLetters: queue.NewPublisher(ps, cfg.DeadLetterTopic),
 	}
-	h := &handler{m: lifecycle.New(deps, lifecycle.OptionsFrom(cfg), log), log: log}
+	h := &handler{m: lifecycle.New(deps, opts, log), log: log}
 	log.Info("worker ready", "config", cfg)
 	return h, nil
 }

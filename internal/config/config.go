@@ -56,6 +56,9 @@ type Estimator string
 const (
 	EstimateLocal       Estimator = "local"        // cheap local count (internal/gemini.EstimateInputTokens)
 	EstimateCountTokens Estimator = "count_tokens" // Gemini countTokens call
+	// EstimateTokenizer counts text with genai's local tokenizer
+	// (internal/gemini.LocalTokenizer), from the model file GEMQ_TOKENIZER_MODEL.
+	EstimateTokenizer Estimator = "tokenizer"
 )
 
 // Policy is the limiter policy.
@@ -184,6 +187,10 @@ type Config struct {
 	// TokenEstimator is how input tokens are estimated. GEMQ_TOKEN_ESTIMATOR,
 	// default "local".
 	TokenEstimator Estimator
+	// TokenizerModel is the path of Gemma 3's SentencePiece model file for
+	// GEMQ_TOKEN_ESTIMATOR=tokenizer (required then, unused otherwise).
+	// GEMQ_TOKENIZER_MODEL, default empty.
+	TokenizerModel string
 	// LimitPolicy is the limiter policy. GEMQ_LIMIT_POLICY, default "reserve".
 	LimitPolicy Policy
 	// LimiterBaseline switches off the limiter's learned estimates, AIMD and
@@ -388,6 +395,7 @@ func load(getenv func(string) string, ps *problems) Config {
 		TokenEstimator:      Estimator(str("GEMQ_TOKEN_ESTIMATOR", string(EstimateLocal))),
 		LimitPolicy:         Policy(str("GEMQ_LIMIT_POLICY", string(PolicyReserve))),
 		LimiterBaseline:     boolean("GEMQ_LIMITER_BASELINE"),
+		TokenizerModel:      str("GEMQ_TOKENIZER_MODEL", ""),
 		MaxBodyBytes:        integer("GEMQ_MAX_BODY_BYTES", DefaultMaxBodyBytes, 1, 1<<40),
 		RetryBase:           duration("GEMQ_RETRY_BASE", DefaultRetryBase),
 		RetryMax:            duration("GEMQ_RETRY_MAX", DefaultRetryMax),
@@ -438,8 +446,11 @@ func load(getenv func(string) string, ps *problems) Config {
 			ps.add("GOOGLE_GEMINI_BASE_URL", "want an absolute http(s) URL, got %q", c.GeminiBaseURL)
 		}
 	}
-	if c.TokenEstimator != EstimateLocal && c.TokenEstimator != EstimateCountTokens {
-		ps.add("GEMQ_TOKEN_ESTIMATOR", "want local or count_tokens, got %q", c.TokenEstimator)
+	switch {
+	case c.TokenEstimator != EstimateLocal && c.TokenEstimator != EstimateCountTokens && c.TokenEstimator != EstimateTokenizer:
+		ps.add("GEMQ_TOKEN_ESTIMATOR", "want local, count_tokens or tokenizer, got %q", c.TokenEstimator)
+	case c.TokenEstimator == EstimateTokenizer && c.TokenizerModel == "":
+		ps.add("GEMQ_TOKENIZER_MODEL", "required with GEMQ_TOKEN_ESTIMATOR=tokenizer: the path of Gemma 3's tokenizer model file (see README, Token estimates)")
 	}
 	if c.LimitPolicy != PolicyReserve && c.LimitPolicy != PolicySeed {
 		ps.add("GEMQ_LIMIT_POLICY", "want reserve or seed, got %q", c.LimitPolicy)
@@ -638,6 +649,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("token_estimator", string(c.TokenEstimator)),
 		slog.String("limit_policy", string(c.LimitPolicy)),
 		slog.Bool("limiter_baseline", c.LimiterBaseline),
+		slog.String("tokenizer_model", c.TokenizerModel),
 		slog.Int64("max_body_bytes", c.MaxBodyBytes),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_file", c.LogFile),

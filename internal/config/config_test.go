@@ -189,6 +189,10 @@ func TestLoadErrors(t *testing.T) {
 		), []string{"REDIS_ADDR", "REDIS_TLS", "GEMQ_GEMINI_TIMEOUT", "GEMQ_RESULT_TTL", "GEMQ_MAX_ATTEMPTS",
 			"GEMQ_TOKEN_ESTIMATOR", "GEMQ_LIMIT_POLICY", "GEMQ_LIMITER_BASELINE", "GEMQ_MAX_BODY_BYTES", "GEMQ_LOG_LEVEL",
 			"GEMQ_TASKS_QUEUE", "GEMQ_WORKER_URL", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_GENAI_USE_VERTEXAI"}},
+		{"tokenizer without its model file", Worker, base(
+			"GEMQ_TASKS_QUEUE", "projects/p/locations/l/queues/q", "GEMQ_WORKER_URL", "https://w/", "GEMINI_API_KEY", "k",
+			"GEMQ_TOKEN_ESTIMATOR", "tokenizer",
+		), []string{"GEMQ_TOKENIZER_MODEL"}},
 		{"back-offs not positive", Ingest, base(
 			"GEMQ_RETRY_BASE", "0s",
 			"GEMQ_RETRY_MAX", "-1m",

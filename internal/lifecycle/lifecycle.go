@@ -66,6 +66,7 @@ var (
 	_ Store     = (*store.Store)(nil)
 	_ Permits   = (*limiter.Limiter)(nil)
 	_ Generator = (*gemini.Client)(nil)
+	_ Tokenizer = (*gemini.LocalTokenizer)(nil)
 	_ Scheduler = (*queue.Scheduler)(nil)
 	_ Publisher = (*queue.Publisher)(nil)
 )
@@ -93,6 +94,11 @@ type Permits interface {
 	Estimate(ctx context.Context, scope limiter.Scope, kind string, raw int64) (limiter.Cost, error)
 	Settle(ctx context.Context, p limiter.Permit, actualInputTokens int64) error
 	Throttled(ctx context.Context, scope limiter.Scope, t limiter.Throttle429) (limiter.Adaptation, error)
+}
+
+// Tokenizer makes a request's local estimate (*gemini.LocalTokenizer).
+type Tokenizer interface {
+	EstimateKind(r *gemini.Request) (kind string, raw int64, err error)
 }
 
 // Generator calls Gemini (*gemini.Client).
@@ -134,6 +140,9 @@ type Options struct {
 	Vertex bool
 	// CountTokens: estimate with the countTokens API, not locally.
 	CountTokens bool
+	// Tokenizer, when set (GEMQ_TOKEN_ESTIMATOR=tokenizer), makes the local
+	// estimate with genai's local tokenizer instead of characters/4.
+	Tokenizer Tokenizer
 	// GeminiTimeout bounds one Gemini call (GEMQ_GEMINI_TIMEOUT).
 	GeminiTimeout time.Duration
 	// Lease is how long a delivery holds a task (GEMQ_LEASE); > GeminiTimeout.

@@ -205,6 +205,14 @@ func (m *Machine) call(ctx context.Context, r *run, req *gemini.Request, permit 
 func (m *Machine) estimate(ctx context.Context, r *run, scope limiter.Scope, req *gemini.Request) (limiter.Cost, Outcome, bool) {
 	if !m.opts.CountTokens {
 		kind, raw := gemini.EstimateKind(req)
+		if m.opts.Tokenizer != nil {
+			k, n, err := m.opts.Tokenizer.EstimateKind(req)
+			if err != nil {
+				r.log.WarnContext(ctx, "local tokenizer failed; estimating with characters/4", "error", err.Error())
+			} else {
+				kind, raw = k, n
+			}
+		}
 		cost, err := m.deps.Permits.Estimate(ctx, scope, kind, raw)
 		if err != nil && !errors.Is(err, limiter.ErrUnknownScope) {
 			r.log.ErrorContext(ctx, "limiter estimate", "error", err.Error())

@@ -54,6 +54,19 @@ type PipelineOptions struct {
 	PushConcurrency int `json:"push_concurrency"`
 	// Timeout bounds the whole run (real time).
 	Timeout time.Duration `json:"timeout"`
+	// Baseline runs the worker with GEMQ_LIMITER_BASELINE=true: no learned
+	// estimates, no AIMD, no quota-value lowering (gemq before issue 11).
+	Baseline bool `json:"baseline,omitempty"`
+	// Content is what the prompts are made of (ContentWords, ContentDigits,
+	// ContentLong, ContentMixed).
+	Content string `json:"content,omitempty"`
+	// DSQ is the stand-in's hidden capacity (geminisim.ParseDSQ, stand-in
+	// time from the job's submission); "" for none.
+	DSQ string `json:"dsq,omitempty"`
+	// QuotaRPM and QuotaTPM, when set, are the limits gemq is configured
+	// with (GEMQ_QUOTAS) instead of the stand-in's RPM and TPM: a tier
+	// mismatch.
+	QuotaRPM, QuotaTPM int64 `json:",omitempty"`
 }
 
 // Model is the model every benchmark job uses.
@@ -115,6 +128,25 @@ type PipelineResult struct {
 	// Wall is the run's real time from POST to done; CPU the process's
 	// (and its redis-server's) user+system CPU over the same run.
 	Wall, CPU time.Duration
+	// Estimate error, actual/estimate over the job's tasks against the
+	// stand-in's count: of gemq's raw local estimate, and of the estimate
+	// with the correction factors learned by the end of the run (the
+	// baseline learns nothing: its factor is 1).
+	EstRawMedian, EstRawP99, EstLearnedMedian, EstLearnedP99 float64 `json:",omitempty"`
+	// Factors are the learned correction factors per kind at the end.
+	Factors map[string]float64 `json:",omitempty"`
+	// Late429 counts the 429s received more than two quota periods after
+	// the first call; Last429 is when the last 429 was received (stand-in,
+	// from the POST).
+	Late429 int           `json:",omitempty"`
+	Last429 time.Duration `json:",omitempty"`
+	// LastOK is when the stand-in received the last call it answered OK.
+	LastOK time.Duration `json:",omitempty"`
+	// DSQUsed is, with a hidden capacity, the fraction of it the job used:
+	// the shortest time in which the hidden capacity lets the job's
+	// successful calls through from the first call, over the time they
+	// took (first call to last successful call).
+	DSQUsed float64 `json:",omitempty"`
 	// Error is set when the run did not finish.
 	Error string `json:",omitempty"`
 }
@@ -122,51 +154,71 @@ type PipelineResult struct {
 // quotasJSON is GEMQ_QUOTAS for o: the stand-in's limits in scaled minutes,
 // the guard scaled explicitly.
 func (o PipelineOptions) quotasJSON() string {
+	rpm, tpm := o.RPM, o.TPM
+	if o.QuotaRPM > 0 {
+		rpm = o.QuotaRPM
+	}
+	if o.QuotaTPM > 0 {
+		tpm = o.QuotaTPM
+	}
 	return fmt.Sprintf(`{"safety": %g, "guard": "%dms", "scopes": [{"project": "*", "model": %q, "dimensions": [
 	 {"name": "rpm", "unit": "requests", "limit": %d, "period": "%dms"},
 	 {"name": "tpm", "unit": "input_tokens", "limit": %d, "period": "%dms"},
 	 {"name": "rpd", "unit": "requests", "limit": %d, "per": "pacific_day"}]}]}`,
-		o.Safety, o.Guard.Milliseconds(), Model, o.RPM, o.Minute.Milliseconds(), o.TPM, o.Minute.Milliseconds(), o.RPD)
+		o.Safety, o.Guard.Milliseconds(), Model, rpm, o.Minute.Milliseconds(), tpm, o.Minute.Milliseconds(), o.RPD)
 }
 
 var words = strings.Fields(`quota window token request minute limiter gemini reserve sliding cloud task
 	queue worker ingest publish redis script permit burst latency model answer prompt summary`)
 
-// JobJSONL returns a Batch-API JSONL job of n requests whose input tokens
-// (by gemq's counting rule, which the stand-in also uses) are uniform in
-// [minTok, maxTok], and their total.
+// JobJSONL returns a Batch-API JSONL job of n requests of prose whose
+// input tokens (by gemq's counting rule) are uniform in [minTok, maxTok],
+// and their total.
 func JobJSONL(n, minTok, maxTok int, seed uint64) ([]byte, int64, error) {
+	body, tasks, err := ContentJob(ContentWords, n, minTok, maxTok, seed)
+	var total int64
+	for _, t := range tasks {
+		total += t.Raw
+	}
+	return body, total, err
+}
+
+// JobTask is what a generated task's request is made of: gemq's local
+// estimate (kind and raw tokens, gemini.EstimateKind) and the stand-in's
+// independent count of it (Truth).
+type JobTask struct {
+	Kind       string
+	Raw, Truth int64
+}
+
+// ContentJob returns a Batch-API JSONL job of n requests of content kind
+// (ContentWords, ContentDigits, …) whose sizes are uniform in [minTok,
+// maxTok] (by gemq's rule for ContentWords, by the stand-in's for the
+// others; ContentMixed's come from EstimatorPrompt), with each task's
+// estimate and true count.
+func ContentJob(kind string, n, minTok, maxTok int, seed uint64) ([]byte, []JobTask, error) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	var b bytes.Buffer
-	var total int64
+	tasks := make([]JobTask, 0, n)
 	for i := range n {
 		want := int64(minTok)
 		if maxTok > minTok {
 			want += rng.Int64N(int64(maxTok-minTok) + 1)
 		}
-		var text strings.Builder
-		fmt.Fprintf(&text, "Task %d:", i)
-		for gemini.TextTokens(text.String()) < want {
-			text.WriteString(" ")
-			text.WriteString(words[rng.IntN(len(words))])
-		}
-		line := map[string]any{"key": fmt.Sprintf("k%06d", i), "request": map[string]any{
-			"contents":         []any{map[string]any{"role": "user", "parts": []any{map[string]any{"text": text.String()}}}},
-			"generationConfig": map[string]any{"maxOutputTokens": 16},
-		}}
-		raw, err := json.Marshal(line)
+		raw, err := jobLine(i, contentRequest(kind, i, want, rng))
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, err
 		}
 		req, err := gemini.ParseRequest(mustField(raw))
 		if err != nil {
-			return nil, 0, fmt.Errorf("generated request %d: %w", i, err)
+			return nil, nil, fmt.Errorf("generated request %d: %w", i, err)
 		}
-		total += gemini.EstimateInputTokens(req)
+		k, est := gemini.EstimateKind(req)
+		tasks = append(tasks, JobTask{Kind: k, Raw: est, Truth: geminisim.CountTokensIndependent(req.SystemInstruction, req.Contents)})
 		b.Write(raw)
 		b.WriteByte('\n')
 	}
-	return b.Bytes(), total, nil
+	return b.Bytes(), tasks, nil
 }
 
 func mustField(line []byte) []byte {
@@ -204,7 +256,11 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	if lat.Kind == "fixed" {
 		res.MedianLatency = lat.Fixed
 	}
-	body, _, err := JobJSONL(o.Tasks, o.MinTokens, o.MaxTokens, o.Seed)
+	body, tasks, err := ContentJob(o.Content, o.Tasks, o.MinTokens, o.MaxTokens, o.Seed)
+	if err != nil {
+		return res, err
+	}
+	dsq, err := geminisim.ParseDSQ(o.DSQ)
 	if err != nil {
 		return res, err
 	}
@@ -221,11 +277,12 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 		Log:    logw,
 		Model:  Model,
 		Minute: o.Minute, RPM: o.RPM, TPM: o.TPM, RPD: o.RPD, Safety: o.Safety,
-		Gemini: stack.GeminiOptions{Latency: lat, TokenSkew: o.TokenSkew, Seed: o.Seed},
+		Gemini: stack.GeminiOptions{Latency: lat, TokenSkew: o.TokenSkew, Seed: o.Seed, DSQ: dsq},
 		Env: map[string]string{
-			"GEMQ_LIMIT_POLICY": o.Policy,
-			"GEMQ_QUOTAS":       o.quotasJSON(),
-			"GEMQ_LOG_FILE":     fnLog, // parsed for the reserved slots (Lags)
+			"GEMQ_LIMIT_POLICY":     o.Policy,
+			"GEMQ_LIMITER_BASELINE": fmt.Sprint(o.Baseline),
+			"GEMQ_QUOTAS":           o.quotasJSON(),
+			"GEMQ_LOG_FILE":         fnLog, // parsed for the reserved slots (Lags)
 		},
 		Push: stack.PushOptions{Concurrency: o.PushConcurrency},
 	})
@@ -236,6 +293,9 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	sim := st.GeminiStandIn()
 
 	jobID := "bench-" + o.Name
+	if dsq != nil {
+		sim.Reset() // the hidden capacity's steps count from the submission
+	}
 	cpu0, wall0 := cpuTime(), time.Now()
 	submitted := sim.Now()
 	// The stand-in's clock is linear in real time: this pair maps one onto
@@ -267,6 +327,9 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 		break
 	}
 	res.Wall = time.Since(wall0)
+	if err := res.estimateErrors(ctx, st, tasks); err != nil {
+		fmt.Fprintf(logw, "gemqbench: learned factors: %v\n", err)
+	}
 	stats := st.Stats()
 	perTask, _ := st.WorkerInvocations()
 	log := sim.Log()
@@ -288,6 +351,9 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	}
 	res.GeminiTime = geminiRealTime(log, factor)
 	res.analyse(log, submitted)
+	if dsq != nil {
+		res.DSQUsed = dsqUsed(*dsq, res.OK, res.FirstCall, res.LastOK)
+	}
 	if res.Error != "" {
 		return res, fmt.Errorf("%s: %s", o.Name, res.Error)
 	}
@@ -406,8 +472,10 @@ func (r *PipelineResult) analyse(log []geminisim.Entry, submitted time.Time) {
 			if e.Finished.After(lastOK) {
 				lastOK = e.Finished
 			}
+			r.LastOK = max(r.LastOK, e.Received.Sub(submitted))
 		case http.StatusTooManyRequests:
 			r.Status429++
+			r.Last429 = max(r.Last429, e.Received.Sub(submitted))
 		default:
 			r.Other++
 		}
@@ -419,6 +487,11 @@ func (r *PipelineResult) analyse(log []geminisim.Entry, submitted time.Time) {
 	}
 	if !lastOK.IsZero() {
 		r.Completion = lastOK.Sub(submitted)
+	}
+	for _, e := range log {
+		if e.Method == "generateContent" && e.Status == http.StatusTooManyRequests && e.Received.Sub(submitted) > r.FirstCall+2*time.Minute {
+			r.Late429++
+		}
 	}
 	r.CapRPM, r.CapTPM = Capacity(o.RPM, o.Safety), Capacity(o.TPM, o.Safety)
 	tr := TheoreticalMin(int64(r.OK), r.CapRPM, time.Minute)

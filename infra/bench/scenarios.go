@@ -20,11 +20,14 @@ type Scale struct {
 	Latency string
 	// PushConcurrency bounds the push loop.
 	PushConcurrency int
+	// QuotaBacklog is the size of the quota rows' estimate-error and
+	// tier jobs in per-minute quotas (QuotaRows).
+	QuotaBacklog float64
 }
 
 // DefaultScale is what `make bench` runs.
 var DefaultScale = Scale{Minute: 6 * time.Second, RPM: 300, Backlog: 10, Guard: 100 * time.Millisecond,
-	Latency: "lognormal:median=2s,sigma=0.5,max=20s", PushConcurrency: 64}
+	Latency: "lognormal:median=2s,sigma=0.5,max=20s", PushConcurrency: 64, QuotaBacklog: 4}
 
 // Scenarios returns the pipeline runs of benchmarks 1-4, by name, in run
 // order.
@@ -54,11 +57,19 @@ func (s Scale) Scenarios() []PipelineOptions {
 	return []PipelineOptions{rpm, tpm, skew, seed, seedTPM}
 }
 
-// Scenario returns the scenario named name.
+// Scenario returns the scenario named name (of Scenarios, or a run of
+// QuotaRows).
 func (s Scale) Scenario(name string) (PipelineOptions, error) {
 	for _, o := range s.Scenarios() {
 		if o.Name == name {
 			return o, nil
+		}
+	}
+	for _, q := range s.QuotaRows() {
+		for _, o := range []PipelineOptions{q.Gemq, q.Base} {
+			if o.Name == name {
+				return o, nil
+			}
 		}
 	}
 	return PipelineOptions{}, fmt.Errorf("no scenario %q", name)

@@ -10,7 +10,7 @@
 //
 // Usage:
 //
-//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,overhead,sim] [-md BENCHMARKS.md]
+//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,est-low,est-high,mixed,dsq,tier,quota,overhead,sim,estimator] [-md BENCHMARKS.md]
 package main
 
 import (
@@ -43,9 +43,15 @@ func run() error {
 	for _, o := range sc.Scenarios() {
 		all = append(all, o.Name)
 	}
+	quotaRows := sc.QuotaRows()
+	for _, q := range quotaRows {
+		all = append(all, q.Name)
+	}
 	all = append(all, "overhead", "sim", "estimator")
 
-	only := flag.String("only", strings.Join(all, ","), "comma-separated benchmarks to run: "+strings.Join(all, ", "))
+	only := flag.String("only", strings.Join(all, ","), "comma-separated benchmarks to run: "+strings.Join(all, ", ")+
+		" (a quota row runs gemq and the limiter before issue 11; \"quota\" selects every quota row)")
+	flag.Float64Var(&sc.QuotaBacklog, "quota-backlog", sc.QuotaBacklog, "quota rows: the estimate-error and tier jobs' size in per-minute quotas")
 	md := flag.String("md", "BENCHMARKS.md", "file to write the figures into (empty: do not write)")
 	instances := flag.Int("instances", 1000, "sim: simulated function instances")
 	simMinute := flag.Duration("sim-minute", 20*time.Second, "sim: the scaled minute")
@@ -85,7 +91,17 @@ func run() error {
 		return err
 	}
 
-	want := strings.Split(*only, ",")
+	quotaRows = sc.QuotaRows() // with the flags applied
+	var want []string
+	for _, w := range strings.Split(*only, ",") {
+		if w == "quota" {
+			for _, q := range quotaRows {
+				want = append(want, q.Name)
+			}
+			continue
+		}
+		want = append(want, w)
+	}
 	for _, w := range want {
 		if !slices.Contains(all, w) {
 			return fmt.Errorf("-only: unknown benchmark %q (have %s)", w, strings.Join(all, ", "))
@@ -95,7 +111,14 @@ func run() error {
 	// is printed as the go run command that reproduces it.
 	command := "make bench"
 	if args := os.Args[1:]; len(args) > 0 && strings.Join(args, " ") != "-md BENCHMARKS.md" {
-		command = "go run ./infra/cmd/gemqbench " + strings.Join(args, " ")
+		quoted := make([]string, len(args))
+		for i, a := range args {
+			quoted[i] = a
+			if a == "" {
+				quoted[i] = "''"
+			}
+		}
+		command = "go run ./infra/cmd/gemqbench " + strings.Join(quoted, " ")
 	}
 	dir, err := os.MkdirTemp("", "gemqbench")
 	if err != nil {
@@ -117,13 +140,9 @@ func run() error {
 		if !slices.Contains(want, o.Name) {
 			continue
 		}
-		fmt.Fprintf(os.Stderr, "gemqbench: %s: %d tasks through the local stack (policy %s) ...\n", o.Name, o.Tasks, o.Policy)
-		var r bench.PipelineResult
-		if err := runChild(ctx, dir, o.Name, &r); err != nil {
+		r, err := runPipeline(ctx, dir, o)
+		if err != nil {
 			return err
-		}
-		if r.Error != "" {
-			fmt.Fprintf(os.Stderr, "gemqbench: %s: %s; reporting what was measured\n", o.Name, r.Error)
 		}
 		results[o.Name] = r
 		switch o.Name {
@@ -132,6 +151,23 @@ func run() error {
 		case "tpm":
 			emit(bench.UtilisationSection(r, "Quota utilisation: TPM-bound job", command))
 		}
+	}
+	var quotaRun []bench.QuotaRow
+	for _, q := range quotaRows {
+		if !slices.Contains(want, q.Name) {
+			continue
+		}
+		for _, o := range []bench.PipelineOptions{q.Gemq, q.Base} {
+			r, err := runPipeline(ctx, dir, o)
+			if err != nil {
+				return err
+			}
+			results[o.Name] = r
+		}
+		quotaRun = append(quotaRun, q)
+	}
+	if len(quotaRun) > 0 {
+		emit(bench.QuotaSection(quotaRun, results, command))
 	}
 	var runs []bench.PipelineResult
 	for _, o := range sc.Scenarios() {
@@ -208,6 +244,20 @@ func run() error {
 	return simErr
 }
 
+// runPipeline runs pipeline scenario o in a child process; a run that did
+// not finish is reported with what it measured.
+func runPipeline(ctx context.Context, dir string, o bench.PipelineOptions) (bench.PipelineResult, error) {
+	fmt.Fprintf(os.Stderr, "gemqbench: %s: %d tasks through the local stack (policy %s, baseline %t) ...\n", o.Name, o.Tasks, o.Policy, o.Baseline)
+	var r bench.PipelineResult
+	if err := runChild(ctx, dir, o.Name, &r); err != nil {
+		return r, err
+	}
+	if r.Error != "" {
+		fmt.Fprintf(os.Stderr, "gemqbench: %s: %s; reporting what was measured\n", o.Name, r.Error)
+	}
+	return r, nil
+}
+
 // runChild runs one scenario in a child process (its function logs go to a
 // file in dir) and reads its result into r.
 func runChild(ctx context.Context, dir, name string, r any) error {
@@ -243,7 +293,7 @@ func passFlags() []string {
 	var out []string
 	flag.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "minute", "rpm", "backlog", "guard", "latency", "push-concurrency":
+		case "minute", "rpm", "backlog", "guard", "latency", "push-concurrency", "quota-backlog":
 			out = append(out, "-"+f.Name+"="+f.Value.String())
 		}
 	})

@@ -121,6 +121,19 @@ type Limiter struct {
 	// clock, when set (tests only), replaces Redis TIME in the scripts and
 	// time.Now in the client.
 	clock func() time.Time
+	// calendar shifts the Pacific calendar the client reads (ShiftCalendar).
+	calendar time.Duration
+}
+
+// ShiftCalendar makes the limiter read the Pacific calendar d away from the
+// real time: day boundaries are those of the day containing now+d, moved
+// back by d, while "now" stays Redis TIME in every script. It is the chaos
+// harness' test clock hook (config.EnvTestCalendarOffset, compiled only into
+// test binaries) for putting Pacific midnight, or the end of a 23- or 25-hour
+// day, inside a job; production never calls it. Call it before first use.
+func (l *Limiter) ShiftCalendar(d time.Duration) *Limiter {
+	l.calendar = d
+	return l
 }
 
 // New returns a Limiter over rdb (any go-redis client: standalone, cluster,
@@ -295,6 +308,7 @@ func unitCode(u Unit) string {
 // dayWindow caches the Pacific day boundaries used while the clock stays in
 // one day.
 type dayWindow struct {
+	shift  time.Duration // the calendar shift it was computed for
 	bounds [5]int64
 	packed string // bounds, packed for the script's ARGV
 	today  string // bounds[1] in decimal: the day of the daily counters read up front
@@ -304,15 +318,17 @@ type dayWindow struct {
 var lastDays atomic.Pointer[dayWindow]
 
 // days returns the boundaries of the Pacific days d-1 .. d+2 (5 boundaries)
-// around the day d containing now.
-func days(now time.Time) *dayWindow {
+// around the day d containing now, on the calendar shifted by shift (0 but
+// in the chaos harness; see ShiftCalendar).
+func days(now time.Time, shift time.Duration) *dayWindow {
 	ms := now.UnixMilli()
-	if w := lastDays.Load(); w != nil && w.bounds[1] <= ms && ms < w.bounds[2] {
+	if w := lastDays.Load(); w != nil && w.shift == shift && w.bounds[1] <= ms && ms < w.bounds[2] {
 		return w
 	}
-	w := &dayWindow{}
+	w := &dayWindow{shift: shift}
+	cal := now.Add(shift)
 	for k := range 5 {
-		w.bounds[k] = PacificDayStart(now, k-1).UnixMilli()
+		w.bounds[k] = PacificDayStart(cal, k-1).Add(-shift).UnixMilli()
 	}
 	w.packed = packDoubles(w.bounds[:]...)
 	w.today = strconv.FormatInt(w.bounds[1], 10)
@@ -392,7 +408,7 @@ func (l *Limiter) decide(ctx context.Context, mode string, in Permit) (Permit, e
 		}
 	}
 	now, nowArg := l.now()
-	pd := pl.today(days(now))
+	pd := pl.today(days(now, l.calendar))
 	secret := *pl.secret.Load()
 	keys := []string{pl.meta, pl.log, permitKey(pl.prefix, in.ID), pl.gen}
 	floor := ""

@@ -94,3 +94,42 @@ func TestMidnightBlackout(t *testing.T) {
 		t.Fatalf("got %+v", p)
 	}
 }
+
+// TestShiftCalendar: with Redis TIME as "now" (no test clock) and the
+// calendar shifted so that the end of the 23-hour (2027-03-14) or 25-hour
+// (2027-11-07) Pacific day, or an ordinary midnight, is 30 s of real time
+// away, a spent daily quota reserves the next request for 30 s from now
+// (plus the early tolerance), in the new day's counter: the boundaries are
+// the shifted calendar's, moved back into real time.
+func TestShiftCalendar(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		midnight time.Time // the Pacific midnight ending the day
+	}{
+		{"ordinary", time.Date(2027, 1, 15, 8, 0, 0, 0, time.UTC)},
+		{"spring forward day (23h)", time.Date(2027, 3, 15, 7, 0, 0, 0, time.UTC)},
+		{"fall back day (25h)", time.Date(2027, 11, 8, 8, 0, 0, 0, time.UTC)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb := startRedis(t)
+			real := time.Now()
+			shift := tc.midnight.Sub(real.Add(30 * time.Second))
+			l := New(rdb, mustParse(t, dayQuota)).ShiftCalendar(shift)
+			ctx := context.Background()
+			for range 2 {
+				if p, err := l.Acquire(ctx, scopeA, Cost{Requests: 1}); err != nil || p.Outcome != Granted {
+					t.Fatalf("%+v, %v", p, err)
+				}
+			}
+			p, err := l.Acquire(ctx, scopeA, Cost{Requests: 1})
+			want := tc.midnight.Add(-shift).Add(10 * time.Millisecond)
+			if err != nil || p.Outcome != Reserved || p.Reason != "rpd" || !p.At.Equal(want.Truncate(time.Millisecond)) {
+				t.Fatalf("got %+v, %v; want reserved for rpd at %v (the shifted midnight in real time)", p, err, want)
+			}
+			key := dayField("rpd", tc.midnight.Add(-shift).Truncate(time.Millisecond))
+			if n, _ := rdb.HGet(ctx, metaKey(scopePrefix(scopeA)), key).Int(); n != 1 {
+				t.Fatalf("%s = %d, want 1", key, n)
+			}
+		})
+	}
+}

@@ -22,7 +22,8 @@ import "github.com/redis/go-redis/v9"
 //	             entries [head, n), head (absolute index of its oldest entry
 //	             still in its window), time of the entry at the head (-1: unknown);
 //	             k = secret of the epoch (authenticates permit refs),
-//	             cd = cooldown until, cr = cooldown reason,
+//	             cd = cooldown until, cr = cooldown reason, rid = the primary's
+//	             replication id when meta was last written (a failover changes it),
 //	             d:<dim>:<day start ms> = counter of a daily dimension for one
 //	             Pacific day (meta then lives until that day's end)
 //	log   LIST   packed (time_ms, requests, tokens), one entry per admission shared
@@ -139,6 +140,17 @@ else
   m = redis.call('HMGET', meta, 'v', 'k', 'cd', 'ad', unpack(ARGV, 11, 10 + nd))
 end
 local cd = tonumber(m[3]) or 0
+-- A failover that promoted a replica may have lost the primary's last
+-- writes (replication is asynchronous) while the epoch survived: the scope's
+-- state is then partly stale, and grants it no longer knows may be in use.
+-- Promotion gives the primary a new replication id, which meta remembers
+-- (rid): a state written under another id is treated as lost, fail safe, as
+-- after a flush (every window full for one window from now). INFO runs in
+-- scripts on Redis and Memorystore alike; where it shows no master_replid
+-- the check is off.
+local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+local srid = redis.call('HGET', meta, 'rid')
+local failover = m[1] ~= false and srid ~= false and srid ~= rid
 -- Adapted capacities (see adaptLua): the effective capacity of each
 -- dimension replaces the configured one.
 if m[4] and #m[4] == 8 * (1 + 2 * (ns + nd)) then
@@ -147,11 +159,12 @@ if m[4] and #m[4] == 8 * (1 + 2 * (ns + nd)) then
   for i = 1, nd do D[3 * ns + 2 * i] = A[2 * (ns + i)] end
 end
 
--- Fast path: an Acquire granted now, in today's Pacific day, with no
+-- Fast path: an Acquire granted now, under the replication id meta was
+-- written under, in today's Pacific day, with no
 -- cooldown, whose every head is still inside its window (nothing to walk)
 -- and which fits every dimension on the sums alone. It does exactly what the
 -- general path below does in that case, with plain locals and no closures.
-if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 then
+if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 and srid == rid then
   local vals = {struct.unpack(vfmt, m[1])}
   local t = vals[3]
   if t < now then t = now end
@@ -352,6 +365,7 @@ local function write_meta(t, dayend)
   end
   local hs = {'v', struct.pack(vfmt, unpack(vals, 1, nv))}
   if fresh then hs[3], hs[4] = 'k', secret end
+  if srid ~= rid then hs[#hs + 1], hs[#hs + 2] = 'rid', rid end
   if lost then hs[#hs + 1], hs[#hs + 2], hs[#hs + 3], hs[#hs + 4] = 'cd', cd, 'cr', 'state lost' end
   for i = 1, nd do
     local d = dl[i]
@@ -486,10 +500,13 @@ local function dayfit(d, t)
 end
 
 -- After a loss, every window is taken as full for one window from the new
--- epoch's start (fail safe): a cooldown, shared like any other.
-local lostcr = nil
-if lost and vals[1] + maxwin > cd then
-  cd, lostcr, dirty = vals[1] + maxwin, 'state lost', true
+-- epoch's start, or from now after a failover (fail safe): a cooldown, shared
+-- like any other.
+local lostcr, lostfrom = nil, vals[1]
+-- (dirty: the new rid is written whatever happens, so it is seen once.)
+if failover then lost, lostfrom, dirty = true, now, true end
+if lost and lostfrom + maxwin > cd then
+  cd, lostcr, dirty = lostfrom + maxwin, 'state lost', true
 else
   lost = false
 end

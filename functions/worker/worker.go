@@ -15,10 +15,13 @@ package worker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/gemq-dev/gemq/internal/clients"
 	"github.com/gemq-dev/gemq/internal/config"
@@ -64,6 +67,11 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Always 0 but in test binaries built with the tag gemqtestclock.
+	shift, err := config.TestCalendarOffset(getenv)
+	if err != nil {
+		return nil, err
+	}
 	opts := lifecycle.OptionsFrom(cfg)
 	if cfg.TokenEstimator == config.EstimateTokenizer {
 		tok, err := gemini.NewLocalTokenizer(cfg.TokenizerModel)
@@ -92,13 +100,9 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		return nil, err
 	}
 	rdb, ps, log := base.Redis, base.PubSub, base.Log
-	limOpts := []limiter.Option{limiter.WithLogger(log)}
-	if cfg.LimiterBaseline {
-		limOpts = append(limOpts, limiter.WithoutAdaptation())
-	}
 	deps := lifecycle.Deps{
 		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
-		Permits:     limiter.New(rdb, cfg.Quotas, limOpts...),
+		Permits:     newLimiter(rdb, cfg, log, shift),
 		Gemini:      gem,
 		Scheduler:   queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
 		Results:     queue.NewPublisher(ps, cfg.ResultsTopic),
@@ -107,4 +111,18 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	h := &handler{m: lifecycle.New(deps, opts, log), log: log}
 	log.Info("worker ready", "config", cfg)
 	return h, nil
+}
+
+// newLimiter is the worker's limiter: warnings to its log, adaptation off
+// for the benchmarks' baseline (GEMQ_LIMITER_BASELINE), and the test clock
+// hook's calendar shift, always 0 but in test binaries (config.TestCalendarOffset).
+func newLimiter(rdb redis.Scripter, cfg config.Config, log *slog.Logger, shift time.Duration) *limiter.Limiter {
+	opts := []limiter.Option{limiter.WithLogger(log)}
+	if cfg.LimiterBaseline {
+		opts = append(opts, limiter.WithoutAdaptation())
+	}
+	if shift != 0 {
+		log.Warn("test clock hook: the limiter reads the Pacific calendar shifted", "shift", shift.String())
+	}
+	return limiter.New(rdb, cfg.Quotas, opts...).ShiftCalendar(shift)
 }

@@ -57,6 +57,14 @@ type Scenario struct {
 	// Inject runs once the job is accepted; it injects the fault and
 	// returns when the fault has ended.
 	Inject func(ctx context.Context, e *Env, job string) error
+	// Midnight, when set, is a Pacific midnight (stand-in and calendar
+	// time) put inside the job: the stand-in starts just before it, the
+	// worker's limiter reads the Pacific calendar shifted to match (the
+	// test clock hook, config.EnvTestCalendarOffset), and both enforce RPD.
+	Midnight time.Time
+	// RPD is the requests-per-Pacific-day limit of the stand-in and of the
+	// limiter's quota (0: none).
+	RPD int64
 }
 
 // Report is one scenario's outcome, judged from independent evidence.
@@ -88,6 +96,9 @@ type Report struct {
 	// says; StatusOK whether they agree.
 	JobStatus, Truth string
 	StatusOK         bool
+	// Note says more about what happened (for a Pacific-day scenario: the
+	// calls Gemini received in each day).
+	Note string
 	// Err is a harness error (the scenario could not be run as designed).
 	Err      error
 	Duration time.Duration
@@ -131,11 +142,8 @@ func (r Report) Pass() bool { return len(r.Failures()) == 0 }
 func Run(ctx context.Context, cfg Config, sc Scenario, logDir string) Report {
 	began := time.Now()
 	r := Report{Name: sc.Name, Fault: sc.Fault, Tasks: sc.Tasks}
-	if sc.Blocked() {
-		r.Err = sc.Inject(ctx, nil, "")
-		return r
-	}
-	e, err := startEnv(ctx, cfg, envOptions{replica: sc.Replica, latency: baseLatency, pushAttempts: sc.PushAttempts}, logDir)
+	e, err := startEnv(ctx, cfg, envOptions{replica: sc.Replica, latency: baseLatency, pushAttempts: sc.PushAttempts,
+		midnight: sc.Midnight, rpd: sc.RPD}, logDir)
 	if err != nil {
 		r.Err = err
 		return r
@@ -341,7 +349,7 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 	r.Truth = fmt.Sprintf("%d/%d results: %d succeeded, %d failed", succeeded+failed, len(want), succeeded, failed)
 
 	// Gemini's side.
-	over := e.Gemini.Check(model, geminiLimits(e.Cfg), 1)
+	over := e.Gemini.Check(model, geminiLimits(e.Cfg, sc.RPD), 1)
 	r.WindowsOver = len(over)
 	for _, v := range over {
 		if d := fmt.Sprintf("peak %s %d > %.0f", v.Dimension, v.Value, v.Limit); r.WindowsPeak == "" || v.Value > r.peak {
@@ -351,6 +359,9 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 	e.evMu.Lock()
 	r.DupCalls, r.DupInFlight = duplicates(e.Gemini.Log(), e.killedMidCall)
 	e.evMu.Unlock()
+	if !sc.Midnight.IsZero() {
+		r.Note = dayCounts(e.Gemini.Log(), sc.Midnight, submitted, e.midnight)
+	}
 
 	// Delay beyond slot: the i-th result vs the i-th slot of an ideal run
 	// (capacity per quota minute from submission), restarted at the end of
@@ -369,11 +380,19 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 	}
 	// Calls repeated because their worker died mid-call are allowed, and
 	// Gemini charged them: each takes a slot before the results after it.
+	// With a daily limit, the calls beyond the day's share wait for
+	// Pacific midnight (in real time), then go at the window's pace.
+	dayCap := int(float64(sc.RPD) * e.Cfg.Safety)
 	for i, at := range arrivals {
 		k := i + r.DupInFlight
 		slot := submitted.Add(time.Duration(k/capacity) * e.Cfg.Minute)
 		if i >= n0 {
 			if s := faultEnd.Add(time.Duration((k-n0)/capacity) * e.Cfg.Minute); s.After(slot) {
+				slot = s
+			}
+		}
+		if sc.RPD > 0 && k >= dayCap {
+			if s := e.midnight.Add(time.Duration((k-dayCap)/capacity) * e.Cfg.Minute); s.After(slot) {
 				slot = s
 			}
 		}
@@ -431,7 +450,27 @@ func duplicates(log []geminiEntry, killedMidCall map[string]bool) (dups, inFligh
 
 type geminiEntry = geminisim.Entry
 
-func geminiLimits(c Config) geminisim.Limits { return geminisim.Limits{RPM: c.RPM, TPM: c.TPM} }
+// dayCounts says how many generateContent calls Gemini received before
+// and after midnight (stand-in time), and when midnight came in the job.
+func dayCounts(log []geminiEntry, midnight, submitted, realMidnight time.Time) string {
+	var before, after int
+	for _, en := range log {
+		if en.Method != "generateContent" {
+			continue
+		}
+		if en.Received.Before(midnight) {
+			before++
+		} else {
+			after++
+		}
+	}
+	return fmt.Sprintf("midnight %.1f s into the job; Gemini received %d calls before it, %d after",
+		realMidnight.Sub(submitted).Seconds(), before, after)
+}
+
+func geminiLimits(c Config, rpd int64) geminisim.Limits {
+	return geminisim.Limits{RPM: c.RPM, TPM: c.TPM, RPD: rpd}
+}
 
 func mustLatency(spec string) geminisim.Latency {
 	l, err := geminisim.ParseLatency(spec)

@@ -122,7 +122,9 @@ type Env struct {
 	// killedMidCall are the tasks whose Gemini call was in flight when a
 	// worker was killed.
 	killedMidCall map[string]bool
-	cleanup       []func()
+	// midnight is when (real time) Scenario.Midnight comes, if set.
+	midnight time.Time
+	cleanup  []func()
 }
 
 // Event is a fault's start or end, in real time and in the stand-in's time.
@@ -139,7 +141,15 @@ type envOptions struct {
 	// pushAttempts is the push subscription's max_delivery_attempts
 	// (0: Terraform's default, 10).
 	pushAttempts int
+	// midnight, rpd: see Scenario.Midnight, Scenario.RPD.
+	midnight time.Time
+	rpd      int64
 }
+
+// midnightAfter is how long after the stand-in starts a Scenario.Midnight
+// comes, in real time: start-up (about 2 s), then the job's first two
+// quota minutes.
+const midnightAfter = 16 * time.Second
 
 func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *Env, err error) {
 	e := &Env{Cfg: cfg, killedMidCall: map[string]bool{}}
@@ -233,11 +243,23 @@ func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *
 		return nil, err
 	}
 
-	// Gemini.
+	// Gemini. For a Pacific-day scenario, the stand-in's time (which runs
+	// Minute/1m as fast as real time) reaches o.midnight at real time
+	// e.midnight, and the worker's limiter reads the calendar shifted so
+	// that its midnight is that instant too (test clock hook).
+	var start time.Time
+	var shift time.Duration
+	if !o.midnight.IsZero() {
+		now := time.Now()
+		e.midnight = now.Add(midnightAfter)
+		start = o.midnight.Add(-time.Duration(float64(midnightAfter) * float64(time.Minute) / float64(cfg.Minute)))
+		shift = o.midnight.Sub(e.midnight)
+	}
 	e.Gemini = geminisim.New(geminisim.Options{
 		APIKey:  apiKey,
-		Models:  []geminisim.Model{{ID: model, Limits: geminisim.Limits{RPM: cfg.RPM, TPM: cfg.TPM}}},
+		Models:  []geminisim.Model{{ID: model, Limits: geminiLimits(cfg, o.rpd)}},
 		Minute:  cfg.Minute,
+		Start:   start,
 		Latency: o.latency,
 	})
 	e.onClose(func() { e.Gemini.Close() })
@@ -269,7 +291,7 @@ func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *
 		"GEMQ_WORKER_URL":            "http://127.0.0.1:" + workerPort,
 		"GEMQ_CLOUDTASKS_ENDPOINT":   e.tasksFront.Addr,
 		"PUBSUB_EMULATOR_HOST":       e.psFront.Addr,
-		"GEMQ_QUOTAS":                quotas(cfg),
+		"GEMQ_QUOTAS":                quotas(cfg, o.rpd),
 		"GEMQ_DEFAULT_MODEL":         model,
 		"GEMINI_API_KEY":             apiKey,
 		"GOOGLE_GEMINI_BASE_URL":     e.geminiURL,
@@ -284,6 +306,9 @@ func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *
 		"GEMQ_CLAIM_LEAD":            time.Second.String(),
 		"GEMQ_LOG_LEVEL":             "info",
 		"GEMQ_LOG_FILE":              "",
+	}
+	if shift != 0 {
+		fnEnv[config.EnvTestCalendarOffset] = shift.String()
 	}
 	var envList []string
 	for k, v := range fnEnv {
@@ -357,13 +382,18 @@ func (e *Env) Results() []Message {
 	return r
 }
 
-// quotas is the GEMQ_QUOTAS document matching the stand-in's limits.
-func quotas(c Config) string {
+// quotas is the GEMQ_QUOTAS document matching the stand-in's limits (rpd:
+// requests per Pacific day, 0 for none).
+func quotas(c Config, rpd int64) string {
+	dims := []map[string]any{
+		{"name": "rpm", "unit": "requests", "limit": c.RPM, "period": c.Minute.String()},
+		{"name": "tpm", "unit": "input_tokens", "limit": c.TPM, "period": c.Minute.String()},
+	}
+	if rpd > 0 {
+		dims = append(dims, map[string]any{"name": "rpd", "unit": "requests", "limit": rpd, "per": "pacific_day"})
+	}
 	b, _ := json.Marshal(map[string]any{"safety": c.Safety, "scopes": []any{map[string]any{
-		"project": "*", "model": model, "dimensions": []map[string]any{
-			{"name": "rpm", "unit": "requests", "limit": c.RPM, "period": c.Minute.String()},
-			{"name": "tpm", "unit": "input_tokens", "limit": c.TPM, "period": c.Minute.String()},
-		},
+		"project": "*", "model": model, "dimensions": dims,
 	}}})
 	return string(b)
 }

@@ -179,7 +179,7 @@ func (f *function) kill() {
 	f.p.kill()
 }
 
-// buildWorker builds infra/cmd/gemqworker once per process into dir.
+// buildOnce builds infra/cmd/gemqworker once per process.
 var buildOnce = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "gemq-chaos-bin-")
 	if err != nil {
@@ -190,7 +190,10 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.Command("go", "build", "-o", bin, "./infra/cmd/gemqworker")
+	// The tag compiles in the test clock hook (config.EnvTestCalendarOffset),
+	// which the Pacific-day scenarios set; without the variable it does
+	// nothing, so every other scenario runs the worker as deployed.
+	cmd := exec.Command("go", "build", "-tags", "gemqtestclock", "-o", bin, "./infra/cmd/gemqworker")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./infra/cmd/gemqworker: %w\n%s", err, out)

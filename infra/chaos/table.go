@@ -13,20 +13,20 @@ func Table(reports []Report) string {
 	b.WriteString("| scenario | fault | tasks | lost | >1 result | dead-lettered | dup Gemini calls (in flight at kill) | windows over | slowest delay beyond slot (allowed) | job status (API) | truth (results topic) | verdict |\n")
 	b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |\n")
 	for _, r := range reports {
-		if r.Tasks == 0 {
-			fmt.Fprintf(&b, "| %s | %s | – | – | – | – | – | – | – | – | – | NOT RUN: %s |\n", r.Name, r.Fault, r.Err)
-			continue
-		}
 		verdict := "PASS"
 		if f := r.Failures(); len(f) > 0 {
 			verdict = "FAIL: " + strings.Join(f, "; ")
+		}
+		fault := r.Fault
+		if r.Note != "" {
+			fault += " (" + r.Note + ")"
 		}
 		windows := fmt.Sprint(r.WindowsOver)
 		if r.WindowsOver > 0 {
 			windows += " (" + r.WindowsPeak + ")"
 		}
 		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d (%d) | %s | %s (%s) | %s | %s | %s |\n",
-			r.Name, r.Fault, r.Tasks, r.Lost, r.TwoResults, r.DeadLettered, r.DupCalls, r.DupInFlight, windows,
+			r.Name, fault, r.Tasks, r.Lost, r.TwoResults, r.DeadLettered, r.DupCalls, r.DupInFlight, windows,
 			secs(r.Delay), secs(r.Allowed), r.JobStatus, r.Truth, strings.ReplaceAll(verdict, "|", "/"))
 	}
 	return b.String()

@@ -200,6 +200,11 @@ func TestAIMD(t *testing.T) {
 	if m := lim(f.l); m["rpm"] != 40 || m["tpm"] != 8000 {
 		t.Fatalf("after one decrease: %v, want rpm 40, tpm 8000", m)
 	}
+	// The decrease paused the scope for the holdoff, for every instance.
+	if p := f.acquire(t, Cost{Requests: 1, InputTokens: 1}); p.Outcome != Reserved || p.Reason != "cooldown: capacity 429" ||
+		!p.At.Equal(f.clock.Now().Add(250*time.Millisecond).UTC()) {
+		t.Fatalf("acquire right after the decrease: %+v, want reserved after the holdoff (250ms)", p)
+	}
 	for range 20 {
 		f.clock.Add(250 * time.Millisecond)
 		f.l.Throttled(ctx, scopeA, capacity)
@@ -218,9 +223,15 @@ func TestAIMD(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Each success adds 5% of the ceiling per request capacity: 100 × 0.05 = 5 requests.
-	if m := lim(f.l); math.Abs(m["rpm"]-15) > 1e-9 {
-		t.Fatalf("after 100 successes: %v, want rpm 15", m)
+	// Each success adds 5% of the ceiling per request capacity at the
+	// ceiling, scaled by ceiling/current: from the floor 10, 100 successes
+	// climb to about sqrt(10² + 2 × 5 × 100) ≈ 33 (5 per period of 10-33 successes).
+	want := 10.0
+	for range 100 {
+		want = math.Min(100, want+0.05*100/want)
+	}
+	if m := lim(f.l); math.Abs(m["rpm"]-want) > 1e-6 || want < 32 || want > 34 {
+		t.Fatalf("after 100 successes: %v, want rpm %.3f", m, want)
 	}
 	for range 2000 {
 		l2.Settle(ctx, Permit{Scope: scopeA}, 1)

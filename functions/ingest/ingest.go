@@ -30,9 +30,11 @@ import (
 	"os"
 	"time"
 
+	"cloud.google.com/go/storage"
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/gemq-dev/gemq/internal/archive"
 	"github.com/gemq-dev/gemq/internal/clients"
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/gemini"
@@ -82,9 +84,15 @@ func fromEnv(ctx context.Context, getenv func(string) string, logOut io.Writer) 
 		return nil, err
 	}
 	rdb, ps, log := base.Redis, base.PubSub, base.Log
+	arch, err := resultsArchiveFrom(ctx, cfg)
+	if err != nil {
+		base.Close()
+		return nil, err
+	}
 	log.Info("ingest configured", "config", cfg)
 	return newServer(deps{
-		store:        store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
+		archive:      arch,
+		store:        store.New(rdb, store.Options{TTL: cfg.ResultTTL, BodyGrace: cfg.BodyGrace()}),
 		marks:        redisMarks{rdb: rdb, ttl: cfg.ResultTTL},
 		publisher:    queue.NewPublisher(ps, cfg.TasksTopic),
 		limits:       quotaLimits{cfg: cfg.Quotas, project: cfg.Project},
@@ -93,6 +101,21 @@ func fromEnv(ctx context.Context, getenv func(string) string, logOut io.Writer) 
 		maxBodyBytes: cfg.MaxBodyBytes,
 		log:          log,
 	}), nil
+}
+
+// resultsArchiveFrom returns the archive of GEMQ_RESULTS_BUCKET, read with
+// the environment's credentials (STORAGE_EMULATOR_HOST: an emulator's, no
+// credentials), or nil when no bucket is configured.
+func resultsArchiveFrom(ctx context.Context, cfg config.Config) (resultsArchive, error) {
+	if cfg.ResultsBucket == "" {
+		return nil, nil
+	}
+	c, err := storage.NewClient(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("storage new client: %w", err)
+	}
+	return archive.New(c.Bucket(cfg.ResultsBucket), archive.Layout{Prefix: cfg.ResultsPrefix,
+		DatetimeFormat: cfg.ResultsDatetimeFormat, MaxDuration: cfg.ResultsMaxDuration}), nil
 }
 
 // redisMarks keeps the "published" mark of a job in Redis, under the job's

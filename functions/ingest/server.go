@@ -2,16 +2,15 @@ package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"iter"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/gemq-dev/gemq/internal/archive"
 	"github.com/gemq-dev/gemq/internal/job"
 	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/queue"
@@ -28,6 +27,15 @@ type jobStore interface {
 }
 
 var _ jobStore = (*store.Store)(nil)
+
+// resultsArchive is what ingest needs of internal/archive: the results the
+// Cloud Storage subscription wrote, read back for a job.
+type resultsArchive interface {
+	Scan(ctx context.Context, jobID string, since time.Time, seen *archive.TaskSet, skip func(object string) bool,
+		fn func(archive.Result) error) (archive.ScanStats, error)
+}
+
+var _ resultsArchive = (*archive.Archive)(nil)
 
 // publisher is what ingest needs of internal/queue: Publish returns only
 // once every message is published, or an error.
@@ -49,6 +57,9 @@ type deps struct {
 	store     jobStore
 	marks     publishMarks
 	publisher publisher
+	// archive reads finished results back from Cloud Storage once their
+	// answers left Redis (GEMQ_RESULTS_BUCKET); nil when there is none.
+	archive resultsArchive
 	// limits gives per-model input token limits; nil: not checked.
 	limits job.InputLimits
 	// allowed is the set of models accepted; empty allows none.
@@ -290,113 +301,4 @@ func (s *server) getJob(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	writeJSON(w, http.StatusOK, viewOf(j))
-}
-
-// getResults streams the finished tasks as JSONL, in finish order. The first
-// page is read before the status is written, so a store failure up front is
-// a 503; a failure later ends the stream early with the trailer
-// X-Gemq-Results-Complete: false (true when every finished task was sent).
-// X-Gemq-Job-State tells whether more results may come (running) or not.
-func (s *server) getResults(w http.ResponseWriter, r *http.Request, id string) {
-	j, ok := s.lookupJob(w, r, id)
-	if !ok {
-		return
-	}
-	pages := s.pages(r.Context(), id)
-	next, stop := iter.Pull2(pages)
-	defer stop()
-	first, err, _ := next()
-	if err != nil {
-		s.internal(w, r, "read results", err)
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/jsonl; charset=utf-8")
-	h.Set("X-Gemq-Job-State", viewOf(j).State)
-	h.Set("Trailer", "X-Gemq-Results-Complete")
-	w.WriteHeader(http.StatusOK)
-	if r.Method == http.MethodHead {
-		return
-	}
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	rc := http.NewResponseController(w)
-	n := 0
-	complete := "true"
-	for recs := first; recs != nil; {
-		for _, rec := range recs {
-			if err := enc.Encode(rec.Line()); err != nil {
-				complete = "false"
-				logging.From(r.Context(), s.log).Warn("results stream: write", "error", err.Error(), "sent", n)
-				h.Set("X-Gemq-Results-Complete", complete)
-				return
-			}
-			n++
-		}
-		rc.Flush()
-		recs, err, _ = next()
-		if err != nil {
-			complete = "false"
-			logging.From(r.Context(), s.log).Error("results stream: read", "error", err.Error(), "sent", n)
-			break
-		}
-	}
-	h.Set("X-Gemq-Results-Complete", complete)
-}
-
-// pages yields the job's finished records page by page; the sequence ends
-// (with a nil page) when there are no more.
-func (s *server) pages(ctx context.Context, id string) iter.Seq2[[]store.Record, error] {
-	return func(yield func([]store.Record, error) bool) {
-		var after int64
-		for {
-			recs, next, err := s.store.ResultsPage(ctx, id, after, resultsPageSize)
-			if err != nil {
-				yield(nil, err)
-				return
-			}
-			if next == after {
-				yield(nil, nil)
-				return
-			}
-			after = next
-			if recs == nil {
-				recs = []store.Record{}
-			}
-			if !yield(recs, nil) {
-				return
-			}
-		}
-	}
-}
-
-// requestView is the JSON of GET /v1/jobs/{id}/requests/{key}.
-type requestView struct {
-	Key      string          `json:"key"`
-	State    store.State     `json:"state"`
-	Response json.RawMessage `json:"response,omitempty"`
-	Error    json.RawMessage `json:"error,omitempty"`
-}
-
-func (s *server) getRequest(w http.ResponseWriter, r *http.Request, id, key string) {
-	if _, ok := s.lookupJob(w, r, id); !ok {
-		return
-	}
-	rec, err := s.store.Result(r.Context(), id, key)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		s.fail(w, r, &apiError{Code: http.StatusNotFound, Field: "key", Message: "the job has no request with this key"})
-		return
-	case err != nil:
-		s.internal(w, r, "get result", err)
-		return
-	}
-	v := requestView{Key: key, State: rec.State}
-	switch rec.State {
-	case store.Succeeded:
-		v.Response = rec.Response
-	case store.Failed:
-		v.Error = rec.Error
-	}
-	writeJSON(w, http.StatusOK, v)
 }

@@ -101,7 +101,7 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	}
 	rdb, ps, log := base.Redis, base.PubSub, base.Log
 	deps := lifecycle.Deps{
-		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL}),
+		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL, BodyGrace: cfg.BodyGrace()}),
 		Permits:     newLimiter(rdb, cfg, log, shift),
 		Gemini:      gem,
 		Scheduler:   queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),

@@ -147,6 +147,30 @@ type Config struct {
 	// ResultTTL is how long results and task state live in Redis.
 	// GEMQ_RESULT_TTL, default 168h.
 	ResultTTL time.Duration
+	// ResultsBucket is the Cloud Storage bucket the results topic's Cloud
+	// Storage subscription writes to (Terraform's results_to_storage).
+	// Set: a published result's answer leaves Redis after ResultBodyGrace
+	// and ingest reads finished results back from the bucket
+	// (internal/archive); empty: answers stay in Redis for ResultTTL.
+	// GEMQ_RESULTS_BUCKET, default empty.
+	ResultsBucket string
+	// ResultsPrefix, ResultsDatetimeFormat and ResultsMaxDuration are the
+	// subscription's filename_prefix, filename_datetime_format and
+	// max_duration, which say where a result published at a given time
+	// lands. GEMQ_RESULTS_PREFIX, default "results/";
+	// GEMQ_RESULTS_DATETIME_FORMAT, default "YYYY-MM-DD/hh_mm_ssZ";
+	// GEMQ_RESULTS_MAX_DURATION, default 5m.
+	ResultsPrefix         string
+	ResultsDatetimeFormat string
+	ResultsMaxDuration    time.Duration
+	// ResultBodyGrace is how long a finished task's answer stays in Redis
+	// after its result was published, when ResultsBucket is set: long
+	// enough for the subscription to write it (a file closes within
+	// ResultsMaxDuration of the publish; the default of three of them
+	// leaves two more for a subscription that fell behind).
+	// GEMQ_RESULT_BODY_GRACE, default 3 × ResultsMaxDuration; longer than
+	// ResultsMaxDuration.
+	ResultBodyGrace time.Duration
 	// MaxAttempts bounds attempts on transient Gemini failures before
 	// dead-lettering. GEMQ_MAX_ATTEMPTS, default 5.
 	MaxAttempts int
@@ -220,8 +244,12 @@ const (
 	DefaultGeminiTimeout = 120 * time.Second
 	DefaultLeaseMargin   = 60 * time.Second // Lease = GeminiTimeout + DefaultLeaseMargin
 	DefaultResultTTL     = 168 * time.Hour
-	DefaultMaxAttempts   = 5
-	DefaultMaxBodyBytes  = 32 << 20
+
+	DefaultResultsPrefix         = "results/"
+	DefaultResultsDatetimeFormat = "YYYY-MM-DD/hh_mm_ssZ"
+	DefaultResultsMaxDuration    = 5 * time.Minute
+	DefaultMaxAttempts           = 5
+	DefaultMaxBodyBytes          = 32 << 20
 
 	DefaultRetryBase           = 10 * time.Second
 	DefaultRetryMax            = 10 * time.Minute
@@ -293,6 +321,16 @@ func LoadFor(f Function, getenv func(string) string) (Config, error) {
 	c := load(getenv, &ps)
 	c.validateFor(f, &ps)
 	return c, ps.err()
+}
+
+// BodyGrace is how long a published result's answer stays in Redis: the
+// ResultBodyGrace when results reach a bucket gemq reads back
+// (ResultsBucket), else zero (answers stay for ResultTTL).
+func (c Config) BodyGrace() time.Duration {
+	if c.ResultsBucket == "" {
+		return 0
+	}
+	return c.ResultBodyGrace
 }
 
 // ValidateFor checks what function f needs beyond Load, returning an *Error
@@ -391,6 +429,9 @@ func load(getenv func(string) string, ps *problems) Config {
 		GeminiBaseURL:       str("GOOGLE_GEMINI_BASE_URL", ""),
 		GeminiTimeout:       duration("GEMQ_GEMINI_TIMEOUT", DefaultGeminiTimeout),
 		ResultTTL:           duration("GEMQ_RESULT_TTL", DefaultResultTTL),
+		ResultsBucket:       str("GEMQ_RESULTS_BUCKET", ""),
+		ResultsPrefix:       str("GEMQ_RESULTS_PREFIX", DefaultResultsPrefix),
+		ResultsMaxDuration:  duration("GEMQ_RESULTS_MAX_DURATION", DefaultResultsMaxDuration),
 		MaxAttempts:         int(integer("GEMQ_MAX_ATTEMPTS", DefaultMaxAttempts, 1, task.MaxCount)),
 		TokenEstimator:      Estimator(str("GEMQ_TOKEN_ESTIMATOR", string(EstimateLocal))),
 		LimitPolicy:         Policy(str("GEMQ_LIMIT_POLICY", string(PolicyReserve))),
@@ -407,6 +448,12 @@ func load(getenv func(string) string, ps *problems) Config {
 		LogFile:             str("GEMQ_LOG_FILE", ""),
 	}
 	c.Lease = duration("GEMQ_LEASE", c.GeminiTimeout+DefaultLeaseMargin)
+	c.ResultsDatetimeFormat = str("GEMQ_RESULTS_DATETIME_FORMAT", DefaultResultsDatetimeFormat)
+	c.ResultBodyGrace = duration("GEMQ_RESULT_BODY_GRACE", 3*c.ResultsMaxDuration)
+	if c.ResultBodyGrace <= c.ResultsMaxDuration {
+		ps.add("GEMQ_RESULT_BODY_GRACE", "%v must be longer than GEMQ_RESULTS_MAX_DURATION (%v): an answer may leave Redis only once the results file holding it is written",
+			c.ResultBodyGrace, c.ResultsMaxDuration)
+	}
 	if c.Lease <= c.GeminiTimeout+c.ClaimLead+ClaimSlack {
 		ps.add("GEMQ_LEASE", "%v must be longer than GEMQ_GEMINI_TIMEOUT (%v) + GEMQ_CLAIM_LEAD (%v) + %v of slack: a Cloud Task callback may wait for its slot, then call Gemini, under one lease",
 			c.Lease, c.GeminiTimeout, c.ClaimLead, ClaimSlack)
@@ -638,6 +685,11 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("gemini_timeout", c.GeminiTimeout),
 		slog.Duration("lease", c.Lease),
 		slog.Duration("result_ttl", c.ResultTTL),
+		slog.String("results_bucket", c.ResultsBucket),
+		slog.String("results_prefix", c.ResultsPrefix),
+		slog.String("results_datetime_format", c.ResultsDatetimeFormat),
+		slog.Duration("results_max_duration", c.ResultsMaxDuration),
+		slog.Duration("result_body_grace", c.ResultBodyGrace),
 		slog.Int("max_attempts", c.MaxAttempts),
 		slog.Duration("retry_base", c.RetryBase),
 		slog.Duration("retry_max", c.RetryMax),

@@ -63,11 +63,13 @@ func TestLoadDefaults(t *testing.T) {
 		GeminiTimeout:   120 * time.Second,
 		Lease:           180 * time.Second,
 		ResultTTL:       168 * time.Hour,
-		MaxAttempts:     5,
-		TokenEstimator:  EstimateLocal,
-		LimitPolicy:     PolicyReserve,
-		MaxBodyBytes:    32 << 20,
-		LogLevel:        slog.LevelInfo,
+		ResultsPrefix:   "results/", ResultsDatetimeFormat: "YYYY-MM-DD/hh_mm_ssZ",
+		ResultsMaxDuration: 5 * time.Minute, ResultBodyGrace: 15 * time.Minute,
+		MaxAttempts:    5,
+		TokenEstimator: EstimateLocal,
+		LimitPolicy:    PolicyReserve,
+		MaxBodyBytes:   32 << 20,
+		LogLevel:       slog.LevelInfo,
 
 		RetryBase:           10 * time.Second,
 		RetryMax:            10 * time.Minute,
@@ -127,6 +129,11 @@ func TestLoadAll(t *testing.T) {
 		"GEMQ_SEED_BACKOFF_BASE", "100ms",
 		"GEMQ_SEED_BACKOFF_MAX", "2s",
 		"GEMQ_LOG_FILE", "/var/log/gemq.log",
+		"GEMQ_RESULTS_BUCKET", "proj-gemq-results",
+		"GEMQ_RESULTS_PREFIX", "r/",
+		"GEMQ_RESULTS_DATETIME_FORMAT", "YYYY/MM/DD/hh_mm_ss",
+		"GEMQ_RESULTS_MAX_DURATION", "1m",
+		"GEMQ_RESULT_BODY_GRACE", "4m",
 	)
 	c, err := LoadFor(Worker, env(m))
 	if err != nil {
@@ -144,7 +151,9 @@ func TestLoadAll(t *testing.T) {
 		RetryBase: 250 * time.Millisecond, RetryMax: 20 * time.Second,
 		CapacityBackoffBase: time.Second, CapacityBackoffMax: time.Second,
 		ClaimLead: 2 * time.Second, SeedBackoffBase: 100 * time.Millisecond, SeedBackoffMax: 2 * time.Second,
-		LogFile: "/var/log/gemq.log",
+		LogFile:       "/var/log/gemq.log",
+		ResultsBucket: "proj-gemq-results", ResultsPrefix: "r/", ResultsDatetimeFormat: "YYYY/MM/DD/hh_mm_ss",
+		ResultsMaxDuration: time.Minute, ResultBodyGrace: 4 * time.Minute,
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("LoadFor (-want +got):\n%s", diff)
@@ -205,6 +214,9 @@ func TestLoadErrors(t *testing.T) {
 			"GEMQ_LEASE", "1s",
 		), []string{"GEMQ_RETRY_MAX", "GEMQ_CAPACITY_BACKOFF_MAX", "GEMQ_LEASE"}},
 		{"back-off max below the default base", Ingest, base("GEMQ_RETRY_MAX", "5s"), []string{"GEMQ_RETRY_MAX"}},
+		// An answer may leave Redis only once its results file is written.
+		{"body grace not above the results max duration", Ingest, base("GEMQ_RESULTS_MAX_DURATION", "10m", "GEMQ_RESULT_BODY_GRACE", "10m"), []string{"GEMQ_RESULT_BODY_GRACE"}},
+		{"results max duration not a duration", Ingest, base("GEMQ_RESULTS_MAX_DURATION", "5"), []string{"GEMQ_RESULTS_MAX_DURATION"}},
 		{"lease not above timeout", Ingest, base("GEMQ_GEMINI_TIMEOUT", "60s", "GEMQ_LEASE", "60s"), []string{"GEMQ_LEASE"}},
 		// A callback may wait up to the lead (+ slack) for its slot, then
 		// call Gemini, under one lease.

@@ -125,8 +125,9 @@ func (m *Machine) duplicate(ctx context.Context, r *run, published bool) Outcome
 		r.log.ErrorContext(ctx, "read stored result", "error", err.Error())
 		return redeliver
 	}
-	if !rec.State.Terminal() || rec.State == store.Expired {
-		// Finished so long ago that its record expired: nothing to publish.
+	if !rec.State.Terminal() || rec.Archived {
+		// Its record left Redis after its result was published (or
+		// expired): nothing to publish.
 		return ack(OutDuplicate)
 	}
 	outcome := OutSucceeded
@@ -153,6 +154,7 @@ const (
 // answers non-2xx: the redelivery finds the task terminal and unpublished and
 // publishes it (at least once).
 func (m *Machine) publish(ctx context.Context, r *run, line store.ResultLine, outcome, reason string) Outcome {
+	line.JobID = r.ref.JobID // the archived copy is found by it (internal/archive)
 	data, err := json.Marshal(line)
 	if err != nil {
 		r.log.ErrorContext(ctx, "encode result", "error", err.Error())

@@ -8,6 +8,7 @@ import "github.com/redis/go-redis/v9"
 //	KEYS[2] -> gemq:job:{<job>}:tasks
 //	KEYS[3] -> gemq:job:{<job>}:done
 //	KEYS[4] -> gemq:job:{<job>}:task:<task>
+//	KEYS[5] -> gemq:job:{<job>}:failed
 //	ARGV[1] -> ttl in ms
 //	ARGV[2] -> job id
 //	ARGV[3] -> task id
@@ -32,7 +33,8 @@ end
 --   'ok'      the task exists (it may have been created just now: see created)
 --   'foreign' the envelope is not one of this job's tasks (an ingest job
 --             that does not list it, or another run of the job id)
---   'expired' the task finished but its record has expired (never rerun)
+--   'expired' the task finished and its record is gone: compacted once its
+--             result was published, or expired (never rerun)
 --   'absent'  (create false) no record, and none was created
 -- and, second, whether the task record was created by this call.
 -- A job record missing for an envelope that carries its job hash means
@@ -57,7 +59,9 @@ local function register(now, create)
   elseif jhash ~= '' and meta[1] ~= jhash then
     return 'foreign', false
   end
-  if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0 then
+  -- A finished task whose result was published leaves the tasks set (its
+  -- place in the done set says it is the job's).
+  if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0 and not redis.call('ZSCORE', KEYS[3], ARGV[3]) then
     if meta[2] ~= '1' and meta[3] ~= '1' then return 'foreign', false end
     if not create and redis.call('HEXISTS', KEYS[4], 'state') == 0 then return 'absent', false end
     redis.call('SADD', KEYS[2], ARGV[3])
@@ -95,7 +99,7 @@ local function touch(now)
   if total > 0 and (tonumber(m[2]) or 0) + (tonumber(m[3]) or 0) >= total then
     redis.call('HSETNX', KEYS[1], 'finished_ms', tostring(now))
   end
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 end
 
 local function terminal(state) return state == 'succeeded' or state == 'failed' end
@@ -262,19 +266,38 @@ redis.call('HSET', KEYS[4], 'state', ARGV[10], ARGV[11], ARGV[12], 'holder', ARG
 redis.call('HDEL', KEYS[4], 'lease_ms', 'wait_until_ms', 'attempt', 'deferral', 'nonce', 'prev', 'resumed')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('ZADD', KEYS[3], seq, ARGV[3])
+-- Which finished tasks failed outlives the task's record (compact).
+if ARGV[10] == 'failed' then redis.call('SADD', KEYS[5], ARGV[3]) end
 touch(now)
 return 1
 `)
 
-// publishedScript marks a terminal task's result as published.
+// publishedScript marks a terminal task's result as published. With a
+// grace (the results reach a durable archive), the task leaves the tasks set
+// (the done set keeps it) and its record, answer included, expires after the
+// grace, leaving the compact terminal record: its place in the done set and,
+// for a failure, in the failed set.
 //
-//	KEYS[1] -> gemq:job:{<job>}:task:<task>
-//	Output: 1 marked, 0 no such record, -1 not terminal (nothing written)
+//	KEYS[1] -> gemq:job:{<job>}:tasks
+//	KEYS[2] -> gemq:job:{<job>}:done
+//	KEYS[3] -> gemq:job:{<job>}:task:<task>
+//	ARGV[1] -> task id
+//	ARGV[2] -> grace in ms; 0 keeps the record for its TTL
+//	Output: 1 marked (or compacted already), 0 no such record, -1 not terminal (nothing written)
 var publishedScript = redis.NewScript(`
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 0 end
+local state = redis.call('HGET', KEYS[3], 'state')
+if not state then
+  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 1 end
+  return 0
+end
 if state ~= 'succeeded' and state ~= 'failed' then return -1 end
-redis.call('HSET', KEYS[1], 'published', '1')
+redis.call('HSET', KEYS[3], 'published', '1')
+local grace = tonumber(ARGV[2])
+if grace > 0 then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  local ttl = redis.call('PTTL', KEYS[3])
+  if ttl < 0 or ttl > grace then redis.call('PEXPIRE', KEYS[3], grace) end
+end
 return 1
 `)
 
@@ -283,6 +306,7 @@ return 1
 //
 //	KEYS[1] -> gemq:job:{<job>}:meta
 //	KEYS[2] -> gemq:job:{<job>}:tasks
+//	KEYS[3] -> gemq:job:{<job>}:done
 //	ARGV[1] -> ttl in ms
 //	ARGV[2] -> job id
 //	ARGV[3] -> model
@@ -303,7 +327,10 @@ elseif redis.call('HGET', KEYS[1], 'hash') ~= ARGV[4] then
 end
 local added = 0
 for i = 5, #ARGV do
-  added = added + redis.call('SADD', KEYS[2], ARGV[i])
+  -- A finished task whose result was published has left the tasks set.
+  if not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
+    added = added + redis.call('SADD', KEYS[2], ARGV[i])
+  end
 end
 -- A job re-created after Redis lost it already has its total (from the
 -- envelopes); its ids are only registered again.
@@ -327,16 +354,24 @@ var getJobScript = redis.NewScript(`return redis.call('HGETALL', KEYS[1])`)
 //	KEYS[1] -> gemq:job:{<job>}:tasks
 //	KEYS[2] -> gemq:job:{<job>}:task:<task>
 //	KEYS[3] -> gemq:job:{<job>}:done
+//	KEYS[4] -> gemq:job:{<job>}:failed
 //	ARGV[1] -> task id
-//	Output: nil when the job has no such task, else {key, state, response, error, finished_ms, seq, published};
-//	state is 'expired' for a finished task whose record has expired
+//	Output: nil when the job has no such task, else {key, state, response, error, finished_ms, seq, published, archived};
+//	for a finished task whose record is gone (compacted after its result was
+//	published, or expired) state is 'succeeded' or 'failed' and archived '1'
 var resultScript = redis.NewScript(`
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return false end
+local seq = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 and not seq then return false end
 local r = redis.call('HMGET', KEYS[2], 'key', 'state', 'response', 'error', 'finished_ms', 'published')
 local published = r[6]
-r[6] = redis.call('ZSCORE', KEYS[3], ARGV[1])
+r[6] = seq
 r[7] = published
-if not r[2] and r[6] then r[2] = 'expired' end
+r[8] = '0'
+if not r[2] and seq then
+  r[2] = 'succeeded'
+  if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then r[2] = 'failed' end
+  r[7], r[8] = '1', '1'
+end
 return r
 `)
 
@@ -352,14 +387,22 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES'
 
 // readTasksScript:
 //
-//	KEYS[i] -> gemq:job:{<job>}:task:<task>
-//	Output: for each key {key, state, response, error, finished_ms, nil, published}
+//	KEYS[1] -> gemq:job:{<job>}:failed
+//	KEYS[1+i] -> gemq:job:{<job>}:task:<task i>
+//	ARGV[i] -> task id i
+//	Output: for each task {key, state, response, error, finished_ms, nil, published, archived},
+//	as resultScript
 var readTasksScript = redis.NewScript(`
 local out = {}
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   local r = redis.call('HMGET', KEYS[i], 'key', 'state', 'response', 'error', 'finished_ms', 'published')
-  r[7], r[6] = r[6], false
-  out[i] = r
+  r[7], r[6], r[8] = r[6], false, '0'
+  if not r[2] then
+    r[2] = 'succeeded'
+    if redis.call('SISMEMBER', KEYS[1], ARGV[i - 1]) == 1 then r[2] = 'failed' end
+    r[7], r[8] = '1', '1'
+  end
+  out[i - 1] = r
 end
 return out
 `)

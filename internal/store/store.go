@@ -8,8 +8,10 @@
 //	gemq:job:{<job>}:meta          hash: id, model, hash, adhoc, total, running, waiting,
 //	                               succeeded, failed, seq, created_ms, updated_ms, finished_ms,
 //	                               lost, lost_ms
-//	gemq:job:{<job>}:tasks         set: ids of every task the job has (ingest's plus first-seen ones)
+//	gemq:job:{<job>}:tasks         set: ids of the job's tasks (ingest's plus first-seen ones), until
+//	                               their result is published with a BodyGrace
 //	gemq:job:{<job>}:done          sorted set: finished task ids, scored by finish sequence
+//	gemq:job:{<job>}:failed        set: finished task ids that failed
 //	gemq:job:{<job>}:task:<task>   hash: key, state, holder, attempt, fence, leases, lease_ms,
 //	                               finished_ms, response | error, deferral, wait_until_ms, published
 //
@@ -43,6 +45,16 @@
 // MarkPublished records that a terminal result was published, and LeaseTask
 // reports it with AlreadyDone, so a redelivery publishes a result only when
 // that never happened.
+//
+// Compaction: when the results topic feeds a durable archive (a Cloud
+// Storage subscription, read back by internal/archive), Options.BodyGrace is
+// set and MarkPublished lets the task's record, answer included, expire that
+// long after the publish. What stays is the compact terminal record the
+// lifecycle needs: the task's place in the done set (finish order, and "this
+// task is finished and published") and, for a failure, in the failed set —
+// about 140 bytes of Redis per finished task instead of its whole record.
+// Result and ResultsPage report such a task as Succeeded or Failed with
+// Record.Archived set and no answer: read it from the archive.
 //
 // Loss of Redis' data is detected, never papered over: envelopes published
 // by ingest carry their job's hash and total (Ref.JobHash, Ref.JobTotal); a
@@ -88,12 +100,19 @@ type Options struct {
 	// TTL is how long keys live after they are written (GEMQ_RESULT_TTL);
 	// zero means DefaultTTL.
 	TTL time.Duration
+	// BodyGrace is how long a finished task's record, answer included,
+	// stays after MarkPublished (GEMQ_RESULT_BODY_GRACE): long enough for
+	// the results archive to hold the published result. Zero keeps it for
+	// TTL, for deployments whose results have no durable copy that gemq can
+	// read back.
+	BodyGrace time.Duration
 }
 
 // Store is the Redis-backed job and task store.
 type Store struct {
-	rdb redis.Scripter
-	ttl time.Duration
+	rdb   redis.Scripter
+	ttl   time.Duration
+	grace time.Duration
 }
 
 // New returns a Store on rdb: any go-redis client (standalone, cluster,
@@ -102,7 +121,7 @@ func New(rdb redis.Scripter, opts Options) *Store {
 	if opts.TTL <= 0 {
 		opts.TTL = DefaultTTL
 	}
-	return &Store{rdb: rdb, ttl: opts.TTL}
+	return &Store{rdb: rdb, ttl: opts.TTL, grace: max(opts.BodyGrace, 0)}
 }
 
 // State is a task's state.
@@ -116,8 +135,9 @@ const (
 	Waiting   State = "waiting"   // deferred until its quota slot; not a failure
 	Succeeded State = "succeeded" // terminal: a response is stored
 	Failed    State = "failed"    // terminal: an error is stored
-	// Expired is terminal: the task finished but its record outlived the
-	// TTL while the job's did not. It is never run again.
+	// Expired is terminal, in LeaseResult.Previous only: the task finished
+	// and its record left Redis (compacted once its result was published,
+	// or expired while the job's keys did not). It is never run again.
 	Expired State = "expired"
 )
 
@@ -287,11 +307,20 @@ type Record struct {
 	// Published is true once MarkPublished recorded that the terminal
 	// result was published.
 	Published bool
+	// Archived is true for a finished task whose record left Redis
+	// (compacted after its result was published, see Options.BodyGrace, or
+	// expired): State is Succeeded or Failed, Response and Error are empty,
+	// and the answer is in the results archive.
+	Archived bool
 }
 
 // ResultLine is one result in the Gemini Batch API's output format: a line
 // of GET /v1/jobs/{id}/results, and the data of a results-topic message.
 type ResultLine struct {
+	// JobID is set on the results topic only (first, so a reader of the
+	// archived lines can skip other jobs' lines by their first bytes); the
+	// results API's lines carry no job id.
+	JobID    string          `json:"job_id,omitempty"`
 	Key      string          `json:"key"`
 	Response json.RawMessage `json:"response,omitempty"`
 	Error    json.RawMessage `json:"error,omitempty"`
@@ -323,13 +352,14 @@ func jobKey(jobID, part string) string { return "gemq:job:{" + jobID + "}:" + pa
 func metaKey(jobID string) string      { return jobKey(jobID, "meta") }
 func tasksKey(jobID string) string     { return jobKey(jobID, "tasks") }
 func doneKey(jobID string) string      { return jobKey(jobID, "done") }
+func failedKey(jobID string) string    { return jobKey(jobID, "failed") }
 func taskKey(jobID, taskID string) string {
 	return jobKey(jobID, "task:"+taskID)
 }
 
 // taskKeys are the KEYS of every transition script.
 func taskKeys(r Ref) []string {
-	return []string{metaKey(r.JobID), tasksKey(r.JobID), doneKey(r.JobID), taskKey(r.JobID, r.TaskID)}
+	return []string{metaKey(r.JobID), tasksKey(r.JobID), doneKey(r.JobID), taskKey(r.JobID, r.TaskID), failedKey(r.JobID)}
 }
 
 func (s *Store) ttlMS() int64 { return s.ttl.Milliseconds() }
@@ -353,7 +383,7 @@ func (s *Store) CreateJob(ctx context.Context, nj NewJob) (job Job, created bool
 			return Job{}, false, fmt.Errorf("store: create job: invalid task id %q", id)
 		}
 	}
-	keys := []string{metaKey(nj.ID), tasksKey(nj.ID)}
+	keys := []string{metaKey(nj.ID), tasksKey(nj.ID), doneKey(nj.ID)}
 	first := true
 	for start := 0; first || start < len(nj.TaskIDs); start += createChunk {
 		end := min(start+createChunk, len(nj.TaskIDs))
@@ -587,13 +617,18 @@ func (s *Store) MarkWaitingFor(ctx context.Context, r Ref, tok Token, deferral i
 
 // MarkPublished records that a terminal task's result was published to the
 // results topic; LeaseTask then reports Published with AlreadyDone, and
-// Result and ResultsPage set Record.Published. ErrNotFound when the task has
-// no record (never seen, or expired); an error when it is not terminal.
+// Result and ResultsPage set Record.Published. With Options.BodyGrace, the
+// task's record then expires after the grace, leaving its compact terminal
+// record (see the package doc). Call it only after the publish succeeded:
+// the answer leaves Redis only once it is on its way to the archive.
+// ErrNotFound when the task has no record (never seen, or expired); an
+// error when it is not terminal.
 func (s *Store) MarkPublished(ctx context.Context, r Ref) error {
 	if err := r.check(); err != nil {
 		return err
 	}
-	n, err := publishedScript.Run(ctx, s.rdb, []string{taskKey(r.JobID, r.TaskID)}).Int64()
+	keys := []string{tasksKey(r.JobID), doneKey(r.JobID), taskKey(r.JobID, r.TaskID)}
+	n, err := publishedScript.Run(ctx, s.rdb, keys, r.TaskID, s.grace.Milliseconds()).Int64()
 	if err != nil {
 		return fmt.Errorf("store: mark published script: %w", err)
 	}
@@ -671,7 +706,7 @@ func (s *Store) Result(ctx context.Context, jobID, key string) (Record, error) {
 		return Record{}, ErrNotFound
 	}
 	id := task.TaskID(jobID, key)
-	vals, err := resultScript.Run(ctx, s.rdb, []string{tasksKey(jobID), taskKey(jobID, id), doneKey(jobID)}, id).Slice()
+	vals, err := resultScript.Run(ctx, s.rdb, []string{tasksKey(jobID), taskKey(jobID, id), doneKey(jobID), failedKey(jobID)}, id).Slice()
 	if err != nil {
 		if errors.Is(err, redis.Nil) {
 			return Record{}, ErrNotFound
@@ -685,8 +720,8 @@ func (s *Store) Result(ctx context.Context, jobID, key string) (Record, error) {
 	return rec, nil
 }
 
-// record turns {key, state, response, error, finished_ms, seq, published}
-// into a Record.
+// record turns {key, state, response, error, finished_ms, seq, published,
+// archived} into a Record.
 func record(id string, v []any) Record {
 	str := func(i int) string {
 		if i < len(v) {
@@ -709,14 +744,15 @@ func record(id string, v []any) Record {
 		st = Queued
 	}
 	return Record{Key: str(0), TaskID: id, State: st, Response: raw(2), Error: raw(3), FinishedAt: msTime(fin), Seq: seq,
-		Published: str(6) == "1"}
+		Published: str(6) == "1", Archived: str(7) == "1"}
 }
 
 // ResultsPage returns up to limit finished tasks of a job in finish order,
 // starting after sequence number after (0 for the start), and the after to
 // pass next time (equal to after when there was nothing new). Order is
 // stable: tasks finishing later are appended. A finished task whose record
-// has already expired is skipped.
+// left Redis (Record.Archived) comes with its state and task id but no key
+// and no answer: read those from the results archive.
 func (s *Store) ResultsPage(ctx context.Context, jobID string, after int64, limit int) ([]Record, int64, error) {
 	if !task.ValidJobID(jobID) {
 		return nil, after, ErrNotFound
@@ -731,11 +767,14 @@ func (s *Store) ResultsPage(ctx context.Context, jobID string, after int64, limi
 	if len(ids) == 0 {
 		return nil, after, nil
 	}
-	keys := make([]string, 0, len(ids)/2)
+	keys := make([]string, 1, 1+len(ids)/2)
+	keys[0] = failedKey(jobID)
+	args := make([]any, 0, len(ids)/2)
 	for i := 0; i+1 < len(ids); i += 2 {
 		keys = append(keys, taskKey(jobID, ids[i]))
+		args = append(args, ids[i])
 	}
-	rows, err := readTasksScript.Run(ctx, s.rdb, keys).Slice()
+	rows, err := readTasksScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return nil, after, fmt.Errorf("store: read tasks script: %w", err)
 	}
@@ -746,9 +785,6 @@ func (s *Store) ResultsPage(ctx context.Context, jobID string, after int64, limi
 		next = max(next, seq)
 		fields, _ := row.([]any)
 		rec := record(ids[2*i], fields)
-		if rec.State != Succeeded && rec.State != Failed {
-			continue // its record expired
-		}
 		rec.Seq = seq
 		recs = append(recs, rec)
 	}

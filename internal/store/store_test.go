@@ -466,18 +466,107 @@ func TestExpiredTaskRecordIsNotRerun(t *testing.T) {
 	must(t, store.AlreadyDone)(lease(s, r, "w2", time.Minute))
 	must(t, store.AlreadyDone)(s.Complete(ctx, r, tok(s, r, "w2"), []byte(`{}`)))
 	wantCounts(t, s, "job1", store.Counts{Total: 2, Running: 1, Succeeded: 1})
-	if rec, err := s.Result(ctx, "job1", "k0"); err != nil || rec.State != store.Expired {
-		t.Errorf("Result = %+v, %v; want expired", rec, err)
+	if rec, err := s.Result(ctx, "job1", "k0"); err != nil || rec.State != store.Succeeded || !rec.Archived || rec.Response != nil {
+		t.Errorf("Result = %+v, %v; want succeeded, archived, no response", rec, err)
 	}
-	n := 0
-	for _, err := range s.Results(ctx, "job1", 10) {
+	var got []store.Record
+	for rec, err := range s.Results(ctx, "job1", 10) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n++
+		got = append(got, rec)
 	}
-	if n != 0 {
-		t.Errorf("Results yielded %d records, want 0", n)
+	if len(got) != 1 || got[0].TaskID != r.TaskID || !got[0].Archived || got[0].State != store.Succeeded {
+		t.Errorf("Results = %+v, want the one archived record", got)
+	}
+}
+
+// With a BodyGrace, a published result leaves Redis after the grace and only
+// the compact terminal record stays: the lifecycle still knows the task is
+// finished and published, its job still lists it, and Result and Results say
+// where the answer went.
+func TestCompactionAfterPublish(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	s := store.New(rdb, store.Options{TTL: time.Hour, BodyGrace: 300 * time.Millisecond})
+	ks := keys(3)
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", ks)}); err != nil {
+		t.Fatal(err)
+	}
+	ok, bad, unpub := ref("job1", "k0"), ref("job1", "k1"), ref("job1", "k2")
+	must(t, store.Applied)(s.Complete(ctx, ok, tok(s, ok, "w"), []byte(`{"text":"hi"}`)))
+	must(t, store.Applied)(s.Fail(ctx, bad, tok(s, bad, "w"), []byte(`{"code":400}`)))
+	must(t, store.Applied)(s.Complete(ctx, unpub, tok(s, unpub, "w"), []byte(`{"text":"kept"}`)))
+	for _, r := range []store.Ref{ok, bad} {
+		if err := s.MarkPublished(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Within the grace the answer is still there.
+	if rec, err := s.Result(ctx, "job1", "k0"); err != nil || rec.Archived || string(rec.Response) != `{"text":"hi"}` {
+		t.Fatalf("Result within the grace = %+v, %v", rec, err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, id := range []string{ok.TaskID, bad.TaskID} {
+		if n, err := rdb.Exists(ctx, "gemq:job:{job1}:task:"+id).Result(); err != nil || n != 0 {
+			t.Errorf("task record %s after the grace: exists %d, %v; want gone", id, n, err)
+		}
+		if n, err := rdb.SIsMember(ctx, "gemq:job:{job1}:tasks", id).Result(); err != nil || n {
+			t.Errorf("task %s still in the tasks set (%v, %v)", id, n, err)
+		}
+	}
+	// The unpublished result keeps its record: it must survive until published.
+	if rec, err := s.Result(ctx, "job1", "k2"); err != nil || rec.Archived || string(rec.Response) != `{"text":"kept"}` {
+		t.Errorf("unpublished Result = %+v, %v", rec, err)
+	}
+	wantCounts(t, s, "job1", store.Counts{Total: 3, Succeeded: 2, Failed: 1})
+	for r, want := range map[store.Ref]store.State{ok: store.Succeeded, bad: store.Failed} {
+		lr := leaseTask(t, s, r, store.LeaseRequest{Holder: "late", TTL: time.Minute}, store.AlreadyDone)
+		if !lr.Published {
+			t.Errorf("lease of compacted %s: %+v, want published", r.Key, lr)
+		}
+		rec, err := s.Result(ctx, "job1", r.Key)
+		if err != nil || rec.State != want || !rec.Archived || !rec.Published || rec.Response != nil || rec.Error != nil || rec.Seq == 0 {
+			t.Errorf("Result(%s) = %+v, %v; want %s, archived", r.Key, rec, err, want)
+		}
+		if err := s.MarkPublished(ctx, r); err != nil {
+			t.Errorf("MarkPublished again on compacted %s: %v", r.Key, err)
+		}
+		must(t, store.AlreadyDone)(s.Fail(ctx, r, store.Token{Holder: "late", Fence: "x"}, []byte(`{}`)))
+	}
+	// A retried submission neither counts the compacted tasks again nor
+	// calls the job another's.
+	if j, created, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", ks)}); err != nil || created || j.Counts.Total != 3 || !j.Done() {
+		t.Errorf("CreateJob again = %+v, %v, %v", j, created, err)
+	}
+	var states []store.State
+	for rec, err := range s.Results(ctx, "job1", 2) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		states = append(states, rec.State)
+		if rec.Archived != (rec.TaskID != unpub.TaskID) {
+			t.Errorf("record %+v: archived %v", rec, rec.Archived)
+		}
+	}
+	if diff := cmp.Diff([]store.State{store.Succeeded, store.Failed, store.Succeeded}, states); diff != "" {
+		t.Errorf("Results states (-want +got):\n%s", diff)
+	}
+}
+
+// Without a BodyGrace (no archive to read results back from), a published
+// result keeps its record for the TTL, as before.
+func TestNoCompactionWithoutGrace(t *testing.T) {
+	s, rdb := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	must(t, store.Applied)(s.Complete(ctx, r, tok(s, r, "w"), []byte(`{"text":"hi"}`)))
+	if err := s.MarkPublished(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := rdb.PTTL(ctx, "gemq:job:{job1}:task:"+r.TaskID).Result(); err != nil || d < 59*time.Minute {
+		t.Errorf("PTTL of a published record without grace = %v, %v; want the TTL", d, err)
+	}
+	if ok, err := rdb.SIsMember(ctx, "gemq:job:{job1}:tasks", r.TaskID).Result(); err != nil || !ok {
+		t.Errorf("task left the tasks set without grace (%v, %v)", ok, err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gemq-dev/gemq/infra/pushsub"
 	"github.com/gemq-dev/gemq/infra/stack"
+	"github.com/gemq-dev/gemq/internal/lifecycle"
 	"github.com/gemq-dev/gemq/internal/task"
 )
 
@@ -59,12 +60,7 @@ func cmdDLQ(ctx context.Context, args []string, e env) error {
 	defer client.Close()
 	res, err := pushsub.Replay(ctx, client, *subF, *topicF, pushsub.ReplayOptions{
 		Max: *maxF, DryRun: *dryF, Idle: *idleF,
-		Check: func(data []byte) string {
-			if _, err := task.Decode(data); err != nil {
-				return "not a task envelope: " + err.Error()
-			}
-			return ""
-		},
+		Check: replayable,
 	})
 	verb := "replayed"
 	if *dryF {
@@ -75,4 +71,19 @@ func cmdDLQ(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stdout, "kept %s: %s\n", k.MessageID, k.Reason)
 	}
 	return err
+}
+
+// replayable says why a dead-lettered message is kept ("" to replay it): it
+// is not a task envelope, or the worker dead-lettered it itself (gemq_kind:
+// undecodable, oversized, foreign, conflict, invalid_request), which the same
+// message can never get past; replayed, it would only come back, and a
+// replay that runs until the subscription is idle would loop on it.
+func replayable(data []byte, attrs map[string]string) string {
+	if kind := attrs[lifecycle.AttrDeadLetterKind]; kind != "" {
+		return "dead-lettered by the worker as " + kind + ": " + attrs[lifecycle.AttrDeadLetterReason]
+	}
+	if _, err := task.Decode(data); err != nil {
+		return "not a task envelope: " + err.Error()
+	}
+	return ""
 }

@@ -10,7 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/gemq-dev/gemq/infra/chaos"
+	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/task"
 )
 
@@ -31,12 +38,16 @@ func TestDLQReplay(t *testing.T) {
 	}
 	defer s.Close()
 
+	tap := tapTasks(ctx, t, s.PubSubHost())
 	if err := s.Submit(ctx, "dlq-done", 1); err != nil {
 		t.Fatal(err)
 	}
 	doneID := task.TaskID("dlq-done", chaos.Key(0))
 	lostID := task.TaskID("dlq-lost", "lost")
 	waitResults(t, s, map[string]int{doneID: 1})
+	// The finished task's dead-lettered copy is the message ingest published
+	// (as Pub/Sub dead-letters it: the same bytes, its job hash included).
+	done := tap()
 
 	envelope := func(job, key string) []byte {
 		b, err := task.Encode(task.Envelope{V: task.Version, JobID: job, Key: key, Model: "gemini-2.5-flash",
@@ -46,7 +57,7 @@ func TestDLQReplay(t *testing.T) {
 		}
 		return b
 	}
-	for _, data := range [][]byte{envelope("dlq-done", chaos.Key(0)), envelope("dlq-lost", "lost"), []byte("not a task")} {
+	for _, data := range [][]byte{done, envelope("dlq-lost", "lost"), []byte("not a task")} {
 		if err := s.PublishTo(ctx, chaos.DeadLetterTopic, data, map[string]string{"CloudPubSubDeadLetterSourceDeliveryCount": "10"}); err != nil {
 			t.Fatal(err)
 		}
@@ -111,5 +122,50 @@ func waitResults(t *testing.T, s *chaos.Env, want map[string]int) {
 	time.Sleep(2 * time.Second)
 	if got := count(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("results per task %v, want %v", got, want)
+	}
+}
+
+// tapTasks subscribes to the tasks topic and returns a function that pulls
+// the one message published there since.
+func tapTasks(ctx context.Context, t *testing.T, host string) func() []byte {
+	t.Helper()
+	c, err := pubsub.NewClient(ctx, chaos.Project, option.WithEndpoint(host), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := queue.EnsureSubscription(ctx, c, "dlq-test-tap", chaos.TasksTopic, queue.SubscriptionOptions{AckDeadline: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	return func() []byte {
+		resp, err := c.SubscriptionAdminClient.Pull(ctx, &pubsubpb.PullRequest{
+			Subscription: "projects/" + chaos.Project + "/subscriptions/dlq-test-tap", MaxMessages: 10,
+		})
+		if err != nil || len(resp.GetReceivedMessages()) != 1 {
+			t.Fatalf("tasks topic: %v, %d messages; want the one ingest published", err, len(resp.GetReceivedMessages()))
+		}
+		return resp.GetReceivedMessages()[0].GetMessage().GetData()
+	}
+}
+
+// A copy the worker dead-lettered itself (gemq_kind) is kept, valid
+// envelope or not: replayed, it would only come back, and a replay running
+// until the subscription is idle would loop on it.
+func TestReplayableKeepsWorkerCopies(t *testing.T) {
+	env, err := task.Encode(task.Envelope{V: task.Version, JobID: "j", Key: "k", Model: "gemini-2.5-flash",
+		Request: json.RawMessage(`{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := replayable(env, nil); why != "" {
+		t.Fatalf("a task envelope dead-lettered by Pub/Sub: kept (%s), want replayed", why)
+	}
+	why := replayable(env, map[string]string{"gemq_kind": "conflict", "gemq_reason": "no job hash"})
+	if !strings.Contains(why, "conflict") || !strings.Contains(why, "no job hash") {
+		t.Fatalf("a worker's conflict copy: %q, want kept with its kind and reason", why)
+	}
+	if why := replayable([]byte("x"), nil); !strings.Contains(why, "not a task envelope") {
+		t.Fatalf("garbage: %q", why)
 	}
 }

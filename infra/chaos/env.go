@@ -27,6 +27,7 @@ import (
 	"github.com/gemq-dev/gemq/infra/pushsub"
 	"github.com/gemq-dev/gemq/infra/tasksemu"
 	"github.com/gemq-dev/gemq/internal/config"
+	"github.com/gemq-dev/gemq/internal/lifecycle"
 	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/task"
 )
@@ -575,7 +576,10 @@ func (e *Env) Outage(ctx context.Context, p *Proxy, name string, d time.Duration
 // topic.
 func (e *Env) ReplayDeadLetters(ctx context.Context) (pushsub.ReplayResult, error) {
 	res, err := pushsub.Replay(ctx, e.psClient, replaySub, tasksTopic, pushsub.ReplayOptions{
-		Check: func(data []byte) string {
+		Check: func(data []byte, attrs map[string]string) string {
+			if kind := attrs[lifecycle.AttrDeadLetterKind]; kind != "" {
+				return "dead-lettered by the worker as " + kind
+			}
 			if _, err := task.Decode(data); err != nil {
 				return err.Error()
 			}

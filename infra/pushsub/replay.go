@@ -16,10 +16,12 @@ const AttrReplayOf = "gemq-replay-of"
 
 // ReplayOptions configures Replay.
 type ReplayOptions struct {
-	// Check says why a message must not be replayed ("" to replay it), e.g.
-	// because its data is not a task envelope; nil replays everything.
-	// Such messages stay in the dead-letter subscription.
-	Check func(data []byte) string
+	// Check says why a message must not be replayed ("" to replay it), from
+	// its data and attributes, e.g. because its data is not a task envelope
+	// or the worker itself dead-lettered it as one that can never succeed;
+	// nil replays everything. Such messages stay in the dead-letter
+	// subscription.
+	Check func(data []byte, attrs map[string]string) string
 	// Max bounds the messages replayed (0: no bound).
 	Max int
 	// DryRun reports what would be replayed and leaves every message in
@@ -112,7 +114,7 @@ func Replay(ctx context.Context, client *pubsub.Client, subscription, topic stri
 			lastNew = time.Now()
 			reason := ""
 			if opts.Check != nil {
-				reason = opts.Check(m.GetData())
+				reason = opts.Check(m.GetData(), m.GetAttributes())
 			}
 			if reason == "" && opts.Max > 0 && res.Replayed >= opts.Max {
 				reason = "over --max"

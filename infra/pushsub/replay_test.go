@@ -42,7 +42,7 @@ func TestReplay(t *testing.T) {
 			"own": d, pushsub.AttrDeliveryCount: "5", pushsub.AttrDeadLetterReason: "HTTP 503", pushsub.AttrSourceSubscription: "s",
 		})
 	}
-	check := func(data []byte) string {
+	check := func(data []byte, _ map[string]string) string {
 		if strings.HasPrefix(string(data), "task-") {
 			return ""
 		}

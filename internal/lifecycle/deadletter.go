@@ -20,6 +20,12 @@ const (
 	KindUndecodable DeadLetterKind = "undecodable" // not a push envelope, or not a valid task envelope
 	KindOversized   DeadLetterKind = "oversized"   // over the worker's size limit
 	KindForeign     DeadLetterKind = "foreign"     // not one of its job's tasks
+	// KindConflict: an envelope naming a job created by ingest without that
+	// job's hash — a copy ingest did not publish (of one of its tasks, maybe
+	// with another request): the task runs from its own message only. A
+	// byte-identical redelivery of a task's message is a duplicate, never
+	// dead-lettered.
+	KindConflict DeadLetterKind = "conflict"
 	// KindInvalidRequest: a valid envelope whose Gemini request can never
 	// be sent (it would be refused); its task fails with 400 when the
 	// message is the task's own (see Machine.invalid).
@@ -120,7 +126,7 @@ func (m *Machine) deadLetter(ctx context.Context, d Delivery, kind DeadLetterKin
 	}
 	log.ErrorContext(ctx, "message dead-lettered", "kind", string(kind), "reason", truncate(reason, 300),
 		"bytes", len(d.Data))
-	if kind == KindForeign {
+	if kind == KindForeign || kind == KindConflict {
 		return ack(OutForeign)
 	}
 	return ack(OutPoison)

@@ -106,7 +106,9 @@ func TestForeignTaskIsDeadLettered(t *testing.T) {
 	if _, _, err := f.store.CreateJob(context.Background(), store.NewJob{ID: "job-ingest", Model: modelOpen, ContentHash: "h", TaskIDs: []string{in.TaskID}}); err != nil {
 		t.Fatal(err)
 	}
-	want(t, f.push(envelope("job-ingest", "stranger", modelOpen, "not mine")), http.StatusOK, OutForeign)
+	stranger := envelope("job-ingest", "stranger", modelOpen, "not mine")
+	stranger.JobHash, stranger.JobTotal = "h", 1
+	want(t, f.push(stranger), http.StatusOK, OutForeign)
 	dead := f.deadLettered()
 	if len(dead) != 1 || dead[0].Attributes[AttrDeadLetterKind] != string(KindForeign) {
 		t.Fatalf("dead letters = %v, want one foreign copy", dead)
@@ -116,6 +118,48 @@ func TestForeignTaskIsDeadLettered(t *testing.T) {
 	}
 	if f.allGenerateCalls() != 0 {
 		t.Fatal("gemini called for a foreign task")
+	}
+}
+
+// A copy of an ingest job's task that ingest did not publish (no job hash;
+// here with another, valid request), before and after the task's own
+// message: each copy is dead-lettered byte for byte as a conflict, the task
+// runs once from its own message, and a byte-identical redelivery of that
+// message is a duplicate, not dead-lettered.
+func TestConflictingCopyIsDeadLettered(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	ctx := context.Background()
+	real := envelope("job-c", "k0", modelOpen, "the real prompt")
+	real.JobHash, real.JobTotal = "hc", 1
+	if _, _, err := f.store.CreateJob(ctx, store.NewJob{ID: real.JobID, Model: modelOpen, ContentHash: "hc", TaskIDs: []string{real.TaskID}}); err != nil {
+		t.Fatal(err)
+	}
+	cp := envelope("job-c", "k0", modelOpen, "another prompt under the same key")
+	copyData := encode(t, cp)
+	want(t, f.serve(ctx, pushBodyWith(copyData, "m-copy1", 1), nil), http.StatusOK, OutForeign)
+	if rec := f.record(real); rec.State != store.Queued {
+		t.Fatalf("task after a copy came first = %s, want untouched (queued)", rec.State)
+	}
+	realData := encode(t, real)
+	want(t, f.serve(ctx, pushBodyWith(realData, "m-real", 1), nil), http.StatusOK, OutSucceeded)
+	want(t, f.serve(ctx, pushBodyWith(copyData, "m-copy2", 1), nil), http.StatusOK, OutForeign)
+	want(t, f.serve(ctx, pushBodyWith(realData, "m-real-again", 1), nil), http.StatusOK, OutDuplicate)
+
+	dead := f.deadLettered()
+	if len(dead) != 2 {
+		t.Fatalf("dead letters = %d, want the two copies only", len(dead))
+	}
+	for _, m := range dead {
+		if m.Attributes[AttrDeadLetterKind] != string(KindConflict) || string(m.Data) != string(copyData) ||
+			!strings.Contains(m.Attributes[AttrDeadLetterReason], "does not carry its job hash") {
+			t.Fatalf("dead letter %q %v, want the copy's bytes, kind conflict and the reason", m.Data, m.Attributes)
+		}
+	}
+	if calls := f.generateCalls(real.TaskID); len(calls) != 1 {
+		t.Fatalf("gemini calls = %d, want 1 (the task's own message)", len(calls))
+	}
+	if pub := f.published(); len(pub) != 1 || !strings.Contains(string(pub[0].Data), `"key":"k0"`) {
+		t.Fatalf("results = %v, want the task's one result", pub)
 	}
 }
 

@@ -79,9 +79,12 @@ func (m *Machine) Handle(ctx context.Context, d Delivery) Outcome {
 func (m *Machine) process(ctx context.Context, r *run) Outcome {
 	r.carried = carriedPermit(r)
 	check := isLeaseCheck(r.d, r.env)
+	// Every message of a job created by ingest carries the job's hash
+	// (ingest sets it; deferrals and lease checks keep it): one without it
+	// is a copy ingest did not publish, refused before it can touch a task.
 	lr, err := m.deps.Store.LeaseTask(ctx, r.ref, store.LeaseRequest{
 		Holder: r.d.holder(), Attempt: r.d.Attempt, TTL: m.firstLease(),
-		Deferral: r.env.Deferrals, TakeoverOnly: check,
+		Deferral: r.env.Deferrals, TakeoverOnly: check, AdhocOnly: r.env.JobHash == "",
 	})
 	if err != nil {
 		r.log.ErrorContext(ctx, "lease task", "error", err.Error())
@@ -104,6 +107,9 @@ func (m *Machine) process(ctx context.Context, r *run) Outcome {
 		// released for a redelivery on its way: not its business.
 		return ack(OutDuplicate)
 	case store.Foreign:
+		if r.env.JobHash == "" {
+			return m.deadLetter(ctx, r.d, KindConflict, fmt.Sprintf("job %s was created by ingest and this envelope does not carry its job hash: ingest did not publish it (a copy of task %s, possibly with another request, or a task the job does not have); the job's own messages are processed as published", r.env.JobID, r.env.TaskID), r.log)
+		}
 		return m.deadLetter(ctx, r.d, KindForeign, fmt.Sprintf("task %s is not one of the tasks of job %s (the job was created by ingest without it, or by another submission of the same job id)", r.env.TaskID, r.env.JobID), r.log)
 	default:
 		r.log.ErrorContext(ctx, "lease task: unexpected outcome", "store_outcome", lr.Outcome.String())

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/gemq-dev/gemq/internal/gemini"
 	"github.com/gemq-dev/gemq/internal/task"
@@ -88,6 +89,11 @@ type Rules struct {
 	// NewID returns a fresh job id for a job submitted without one; nil
 	// means RandomID.
 	NewID func() string
+	// Now is the clock that deadlines are judged by; nil means time.Now.
+	Now func() time.Time
+	// PerMinute gives the requests per minute a model may make, for
+	// service_tier auto's estimate; nil or 0: unknown (no wait assumed).
+	PerMinute func(model string) int64
 }
 
 // Job is a validated submission, ready to store and publish.
@@ -102,6 +108,9 @@ type Job struct {
 	Hash string
 	// Tasks are the job's tasks in submission order.
 	Tasks []Task
+	// Tiers are the service tier asked for, the one every task calls at
+	// (auto resolved) and why, and the deadline (zero: none).
+	Tiers Tiers
 }
 
 // Task is one encoded task envelope.
@@ -143,6 +152,11 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 	if err := checkDefaults(spec.sys, spec.gen); err != nil {
 		return nil, err
 	}
+	tiers, terr := r.tiers(spec)
+	if terr != nil {
+		return nil, terr
+	}
+	j.Tiers = tiers
 	if len(spec.items) == 0 {
 		return nil, invalid("requests", "empty_job", "the job has no requests: give at least one {\"key\": ..., \"request\": {...}}")
 	}
@@ -165,7 +179,7 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 			return nil, err
 		}
 		seen[id] = i
-		data, err := it.envelope(j.ID, model, spec, limit, limitWhat)
+		data, err := it.envelope(j.ID, model, spec, tiers, limit, limitWhat)
 		if err != nil {
 			return nil, err
 		}
@@ -176,6 +190,9 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 		h.Write(data)
 	}
 	j.Hash = hex.EncodeToString(h.Sum(nil))
+	if err := r.resolveAuto(j); err != nil {
+		return nil, err
+	}
 	// Every task names its job's hash and size, so a worker that finds the
 	// job's record missing knows it was lost rather than never created.
 	for i := range j.Tasks {
@@ -210,7 +227,7 @@ func (it located) checkKey(id string, seen map[string]int, items []located) *Err
 
 // envelope validates the item's request with the job's defaults applied
 // and returns its task envelope (without the job's hash and size).
-func (it located) envelope(jobID, model string, spec spec, limit int64, limitWhat string) ([]byte, *Error) {
+func (it located) envelope(jobID, model string, spec spec, tiers Tiers, limit int64, limitWhat string) ([]byte, *Error) {
 	raw, err := it.request(spec.sys, spec.gen)
 	if err != nil {
 		return nil, err
@@ -231,7 +248,8 @@ func (it located) envelope(jobID, model string, spec spec, limit int64, limitWha
 			return nil, it.requestErr("request.contents", fmt.Sprintf("the prompt is about %d input tokens, over the limit of %d for model %s (%s)", n, limit, model, limitWhat))
 		}
 	}
-	data, eerr := task.Encode(task.Envelope{V: task.Version, JobID: jobID, Key: it.Key, Model: model, Request: raw})
+	data, eerr := task.Encode(task.Envelope{V: task.Version, JobID: jobID, Key: it.Key, Model: model, Request: raw,
+		ServiceTier: tiers.envelopeTier(), Deadline: tiers.deadlineText()})
 	if eerr == nil {
 		eerr = task.CheckPublishSize(data)
 	}

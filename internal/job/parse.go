@@ -30,6 +30,8 @@ const (
 type Params struct {
 	JobID, Model                        string
 	SystemInstruction, GenerationConfig string
+	// ServiceTier and Deadline are the job's tier and deadline (RFC 3339).
+	ServiceTier, Deadline string
 }
 
 // body is the JSON form of a submission.
@@ -38,6 +40,8 @@ type body struct {
 	Model             string          `json:"model"`
 	SystemInstruction json.RawMessage `json:"system_instruction"`
 	GenerationConfig  json.RawMessage `json:"generation_config"`
+	ServiceTier       string          `json:"service_tier"`
+	Deadline          string          `json:"deadline"`
 	Requests          []item          `json:"requests"`
 }
 
@@ -74,9 +78,10 @@ func (it located) at(field, msg string) string {
 
 // spec is a parsed submission, before validation of its values.
 type spec struct {
-	jobID, model string
-	sys, gen     json.RawMessage
-	items        []located
+	jobID, model   string
+	sys, gen       json.RawMessage
+	tier, deadline string
+	items          []located
 }
 
 // strictLimits bounds the JSON structure of a submission; the caller's body
@@ -104,7 +109,7 @@ func (r Rules) parseJSON(data []byte, p Params) (spec, *Error) {
 		}
 		return spec{}, e
 	}
-	s := spec{jobID: b.JobID, model: b.Model, sys: b.SystemInstruction, gen: b.GenerationConfig}
+	s := spec{jobID: b.JobID, model: b.Model, sys: b.SystemInstruction, gen: b.GenerationConfig, tier: b.ServiceTier, deadline: b.Deadline}
 	if r.MaxRequests > 0 && len(b.Requests) > r.MaxRequests {
 		return spec{}, invalid("requests", "too_many_requests",
 			fmt.Sprintf("%d requests, more than the limit of %d per job; split the job", len(b.Requests), r.MaxRequests))
@@ -116,7 +121,7 @@ func (r Rules) parseJSON(data []byte, p Params) (spec, *Error) {
 	for _, q := range []struct {
 		name, given string
 		dst         *string
-	}{{"model", p.Model, &s.model}, {"job_id", p.JobID, &s.jobID}} {
+	}{{"model", p.Model, &s.model}, {"job_id", p.JobID, &s.jobID}, {"service_tier", p.ServiceTier, &s.tier}, {"deadline", p.Deadline, &s.deadline}} {
 		switch {
 		case q.given == "":
 		case *q.dst == "":
@@ -144,7 +149,7 @@ func (r Rules) parseJSONL(data []byte, p Params) (spec, *Error) {
 		}
 		return spec{}, strictError(err)
 	}
-	s.jobID, s.model = p.JobID, p.Model
+	s.jobID, s.model, s.tier, s.deadline = p.JobID, p.Model, p.ServiceTier, p.Deadline
 	for _, q := range []struct {
 		name, text string
 		dst        *json.RawMessage

@@ -16,7 +16,9 @@
 //	  "deferrals": 0,                  optional, Cloud Tasks deferrals so far (0..1000)
 //	  "permit": {…},                   optional, the limiter permit reserved for this task (set by the worker)
 //	  "job_hash": "…",                 optional, set by ingest: the job's content hash ([A-Za-z0-9_-]{1,128})
-//	  "job_total": 200                 with job_hash: the job's number of tasks
+//	  "job_total": 200,                with job_hash: the job's number of tasks
+//	  "service_tier": "flex",          optional: standard (default), flex, priority, or auto with a deadline
+//	  "deadline": "2026-12-03T06:00:00Z" optional, RFC 3339: required with auto; flex sheds stop at it
 //	}
 //
 // Decoding is strict: unknown or case-variant field names, duplicate fields,
@@ -38,7 +40,10 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"time"
 	"unicode/utf8"
+
+	"github.com/gemq-dev/gemq/internal/tier"
 )
 
 // Version is the envelope version this package reads and writes.
@@ -135,6 +140,20 @@ type Envelope struct {
 	JobHash string `json:"job_hash,omitempty"`
 	// JobTotal is that job's number of tasks (set by ingest with JobHash).
 	JobTotal int `json:"job_total,omitempty"`
+	// ServiceTier is the Gemini service tier to call at (internal/tier):
+	// "" or "standard", "flex", "priority", or "auto" (with Deadline: the
+	// worker picks flex or standard). Ingest writes the tier it resolved.
+	ServiceTier string `json:"service_tier,omitempty"`
+	// Deadline, RFC 3339, is when the task must be done by: required with
+	// auto; a flex task shed by Gemini is deferred again only until then.
+	Deadline string `json:"deadline,omitempty"`
+}
+
+// DeadlineTime is Deadline parsed; the zero time when there is none (or it
+// does not parse, which Validate refuses).
+func (e *Envelope) DeadlineTime() time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, e.Deadline)
+	return t
 }
 
 // TaskID returns the task id for a key within a job: 32 lowercase hex
@@ -249,6 +268,16 @@ func (e *Envelope) Validate() error {
 	if e.JobTotal < 0 || e.JobTotal > MaxJobTasks || (e.JobTotal == 0) != (e.JobHash == "") {
 		return invalid("job_total", "must be 1 to %d together with job_hash, and absent without it", MaxJobTasks)
 	}
+	if _, err := tier.Parse(e.ServiceTier); err != nil {
+		return invalid("service_tier", "%s", err.Error())
+	}
+	if e.Deadline != "" {
+		if _, err := time.Parse(time.RFC3339Nano, e.Deadline); err != nil {
+			return invalid("deadline", "must be an RFC 3339 time such as 2026-12-03T06:00:00Z, got %.64q", e.Deadline)
+		}
+	} else if tier.Tier(e.ServiceTier) == tier.Auto {
+		return invalid("deadline", "required with service_tier auto (an RFC 3339 time such as 2026-12-03T06:00:00Z)")
+	}
 	return checkObject("permit", e.Permit, false)
 }
 
@@ -330,7 +359,7 @@ func tooLarge(n, max int) error {
 var fields = map[string]bool{
 	"v": true, "job_id": true, "key": true, "model": true, "request": true,
 	"task_id": true, "attempt": true, "deferrals": true, "permit": true,
-	"job_hash": true, "job_total": true,
+	"job_hash": true, "job_total": true, "service_tier": true, "deadline": true,
 }
 
 // Decode parses and validates an envelope, then fills in a missing job id

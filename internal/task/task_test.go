@@ -155,3 +155,28 @@ func TestIDs(t *testing.T) {
 		t.Error("ValidModel")
 	}
 }
+
+func TestDecodeServiceTier(t *testing.T) {
+	base := `{"v":1,"key":"k","model":"m","request":{}`
+	for _, tc := range []struct {
+		extra, field string
+	}{
+		{`,"service_tier":"flex"}`, ""},
+		{`,"service_tier":"auto","deadline":"2026-12-03T06:00:00Z"}`, ""},
+		{`,"service_tier":"auto"}`, "deadline"},
+		{`,"service_tier":"batch"}`, "service_tier"},
+		{`,"service_tier":"FLEX"}`, "service_tier"},
+		{`,"deadline":"soon"}`, "deadline"},
+	} {
+		e, err := Decode([]byte(base + tc.extra))
+		var ve *ValidationError
+		switch {
+		case tc.field == "" && err != nil:
+			t.Errorf("%s: %v", tc.extra, err)
+		case tc.field != "" && (!errors.As(err, &ve) || ve.Field != tc.field):
+			t.Errorf("%s: err = %v, want one on %s", tc.extra, err, tc.field)
+		case tc.field == "" && e.ServiceTier == "":
+			t.Errorf("%s: tier lost", tc.extra)
+		}
+	}
+}

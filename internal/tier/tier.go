@@ -1,0 +1,113 @@
+// Package tier names Gemini's service tiers as gemq's jobs and tasks use
+// them, checks a job's choice, and resolves "auto": the cheapest tier
+// expected to finish by a deadline.
+//
+// What the tiers are (https://ai.google.dev/gemini-api/docs/optimization,
+// read 2026-12-02):
+//   - standard: the default, full price.
+//   - flex: 50% of the standard price, synchronous, best effort: a request
+//     may be shed when standard traffic peaks; latency target 1–15 minutes.
+//   - priority: 75% to 100% more than standard, never shed; above the
+//     project's dynamic priority limit a request is served at standard
+//     instead of failing (https://ai.google.dev/gemini-api/docs/priority-inference).
+//     Only Tier 2 and Tier 3 projects may use it.
+//   - batch: the Batch API, 50% of the standard price, 24-hour target, its
+//     own limits. gemq does not send Batch API jobs yet (issue 14): a job
+//     asking for it is refused with a message saying so.
+//
+// The tier is sent as GenerateContentRequest.serviceTier (genai's
+// GenerateContentConfig.ServiceTier, google.golang.org/genai v1.77.0), and
+// the tier that served a call comes back as usageMetadata.serviceTier
+// (genai's UsageMetadata.ServiceTier; the Gemini API only, not Vertex AI) and
+// in the x-gemini-service-tier response header.
+package tier
+
+import (
+	"fmt"
+	"time"
+)
+
+// Tier is a service tier, or Auto.
+type Tier string
+
+// The tiers a job or task may name.
+const (
+	Standard Tier = "standard"
+	Flex     Tier = "flex"
+	Priority Tier = "priority"
+	Batch    Tier = "batch"
+	// Auto picks the cheapest tier expected to finish by the deadline.
+	Auto Tier = "auto"
+)
+
+// FlexLatency is the upper end of Flex's documented latency target ("1–15
+// min", https://ai.google.dev/gemini-api/docs/optimization, read
+// 2026-12-02): Auto picks Flex only when the deadline leaves at least this
+// much beyond the time the quota needs for the job.
+const FlexLatency = 15 * time.Minute
+
+// ErrBatchUnavailable is the message for a job or task asking for Batch.
+const ErrBatchUnavailable = "service_tier batch is not available yet: gemq does not send Gemini Batch API jobs; flex has the same 50% discount on the interactive path"
+
+// Parse checks a tier as given by a user: "" is Standard; standard, flex,
+// priority and auto are accepted; batch is refused (ErrBatchUnavailable).
+func Parse(s string) (Tier, error) {
+	switch t := Tier(s); t {
+	case "":
+		return Standard, nil
+	case Standard, Flex, Priority, Auto:
+		return t, nil
+	case Batch:
+		return "", fmt.Errorf("%s", ErrBatchUnavailable)
+	}
+	return "", fmt.Errorf("service_tier must be standard, flex, priority or auto (with a deadline), got %q", s)
+}
+
+// Choice is what Auto chose and why, for the job status.
+type Choice struct {
+	Tier   Tier
+	Reason string
+}
+
+// Choose resolves Auto for a job of tasks requests that must finish by
+// deadline, now being now. perMinute is the requests per minute the job's
+// model may make (0: unknown, taken as no wait for quota). Flex is chosen
+// when the deadline leaves the quota's time for the whole job plus
+// FlexLatency; otherwise Standard, the fastest tier gemq may pick without
+// paying more (Priority costs more and is never chosen by Auto).
+func Choose(now, deadline time.Time, tasks int, perMinute int64) Choice {
+	var quota time.Duration
+	if perMinute > 0 && tasks > 0 {
+		quota = time.Duration(float64(tasks) / float64(perMinute) * float64(time.Minute))
+	}
+	left := deadline.Sub(now)
+	need := quota + FlexLatency
+	if left >= need {
+		return Choice{Tier: Flex, Reason: fmt.Sprintf("flex (50%% of the standard price): the deadline is %s away, at least the %s the quota needs for %d request(s) plus flex's latency target of up to %s",
+			round(left), round(quota), tasks, FlexLatency)}
+	}
+	why := fmt.Sprintf("standard: the deadline is %s away, less than the %s flex would need (%s of quota for %d request(s) plus flex's latency target of up to %s)",
+		round(left), round(need), round(quota), tasks, FlexLatency)
+	if left < quota {
+		why += "; even standard is expected to miss it"
+	}
+	return Choice{Tier: Standard, Reason: why + "; batch is not available yet"}
+}
+
+// ForTask resolves a task's tier at the worker: Auto (a task published
+// straight to the topic) is Flex when the deadline is at least FlexLatency
+// away, else Standard; any other value is returned as it is.
+func ForTask(t Tier, now, deadline time.Time) Tier {
+	if t != Auto {
+		if t == "" {
+			return Standard
+		}
+		return t
+	}
+	if !deadline.IsZero() && deadline.Sub(now) >= FlexLatency {
+		return Flex
+	}
+	return Standard
+}
+
+func round(d time.Duration) time.Duration { return d.Round(time.Second) }

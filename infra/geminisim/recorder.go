@@ -22,13 +22,17 @@ type Entry struct {
 	OutputTokens int64 `json:"output_tokens,omitempty"`
 	// Status is the HTTP status answered; 0 when the client got no answer (hang, reset, client gone).
 	Status int `json:"status"`
-	// Outcome: ok, quota, quota_zero, capacity, too_long, error_500, error_503, error_504, hang, reset,
+	// Outcome: ok, quota, quota_zero, capacity, shed (a flex request shed: 503), too_long, error_500, error_503, error_504, hang, reset,
 	// client_gone, bad_request, not_found, unregistered, invalid_key.
 	Outcome string `json:"outcome"`
 	// Dimensions violated, for quota outcomes.
 	Dimensions []Dimension `json:"dimensions,omitempty"`
 	// Charged is true when the request counted against RPM, TPM and RPD.
 	Charged bool `json:"charged"`
+	// Tier is the service tier the request asked for ("standard" when it named none, "" when it was
+	// not read); ServedTier the one that served it (set when charged).
+	Tier       string `json:"tier,omitempty"`
+	ServedTier string `json:"served_tier,omitempty"`
 }
 
 func (s *Server) record(e Entry) {
@@ -188,6 +192,10 @@ type Stats struct {
 	// Quota429 and Capacity429 count all quota and detail-less 429s.
 	Quota429    int `json:"quota_429"`
 	Capacity429 int `json:"capacity_429"`
+	// Served counts the answered (200) generateContent requests by the tier that served them;
+	// Downgrades those served at another tier than they asked for (priority over its limit).
+	Served     map[string]int `json:"served,omitempty"`
+	Downgrades int            `json:"downgrades,omitempty"`
 	// Tasks is the number of distinct task ids seen on generateContent; DuplicateCalls the calls beyond the
 	// first for each task; DuplicateTasks the number of calls of each task called more than once.
 	Tasks          int                    `json:"tasks"`
@@ -229,6 +237,13 @@ func (s *Server) Stats(safety float64) Stats {
 		}
 		if e.Status == http.StatusOK {
 			ms.OK++
+			if st.Served == nil {
+				st.Served = map[string]int{}
+			}
+			st.Served[e.ServedTier]++
+			if e.Tier != "" && e.ServedTier != e.Tier {
+				st.Downgrades++
+			}
 		}
 		switch e.Outcome {
 		case "quota":

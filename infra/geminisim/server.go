@@ -97,6 +97,8 @@ type Options struct {
 	Seed uint64
 	// HangFor bounds a hang in real time (default 10m); a hang ends sooner when the client disconnects.
 	HangFor time.Duration
+	// Tiers configure flex shedding and the priority limit.
+	Tiers Tiers
 }
 
 // Server is the Gemini stand-in: an http.Handler, optionally listening on 127.0.0.1 after Start. It is
@@ -110,6 +112,7 @@ type Server struct {
 	rng     *rand.Rand
 	windows map[string]*window
 	dsq     *dsqState
+	tiers   tierState
 	log     []Entry
 	seq     int64
 
@@ -312,6 +315,11 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, method, model, v
 		return
 	}
 
+	body, e.Tier, err = splitTier(body)
+	if err != nil {
+		fail("bad_request", errInvalid(err.Error()))
+		return
+	}
 	req, err := gemini.ParseRequest(body)
 	if err != nil {
 		fail("bad_request", errInvalid("Invalid JSON payload received. "+err.Error()))
@@ -325,17 +333,19 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, method, model, v
 
 	// Quota: decided, then charged, under one lock, at the receive time.
 	s.mu.Lock()
-	capacity := s.opts.CapacityRate > 0 && s.rng.Float64() < s.opts.CapacityRate
-	if !capacity && s.dsq != nil {
+	shed := s.shedLocked(e.Tier)
+	capacity := !shed && s.opts.CapacityRate > 0 && s.rng.Float64() < s.opts.CapacityRate
+	if !shed && !capacity && s.dsq != nil {
 		capacity = !s.dsq.admit(m.ID, e.Received)
 	}
 	var dims []Dimension
 	var retryAt time.Time
-	if !capacity && !m.NoQuota {
+	if !shed && !capacity && !m.NoQuota {
 		dims, retryAt = s.windows[m.ID].check(e.Received, e.InputTokens, m.Limits)
 		if len(dims) == 0 {
 			s.windows[m.ID].charge(e.Received, e.InputTokens)
 			e.Charged = true
+			e.ServedTier = s.servedLocked(m.ID, e.Tier, e.Received)
 		}
 	}
 	fault := s.pickFault()
@@ -345,6 +355,9 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, method, model, v
 
 	scaled := s.clk.factor != 1
 	switch {
+	case shed:
+		fail("shed", errFault(503))
+		return
 	case capacity:
 		fail("capacity", errCapacity())
 		return
@@ -379,6 +392,11 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, method, model, v
 	}
 	resp, outTokens := s.respond(m, req, e.InputTokens, seed)
 	e.OutputTokens = outTokens
+	if e.ServedTier == "" {
+		e.ServedTier = "standard"
+	}
+	resp["usageMetadata"].(map[string]any)["serviceTier"] = e.ServedTier
+	w.Header().Set(gemini.ServiceTierHeader, e.ServedTier)
 	if fault == "reset" {
 		e.Outcome = "reset"
 		resetConn(w)

@@ -20,6 +20,10 @@ import (
 // Gemini stand-in records it to find duplicate calls.
 const TaskIDHeader = "X-Gemq-Task-Id"
 
+// ServiceTierHeader is the response header naming the tier that served a call
+// (https://ai.google.dev/gemini-api/docs/priority-inference, read 2026-12-02).
+const ServiceTierHeader = "X-Gemini-Service-Tier"
+
 // DefaultTimeout is the per-call timeout when Config.Timeout is zero (GEMQ_GEMINI_TIMEOUT's default).
 const DefaultTimeout = 120 * time.Second
 
@@ -104,6 +108,15 @@ type Response struct {
 	PromptTokens int64
 	// CandidatesTokens, ThoughtsTokens and TotalTokens are the other usageMetadata counts.
 	CandidatesTokens, ThoughtsTokens, TotalTokens int64
+	// CachedTokens is usageMetadata.cachedContentTokenCount: the part of PromptTokens served from a
+	// context cache (billed at the cached rate).
+	CachedTokens int64
+	// ServiceTier is the tier that served the call, from the x-gemini-service-tier response header
+	// (ServiceTierHeader); "" when absent (Vertex AI). genai v1.77.0, the newest on the module proxy on
+	// 2026-12-02, decodes usageMetadata into GenerateContentResponseUsageMetadata, which has no
+	// serviceTier field (only the Live API's UsageMetadata has one), so the header is the one source
+	// the SDK keeps.
+	ServiceTier string
 	// FinishReason is the first candidate's finishReason ("STOP", "MAX_TOKENS", ...), empty if none.
 	FinishReason string
 }
@@ -128,6 +141,10 @@ func (c *Client) Generate(ctx context.Context, taskID, model string, r *Request)
 	if err != nil {
 		return nil, fmt.Errorf("genai generateContent: %w", err)
 	}
+	var servedHeader string
+	if h := resp.SDKHTTPResponse; h != nil {
+		servedHeader = http.Header(h.Headers).Get(ServiceTierHeader)
+	}
 	resp.SDKHTTPResponse = nil
 	b, err := json.Marshal(resp)
 	if err != nil {
@@ -139,7 +156,9 @@ func (c *Client) Generate(ctx context.Context, taskID, model string, r *Request)
 		out.CandidatesTokens = int64(u.CandidatesTokenCount)
 		out.ThoughtsTokens = int64(u.ThoughtsTokenCount)
 		out.TotalTokens = int64(u.TotalTokenCount)
+		out.CachedTokens = int64(u.CachedContentTokenCount)
 	}
+	out.ServiceTier = servedHeader
 	if len(resp.Candidates) > 0 && resp.Candidates[0] != nil {
 		out.FinishReason = string(resp.Candidates[0].FinishReason)
 	}
@@ -183,6 +202,7 @@ func (r *Request) genaiConfig() *genai.GenerateContentConfig {
 		Tools:          r.Tools,
 		ToolConfig:     r.ToolConfig,
 		CachedContent:  r.CachedContent,
+		ServiceTier:    genai.ServiceTier(r.ServiceTier),
 	}
 	if si := r.SystemInstruction; si != nil {
 		cp := *si

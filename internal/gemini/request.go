@@ -21,6 +21,11 @@ type Request struct {
 	Tools             []*genai.Tool          `json:"tools,omitempty"`
 	ToolConfig        *genai.ToolConfig      `json:"toolConfig,omitempty"`
 	CachedContent     string                 `json:"cachedContent,omitempty"`
+	// ServiceTier is the tier to call at ("standard", "flex", "priority";
+	// "" for the default). It is set by the caller from the task's
+	// service_tier, never parsed from the request's JSON (gemq's requests
+	// name their tier at the job or envelope level).
+	ServiceTier string `json:"-"`
 }
 
 // GenerationConfig is the REST generationConfig object of the Gemini API (v1beta).

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gemq-dev/gemq/internal/tier"
+
 	"golang.org/x/oauth2"
 )
 
@@ -199,12 +201,18 @@ type submitAnswer struct {
 }
 
 // submit posts a job file (JSONL or the JSON job format) as a job. model
-// and jobID go in the query string unless empty or equal to the JSON job's
+// and jobID go in the query string, with tier and deadline when set, unless empty or equal to the JSON job's
 // own (ingest refuses a query that contradicts the body). It retries
 // transport errors and 5xx answers with the same job id, which ingest
 // treats idempotently.
-func (c *client) submit(ctx context.Context, f *jobFile, model, jobID string) (submitAnswer, error) {
+func (c *client) submit(ctx context.Context, f *jobFile, model, jobID, tier, deadline string) (submitAnswer, error) {
 	q := url.Values{}
+	if tier != "" {
+		q.Set("service_tier", tier)
+	}
+	if deadline != "" {
+		q.Set("deadline", deadline)
+	}
 	if model != "" && model != f.model {
 		q.Set("model", model)
 	}
@@ -268,6 +276,9 @@ type jobStatus struct {
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
 	// StateLost explains a "state_lost" job (Redis lost its record).
 	StateLost string `json:"state_lost,omitempty"`
+	// ServiceTier and Cost: the job's tier and what its tokens cost.
+	ServiceTier *jobTier     `json:"service_tier,omitempty"`
+	Cost        *tier.Report `json:"cost,omitempty"`
 }
 
 // jobCounts are a job's tasks per state.

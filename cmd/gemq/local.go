@@ -266,7 +266,12 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 	out := fs.String("o", "results.jsonl", "results file (Batch API JSONL)")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up after this long")
 	realOK := fs.Bool("real-gemini", false, "with GEMINI_API_KEY set: spend real Gemini quota on a job larger than one quota minute")
+	tf := addTierFlags(fs)
 	if _, err := parse(fs, args, e); err != nil {
+		return err
+	}
+	tier, deadline, err := tf.params(time.Now())
+	if err != nil {
 		return err
 	}
 	if err := sf.check(); err != nil {
@@ -317,7 +322,7 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 	if id == "" {
 		id = newJobID(*file)
 	}
-	ans, err := c.submit(ctx, f, *sf.model, id)
+	ans, err := c.submit(ctx, f, *sf.model, id, tier, deadline)
 	if err != nil {
 		return err
 	}
@@ -409,6 +414,7 @@ func printSummary(e env, s *stack.Stack, st jobStatus, wall time.Duration, out, 
 	}
 	fmt.Fprintf(w, "  worker invocations    %d (%s per task: %d pushes, %d Cloud Tasks callbacks)\n",
 		stats.WorkerCalls, perTask(stats.WorkerCalls), stats.WorkerCalls-stats.WorkerTaskCalls, stats.WorkerTaskCalls)
+	printCostSummary(w, st)
 	fmt.Fprintf(w, "  results               %s\n", out)
 	fmt.Fprintf(w, "  logs                  %s\n", logs)
 	if c.Failed > 0 {

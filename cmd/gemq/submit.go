@@ -200,13 +200,14 @@ func newJobID(path string) string {
 }
 
 func cmdSubmit(ctx context.Context, args []string, e env) error {
-	fs := newFlagSet("submit", "submit FILE [--url URL] [--model M] [--job-id ID] [--wait] [-o results.jsonl]\n\nFILE is a Gemini Batch API JSONL file, or a job in the JSON format of POST /v1/jobs\n({\"job_id\": ..., \"model\": ..., \"requests\": [{\"key\": ..., \"request\": {...}}]}).", e)
+	fs := newFlagSet("submit", "submit FILE [--url URL] [--model M] [--job-id ID] [--service-tier T [--deadline D]] [--wait] [-o results.jsonl]\n\nFILE is a Gemini Batch API JSONL file, or a job in the JSON format of POST /v1/jobs\n({\"job_id\": ..., \"model\": ..., \"requests\": [{\"key\": ..., \"request\": {...}}]}).", e)
 	urlF := urlFlag(fs, e)
 	model := fs.String("model", e.getenv("GEMQ_MODEL"), "Gemini model for every request (default $GEMQ_MODEL; empty: ingest's default)")
 	jobID := fs.String("job-id", "", "job id, [A-Za-z0-9_-]{1,64} (default: FILE-TIMESTAMP-RANDOM); resubmitting the same id and content is a no-op")
 	wait := fs.Bool("wait", false, "wait until every task has finished, showing progress")
 	out := fs.String("o", "", "with --wait: write the results (Batch API JSONL) to this file")
 	interval := fs.Duration("interval", time.Second, "with --wait: how often to poll the job's status")
+	tf := addTierFlags(fs)
 	pos, err := parse(fs, args, e, "FILE")
 	if err != nil {
 		return err
@@ -239,7 +240,11 @@ func cmdSubmit(ctx context.Context, args []string, e env) error {
 	} else {
 		*jobID = newJobID(pos[0])
 	}
-	ans, err := c.submit(ctx, f, *model, *jobID)
+	tier, deadline, err := tf.params(time.Now())
+	if err != nil {
+		return err
+	}
+	ans, err := c.submit(ctx, f, *model, *jobID, tier, deadline)
 	if err != nil {
 		if ae, ok := err.(*apiError); ok {
 			if l := f.lineOf(ae.Field); l != "" {
@@ -372,6 +377,7 @@ func printStatus(w io.Writer, st jobStatus) {
 	if st.FinishedAt != nil {
 		fmt.Fprintf(w, "finished  %s (%s)\n", st.FinishedAt.Local().Format(time.RFC3339), st.FinishedAt.Sub(st.CreatedAt).Round(time.Millisecond))
 	}
+	printTierAndCost(w, st)
 }
 
 func cmdResults(ctx context.Context, args []string, e env) error {

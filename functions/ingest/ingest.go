@@ -100,6 +100,8 @@ func fromEnv(ctx context.Context, getenv func(string) string, logOut io.Writer) 
 		defaultModel: cfg.DefaultModel,
 		maxBodyBytes: cfg.MaxBodyBytes,
 		log:          log,
+		prices:       cfg.Prices,
+		perMinute:    quotaLimits{cfg: cfg.Quotas, project: cfg.Project}.RequestsPerMinute,
 	}), nil
 }
 
@@ -181,4 +183,27 @@ func (q quotaLimits) InputTokenLimit(_ context.Context, model string) (int64, st
 		}
 	}
 	return limit, what, nil
+}
+
+// RequestsPerMinute is the smallest pace the model's request dimensions
+// allow, in requests per minute (Capacity over the period), or 0 when none
+// is configured; service_tier auto estimates a job's quota time from it.
+func (q quotaLimits) RequestsPerMinute(model string) int64 {
+	quota, ok := q.cfg.Quota(limiter.Scope{Project: q.project, Model: model})
+	if !ok {
+		return 0
+	}
+	var best float64
+	for _, d := range quota.Dimensions {
+		if d.Unit != limiter.Requests || d.Period <= 0 {
+			continue
+		}
+		if pm := float64(quota.Capacity(d)) / d.Period.Minutes(); best == 0 || pm < best {
+			best = pm
+		}
+	}
+	if best > 0 && best < 1 {
+		return 1
+	}
+	return int64(best)
 }

@@ -56,7 +56,7 @@ func (s *server) getResults(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/jsonl; charset=utf-8")
-	h.Set("X-Gemq-Job-State", viewOf(j).State)
+	h.Set("X-Gemq-Job-State", j.State())
 	h.Set("Trailer", "X-Gemq-Results-Complete")
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {

@@ -16,6 +16,7 @@ import (
 	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/store"
 	"github.com/gemq-dev/gemq/internal/task"
+	"github.com/gemq-dev/gemq/internal/tier"
 )
 
 // jobStore is what ingest needs of internal/store.
@@ -76,6 +77,12 @@ type deps struct {
 	newJobID func() string
 	// publishTimeout bounds publishing a job's messages; 0 means 5 minutes.
 	publishTimeout time.Duration
+	// prices are the models' standard prices, for cost estimates; a model
+	// without one gets token sums only.
+	prices map[string]tier.Price
+	// perMinute gives a model's requests per minute, for service_tier
+	// auto; nil: unknown.
+	perMinute func(model string) int64
 }
 
 // DefaultMaxRequests is the most requests one job may hold.
@@ -109,7 +116,7 @@ func newServer(d deps) *server {
 		d.publishTimeout = 5 * time.Minute
 	}
 	return &server{deps: d, rules: job.Rules{Allowed: d.allowed, DefaultModel: d.defaultModel,
-		MaxRequests: d.maxRequests, Limits: d.limits, NewID: d.newJobID}}
+		MaxRequests: d.maxRequests, Limits: d.limits, NewID: d.newJobID, PerMinute: d.perMinute}}
 }
 
 // route is one parsed request path: the part after ".../v1/jobs".
@@ -258,10 +265,16 @@ type jobView struct {
 	StateLostAt *time.Time `json:"state_lost_at,omitempty"`
 	// StateLost explains state_lost to the user.
 	StateLost string `json:"state_lost,omitempty"`
+	// ServiceTier is the job's tier (what auto chose and why).
+	ServiceTier *tierView `json:"service_tier,omitempty"`
+	// Cost sums the succeeded tasks' tokens per serving tier and estimates
+	// what they cost.
+	Cost *tier.Report `json:"cost,omitempty"`
 }
 
-func viewOf(j store.Job) jobView {
-	v := jobView{JobID: j.ID, Model: j.Model, State: j.State(), Counts: j.Counts, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
+func (s *server) viewOf(j store.Job) jobView {
+	v := jobView{JobID: j.ID, Model: j.Model, State: j.State(), Counts: j.Counts, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt,
+		ServiceTier: tierViewOf(j), Cost: costOf(j, s.prices)}
 	if j.Done() {
 		f := j.FinishedAt
 		v.FinishedAt = &f
@@ -300,5 +313,5 @@ func (s *server) getJob(w http.ResponseWriter, r *http.Request, id string) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, viewOf(j))
+	writeJSON(w, http.StatusOK, s.viewOf(j))
 }

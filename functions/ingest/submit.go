@@ -63,7 +63,7 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 	setLogger(w, log)
 	r = r.WithContext(logging.With(r.Context(), log))
 
-	_, created, err := s.store.CreateJob(r.Context(), store.NewJob{ID: j.ID, Model: j.Model, ContentHash: j.Hash, TaskIDs: taskIDs})
+	_, created, err := s.store.CreateJob(r.Context(), newJob(j, taskIDs))
 	switch {
 	case errors.Is(err, store.ErrConflict):
 		s.fail(w, r, &apiError{Code: http.StatusConflict, Field: "job_id", reason: "conflict",
@@ -196,7 +196,7 @@ func (s *server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, job.F
 // each once) and returns them.
 func queryParams(r *http.Request, f job.Format) (job.Params, *apiError) {
 	q := r.URL.Query()
-	allowedParams := []string{"model", "job_id"}
+	allowedParams := []string{"model", "job_id", "service_tier", "deadline"}
 	if f == job.JSONL {
 		allowedParams = append(allowedParams, "system_instruction", "generation_config")
 	}
@@ -211,7 +211,8 @@ func queryParams(r *http.Request, f job.Format) (job.Params, *apiError) {
 		}
 	}
 	return job.Params{JobID: q.Get("job_id"), Model: q.Get("model"),
-		SystemInstruction: q.Get("system_instruction"), GenerationConfig: q.Get("generation_config")}, nil
+		SystemInstruction: q.Get("system_instruction"), GenerationConfig: q.Get("generation_config"),
+		ServiceTier: q.Get("service_tier"), Deadline: q.Get("deadline")}, nil
 }
 
 // jobStatus maps the kinds of job.Error to HTTP statuses.

@@ -88,7 +88,7 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	}
 	gem, err := gemini.NewClient(ctx, gemini.Config{
 		APIKey: cfg.GeminiAPIKey, BaseURL: cfg.GeminiBaseURL, Vertex: cfg.Vertex,
-		Project: cfg.Project, Location: cfg.Location, Timeout: cfg.GeminiTimeout,
+		Project: cfg.Project, Location: cfg.Location, Timeout: cfg.GeminiTimeout, FlexTimeout: cfg.FlexTimeout,
 	})
 	if err != nil {
 		base.Close()

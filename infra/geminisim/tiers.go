@@ -101,3 +101,11 @@ func (s *Server) servedLocked(model, tier string, at time.Time) string {
 	s.tiers.priority[model] = append(w, at)
 	return tier
 }
+
+// SetTiers replaces the tier behaviour for the requests that arrive from
+// now on (a storm of flex sheds that starts and ends during a run).
+func (s *Server) SetTiers(t Tiers) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Tiers = t
+}

@@ -201,6 +201,8 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("tiers", func(t *testing.T) { testTiers(t, s) })
+
 	t.Run("duplicate delivery", func(t *testing.T) {
 		if err := s.ResetGemini(stack.GeminiOptions{}); err != nil {
 			t.Fatal(err)
@@ -229,6 +231,12 @@ func TestEndToEnd(t *testing.T) {
 // returns the keys.
 func submit(t *testing.T, s *stack.Stack, jobID string, n int, seed uint64) []string {
 	t.Helper()
+	return submitWith(t, s, jobID, n, seed, "")
+}
+
+// submitWith is submit with more query parameters ("&service_tier=flex").
+func submitWith(t *testing.T, s *stack.Stack, jobID string, n int, seed uint64, query string) []string {
+	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 1))
 	var body bytes.Buffer
 	var keys []string
@@ -246,7 +254,7 @@ func submit(t *testing.T, s *stack.Stack, jobID string, n int, seed uint64) []st
 		body.WriteByte('\n')
 		keys = append(keys, key)
 	}
-	resp, err := http.Post(s.IngestURL+"/v1/jobs?job_id="+jobID, "application/jsonl", &body)
+	resp, err := http.Post(s.IngestURL+"/v1/jobs?job_id="+jobID+query, "application/jsonl", &body)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,6 +35,8 @@ type GeminiOptions struct {
 	Tokenizer geminisim.Tokenizer
 	// DSQ puts a hidden capacity (Vertex AI's Dynamic Shared Quota) in front of the limits.
 	DSQ *geminisim.DSQ
+	// Tiers set the flex shed rate and the priority limit.
+	Tiers geminisim.Tiers
 }
 
 // GeminiStats are the stand-in's statistics over its request log (zero with
@@ -194,6 +196,7 @@ func newSim(model string, lim geminisim.Limits, minute time.Duration, o GeminiOp
 		CapacityRate: o.CapacityRate,
 		TokenSkew:    o.TokenSkew,
 		Seed:         o.Seed,
+		Tiers:        o.Tiers,
 	})
 }
 

@@ -11,10 +11,12 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -27,6 +29,7 @@ import (
 
 	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/task"
+	"github.com/gemq-dev/gemq/internal/tier"
 )
 
 // Function selects the requirements of one deployed function.
@@ -141,6 +144,17 @@ type Config struct {
 	GeminiBaseURL string
 	// GeminiTimeout bounds one Gemini call. GEMQ_GEMINI_TIMEOUT, default 120s.
 	GeminiTimeout time.Duration
+	// FlexTimeout bounds one Gemini call at the flex tier, whose latency
+	// target is minutes (internal/tier); a flex call that times out is
+	// deferred like a shed one, not counted as a failure. At least
+	// GeminiTimeout; keep it under the worker's function timeout.
+	// GEMQ_FLEX_TIMEOUT, default 240s.
+	FlexTimeout time.Duration
+	// Prices are the standard-tier prices of the models, for the cost
+	// estimates of the job status. GEMQ_PRICES (JSON: {"model": {"input":
+	// 0.3, "cached": 0.03, "output": 2.5}}, US dollars per million tokens)
+	// replaces entries of DefaultPrices.
+	Prices map[string]tier.Price
 	// Lease is how long a worker holds a task; longer than GeminiTimeout.
 	// GEMQ_LEASE, default GeminiTimeout + 60s.
 	Lease time.Duration
@@ -242,6 +256,7 @@ const (
 	DefaultDeadLetters   = "gemq-dead-letter"
 	DefaultLocation      = "us-central1"
 	DefaultGeminiTimeout = 120 * time.Second
+	DefaultFlexTimeout   = 240 * time.Second
 	DefaultLeaseMargin   = 60 * time.Second // Lease = GeminiTimeout + DefaultLeaseMargin
 	DefaultResultTTL     = 168 * time.Hour
 
@@ -428,6 +443,7 @@ func load(getenv func(string) string, ps *problems) Config {
 		Location:            str("GOOGLE_CLOUD_LOCATION", DefaultLocation),
 		GeminiBaseURL:       str("GOOGLE_GEMINI_BASE_URL", ""),
 		GeminiTimeout:       duration("GEMQ_GEMINI_TIMEOUT", DefaultGeminiTimeout),
+		FlexTimeout:         duration("GEMQ_FLEX_TIMEOUT", DefaultFlexTimeout),
 		ResultTTL:           duration("GEMQ_RESULT_TTL", DefaultResultTTL),
 		ResultsBucket:       str("GEMQ_RESULTS_BUCKET", ""),
 		ResultsPrefix:       str("GEMQ_RESULTS_PREFIX", DefaultResultsPrefix),
@@ -457,6 +473,25 @@ func load(getenv func(string) string, ps *problems) Config {
 	if c.Lease <= c.GeminiTimeout+c.ClaimLead+ClaimSlack {
 		ps.add("GEMQ_LEASE", "%v must be longer than GEMQ_GEMINI_TIMEOUT (%v) + GEMQ_CLAIM_LEAD (%v) + %v of slack: a Cloud Task callback may wait for its slot, then call Gemini, under one lease",
 			c.Lease, c.GeminiTimeout, c.ClaimLead, ClaimSlack)
+	}
+	if getenv("GEMQ_FLEX_TIMEOUT") == "" {
+		c.FlexTimeout = max(c.FlexTimeout, c.GeminiTimeout)
+	}
+	if c.FlexTimeout < c.GeminiTimeout {
+		ps.add("GEMQ_FLEX_TIMEOUT", "%v must not be shorter than GEMQ_GEMINI_TIMEOUT (%v): flex answers more slowly than standard", c.FlexTimeout, c.GeminiTimeout)
+	}
+	c.Prices = maps.Clone(DefaultPrices)
+	if s := getenv("GEMQ_PRICES"); s != "" {
+		var extra map[string]tier.Price
+		if err := json.Unmarshal([]byte(s), &extra); err != nil {
+			ps.add("GEMQ_PRICES", "want JSON {\"model\": {\"input\": …, \"cached\": …, \"output\": …}} in US dollars per million tokens: %v", err)
+		}
+		for m, p := range extra {
+			if p.Input < 0 || p.Cached < 0 || p.Output < 0 {
+				ps.add("GEMQ_PRICES", "negative price for model %q", m)
+			}
+			c.Prices[m] = p
+		}
 	}
 	if c.RetryMax < c.RetryBase {
 		ps.add("GEMQ_RETRY_MAX", "%v must not be shorter than GEMQ_RETRY_BASE (%v)", c.RetryMax, c.RetryBase)
@@ -683,6 +718,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("location", c.Location),
 		slog.String("gemini_base_url", c.GeminiBaseURL),
 		slog.Duration("gemini_timeout", c.GeminiTimeout),
+		slog.Duration("flex_timeout", c.FlexTimeout),
 		slog.Duration("lease", c.Lease),
 		slog.Duration("result_ttl", c.ResultTTL),
 		slog.String("results_bucket", c.ResultsBucket),

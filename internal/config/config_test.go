@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/gemq-dev/gemq/internal/redistest"
+	"github.com/gemq-dev/gemq/internal/tier"
 )
 
 const quotas = `{"scopes":[
@@ -61,6 +62,8 @@ func TestLoadDefaults(t *testing.T) {
 		AllowedModels:   []string{"gemini-2.5-flash", "gemini-2.5-pro"},
 		Location:        "us-central1",
 		GeminiTimeout:   120 * time.Second,
+		FlexTimeout:     DefaultFlexTimeout,
+		Prices:          DefaultPrices,
 		Lease:           180 * time.Second,
 		ResultTTL:       168 * time.Hour,
 		ResultsPrefix:   "results/", ResultsDatetimeFormat: "YYYY-MM-DD/hh_mm_ssZ",
@@ -134,6 +137,8 @@ func TestLoadAll(t *testing.T) {
 		"GEMQ_RESULTS_DATETIME_FORMAT", "YYYY/MM/DD/hh_mm_ss",
 		"GEMQ_RESULTS_MAX_DURATION", "1m",
 		"GEMQ_RESULT_BODY_GRACE", "4m",
+		"GEMQ_FLEX_TIMEOUT", "90s",
+		"GEMQ_PRICES", `{"gemini-2.5-flash":{"input":1,"cached":0.5,"output":2}}`,
 	)
 	c, err := LoadFor(Worker, env(m))
 	if err != nil {
@@ -146,7 +151,7 @@ func TestLoadAll(t *testing.T) {
 		PubSubEmulatorHost: "127.0.0.1:8085", Quotas: c.Quotas,
 		AllowedModels: []string{"gemini-2.5-pro", "gemini-2.5-flash"}, DefaultModel: "gemini-2.5-flash",
 		GeminiAPIKey: "key", Location: "europe-west4", GeminiBaseURL: "http://127.0.0.1:9000",
-		GeminiTimeout: 30 * time.Second, Lease: 45 * time.Second, ResultTTL: 24 * time.Hour, MaxAttempts: 3,
+		GeminiTimeout: 30 * time.Second, FlexTimeout: 90 * time.Second, Lease: 45 * time.Second, ResultTTL: 24 * time.Hour, MaxAttempts: 3,
 		TokenEstimator: EstimateCountTokens, LimitPolicy: PolicySeed, LimiterBaseline: true, MaxBodyBytes: 1024, LogLevel: slog.LevelDebug,
 		RetryBase: 250 * time.Millisecond, RetryMax: 20 * time.Second,
 		CapacityBackoffBase: time.Second, CapacityBackoffMax: time.Second,
@@ -154,6 +159,12 @@ func TestLoadAll(t *testing.T) {
 		LogFile:       "/var/log/gemq.log",
 		ResultsBucket: "proj-gemq-results", ResultsPrefix: "r/", ResultsDatetimeFormat: "YYYY/MM/DD/hh_mm_ss",
 		ResultsMaxDuration: time.Minute, ResultBodyGrace: 4 * time.Minute,
+		Prices: map[string]tier.Price{
+			"gemini-2.5-pro":        DefaultPrices["gemini-2.5-pro"],
+			"gemini-2.5-flash":      {Input: 1, Cached: 0.5, Output: 2},
+			"gemini-2.5-flash-lite": DefaultPrices["gemini-2.5-flash-lite"],
+			"gemini-2.0-flash":      DefaultPrices["gemini-2.0-flash"],
+		},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("LoadFor (-want +got):\n%s", diff)
@@ -231,6 +242,9 @@ func TestLoadErrors(t *testing.T) {
 		{"model without quota", Ingest, base("GEMQ_ALLOWED_MODELS", "gemini-2.5-flash,gemini-9"), []string{"GEMQ_ALLOWED_MODELS"}},
 		{"bad model id", Ingest, base("GEMQ_ALLOWED_MODELS", "models/x"), []string{"GEMQ_ALLOWED_MODELS"}},
 		{"default model not allowed", Ingest, base("GEMQ_DEFAULT_MODEL", "gemini-9"), []string{"GEMQ_DEFAULT_MODEL"}},
+		{"flex timeout below the call timeout", Ingest, base("GEMQ_FLEX_TIMEOUT", "60s"), []string{"GEMQ_FLEX_TIMEOUT"}},
+		{"prices not JSON", Ingest, base("GEMQ_PRICES", "cheap"), []string{"GEMQ_PRICES"}},
+		{"negative price", Ingest, base("GEMQ_PRICES", `{"m":{"input":-1}}`), []string{"GEMQ_PRICES"}},
 		{"CA without TLS", Ingest, base("REDIS_TLS_CA", "x"), []string{"REDIS_TLS_CA"}},
 		{"CA not PEM", Ingest, base("REDIS_TLS", "true", "REDIS_TLS_CA", "x"), []string{"REDIS_TLS_CA"}},
 	}

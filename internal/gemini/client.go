@@ -43,6 +43,8 @@ type Config struct {
 	Location string
 	// Timeout bounds each call (GEMQ_GEMINI_TIMEOUT); default DefaultTimeout.
 	Timeout time.Duration
+	// FlexTimeout bounds each call at the flex tier (GEMQ_FLEX_TIMEOUT); default (and at least) Timeout.
+	FlexTimeout time.Duration
 	// HTTPClient, optional, replaces the HTTP client; with Vertex it must add credentials itself (no ADC
 	// lookup is made then).
 	HTTPClient *http.Client
@@ -51,9 +53,10 @@ type Config struct {
 // Client calls Gemini. It is safe for concurrent use. It never retries: every Gemini request must hold a
 // quota permit, so retries go through the pipeline.
 type Client struct {
-	gc      *genai.Client
-	timeout time.Duration
-	vertex  bool
+	gc          *genai.Client
+	timeout     time.Duration
+	flexTimeout time.Duration
+	vertex      bool
 }
 
 // NewClient builds the genai client from cfg. The genai SDK only retries when HTTPOptions.RetryOptions is
@@ -96,7 +99,7 @@ func NewClient(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("genai.NewClient: %w", err)
 	}
-	return &Client{gc: gc, timeout: cfg.Timeout, vertex: cfg.Vertex}, nil
+	return &Client{gc: gc, timeout: cfg.Timeout, flexTimeout: max(cfg.FlexTimeout, cfg.Timeout), vertex: cfg.Vertex}, nil
 }
 
 // Response is a successful GenerateContent answer.
@@ -121,8 +124,8 @@ type Response struct {
 	FinishReason string
 }
 
-// Generate makes one generateContent call for model ("gemini-2.5-flash" or "models/gemini-2.5-flash") with
-// header X-Gemq-Task-Id: taskID and the client's per-call timeout. The SDK's automatic continuation is off,
+// Generate makes one generateContent call for model ("gemini-2.5-flash" or "models/gemini-2.5-flash") at
+// r.ServiceTier, with header X-Gemq-Task-Id: taskID and the client's per-call timeout (FlexTimeout at flex). The SDK's automatic continuation is off,
 // so it is exactly one request. Errors wrap genai's (a genai.APIError for HTTP errors); pass them to
 // Classify.
 func (c *Client) Generate(ctx context.Context, taskID, model string, r *Request) (*Response, error) {
@@ -135,6 +138,9 @@ func (c *Client) Generate(ctx context.Context, taskID, model string, r *Request)
 	}
 	cfg := r.genaiConfig()
 	timeout := c.timeout
+	if r.ServiceTier == string(genai.ServiceTierFlex) {
+		timeout = c.flexTimeout
+	}
 	cfg.HTTPOptions = &genai.HTTPOptions{Headers: http.Header{TaskIDHeader: {taskID}}, Timeout: &timeout}
 	cfg.AutomaticContinuation = genai.Ptr(false)
 	resp, err := c.gc.Models.GenerateContent(ctx, id, r.Contents, cfg)

@@ -78,7 +78,7 @@ type Store interface {
 	MarkCalling(ctx context.Context, r store.Ref, tok store.Token, lease time.Duration) (store.Outcome, error)
 	MarkWaitingFor(ctx context.Context, r store.Ref, tok store.Token, deferral int, until time.Time) (store.Outcome, error)
 	ReleaseLease(ctx context.Context, r store.Ref, tok store.Token) (store.Outcome, error)
-	Complete(ctx context.Context, r store.Ref, tok store.Token, response []byte) (store.Outcome, error)
+	CompleteWithUsage(ctx context.Context, r store.Ref, tok store.Token, response []byte, u store.Usage) (store.Outcome, error)
 	Fail(ctx context.Context, r store.Ref, tok store.Token, errJSON []byte) (store.Outcome, error)
 	Result(ctx context.Context, jobID, key string) (store.Record, error)
 	MarkPublished(ctx context.Context, r store.Ref) error
@@ -145,6 +145,9 @@ type Options struct {
 	Tokenizer Tokenizer
 	// GeminiTimeout bounds one Gemini call (GEMQ_GEMINI_TIMEOUT).
 	GeminiTimeout time.Duration
+	// FlexTimeout bounds one Gemini call at the flex tier
+	// (GEMQ_FLEX_TIMEOUT); at least GeminiTimeout.
+	FlexTimeout time.Duration
 	// Lease is how long a delivery holds a task (GEMQ_LEASE); > GeminiTimeout.
 	Lease time.Duration
 	// MaxAttempts bounds transient failures before dead-letter (GEMQ_MAX_ATTEMPTS).
@@ -177,6 +180,7 @@ func OptionsFrom(cfg config.Config) Options {
 		CountTokens:   cfg.TokenEstimator == config.EstimateCountTokens,
 		Vertex:        cfg.Vertex,
 		GeminiTimeout: cfg.GeminiTimeout,
+		FlexTimeout:   cfg.FlexTimeout,
 		Lease:         cfg.Lease,
 		MaxAttempts:   cfg.MaxAttempts,
 		RetryBase:     cfg.RetryBase,
@@ -200,6 +204,7 @@ func (o Options) withDefaults() Options {
 	}
 	def(&o.GeminiTimeout, config.DefaultGeminiTimeout)
 	def(&o.Lease, o.GeminiTimeout+config.DefaultLeaseMargin)
+	o.FlexTimeout = max(o.FlexTimeout, o.GeminiTimeout)
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = config.DefaultMaxAttempts
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/gemq-dev/gemq/internal/logging"
 	"github.com/gemq-dev/gemq/internal/store"
 	"github.com/gemq-dev/gemq/internal/task"
+	"github.com/gemq-dev/gemq/internal/tier"
 )
 
 // run is one delivery being processed.
@@ -168,7 +169,8 @@ func carriedPermit(r *run) *limiter.Permit {
 // task is calling.
 func (m *Machine) call(ctx context.Context, r *run, req *gemini.Request, permit limiter.Permit) Outcome {
 	r.log = r.log.With("permit_id", permit.ID)
-	so, err := m.deps.Store.MarkCalling(ctx, r.ref, r.tok, m.opts.Lease)
+	t := m.tierOf(r)
+	so, err := m.deps.Store.MarkCalling(ctx, r.ref, r.tok, m.callLease(t))
 	if err != nil {
 		r.log.ErrorContext(ctx, "mark calling", "error", err.Error())
 		m.releasePermit(ctx, r, &permit)
@@ -181,7 +183,10 @@ func (m *Machine) call(ctx context.Context, r *run, req *gemini.Request, permit 
 		r.log.WarnContext(ctx, "task taken over before the call", "store_outcome", so.String())
 		return ack(OutStale)
 	}
-	callCtx, cancel := context.WithTimeout(ctx, m.opts.GeminiTimeout)
+	if t != tier.Standard {
+		req.ServiceTier = string(t)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, m.callTimeout(t))
 	resp, err := m.deps.Gemini.Generate(callCtx, r.env.TaskID, r.env.Model, req)
 	cancel()
 	if err == nil {
@@ -190,7 +195,7 @@ func (m *Machine) call(ctx context.Context, r *run, req *gemini.Request, permit 
 		if err := m.deps.Permits.Settle(ctx, permit, resp.PromptTokens); err != nil {
 			r.log.WarnContext(ctx, "limiter settle", "error", err.Error())
 		}
-		return m.finishSucceeded(ctx, r, resp.JSON)
+		return m.finishSucceeded(ctx, r, resp.JSON, usage(t, resp))
 	}
 	if ctx.Err() != nil {
 		// The request itself ended (client gone, instance stopping): nobody
@@ -201,7 +206,7 @@ func (m *Machine) call(ctx context.Context, r *run, req *gemini.Request, permit 
 		r.log.WarnContext(ctx, "request ended during the Gemini call", "error", err.Error())
 		return Outcome{Name: OutAbandoned, Redeliver: true}
 	}
-	return m.geminiFailed(ctx, r, permit.Scope, err)
+	return m.geminiFailed(ctx, r, permit.Scope, t, err)
 }
 
 // estimate returns the task's cost: the local estimate corrected by what

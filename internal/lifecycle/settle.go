@@ -11,6 +11,7 @@ import (
 	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/store"
 	"github.com/gemq-dev/gemq/internal/task"
+	"github.com/gemq-dev/gemq/internal/tier"
 )
 
 // failure is a terminal error: {code, message, status} as stored and
@@ -23,11 +24,15 @@ type failure struct {
 	attempts int // > 0: dead-lettered after this many attempts
 }
 
-// geminiFailed handles a failed Gemini call made under a permit of scope.
-func (m *Machine) geminiFailed(ctx context.Context, r *run, scope limiter.Scope, err error) Outcome {
+// geminiFailed handles a failed Gemini call made at tier t under a permit
+// of scope.
+func (m *Machine) geminiFailed(ctx context.Context, r *run, scope limiter.Scope, t tier.Tier, err error) Outcome {
 	f := gemini.Classify(err)
 	r.log.WarnContext(ctx, "gemini call failed", "failure", string(f.Kind), "http_code", f.Code, "quota_id", f.QuotaID,
-		"retry_after", f.RetryAfter.String())
+		"retry_after", f.RetryAfter.String(), "service_tier", string(t))
+	if shed(t, f, err) {
+		return m.deferShed(ctx, r, f)
+	}
 	switch f.Kind {
 	case gemini.QuotaPerMinute, gemini.QuotaPerDay, gemini.Capacity:
 		return m.admit.Throttled(ctx, r, scope, f)
@@ -44,8 +49,9 @@ func (m *Machine) geminiFailed(ctx context.Context, r *run, scope limiter.Scope,
 	return m.finishFailed(ctx, r, failure{code: f.Code, status: f.Status, message: f.Message})
 }
 
-// finishSucceeded writes the response once, for this lease, and publishes it.
-func (m *Machine) finishSucceeded(ctx context.Context, r *run, response json.RawMessage) Outcome {
+// finishSucceeded writes the response once, for this lease, with its usage
+// added to the job's sums in the same write, and publishes it.
+func (m *Machine) finishSucceeded(ctx context.Context, r *run, response json.RawMessage, u store.Usage) Outcome {
 	// A Redis blip here would cost a second Gemini call on redelivery: try
 	// the write a few times first (it is idempotent for this lease).
 	var o store.Outcome
@@ -54,7 +60,7 @@ func (m *Machine) finishSucceeded(ctx context.Context, r *run, response json.Raw
 		if try > 0 {
 			time.Sleep(time.Duration(try) * 200 * time.Millisecond)
 		}
-		if o, err = m.deps.Store.Complete(ctx, r.ref, r.tok, response); err == nil || ctx.Err() != nil {
+		if o, err = m.deps.Store.CompleteWithUsage(ctx, r.ref, r.tok, response, u); err == nil || ctx.Err() != nil {
 			break
 		}
 	}
@@ -72,7 +78,12 @@ func (m *Machine) finishSucceeded(ctx context.Context, r *run, response json.Raw
 		r.log.WarnContext(ctx, "task settled or taken over elsewhere while this call ran", "store_outcome", o.String())
 		return ack(OutStale)
 	}
-	return m.publish(ctx, r, store.ResultLine{Key: r.env.Key, Response: response}, OutSucceeded, "")
+	line := store.ResultLine{Key: r.env.Key, Response: response}
+	if u.Asked != "" && u.Asked != u.Tier {
+		line.Downgrade = &store.Downgrade{Asked: u.Asked, Served: u.Tier}
+		r.log.WarnContext(ctx, "served at another service tier than asked", "asked", u.Asked, "served", u.Tier)
+	}
+	return m.publish(ctx, r, line, OutSucceeded, "")
 }
 
 // finishFailed writes a terminal error once, for this lease, and publishes

@@ -252,6 +252,9 @@ return 1
 //	ARGV[10] -> 'succeeded' | 'failed'
 //	ARGV[11] -> payload field: 'response' | 'error'
 //	ARGV[12] -> payload JSON
+//	ARGV[13] -> optional: the service tier the tokens below are billed at ('' or absent: no usage)
+//	ARGV[14..17] -> input, cached, output, thinking tokens
+//	ARGV[18] -> '' or 'asked>served' when the call was served at another tier than asked
 //	Output: 1 written (now, or before by the same lease), 2 already terminal,
 //	6 foreign, 7 fenced out (nothing written)
 var finishScript = redis.NewScript(prelude + `
@@ -268,6 +271,20 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('ZADD', KEYS[3], seq, ARGV[3])
 -- Which finished tasks failed outlives the task's record (compact).
 if ARGV[10] == 'failed' then redis.call('SADD', KEYS[5], ARGV[3]) end
+-- Usage is summed per job and tier by the terminal write itself: a retry
+-- of this write (returned above) or a later one (refused) adds nothing.
+if ARGV[13] and ARGV[13] ~= '' then
+  local u = 'usage:' .. ARGV[13] .. ':'
+  redis.call('HINCRBY', KEYS[1], u .. 'tasks', 1)
+  redis.call('HINCRBY', KEYS[1], u .. 'input', ARGV[14])
+  redis.call('HINCRBY', KEYS[1], u .. 'cached', ARGV[15])
+  redis.call('HINCRBY', KEYS[1], u .. 'output', ARGV[16])
+  redis.call('HINCRBY', KEYS[1], u .. 'thinking', ARGV[17])
+  if ARGV[18] ~= '' then
+    redis.call('HSET', KEYS[4], 'downgrade', ARGV[18])
+    redis.call('HINCRBY', KEYS[1], 'downgraded', 1)
+  end
+end
 touch(now)
 return 1
 `)
@@ -356,17 +373,18 @@ var getJobScript = redis.NewScript(`return redis.call('HGETALL', KEYS[1])`)
 //	KEYS[3] -> gemq:job:{<job>}:done
 //	KEYS[4] -> gemq:job:{<job>}:failed
 //	ARGV[1] -> task id
-//	Output: nil when the job has no such task, else {key, state, response, error, finished_ms, seq, published, archived};
+//	Output: nil when the job has no such task, else {key, state, response, error, finished_ms, seq, published, archived, downgrade};
 //	for a finished task whose record is gone (compacted after its result was
 //	published, or expired) state is 'succeeded' or 'failed' and archived '1'
 var resultScript = redis.NewScript(`
 local seq = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 and not seq then return false end
-local r = redis.call('HMGET', KEYS[2], 'key', 'state', 'response', 'error', 'finished_ms', 'published')
-local published = r[6]
+local r = redis.call('HMGET', KEYS[2], 'key', 'state', 'response', 'error', 'finished_ms', 'published', 'downgrade')
+local published, downgrade = r[6], r[7]
 r[6] = seq
 r[7] = published
 r[8] = '0'
+r[9] = downgrade
 if not r[2] and seq then
   r[2] = 'succeeded'
   if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then r[2] = 'failed' end
@@ -390,13 +408,13 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES'
 //	KEYS[1] -> gemq:job:{<job>}:failed
 //	KEYS[1+i] -> gemq:job:{<job>}:task:<task i>
 //	ARGV[i] -> task id i
-//	Output: for each task {key, state, response, error, finished_ms, nil, published, archived},
+//	Output: for each task {key, state, response, error, finished_ms, nil, published, archived, downgrade},
 //	as resultScript
 var readTasksScript = redis.NewScript(`
 local out = {}
 for i = 2, #KEYS do
-  local r = redis.call('HMGET', KEYS[i], 'key', 'state', 'response', 'error', 'finished_ms', 'published')
-  r[7], r[6], r[8] = r[6], false, '0'
+  local r = redis.call('HMGET', KEYS[i], 'key', 'state', 'response', 'error', 'finished_ms', 'published', 'downgrade')
+  r[9], r[7], r[6], r[8] = r[7], r[6], false, '0'
   if not r[2] then
     r[2] = 'succeeded'
     if redis.call('SISMEMBER', KEYS[1], ARGV[i - 1]) == 1 then r[2] = 'failed' end
@@ -405,4 +423,18 @@ for i = 2, #KEYS do
   out[i - 1] = r
 end
 return out
+`)
+
+// jobTiersScript records a job's service tier settings once (fields already
+// set are kept, so a retried CreateJob changes nothing).
+//
+//	KEYS[1] -> gemq:job:{<job>}:meta
+//	ARGV[1..] -> field, value, field, value, …
+//	Output: 1
+var jobTiersScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
 `)

@@ -73,6 +73,7 @@ import (
 	"fmt"
 	"iter"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -170,6 +171,16 @@ type Job struct {
 	// FinishedAt is when the last task became terminal; zero while any
 	// task is not.
 	FinishedAt time.Time
+	// Tier is the service tier the job's tasks call at, AskedTier the one
+	// the job named (auto), TierReason why auto chose Tier, Deadline the
+	// job's deadline; all empty for a job created without them.
+	Tier, AskedTier, TierReason string
+	Deadline                    time.Time
+	// Usage sums the tokens of the job's succeeded tasks by the tier that
+	// served them; Downgraded counts the tasks served at another tier than
+	// asked.
+	Usage      map[string]TierUsage
+	Downgraded int64
 	// LostAt is when a worker found the job's record missing for one of
 	// its tasks (Redis lost its data: a flush, an empty restart) and
 	// re-created it from the task's envelope; zero if never. Counts then
@@ -200,6 +211,10 @@ type NewJob struct {
 	Model       string   // task.ValidModel
 	ContentHash string   // non-empty; equal content must give equal hashes
 	TaskIDs     []string // task.TaskID of every request; Total becomes the number of distinct ids
+	// Tier, AskedTier, TierReason and Deadline are the job's service tier
+	// settings (Job's fields of the same names); optional.
+	Tier, AskedTier, TierReason string
+	Deadline                    time.Time
 }
 
 // Ref names one task and carries what the store needs to register a task
@@ -312,6 +327,16 @@ type Record struct {
 	// expired): State is Succeeded or Failed, Response and Error are empty,
 	// and the answer is in the results archive.
 	Archived bool
+	// Downgrade is set when Gemini served the call at another tier than
+	// the one asked for (Succeeded only).
+	Downgrade *Downgrade
+}
+
+// Downgrade is a call served at another service tier than asked, silently
+// (Gemini answers priority over its limit at standard).
+type Downgrade struct {
+	Asked  string `json:"asked"`
+	Served string `json:"served"`
 }
 
 // ResultLine is one result in the Gemini Batch API's output format: a line
@@ -327,6 +352,9 @@ type ResultLine struct {
 	// DeadLetter is set (on the results topic) for a task dead-lettered
 	// after its retries.
 	DeadLetter *DeadLetterInfo `json:"dead_letter,omitempty"`
+	// Downgrade is set when the response was served at another service
+	// tier than asked.
+	Downgrade *Downgrade `json:"service_tier_downgrade,omitempty"`
 }
 
 // DeadLetterInfo describes a dead-lettered task in its published result.
@@ -341,7 +369,7 @@ type DeadLetterInfo struct {
 func (r Record) Line() ResultLine {
 	l := ResultLine{Key: r.Key}
 	if r.State == Succeeded {
-		l.Response = r.Response
+		l.Response, l.Downgrade = r.Response, r.Downgrade
 	} else {
 		l.Error = r.Error
 	}
@@ -404,8 +432,31 @@ func (s *Store) CreateJob(ctx context.Context, nj NewJob) (job Job, created bool
 			first = false
 		}
 	}
+	if err := s.setTiers(ctx, nj); err != nil {
+		return Job{}, false, err
+	}
 	job, err = s.GetJob(ctx, nj.ID)
 	return job, created, err
+}
+
+// setTiers records a new job's tier settings (once: a retry keeps them).
+func (s *Store) setTiers(ctx context.Context, nj NewJob) error {
+	var args []any
+	for _, f := range [][2]string{{"tier", nj.Tier}, {"asked_tier", nj.AskedTier}, {"tier_reason", nj.TierReason}} {
+		if f[1] != "" {
+			args = append(args, f[0], f[1])
+		}
+	}
+	if !nj.Deadline.IsZero() {
+		args = append(args, "deadline_ms", nj.Deadline.UnixMilli())
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	if err := jobTiersScript.Run(ctx, s.rdb, []string{metaKey(nj.ID)}, args...).Err(); err != nil {
+		return fmt.Errorf("store: job tiers script: %w", err)
+	}
+	return nil
 }
 
 // GetJob returns a job's record and counts, or ErrNotFound.
@@ -441,7 +492,44 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (Job, error) {
 	}
 	c := &j.Counts
 	c.Queued = c.Total - c.Waiting - c.Running - c.Succeeded - c.Failed
+	j.Tier, j.AskedTier, j.TierReason = m["tier"], m["asked_tier"], m["tier_reason"]
+	j.Deadline, j.Downgraded = msTime(n("deadline_ms")), n("downgraded")
+	j.Usage = usageOf(m)
 	return j, nil
+}
+
+// usageOf gathers the "usage:<tier>:<count>" fields of a job record.
+func usageOf(m map[string]string) map[string]TierUsage {
+	var out map[string]TierUsage
+	for f, v := range m {
+		rest, ok := strings.CutPrefix(f, "usage:")
+		if !ok {
+			continue
+		}
+		t, name, ok := strings.Cut(rest, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if out == nil {
+			out = make(map[string]TierUsage)
+		}
+		u := out[t]
+		switch name {
+		case "tasks":
+			u.Tasks = n
+		case "input":
+			u.Input = n
+		case "cached":
+			u.Cached = n
+		case "output":
+			u.Output = n
+		case "thinking":
+			u.Thinking = n
+		}
+		out[t] = u
+	}
+	return out
 }
 
 func msTime(ms int64) time.Time {
@@ -661,6 +749,52 @@ func (s *Store) Complete(ctx context.Context, r Ref, tok Token, response []byte)
 	return s.finish(ctx, "complete", r, tok, Succeeded, "response", response)
 }
 
+// CompleteWithUsage is Complete that also adds the call's token usage to
+// the job's sums for u.Tier, in the same script as the terminal write: the
+// sums grow exactly once per task, whatever is retried.
+func (s *Store) CompleteWithUsage(ctx context.Context, r Ref, tok Token, response []byte, u Usage) (Outcome, error) {
+	if !validTierName(u.Tier) || u.Asked != "" && !validTierName(u.Asked) {
+		return 0, fmt.Errorf("store: complete: invalid service tier %q (asked %q)", u.Tier, u.Asked)
+	}
+	var downgrade string
+	if u.Asked != "" && u.Asked != u.Tier {
+		downgrade = u.Asked + ">" + u.Tier
+	}
+	return s.finish(ctx, "complete", r, tok, Succeeded, "response", response,
+		u.Tier, u.Input, u.Cached, u.Output, u.Thinking, downgrade)
+}
+
+// Usage is one call's tokens (usageMetadata) and the tier they are billed at.
+type Usage struct {
+	// Tier is the service tier that served the call (billed); Asked the
+	// one asked for ("" when unknown: no downgrade is recorded).
+	Tier, Asked string
+	// Input is promptTokenCount (cached tokens included), Cached
+	// cachedContentTokenCount, Output candidatesTokenCount, Thinking
+	// thoughtsTokenCount.
+	Input, Cached, Output, Thinking int64
+}
+
+// TierUsage is a job's token sums at one service tier.
+type TierUsage struct {
+	// Tasks is the number of tasks that succeeded at the tier.
+	Tasks                           int64
+	Input, Cached, Output, Thinking int64
+}
+
+// validTierName: 1 to 32 of [a-z_], as tier names are used in hash fields.
+func validTierName(t string) bool {
+	if t == "" || len(t) > 32 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		if c := t[i]; (c < 'a' || c > 'z') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
 // Fail records a task's terminal error (JSON, e.g. {"code":400,
 // "message":"…","status":"INVALID_ARGUMENT"}) and moves it to Failed,
 // exactly once, like Complete.
@@ -668,11 +802,11 @@ func (s *Store) Fail(ctx context.Context, r Ref, tok Token, errJSON []byte) (Out
 	return s.finish(ctx, "fail", r, tok, Failed, "error", errJSON)
 }
 
-func (s *Store) finish(ctx context.Context, op string, r Ref, tok Token, st State, field string, payload []byte) (Outcome, error) {
+func (s *Store) finish(ctx context.Context, op string, r Ref, tok Token, st State, field string, payload []byte, usage ...any) (Outcome, error) {
 	if !json.Valid(payload) {
 		return 0, fmt.Errorf("store: %s: %s is not valid JSON", op, field)
 	}
-	return s.transition(ctx, op, finishScript, r, tok, string(st), field, payload)
+	return s.transition(ctx, op, finishScript, r, tok, append([]any{string(st), field, payload}, usage...)...)
 }
 
 // taskArgs are ARGV[1..9] of every transition script.
@@ -721,7 +855,7 @@ func (s *Store) Result(ctx context.Context, jobID, key string) (Record, error) {
 }
 
 // record turns {key, state, response, error, finished_ms, seq, published,
-// archived} into a Record.
+// archived, downgrade} into a Record.
 func record(id string, v []any) Record {
 	str := func(i int) string {
 		if i < len(v) {
@@ -743,8 +877,12 @@ func record(id string, v []any) Record {
 	if st == "" {
 		st = Queued
 	}
-	return Record{Key: str(0), TaskID: id, State: st, Response: raw(2), Error: raw(3), FinishedAt: msTime(fin), Seq: seq,
+	rec := Record{Key: str(0), TaskID: id, State: st, Response: raw(2), Error: raw(3), FinishedAt: msTime(fin), Seq: seq,
 		Published: str(6) == "1", Archived: str(7) == "1"}
+	if asked, served, ok := strings.Cut(str(8), ">"); ok {
+		rec.Downgrade = &Downgrade{Asked: asked, Served: served}
+	}
+	return rec
 }
 
 // ResultsPage returns up to limit finished tasks of a job in finish order,

@@ -111,3 +111,42 @@ func ForTask(t Tier, now, deadline time.Time) Tier {
 }
 
 func round(d time.Duration) time.Duration { return d.Round(time.Second) }
+
+// Price is a model's standard-tier price in US dollars per million tokens.
+type Price struct {
+	// Input is the price of an input (prompt) token not served from a cache.
+	Input float64 `json:"input"`
+	// Cached is the price of an input token served from a context cache.
+	Cached float64 `json:"cached"`
+	// Output is the price of an output token, thinking tokens included.
+	Output float64 `json:"output"`
+}
+
+// Factor is what a tier costs relative to standard
+// (https://ai.google.dev/gemini-api/docs/optimization, read 2026-12-02):
+// flex and batch 0.5; priority "75% to 100% more", taken at 2.0, the upper
+// end, so an estimate never understates it.
+func Factor(t Tier) float64 {
+	switch t {
+	case Flex, Batch:
+		return 0.5
+	case Priority:
+		return 2.0
+	}
+	return 1
+}
+
+// Tokens are token counts as usageMetadata reports them: Input is
+// promptTokenCount, which includes Cached (cachedContentTokenCount); Output
+// is candidatesTokenCount and Thinking thoughtsTokenCount, billed as output.
+type Tokens struct {
+	Input, Cached, Output, Thinking int64
+}
+
+// Cost estimates what tokens cost at tier t under standard price p, in US
+// dollars.
+func Cost(p Price, t Tier, n Tokens) float64 {
+	fresh := max(n.Input-n.Cached, 0)
+	usd := (float64(fresh)*p.Input + float64(n.Cached)*p.Cached + float64(n.Output+n.Thinking)*p.Output) / 1e6
+	return usd * Factor(t)
+}

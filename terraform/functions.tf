@@ -34,6 +34,7 @@ locals {
       GEMQ_WORKER_URL            = local.worker_url
       GEMQ_TASKS_SERVICE_ACCOUNT = google_service_account.tasks_invoker.email
       GEMQ_GEMINI_TIMEOUT        = "${var.gemini_timeout_seconds}s"
+      GEMQ_FLEX_TIMEOUT          = "${var.flex_timeout_seconds}s"
       GEMQ_MAX_ATTEMPTS          = tostring(var.max_attempts)
       GEMQ_TOKEN_ESTIMATOR       = var.token_estimator
     },

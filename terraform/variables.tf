@@ -173,6 +173,17 @@ variable "gemini_timeout_seconds" {
   }
 }
 
+variable "flex_timeout_seconds" {
+  type        = number
+  description = "Per-call Gemini timeout at the flex service tier (GEMQ_FLEX_TIMEOUT), whose latency target is minutes; a flex call that times out is deferred, not failed. At least gemini_timeout_seconds and 30 s below worker.timeout_seconds."
+  default     = 240
+
+  validation {
+    condition     = var.flex_timeout_seconds >= var.gemini_timeout_seconds && var.flex_timeout_seconds + 30 <= var.worker.timeout_seconds
+    error_message = "flex_timeout_seconds must be at least gemini_timeout_seconds and at least 30 s below worker.timeout_seconds."
+  }
+}
+
 variable "quotas_json" {
   type        = string
   description = "Quota configuration JSON (GEMQ_QUOTAS): safety, horizon and per project/model dimensions. See README."

@@ -76,6 +76,16 @@ func printTierAndCost(w io.Writer, st jobStatus) {
 // printCostSummary prints the run summary's cost lines: the job's cost at
 // each tier and what flex or batch would have saved.
 func printCostSummary(w io.Writer, st jobStatus) {
+	if t := st.ServiceTier; t != nil {
+		line := t.Tier
+		if t.Asked != "" {
+			line += " (chosen by " + t.Asked + ")"
+		}
+		if t.Downgraded > 0 {
+			line += fmt.Sprintf("; %d task(s) served at another tier", t.Downgraded)
+		}
+		fmt.Fprintf(w, "  service tier          %s\n", line)
+	}
 	c := st.Cost
 	if c == nil || len(c.AtTier) == 0 {
 		return

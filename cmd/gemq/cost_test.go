@@ -24,7 +24,8 @@ func TestStatusAndSummaryShowCost(t *testing.T) {
 	}
 	b.Reset()
 	printCostSummary(&b, st)
-	for _, want := range []string{"$0.5500 as run; standard $0.5500; flex $0.2750; batch $0.2750; priority $1.1000",
+	for _, want := range []string{"service tier          standard (chosen by auto); 2 task(s) served at another tier",
+		"$0.5500 as run; standard $0.5500; flex $0.2750; batch $0.2750; priority $1.1000",
 		"flex or batch would have saved $0.2750 (50%)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, b.String())

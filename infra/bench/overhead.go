@@ -61,7 +61,7 @@ func RunOverhead(ctx context.Context, n int, logw io.Writer) (OverheadResult, er
 	}
 	defer st.Close()
 	cpu0, t0 := cpuTime(), time.Now()
-	acc, err := submitJob(ctx, st.IngestURL, "bench-overhead", body)
+	acc, err := submitJob(ctx, st.IngestURL, "bench-overhead", "", body)
 	res.IngestAccept = time.Since(t0)
 	if err != nil {
 		return res, err

@@ -67,6 +67,8 @@ type PipelineOptions struct {
 	// with (GEMQ_QUOTAS) instead of the stand-in's RPM and TPM: a tier
 	// mismatch.
 	QuotaRPM, QuotaTPM int64 `json:",omitempty"`
+	// ServiceTier is the job's service_tier ("" for the default).
+	ServiceTier string `json:"service_tier,omitempty"`
 }
 
 // Model is the model every benchmark job uses.
@@ -147,6 +149,9 @@ type PipelineResult struct {
 	// successful calls through from the first call, over the time they
 	// took (first call to last successful call).
 	DSQUsed float64 `json:",omitempty"`
+	// Tiers is what the job's status reported for a run with a
+	// ServiceTier: its cost and its results (see tiers.go).
+	Tiers *TierOutcome `json:",omitempty"`
 	// Error is set when the run did not finish.
 	Error string `json:",omitempty"`
 }
@@ -304,7 +309,7 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	toReal := func(t time.Time) time.Time {
 		return wall0.Add(time.Duration(float64(t.Sub(submitted)) / factor))
 	}
-	if res.Accepted, err = submitJob(ctx, st.IngestURL, jobID, body); err != nil {
+	if res.Accepted, err = submitJob(ctx, st.IngestURL, jobID, tierQuery(o.ServiceTier), body); err != nil {
 		return res, err
 	}
 
@@ -329,6 +334,9 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	res.Wall = time.Since(wall0)
 	if err := res.estimateErrors(ctx, st, tasks); err != nil {
 		fmt.Fprintf(logw, "gemqbench: learned factors: %v\n", err)
+	}
+	if o.ServiceTier != "" {
+		res.Tiers = tierOutcome(ctx, st.IngestURL, jobID, logw)
 	}
 	stats := st.Stats()
 	perTask, _ := st.WorkerInvocations()
@@ -542,8 +550,8 @@ func meanMin(xs []int64) (float64, int64) {
 
 // submitJob POSTs a JSONL job to ingest at base and returns how many
 // requests it accepted; anything but 202 is an error quoting the answer.
-func submitJob(ctx context.Context, base, jobID string, body []byte) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/jobs?model="+Model+"&job_id="+jobID, bytes.NewReader(body))
+func submitJob(ctx context.Context, base, jobID, query string, body []byte) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/jobs?model="+Model+"&job_id="+jobID+query, bytes.NewReader(body))
 	if err != nil {
 		return 0, fmt.Errorf("submit: %w", err)
 	}

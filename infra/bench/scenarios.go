@@ -60,7 +60,7 @@ func (s Scale) Scenarios() []PipelineOptions {
 // Scenario returns the scenario named name (of Scenarios, or a run of
 // QuotaRows).
 func (s Scale) Scenario(name string) (PipelineOptions, error) {
-	for _, o := range s.Scenarios() {
+	for _, o := range append(s.Scenarios(), s.TierScenarios()...) {
 		if o.Name == name {
 			return o, nil
 		}

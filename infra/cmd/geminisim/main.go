@@ -46,6 +46,8 @@ func run(args []string) error {
 	latency := fs.String("latency", "", "latency: fixed:800ms | uniform:200ms,2s | lognormal:median=1.5s,sigma=0.5[,max=20s]")
 	faults := fs.String("faults", "", "fault rates: 500=0.01,503=0.01,504=0.005,hang=0.001,reset=0.001")
 	capacity := fs.Float64("capacity-rate", 0, "probability of a 429 without details")
+	flexShed := fs.Float64("flex-shed-rate", 0, "probability that a flex request is shed (503 UNAVAILABLE, not charged)")
+	priorityRPM := fs.Int64("priority-rpm", 0, "priority requests per minute and model served at priority; beyond it, served at standard (0: no limit)")
 	skew := fs.Float64("token-skew", 0, "random ± fraction applied to each request's token count, e.g. 0.3")
 	seed := fs.Uint64("seed", 0, "random seed (0: fixed default)")
 	tokenizer := fs.String("tokenizer", string(geminisim.IndependentTokens), "token counting: independent (the stand-in's own rule) | estimator (exactly gemq's estimate)")
@@ -85,6 +87,7 @@ func run(args []string) error {
 	srv := geminisim.New(geminisim.Options{
 		APIKey: *apiKey, Models: ms, FreeTier: *freeTier, Minute: *minute, Latency: lat, Faults: f,
 		CapacityRate: *capacity, TokenSkew: *skew, Seed: *seed, Tokenizer: tok, DSQ: dsq,
+		Tiers: geminisim.Tiers{FlexShedRate: *flexShed, PriorityRPM: *priorityRPM},
 	})
 	url, err := srv.Listen(*addr)
 	if err != nil {

@@ -10,7 +10,7 @@
 //
 // Usage:
 //
-//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,est-low,est-high,mixed,dsq,tier,quota,overhead,sim,estimator] [-md BENCHMARKS.md]
+//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,est-low,est-high,mixed,dsq,tier,quota,tier-standard,tier-flex,overhead,sim,estimator] [-md BENCHMARKS.md]
 package main
 
 import (
@@ -46,6 +46,9 @@ func run() error {
 	quotaRows := sc.QuotaRows()
 	for _, q := range quotaRows {
 		all = append(all, q.Name)
+	}
+	for _, o := range sc.TierScenarios() {
+		all = append(all, o.Name)
 	}
 	all = append(all, "overhead", "sim", "estimator")
 
@@ -191,6 +194,10 @@ func run() error {
 		emit(bench.SeedSection(pairs, command), bench.CostSection(pairs, command))
 	}
 
+	if err := runTiers(ctx, dir, sc, want, command, emit); err != nil {
+		return err
+	}
+
 	if slices.Contains(want, "overhead") {
 		fmt.Fprintf(os.Stderr, "gemqbench: overhead: 10,000 tasks, unlimited zero-latency stand-in ...\n")
 		var r bench.OverheadResult
@@ -298,4 +305,30 @@ func passFlags() []string {
 		}
 	})
 	return out
+}
+
+// runTiers runs the service tier scenarios that are wanted and, when both
+// ran, emits their comparison.
+func runTiers(ctx context.Context, dir string, sc bench.Scale, want []string, command string, emit func(...bench.Section)) error {
+	got := map[string]bench.PipelineResult{}
+	for _, o := range sc.TierScenarios() {
+		if !slices.Contains(want, o.Name) {
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "gemqbench: %s: %d tasks at service_tier %s ...\n", o.Name, o.Tasks, o.ServiceTier)
+		var r bench.PipelineResult
+		if err := runChild(ctx, dir, o.Name, &r); err != nil {
+			return err
+		}
+		if r.Error != "" {
+			fmt.Fprintf(os.Stderr, "gemqbench: %s: %s; reporting what was measured\n", o.Name, r.Error)
+		}
+		got[o.ServiceTier] = r
+	}
+	std, ok1 := got["standard"]
+	flex, ok2 := got["flex"]
+	if ok1 && ok2 {
+		emit(bench.TierSection(std, flex, command))
+	}
+	return nil
 }

@@ -13,7 +13,7 @@ func TestStatusAndSummaryShowCost(t *testing.T) {
 	p := tier.Price{Input: 0.30, Cached: 0.03, Output: 2.50}
 	st := jobStatus{JobID: "j", State: "done",
 		ServiceTier: &jobTier{Tier: "standard", Asked: "auto", Reason: "standard: the deadline is near", Downgraded: 2},
-		Cost: tier.NewReport(map[string]tier.Usage{"standard": {Tasks: 3, InputTokens: 1_000_000, OutputTokens: 100_000}}, &p)}
+		Cost:        tier.NewReport(map[string]tier.Usage{"standard": {Tasks: 3, InputTokens: 1_000_000, OutputTokens: 100_000}}, &p)}
 	var b bytes.Buffer
 	printStatus(&b, st)
 	for _, want := range []string{"tier      standard (asked auto: standard: the deadline is near)", "2 task(s) served at another tier",

@@ -204,6 +204,7 @@ func (o Options) withDefaults() Options {
 	}
 	def(&o.GeminiTimeout, config.DefaultGeminiTimeout)
 	def(&o.Lease, o.GeminiTimeout+config.DefaultLeaseMargin)
+	def(&o.FlexTimeout, config.DefaultFlexTimeout)
 	o.FlexTimeout = max(o.FlexTimeout, o.GeminiTimeout)
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = config.DefaultMaxAttempts

@@ -80,7 +80,7 @@ func Catalogue() []Scenario {
 			Inject: geminiSpell(3*time.Second, 6*time.Second, "gemini 5xx storm", baseLatency, geminisim.Faults{Error500: 0.2, Error503: 0.5}, 0)},
 		{Name: "gemini-429-storm", Fault: "80% of Gemini calls answered 429 without details for 6 s", Tasks: n, GeminiFails: true, Backoff: 4 * time.Second,
 			Inject: geminiSpell(3*time.Second, 6*time.Second, "gemini 429 storm", baseLatency, geminisim.Faults{}, 0.8)},
-		{Name: "poison-duplicates", Fault: "every push delivered twice; a malformed copy of a waiting task, an oversized and a non-JSON message published", Tasks: n, Backoff: time.Second,
+		{Name: "poison-duplicates", Fault: "every push delivered twice; a malformed and a conflicting copy of waiting tasks, an oversized and a non-JSON message published", Tasks: n, Backoff: time.Second,
 			Inject: func(ctx context.Context, e *Env, job string) error {
 				e.pusher.SetDuplicateDelivery(true)
 				e.mark("duplicate delivery on")
@@ -127,8 +127,9 @@ func geminiSpell(from, lasting time.Duration, what string, l geminisim.Latency, 
 }
 
 // publishPoison publishes a malformed copy of task i (same job and key, a
-// request Gemini would refuse), a message over the envelope limit and one
-// that is not JSON.
+// request Gemini would refuse), a conflicting copy of task i-1 (same job and
+// key, another valid request, no job hash: not what ingest published), a
+// message over the envelope limit and one that is not JSON.
 func publishPoison(ctx context.Context, e *Env, job string, i int) error {
 	malformed, err := json.Marshal(map[string]any{
 		"v": task.Version, "job_id": job, "key": Key(i), "model": model,
@@ -137,9 +138,15 @@ func publishPoison(ctx context.Context, e *Env, job string, i int) error {
 	if err != nil {
 		return fmt.Errorf("json.Marshal: %w", err)
 	}
+	conflicting, err := task.Encode(task.Envelope{V: task.Version, JobID: job, Key: Key(i - 1), Model: model,
+		Request: json.RawMessage(`{"contents":[{"role":"user","parts":[{"text":"Another request under the same key."}]}]}`)})
+	if err != nil {
+		return fmt.Errorf("task.Encode: %w", err)
+	}
 	oversized := fmt.Appendf(nil, `{"v":%d,"job_id":%q,"key":"huge","model":%q,"request":{"contents":[{"parts":[{"text":%q}]}]}}`,
 		task.Version, job, model, strings.Repeat("x", task.MaxEnvelopeBytes))
-	for _, m := range []poison{{"malformed copy of " + Key(i), malformed}, {"oversized", oversized}, {"non-JSON", []byte("this is not a task")}} {
+	for _, m := range []poison{{"malformed copy of " + Key(i), malformed}, {"conflicting copy of " + Key(i-1), conflicting},
+		{"oversized", oversized}, {"non-JSON", []byte("this is not a task")}} {
 		if err := e.PublishPoison(ctx, m.name, m.data); err != nil {
 			return err
 		}

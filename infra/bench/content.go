@@ -72,15 +72,13 @@ func contentRequest(kind string, i int, want int64, rng *rand.Rand) *gemini.Requ
 // jobLine is one Batch-API JSONL line for req.
 func jobLine(i int, req *gemini.Request) ([]byte, error) {
 	parts := make([]any, 0, 2)
-	for _, p := range req.Contents[0].Parts {
-		m := map[string]any{}
+	for _, p := range req.Contents[0].Parts { // one kind of data per part, as the API requires
 		if p.Text != "" {
-			m["text"] = p.Text
+			parts = append(parts, map[string]any{"text": p.Text})
 		}
 		if p.InlineData != nil {
-			m["inlineData"] = map[string]any{"mimeType": p.InlineData.MIMEType, "data": p.InlineData.Data}
+			parts = append(parts, map[string]any{"inlineData": map[string]any{"mimeType": p.InlineData.MIMEType, "data": p.InlineData.Data}})
 		}
-		parts = append(parts, m)
 	}
 	return json.Marshal(map[string]any{"key": fmt.Sprintf("k%06d", i), "request": map[string]any{
 		"contents":         []any{map[string]any{"role": "user", "parts": parts}},

@@ -42,6 +42,9 @@ func (s Scale) QuotaRows() []QuotaRow {
 	}
 	low := tpmJob(ContentDigits)
 	high := tpmJob(ContentLong)
+	// Seven-letter words are 8 characters per token: keep the job's bytes
+	// near the others' (ingest publishes it in one request).
+	high.TPM, high.MinTokens, high.MaxTokens = s.RPM*200, 100, 300
 	mixed := tpmJob(ContentMixed)
 	mixed.TPM = s.RPM * 300 // EstimatorPrompt's prompts average about 300 true tokens
 

@@ -88,6 +88,9 @@ func run() error {
 			return err
 		}
 		r, err := bench.RunPipeline(ctx, o, os.Stderr)
+		if err != nil && r.Error == "" {
+			r.Error = err.Error() // e.g. the submission failed: reported, not taken for an empty run
+		}
 		if werr := r.WriteJSON(*childOut); werr != nil {
 			return werr
 		}

@@ -33,7 +33,7 @@ import (
 //   - a decrease also pauses the scope for the holdoff (a shared cooldown
 //     "capacity 429"), so that reservations claimed meanwhile are decided
 //     again under the lowered capacity instead of meeting the same
-//     shortage: the DSQ benchmark's 429s fell from 12% to 0.5% of calls.
+//     shortage: the DSQ benchmark's 429s fell from 9-12% to 0.1-0.3% of calls.
 //
 // The adapted state lives as long as meta: after a scope has been idle for a
 // window it starts again from the configuration.

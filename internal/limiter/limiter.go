@@ -123,6 +123,8 @@ type Limiter struct {
 	clock func() time.Time
 	// calendar shifts the Pacific calendar the client reads (ShiftCalendar).
 	calendar time.Duration
+	// maxWalk, when set (tests only), replaces MaxUsageWalk.
+	maxWalk int
 }
 
 // ShiftCalendar makes the limiter read the Pacific calendar d away from the

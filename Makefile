@@ -44,7 +44,8 @@ tf-schema:
 	node extract.js $$d/node_modules @cdktf/provider-time time.types time.json && \
 	rm -rf $$d
 
-## bench-limiter: gemq's 3-dimension Acquire vs redis_rate AllowN vs EVALSHA no-op, 1/16/64/256 callers
+## bench-limiter: gemq's 3-dimension Acquire vs redis_rate AllowN vs EVALSHA no-op, 1/16/64/256 callers, and the
+## worker's metrics on vs off, paired (BENCHMARKS.md, "Metrics overhead")
 bench-limiter:
 	$(GO) run ./cmd/benchlimiter
 

@@ -1,7 +1,9 @@
 // Command benchlimiter measures the throughput and latency of gemq's
 // 3-dimension Acquire against github.com/go-redis/redis_rate/v10 AllowN (one
 // dimension) and EVALSHA of a no-op script (the ceiling of this machine), for
-// 1, 16, 64 and 256 concurrent callers, against a real redis-server.
+// 1, 16, 64 and 256 concurrent callers, against a real redis-server; and the
+// same Acquire with the worker's metrics recorded (internal/metrics), so the
+// metrics' hot-path overhead is measured in the same run.
 //
 //	go run ./cmd/benchlimiter [-addr host:port] [-duration 2s] [-rounds 5] [-callers 1,16,64,256]
 //
@@ -31,6 +33,7 @@ import (
 	"time"
 
 	"github.com/gemq-dev/gemq/internal/limiter"
+	"github.com/gemq-dev/gemq/internal/metrics"
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 )
@@ -87,11 +90,21 @@ func run(addr string, duration time.Duration, rounds int, levels []int) error {
 	loadStart := loadAvg()
 	names := []string{"gemq Acquire (3 dims)", "redis_rate AllowN (1 dim)", "EVALSHA no-op"}
 	cells := map[string][]result{}
+	var collect []time.Duration // one metrics collection per cell
+	pairs := map[int][]pairedResult{}
 	for round := range rounds {
 		for _, c := range levels {
 			rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: c, MinIdleConns: c})
 			lim := limiter.New(rdb, cfg)
 			rr := redis_rate.NewLimiter(rdb)
+			// The worker's wrapping: counters recorded per decision on a
+			// real SDK provider (collected at the end of the cell).
+			loc := metrics.NewLocal()
+			rec, err := metrics.New(loc.Provider, lim, cfg)
+			if err != nil {
+				return err
+			}
+			mlim := metrics.WrapLimiter(lim, rec)
 			ops := []func(context.Context) error{
 				func(ctx context.Context) error {
 					// A scope per run keeps the lists short, as in production.
@@ -126,6 +139,32 @@ func run(addr string, duration time.Duration, rounds int, levels []int) error {
 				key := names[i] + "/" + strconv.Itoa(c)
 				cells[key] = append(cells[key], res)
 			}
+			// Metrics on and off, paired: each caller alternates a plain
+			// Acquire and one through the worker's wrapper (which goes
+			// first alternates too), so both see the same moment's load.
+			plain := limiter.Scope{Project: "q" + strconv.Itoa(round) + "-" + strconv.Itoa(c), Model: "bench"}
+			wrapped := limiter.Scope{Project: "m" + strconv.Itoa(round) + "-" + strconv.Itoa(c), Model: "bench"}
+			po, err := paired(ctx, c, duration,
+				func(ctx context.Context) error {
+					return grant(lim.Acquire(ctx, plain, limiter.Cost{Requests: 1, InputTokens: 500}))
+				},
+				func(ctx context.Context) error {
+					return grant(mlim.Acquire(ctx, wrapped, limiter.Cost{Requests: 1, InputTokens: 500}))
+				})
+			if err != nil {
+				rdb.Close()
+				return fmt.Errorf("metrics on/off, %d callers: %w", c, err)
+			}
+			pairs[c] = append(pairs[c], po)
+			// One collection, as an export does every interval: the
+			// occupancy read (limiter.Usage) of the wrapped scope, whose
+			// window holds every decision of the cell.
+			t0 := time.Now()
+			if _, err := loc.Snapshot(ctx); err != nil {
+				rdb.Close()
+				return fmt.Errorf("metrics snapshot: %w", err)
+			}
+			collect = append(collect, time.Since(t0))
 			rdb.Close()
 		}
 	}
@@ -160,6 +199,31 @@ func run(addr string, duration time.Duration, rounds int, levels []int) error {
 		slices.Sort(per)
 		fmt.Printf("| %d | %.2f | %.2f | %s | %.2f |\n", c, g.rate/r.rate, g.rate/e.rate, strings.Join(strs, ", "), per[len(per)/2])
 	}
+	fmt.Println()
+	fmt.Println("Metrics on the hot path: gemq Acquire with the worker's metrics (internal/metrics) vs without, paired")
+	fmt.Println("(each caller alternates the two; overhead = median of the paired differences / median latency off):")
+	fmt.Println()
+	fmt.Println("| callers | p50 off | p50 on | overhead per round | median of rounds |")
+	fmt.Println("| ---: | ---: | ---: | --- | ---: |")
+	for _, c := range levels {
+		var per []float64
+		var strs []string
+		var offs, ons []time.Duration
+		for _, p := range pairs[c] {
+			per = append(per, p.overhead)
+			strs = append(strs, fmt.Sprintf("%+.2f%%", 100*p.overhead))
+			offs, ons = append(offs, p.off), append(ons, p.on)
+		}
+		slices.Sort(per)
+		slices.Sort(offs)
+		slices.Sort(ons)
+		fmt.Printf("| %d | %v | %v | %s | **%+.2f%%** |\n", c, offs[len(offs)/2].Round(time.Microsecond), ons[len(ons)/2].Round(time.Microsecond),
+			strings.Join(strs, ", "), 100*per[len(per)/2])
+	}
+	slices.Sort(collect)
+	fmt.Printf("\none collection of every gemq metric (what an export or the live view's poll does; the gauges'\n"+
+		"limiter.Usage of the cell's scope included): median %v, max %v.\n",
+		collect[len(collect)/2].Round(time.Microsecond), collect[len(collect)-1].Round(time.Microsecond))
 	return nil
 }
 
@@ -283,6 +347,83 @@ func loadAvg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// grant turns an Acquire's answer into an error unless it granted.
+func grant(p limiter.Permit, err error) error {
+	if err == nil && p.Outcome != limiter.Granted {
+		err = fmt.Errorf("unexpected %s", p.Outcome)
+	}
+	return err
+}
+
+// pairedResult is one round of metrics on/off at one caller count.
+type pairedResult struct {
+	off, on  time.Duration // median latencies
+	overhead float64       // median of (on - off) per pair / off
+}
+
+// paired runs c callers for d (after a warm-up), each alternating off and
+// on (and which of the two goes first), and compares their latencies pair
+// by pair.
+func paired(ctx context.Context, c int, d time.Duration, off, on func(context.Context) error) (pairedResult, error) {
+	warm := time.Now().Add(d / 5)
+	end := warm.Add(d)
+	type pair struct{ off, on time.Duration }
+	got := make([][]pair, c)
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	timed := func(op func(context.Context) error) (time.Duration, error) {
+		t := time.Now()
+		err := op(ctx)
+		return time.Since(t), err
+	}
+	for g := range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				start := time.Now()
+				if start.After(end) {
+					return
+				}
+				var p pair
+				var e1, e2 error
+				if i%2 == 0 {
+					p.off, e1 = timed(off)
+					p.on, e2 = timed(on)
+				} else {
+					p.on, e1 = timed(on)
+					p.off, e2 = timed(off)
+				}
+				if err := cmp.Or(e1, e2); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				if start.After(warm) {
+					got[g] = append(got[g], p)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return pairedResult{}, err
+	}
+	var offs, ons, diffs []time.Duration
+	for _, ps := range got {
+		for _, p := range ps {
+			offs, ons, diffs = append(offs, p.off), append(ons, p.on), append(diffs, p.on-p.off)
+		}
+	}
+	if len(diffs) == 0 {
+		return pairedResult{}, fmt.Errorf("no pair completed")
+	}
+	for _, xs := range [][]time.Duration{offs, ons, diffs} {
+		slices.Sort(xs)
+	}
+	mid := len(diffs) / 2
+	return pairedResult{off: offs[mid], on: ons[mid], overhead: float64(diffs[mid]) / float64(offs[mid])}, nil
 }
 
 func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

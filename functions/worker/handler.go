@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/gemq-dev/gemq/internal/lifecycle"
+	"github.com/gemq-dev/gemq/internal/metrics"
 )
 
 // handler adapts HTTP to the task lifecycle: one request is one delivery.
@@ -13,6 +14,7 @@ import (
 type handler struct {
 	m   *lifecycle.Machine
 	log *slog.Logger
+	rec *metrics.Recorder // nil: not recorded
 }
 
 // outcomeMethodError answers a request that is not a POST.
@@ -31,6 +33,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status, outcome = http.StatusServiceUnavailable, lifecycle.OutRedeliver
 	} else {
 		o := h.m.Handle(r.Context(), d)
+		h.rec.Delivery(r.Context(), o.Name)
 		if outcome = o.Name; o.Redeliver {
 			status = http.StatusServiceUnavailable
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/gemq-dev/gemq/internal/lazy"
 	"github.com/gemq-dev/gemq/internal/lifecycle"
 	"github.com/gemq-dev/gemq/internal/limiter"
+	"github.com/gemq-dev/gemq/internal/metrics"
 	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/store"
 )
@@ -100,15 +101,21 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		return nil, err
 	}
 	rdb, ps, log := base.Redis, base.PubSub, base.Log
+	lim := newLimiter(rdb, cfg, log, shift)
+	rec, err := metrics.Start(ctx, cfg, "worker", lim, log)
+	if err != nil {
+		base.Close()
+		return nil, err
+	}
 	deps := lifecycle.Deps{
 		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL, BodyGrace: cfg.BodyGrace()}),
-		Permits:     newLimiter(rdb, cfg, log, shift),
-		Gemini:      gem,
+		Permits:     metrics.WrapLimiter(lim, rec),
+		Gemini:      metrics.WrapGemini(gem, cfg.Project, rec),
 		Scheduler:   queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
 		Results:     queue.NewPublisher(ps, cfg.ResultsTopic),
 		DeadLetters: queue.NewPublisher(ps, cfg.DeadLetterTopic),
 	}
-	h := &handler{m: lifecycle.New(deps, opts, log), log: log}
+	h := &handler{m: lifecycle.New(deps, opts, log), log: log, rec: rec}
 	log.Info("worker ready", "config", cfg)
 	return h, nil
 }

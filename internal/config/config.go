@@ -247,6 +247,18 @@ type Config struct {
 	// cloud), else a file path, created if missing and appended to (the
 	// local stack's log file). GEMQ_LOG_FILE, default empty. See OpenLog.
 	LogFile string
+	// MetricsExport is where the worker's metrics go: "" (default: not
+	// exported; the local view reads them in process) or "otlp" (pushed to
+	// MetricsEndpoint with the service account's credentials: Terraform
+	// sets it). GEMQ_METRICS_EXPORT.
+	MetricsExport string
+	// MetricsEndpoint is the OTLP gRPC endpoint. GEMQ_METRICS_ENDPOINT,
+	// default telemetry.googleapis.com:443 (Cloud Monitoring).
+	MetricsEndpoint string
+	// MetricsInterval is the time between exports. GEMQ_METRICS_INTERVAL,
+	// default 60s, at least 10s (Cloud Monitoring takes a point per series
+	// at most every 5s).
+	MetricsInterval time.Duration
 }
 
 // Defaults.
@@ -271,6 +283,8 @@ const (
 	DefaultCapacityBackoffBase = 5 * time.Second
 	DefaultCapacityBackoffMax  = 5 * time.Minute
 	DefaultClaimLead           = 3 * time.Second
+	DefaultMetricsEndpoint     = "telemetry.googleapis.com:443"
+	DefaultMetricsInterval     = time.Minute
 	DefaultSeedBackoffBase     = time.Second
 	DefaultSeedBackoffMax      = time.Minute
 	// DefaultQuotaRetry is the pause after a per-minute 429 that says no
@@ -462,6 +476,18 @@ func load(getenv func(string) string, ps *problems) Config {
 		SeedBackoffBase:     duration("GEMQ_SEED_BACKOFF_BASE", DefaultSeedBackoffBase),
 		SeedBackoffMax:      duration("GEMQ_SEED_BACKOFF_MAX", DefaultSeedBackoffMax),
 		LogFile:             str("GEMQ_LOG_FILE", ""),
+		MetricsExport:       str("GEMQ_METRICS_EXPORT", ""),
+		MetricsEndpoint:     str("GEMQ_METRICS_ENDPOINT", DefaultMetricsEndpoint),
+		MetricsInterval:     duration("GEMQ_METRICS_INTERVAL", DefaultMetricsInterval),
+	}
+	if c.MetricsExport != "" && c.MetricsExport != "otlp" {
+		ps.add("GEMQ_METRICS_EXPORT", "want empty (off) or otlp, got %q", c.MetricsExport)
+	}
+	if _, _, err := net.SplitHostPort(c.MetricsEndpoint); err != nil {
+		ps.add("GEMQ_METRICS_ENDPOINT", "want host:port, got %q", c.MetricsEndpoint)
+	}
+	if c.MetricsInterval < 10*time.Second {
+		ps.add("GEMQ_METRICS_INTERVAL", "%v: want at least 10s", c.MetricsInterval)
 	}
 	c.Lease = duration("GEMQ_LEASE", c.GeminiTimeout+DefaultLeaseMargin)
 	c.ResultsDatetimeFormat = str("GEMQ_RESULTS_DATETIME_FORMAT", DefaultResultsDatetimeFormat)
@@ -741,5 +767,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Int64("max_body_bytes", c.MaxBodyBytes),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_file", c.LogFile),
+		slog.String("metrics_export", c.MetricsExport),
+		slog.String("metrics_endpoint", c.MetricsEndpoint),
+		slog.Duration("metrics_interval", c.MetricsInterval),
 	)
 }

@@ -81,6 +81,8 @@ func TestLoadDefaults(t *testing.T) {
 		ClaimLead:           3 * time.Second,
 		SeedBackoffBase:     time.Second,
 		SeedBackoffMax:      time.Minute,
+		MetricsEndpoint:     "telemetry.googleapis.com:443",
+		MetricsInterval:     time.Minute,
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("Load (-want +got):\n%s", diff)
@@ -139,6 +141,9 @@ func TestLoadAll(t *testing.T) {
 		"GEMQ_RESULT_BODY_GRACE", "4m",
 		"GEMQ_FLEX_TIMEOUT", "90s",
 		"GEMQ_PRICES", `{"gemini-2.5-flash":{"input":1,"cached":0.5,"output":2}}`,
+		"GEMQ_METRICS_EXPORT", "otlp",
+		"GEMQ_METRICS_ENDPOINT", "127.0.0.1:4317",
+		"GEMQ_METRICS_INTERVAL", "15s",
 	)
 	c, err := LoadFor(Worker, env(m))
 	if err != nil {
@@ -165,6 +170,7 @@ func TestLoadAll(t *testing.T) {
 			"gemini-2.5-flash-lite": DefaultPrices["gemini-2.5-flash-lite"],
 			"gemini-2.0-flash":      DefaultPrices["gemini-2.0-flash"],
 		},
+		MetricsExport: "otlp", MetricsEndpoint: "127.0.0.1:4317", MetricsInterval: 15 * time.Second,
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("LoadFor (-want +got):\n%s", diff)
@@ -245,6 +251,9 @@ func TestLoadErrors(t *testing.T) {
 		{"flex timeout below the call timeout", Ingest, base("GEMQ_FLEX_TIMEOUT", "60s"), []string{"GEMQ_FLEX_TIMEOUT"}},
 		{"prices not JSON", Ingest, base("GEMQ_PRICES", "cheap"), []string{"GEMQ_PRICES"}},
 		{"negative price", Ingest, base("GEMQ_PRICES", `{"m":{"input":-1}}`), []string{"GEMQ_PRICES"}},
+		{"bad metrics export", Worker, base("GEMQ_METRICS_EXPORT", "prometheus", "GEMQ_METRICS_ENDPOINT", "telemetry.googleapis.com",
+			"GEMQ_METRICS_INTERVAL", "5s", "GEMQ_TASKS_QUEUE", "projects/p/locations/l/queues/q", "GEMQ_WORKER_URL", "http://w", "GEMINI_API_KEY", "k"),
+			[]string{"GEMQ_METRICS_EXPORT", "GEMQ_METRICS_ENDPOINT", "GEMQ_METRICS_INTERVAL"}},
 		{"CA without TLS", Ingest, base("REDIS_TLS_CA", "x"), []string{"REDIS_TLS_CA"}},
 		{"CA not PEM", Ingest, base("REDIS_TLS", "true", "REDIS_TLS_CA", "x"), []string{"REDIS_TLS_CA"}},
 	}

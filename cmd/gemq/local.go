@@ -25,6 +25,7 @@ type stackFlags struct {
 	ingestAddr, pubsubAddr *string
 	workerAddr, tasksAddr  *string
 	geminiAddr             *string
+	viewAddr               *string
 }
 
 func addStackFlags(fs *flag.FlagSet, minute time.Duration, rpm, tpm int64, ingestAddr, pubsubAddr string) *stackFlags {
@@ -41,6 +42,7 @@ func addStackFlags(fs *flag.FlagSet, minute time.Duration, rpm, tpm int64, inges
 		pubsubAddr: fs.String("pubsub-addr", pubsubAddr, "pstest (Pub/Sub) listen address, unless PUBSUB_EMULATOR_HOST is set"),
 		tasksAddr:  fs.String("tasks-addr", "127.0.0.1:0", "Cloud Tasks emulator listen address"),
 		geminiAddr: fs.String("gemini-addr", "127.0.0.1:0", "Gemini stand-in listen address"),
+		viewAddr:   fs.String("view-addr", "127.0.0.1:0", "listen address of the live view, a web page of the worker's metrics (off: none)"),
 	}
 }
 
@@ -192,6 +194,12 @@ func cmdDev(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
+	v, err := startView(*sf.viewAddr)
+	if err != nil {
+		dir.done(true)
+		return err
+	}
+	defer v.close()
 	s, err := sf.start(ctx, e, dir)
 	if err != nil {
 		dir.done(!keepLog(err))
@@ -210,6 +218,9 @@ func cmdDev(ctx context.Context, args []string, e env) error {
 	fmt.Fprintf(w, "  cloud tasks  %s, queue %s\n", s.TasksEndpoint, s.QueuePath)
 	fmt.Fprintf(w, "  gemini       %s\n", describeGemini(s))
 	fmt.Fprintf(w, "  redis        %s\n", s.RedisAddr)
+	if v != nil {
+		fmt.Fprintf(w, "  live view    %s (quota windows, reserved slots, outcomes)\n", v.URL)
+	}
 	fmt.Fprintf(w, "  logs         %s\n\n", logs)
 	fmt.Fprintf(w, "Where each part comes from:\n\n")
 	printParts(w, "  ", s)
@@ -292,6 +303,12 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
+	v, err := startView(*sf.viewAddr)
+	if err != nil {
+		dir.done(true)
+		return err
+	}
+	defer v.close()
 	s, err := sf.start(ctx, e, dir)
 	if err != nil {
 		dir.done(!keepLog(err))
@@ -309,6 +326,9 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 	fmt.Fprintf(w, "gemq run: local stack up (ingest %s; log %s)\n", s.IngestURL, s.LogPath)
 	printParts(w, "gemq run: ", s)
 	fmt.Fprintf(w, "gemq run: Gemini: %s\n", describeGemini(s))
+	if v != nil {
+		fmt.Fprintf(w, "gemq run: live view %s\n", v.URL)
+	}
 	if e.afterStart != nil {
 		e.afterStart()
 	}
@@ -327,6 +347,7 @@ func cmdRun(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	fmt.Fprintf(w, "gemq run: submitted %s: job %s, %d requests\n", *file, ans.JobID, ans.Accepted)
+	v.setJob(ans.JobID, ans.Accepted)
 	perMinute := 0.0
 	if s.RealGemini() == "" {
 		l := s.Limits

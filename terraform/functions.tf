@@ -38,6 +38,7 @@ locals {
       GEMQ_MAX_ATTEMPTS          = tostring(var.max_attempts)
       GEMQ_TOKEN_ESTIMATOR       = var.token_estimator
     },
+    var.monitoring.enabled ? { GEMQ_METRICS_EXPORT = "otlp" } : {},
     var.gemini_backend == "vertex" ? {
       GOOGLE_GENAI_USE_VERTEXAI = "true"
       GOOGLE_CLOUD_LOCATION     = var.vertex_location
@@ -74,6 +75,7 @@ resource "time_sleep" "grants_propagated" {
     google_service_account_iam_member.pubsub_agent_signs_push_tokens,
     google_cloud_tasks_queue_iam_member.worker_enqueues,
     google_project_iam_member.worker_vertex,
+    google_project_iam_member.worker_metrics,
     google_pubsub_topic_iam_member.ingest_publishes_tasks,
     google_pubsub_topic_iam_member.worker_publishes_results,
     google_pubsub_topic_iam_member.dead_letter_publisher,

@@ -16,11 +16,13 @@ locals {
     "cloudtasks.googleapis.com",
     "compute.googleapis.com",
     "iam.googleapis.com",
+    "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "redis.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
+    "telemetry.googleapis.com",
     "vpcaccess.googleapis.com",
     var.gemini_backend == "vertex" ? "aiplatform.googleapis.com" : "generativelanguage.googleapis.com",
   ]

@@ -462,3 +462,32 @@ variable "force_destroy_buckets" {
   description = "Let `terraform destroy` delete the source and results buckets with their objects."
   default     = false
 }
+
+variable "monitoring" {
+  description = <<-EOT
+    Metrics, dashboard and alerts (README "Observability"). enabled: the worker exports its metrics
+    over OTLP to Cloud Monitoring's Telemetry API (GEMQ_METRICS_EXPORT=otlp), and the dashboard and
+    alert policies are created. notification_channels: ids of existing channels
+    (projects/P/notificationChannels/N) the alerts notify; empty: the alerts only open incidents.
+    rate_429_per_minute: 429s from Gemini per minute, over 5 minutes, that open an alert.
+    redis_memory_ratio: Memorystore memory usage ratio that opens an alert (noeviction: a full Redis
+    refuses writes). stall_minutes: how long tasks may wait for reserved slots with no task finishing.
+  EOT
+  type = object({
+    enabled               = optional(bool, true)
+    notification_channels = optional(list(string), [])
+    rate_429_per_minute   = optional(number, 30)
+    redis_memory_ratio    = optional(number, 0.8)
+    stall_minutes         = optional(number, 15)
+  })
+  default = {}
+
+  validation {
+    condition     = alltrue([for c in var.monitoring.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "monitoring.notification_channels: want ids like projects/PROJECT/notificationChannels/ID."
+  }
+  validation {
+    condition     = var.monitoring.redis_memory_ratio > 0 && var.monitoring.redis_memory_ratio < 1 && var.monitoring.rate_429_per_minute > 0 && var.monitoring.stall_minutes >= 5
+    error_message = "monitoring: redis_memory_ratio in (0, 1), rate_429_per_minute > 0, stall_minutes >= 5."
+  }
+}

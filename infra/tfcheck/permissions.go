@@ -298,6 +298,7 @@ var apiOfType = []struct{ prefix, api string }{
 	{"google_secret_manager_", "secretmanager.googleapis.com"},
 	{"google_storage_", "storage.googleapis.com"},
 	{"google_artifact_registry_", "artifactregistry.googleapis.com"},
+	{"google_monitoring_", "monitoring.googleapis.com"},
 }
 
 // CheckAPIOrdering returns a problem for every resource whose API the plan

@@ -85,6 +85,10 @@ func gemqActions(t *testing.T, p *Plan) []Action {
 				Resource: "google_secret_manager_secret.redis_auth", Waiters: []string{fn}})
 		}
 	}
+	if len(p.Instances("google_project_iam_member.worker_metrics")) > 0 {
+		actions = append(actions, Action{Name: "worker exporting its metrics (Telemetry API)", Principal: worker, Permission: "telemetry.metrics.write",
+			Resource: "project", ResourceName: "projects/" + number})
+	}
 	if len(p.Instances("google_pubsub_subscription.results_storage")) > 0 {
 		for _, perm := range []string{"storage.objects.create", "storage.buckets.get"} {
 			actions = append(actions, Action{Name: "results subscription writing result files", Principal: agent, Permission: perm,

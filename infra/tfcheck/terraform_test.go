@@ -396,9 +396,10 @@ var allowedRoles = map[string]bool{
 	"roles/secretmanager.secretAccessor": true, "roles/storage.objectViewer": true, "roles/storage.objectCreator": true,
 	"roles/storage.legacyBucketReader": true,
 	"roles/aiplatform.user":            true, "roles/logging.logWriter": true, "roles/artifactregistry.writer": true,
+	"roles/telemetry.metricsWriter": true,
 }
 
-var projectRoles = map[string]bool{"roles/aiplatform.user": true, "roles/logging.logWriter": true}
+var projectRoles = map[string]bool{"roles/aiplatform.user": true, "roles/logging.logWriter": true, "roles/telemetry.metricsWriter": true}
 
 func TestLeastPrivilege(t *testing.T) {
 	p := testPlan(t).plan

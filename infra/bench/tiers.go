@@ -116,6 +116,6 @@ func TierSection(std, flex PipelineResult, command string) Section {
 	return Section{ID: "tiers", Title: "Service tiers: standard vs flex", Command: command, Rows: rows, Notes: []string{
 		"The same job (the RPM-bound job's prompts, a quarter of its size) is submitted once with service_tier=standard and once with service_tier=flex, each through its own local stack; the stand-in sheds no flex request here (the flex storm is an end-to-end test, infra/stack). " +
 			"Estimated cost is the job status's cost report: the tokens the stand-in reported in usageMetadata (input, cached, output, thinking), summed per job and serving tier by the terminal writes, priced at the default price table (internal/config, gemini-2.5-flash) with flex at 0.5x. " +
-			"Tasks lost = accepted - succeeded - failed from the job status; results per task from GET /v1/jobs/{id}/results; Gemini calls from the stand-in's log. Batch has no row: gemq does not send Batch API jobs yet.",
+			"Tasks lost = accepted - succeeded - failed from the job status; results per task from GET /v1/jobs/{id}/results; Gemini calls from the stand-in's log. Batch has no row: gemq does not send Batch API jobs yet. Completion is not a tier effect here (the stand-in serves both tiers alike): the two runs are sequential on a shared machine and the second is the slower one; with flex run first (the two children by hand: gemqbench -child tier-flex, then -child tier-standard, 22:14 UTC) flex took 2.27 and standard 3.14 stand-in minutes.",
 	}}
 }

@@ -20,6 +20,7 @@ locals {
       GEMQ_LOG_LEVEL       = var.log_level
     },
     local.redis_tls ? { REDIS_TLS_CA = local.redis_ca_bundle } : {},
+    local.results_env,
     length(var.allowed_models) > 0 ? { GEMQ_ALLOWED_MODELS = join(",", var.allowed_models) } : {},
     var.default_model != "" ? { GEMQ_DEFAULT_MODEL = var.default_model } : {},
   )
@@ -80,6 +81,7 @@ resource "time_sleep" "grants_propagated" {
     google_pubsub_topic_iam_member.worker_publishes_results,
     google_pubsub_topic_iam_member.dead_letter_publisher,
     google_storage_bucket_iam_member.results_writer,
+    google_storage_bucket_iam_member.ingest_reads_results,
   ]
 }
 

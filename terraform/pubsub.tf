@@ -99,7 +99,21 @@ resource "google_pubsub_topic_iam_member" "worker_publishes_results" {
 
 # The durable copy of every result (on unless results_to_storage is false): a Cloud Storage
 # subscription writes each result message's data, one JSON object a line, into JSONL files
-# gs://BUCKET/results/YYYY-MM-DD/hh_mm_ssZ...jsonl, a new file every 5 minutes or 100 MB.
+# gs://BUCKET/results/YYYY-MM-DD/hh_mm_ssZ_UUID.jsonl, a new file every 5 minutes or 100 MB.
+# The functions read them back (internal/archive: ingest's results API once an answer has left
+# Redis, GEMQ_RESULT_BODY_GRACE after its publish), so the layout is in locals shared with their
+# environment (functions.tf).
+locals {
+  results_prefix          = "results/"
+  results_datetime_format = "YYYY-MM-DD/hh_mm_ssZ"
+  results_max_duration_s  = 300
+  results_env = var.results_to_storage ? {
+    GEMQ_RESULTS_BUCKET          = google_storage_bucket.results[0].name
+    GEMQ_RESULTS_PREFIX          = local.results_prefix
+    GEMQ_RESULTS_DATETIME_FORMAT = local.results_datetime_format
+    GEMQ_RESULTS_MAX_DURATION    = "${local.results_max_duration_s}s"
+  } : {}
+}
 resource "google_storage_bucket" "results" {
   count = var.results_to_storage ? 1 : 0
 
@@ -133,19 +147,35 @@ resource "google_storage_bucket_iam_member" "results_writer" {
   member = local.pubsub_agent
 }
 
+# Ingest reads the result files back (list and get) for the results API once the answers have
+# left Redis, and to count a job's results after Redis lost its state.
+resource "google_storage_bucket_iam_member" "ingest_reads_results" {
+  count = var.results_to_storage ? 1 : 0
+
+  bucket = google_storage_bucket.results[0].name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.ingest.member
+}
+
 resource "google_pubsub_subscription" "results_storage" {
   count = var.results_to_storage ? 1 : 0
 
   name   = "${var.name_prefix}-results-storage"
   topic  = google_pubsub_topic.results.id
   labels = var.labels
+  # max_duration "may not exceed the subscription's acknowledgment deadline" (CloudStorageConfig,
+  # https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#cloudstorageconfig):
+  # messages stay unacknowledged while the file holding them is open. The default deadline (10 s)
+  # would refuse 300 s.
+  ack_deadline_seconds       = local.results_max_duration_s
+  message_retention_duration = "604800s"
 
   cloud_storage_config {
     bucket                   = google_storage_bucket.results[0].name
-    filename_prefix          = "results/"
-    filename_datetime_format = "YYYY-MM-DD/hh_mm_ssZ"
+    filename_prefix          = local.results_prefix
+    filename_datetime_format = local.results_datetime_format
     filename_suffix          = ".jsonl"
-    max_duration             = "300s"
+    max_duration             = "${local.results_max_duration_s}s"
     max_bytes                = 100000000
   }
 

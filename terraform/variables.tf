@@ -398,7 +398,7 @@ variable "connector" {
 
 variable "results_to_storage" {
   type        = bool
-  description = "Write every result published on the results topic as JSON lines to a Cloud Storage bucket (a Cloud Storage subscription), the durable copy beyond Redis. Turn off only when another subscriber keeps the results."
+  description = "Write every result published on the results topic as JSON lines to a Cloud Storage bucket (a Cloud Storage subscription), the durable copy beyond Redis. With it, a finished task's answer leaves Redis GEMQ_RESULT_BODY_GRACE (15 min) after its result was published, leaving about 140 bytes a task for result_ttl, and ingest reads finished results back from the bucket. false: no bucket, and every answer stays in Redis for result_ttl (about 1.3 KB a task plus its answer: size Memorystore for it, README \"Sizing Memorystore\"); turn it off only when another subscriber keeps the results."
   default     = true
 }
 

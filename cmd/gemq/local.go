@@ -221,6 +221,7 @@ func cmdDev(ctx context.Context, args []string, e env) error {
 	if v != nil {
 		fmt.Fprintf(w, "  live view    %s (quota windows, reserved slots, outcomes)\n", v.URL)
 	}
+	fmt.Fprintf(w, "  storage      %s, bucket %s: the results files (STORAGE_EMULATOR_HOST=%s)\n", s.StorageHost, s.ResultsBucket, s.StorageHost)
 	fmt.Fprintf(w, "  logs         %s\n\n", logs)
 	fmt.Fprintf(w, "Where each part comes from:\n\n")
 	printParts(w, "  ", s)

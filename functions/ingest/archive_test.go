@@ -47,7 +47,7 @@ func newArchiveEnv(t *testing.T) *archiveEnv {
 	e := newEnv(t, func(d *deps) {
 		rdb := d.marks.(redisMarks).rdb.(*redis.Client)
 		st = store.New(rdb, store.Options{TTL: time.Hour, BodyGrace: grace})
-		d.store = st
+		d.store, d.restore = st, st
 		d.archive = archive.New(client.Bucket("results-bucket"), testLayout)
 	})
 	return &archiveEnv{env: e, st: st, bucket: archiveBucket{t: t, st: stor, name: "results-bucket"}}
@@ -206,5 +206,76 @@ func TestResultsWithoutArchiveSayIncomplete(t *testing.T) {
 	got, complete := ae.getResults("noarch")
 	if len(got) != 1 || complete != "false" {
 		t.Errorf("results = %v, complete %q; want b only, incomplete", got, complete)
+	}
+}
+
+// After Redis lost a job, its status counts the results the archive holds
+// (each task once, with those finished since), so it equals the truth once
+// the files are written; the explanation says what is counted.
+func TestStatusAfterStateLossCountsTheArchive(t *testing.T) {
+	e := newArchiveEnv(t)
+	decodeAccepted(t, e.postJSON(jobJSON(`"job_id": "lost-1", `+m, "a", req("1"), "b", req("2"), "c", req("3"))))
+	seed(t, e.st, "lost-1", map[string]string{"a": `{"candidates":[]}`}, map[string]string{"b": `{"code":400,"message":"bad"}`})
+	e.bucket.put(e.publish("lost-1", "a", "b")...)
+	j, err := e.st.GetJob(t.Context(), "lost-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A delivery of c after the loss re-creates the job's record, lost.
+	c := store.Ref{JobID: "lost-1", TaskID: task.TaskID("lost-1", "c"), Key: "c", Model: model, JobHash: j.ContentHash, JobTotal: 3}
+	lr, err := e.st.LeaseTask(t.Context(), c, store.LeaseRequest{Holder: "w", TTL: time.Minute})
+	if err != nil || lr.Outcome != store.Applied {
+		t.Fatalf("lease after the loss = %+v, %v", lr, err)
+	}
+	// Resubmitting: refused while the archive may lack results from just
+	// before the loss; then accepted, every task published again, and the
+	// worker would find a and b finished (never run twice).
+	e.srv.archiveLag = time.Hour
+	body := jobJSON(`"job_id": "lost-1", `+m, "a", req("1"), "b", req("2"), "c", req("3"))
+	if w := e.postJSON(body); w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Errorf("resubmission right after the loss = %d %s, want 503 with Retry-After", w.Code, w.Body)
+	}
+	e.srv.archiveLag = 0
+	before := len(e.ps.Messages())
+	decodeAccepted(t, e.postJSON(body))
+	if n := len(e.ps.Messages()) - before; n != 3 {
+		t.Errorf("resubmission published %d messages, want the 3 tasks again", n)
+	}
+	for _, k := range []string{"a", "b"} {
+		ref := store.Ref{JobID: "lost-1", TaskID: task.TaskID("lost-1", k), Key: k, Model: model, JobHash: j.ContentHash, JobTotal: 3}
+		if lr, err := e.st.LeaseTask(t.Context(), ref, store.LeaseRequest{Holder: "again", TTL: time.Minute}); err != nil || lr.Outcome != store.AlreadyDone || !lr.Published {
+			t.Errorf("task %s after the resubmission: %+v, %v; want already done and published", k, lr, err)
+		}
+	}
+	var v jobView
+	get := func() {
+		t.Helper()
+		w := e.do(http.MethodGet, "/v1/jobs/lost-1", nil)
+		if w.Code != http.StatusOK {
+			t.Fatalf("GET job = %d %s", w.Code, w.Body)
+		}
+		v = jobView{}
+		if err := json.Unmarshal(w.Body.Bytes(), &v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get()
+	if want := (store.Counts{Total: 3, Running: 1, Succeeded: 1, Failed: 1}); v.State != "state_lost" || v.Counts != want ||
+		!strings.Contains(v.StateLost, "2 task(s) whose results were published before the loss") {
+		t.Errorf("status after the loss = %+v, want state_lost with %+v and an explanation", v, want)
+	}
+	if _, err := e.st.Complete(t.Context(), c, lr.Token, []byte(`{"candidates":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	get()
+	if want := (store.Counts{Total: 3, Succeeded: 2, Failed: 1}); v.State != "done" || v.Counts != want || v.StateLostAt == nil {
+		t.Errorf("status once every task has a result = %+v, want done with %+v, state_lost_at kept", v, want)
+	}
+	got, complete := e.getResults("lost-1")
+	if len(got) != 3 || complete != "true" {
+		t.Errorf("results after the loss = %v (complete %q), want all three", got, complete)
 	}
 }

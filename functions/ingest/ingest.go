@@ -90,9 +90,13 @@ func fromEnv(ctx context.Context, getenv func(string) string, logOut io.Writer) 
 		return nil, err
 	}
 	log.Info("ingest configured", "config", cfg)
+	st := store.New(rdb, store.Options{TTL: cfg.ResultTTL, BodyGrace: cfg.BodyGrace()})
 	return newServer(deps{
 		archive:      arch,
-		store:        store.New(rdb, store.Options{TTL: cfg.ResultTTL, BodyGrace: cfg.BodyGrace()}),
+		restore:      st,
+		lookback:     cfg.ResultTTL,
+		archiveLag:   cfg.ResultsMaxDuration + time.Minute,
+		store:        st,
 		marks:        redisMarks{rdb: rdb, ttl: cfg.ResultTTL},
 		publisher:    queue.NewPublisher(ps, cfg.TasksTopic),
 		limits:       quotaLimits{cfg: cfg.Quotas, project: cfg.Project},

@@ -102,7 +102,7 @@ func (s *server) streamArchived(ctx context.Context, j store.Job, rs *resultsStr
 		return owed.Len() == 0
 	}
 	found := 0
-	st, err := s.archive.Scan(ctx, j.ID, j.CreatedAt, sent, nil, func(res archive.Result) error {
+	st, err := s.archive.Scan(ctx, j.ID, archive.ScanOptions{Since: s.archiveSince(j), Seen: sent}, func(res archive.Result) error {
 		if owed.Has(res.TaskID) {
 			found++
 		}
@@ -216,7 +216,7 @@ func (s *server) archivedResult(ctx context.Context, j store.Job, taskID string)
 		return nil, nil
 	}
 	var found *archive.Result
-	_, err := s.archive.Scan(ctx, j.ID, j.CreatedAt, &archive.TaskSet{}, nil, func(res archive.Result) error {
+	_, err := s.archive.Scan(ctx, j.ID, archive.ScanOptions{Since: s.archiveSince(j)}, func(res archive.Result) error {
 		if res.TaskID != taskID {
 			return nil
 		}

@@ -32,8 +32,7 @@ var _ jobStore = (*store.Store)(nil)
 // resultsArchive is what ingest needs of internal/archive: the results the
 // Cloud Storage subscription wrote, read back for a job.
 type resultsArchive interface {
-	Scan(ctx context.Context, jobID string, since time.Time, seen *archive.TaskSet, skip func(object string) bool,
-		fn func(archive.Result) error) (archive.ScanStats, error)
+	Scan(ctx context.Context, jobID string, o archive.ScanOptions, fn func(archive.Result) error) (archive.ScanStats, error)
 }
 
 var _ resultsArchive = (*archive.Archive)(nil)
@@ -61,6 +60,15 @@ type deps struct {
 	// archive reads finished results back from Cloud Storage once their
 	// answers left Redis (GEMQ_RESULTS_BUCKET); nil when there is none.
 	archive resultsArchive
+	// restore records a lost job's archived results back into Redis;
+	// lookback is how far before a loss its results are looked for
+	// (GEMQ_RESULT_TTL).
+	restore  restorer
+	lookback time.Duration
+	// archiveLag is how long after a loss the archive may still lack
+	// results published before it (the subscription's max_duration and a
+	// minute of clock skew).
+	archiveLag time.Duration
 	// limits gives per-model input token limits; nil: not checked.
 	limits job.InputLimits
 	// allowed is the set of models accepted; empty allows none.
@@ -94,6 +102,8 @@ const resultsPageSize = 500
 // server is the ingest HTTP handler.
 type server struct {
 	deps
+	// rebuilt remembers the archive objects read for lost jobs.
+	rebuilt rebuilds
 	// rules build jobs from submissions, from deps' settings.
 	rules job.Rules
 }
@@ -114,6 +124,9 @@ func newServer(d deps) *server {
 	}
 	if d.publishTimeout <= 0 {
 		d.publishTimeout = 5 * time.Minute
+	}
+	if d.lookback <= 0 {
+		d.lookback = store.DefaultTTL
 	}
 	return &server{deps: d, rules: job.Rules{Allowed: d.allowed, DefaultModel: d.defaultModel,
 		MaxRequests: d.maxRequests, Limits: d.limits, NewID: d.newJobID, PerMinute: d.perMinute}}
@@ -308,10 +321,42 @@ func (s *server) lookupJob(w http.ResponseWriter, r *http.Request, id string) (s
 	return j, true
 }
 
+// getJob answers a job's state and counts. For a job whose record Redis
+// lost, it first records the results the archive holds (rebuild), so the
+// counts include what finished before the loss.
 func (s *server) getJob(w http.ResponseWriter, r *http.Request, id string) {
 	j, ok := s.lookupJob(w, r, id)
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, s.viewOf(j))
+	v := s.viewOf(j)
+	if !j.LostAt.IsZero() && !j.Done() && s.archive != nil {
+		complete, err := s.rebuild(r.Context(), j, rebuildBudget)
+		if err != nil {
+			s.internal(w, r, "read the results archive", err)
+			return
+		}
+		if j, ok = s.lookupJob(w, r, id); !ok {
+			return
+		}
+		v = s.viewOf(j)
+		v.StateLost = lostExplanation(j, complete, s.archiveSince(j))
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// lostExplanation says what the counts of a lost job cover.
+func lostExplanation(j store.Job, complete bool, since time.Time) string {
+	if j.Done() {
+		return ""
+	}
+	read := "all"
+	if !complete {
+		read = "part (the rest on the next request)"
+	}
+	return fmt.Sprintf("Redis lost this job's state at %s. The counts include what finished since, and %d task(s) whose results "+
+		"were published before the loss, read back from the Cloud Storage results files written since %s (%s of them read so far), "+
+		"each task once. Not counted yet: results published in the last minutes before the loss that the subscription has not "+
+		"written to a file yet, and tasks that were running or waiting at the loss (queued until they run again). Resubmit the "+
+		"same job to run the tasks that have no result anywhere.", j.LostAt.Format(time.RFC3339), j.Restored, since.Format(time.RFC3339), read)
 }

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,7 +64,7 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 	setLogger(w, log)
 	r = r.WithContext(logging.With(r.Context(), log))
 
-	_, created, err := s.store.CreateJob(r.Context(), newJob(j, taskIDs))
+	rec, created, err := s.store.CreateJob(r.Context(), newJob(j, taskIDs))
 	switch {
 	case errors.Is(err, store.ErrConflict):
 		s.fail(w, r, &apiError{Code: http.StatusConflict, Field: "job_id", reason: "conflict",
@@ -73,7 +74,13 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, r, "create job", err)
 		return
 	}
-	if !created {
+	if !created && !rec.LostAt.IsZero() && s.archive != nil {
+		if !s.resubmitLost(w, r, rec) {
+			return
+		}
+		log.Warn("lost job resubmitted: its archived results recorded, publishing every task (those with a result are acked as duplicates)",
+			"tasks", len(msgs), "restored", rec.Restored)
+	} else if !created {
 		done, err := s.marks.Published(r.Context(), j.ID)
 		if err != nil {
 			s.internal(w, r, "read publish mark", err)
@@ -101,6 +108,32 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 	}
 	log.Info("job accepted", "tasks", len(msgs), "model", j.Model, "publish_ms", time.Since(start).Milliseconds())
 	writeJSON(w, http.StatusAccepted, accepted{JobID: j.ID, Accepted: len(msgs)})
+}
+
+// resubmitLost prepares the resubmission of a job whose record Redis lost:
+// the results the archive holds are recorded first (rebuild), so that only
+// the tasks with no result anywhere run again when every task is published.
+// Results published in the last moments before the loss reach the archive
+// only when the subscription writes their file: until archiveLag after the
+// loss the answer is 503 with Retry-After, not a second run of those tasks.
+// It reports whether the caller may publish; otherwise it has answered.
+func (s *server) resubmitLost(w http.ResponseWriter, r *http.Request, j store.Job) bool {
+	if wait := time.Until(j.LostAt.Add(s.archiveLag)); wait > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+		s.fail(w, r, &apiError{Code: http.StatusServiceUnavailable, Field: "job_id", reason: "archive_lag",
+			Message: fmt.Sprintf("Redis lost this job's state %s ago; the results published just before are written to Cloud Storage within %s: retry after that, with the same job_id, so that they are not run again",
+				time.Since(j.LostAt).Round(time.Second), s.archiveLag)})
+		return false
+	}
+	complete, err := s.rebuild(r.Context(), j, s.publishTimeout)
+	if err == nil && !complete {
+		err = errors.New("the results archive was not read to the end")
+	}
+	if err != nil {
+		s.internal(w, r, "read the results archive", err)
+		return false
+	}
+	return true
 }
 
 // mediaTypes maps the accepted Content-Types to body formats.

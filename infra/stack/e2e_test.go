@@ -55,6 +55,10 @@ func TestEndToEnd(t *testing.T) {
 		// Timeouts fail fast. GEMQ_MAX_ATTEMPTS keeps its default (5); the
 		// retry back-off is scaled with the minute.
 		GeminiTimeout: 1500 * time.Millisecond,
+		// Results files close after one quota minute (the shortest
+		// max_duration Pub/Sub allows), so answers leave Redis three
+		// minutes (6 s) after publishing, during every scenario below.
+		ResultsMaxDuration: minute,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -203,6 +207,39 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("tiers", func(t *testing.T) { testTiers(t, s) })
 
+	// Answers leave Redis once their results files are written; the job's
+	// results then come back complete from Cloud Storage.
+	t.Run("answers from Cloud Storage", func(t *testing.T) {
+		if err := s.ResetGemini(stack.GeminiOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		keys := submit(t, s, "archived", 60, 4)
+		waitDone(t, s, "archived", len(keys), 60*time.Second)
+		rdb := rds.Client(t)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			left, err := rdb.Keys(ctx, "gemq:job:{archived}:task:*").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(left) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d task records still in Redis %v after the job ended", len(left), s.Env["GEMQ_RESULT_BODY_GRACE"])
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		lines := results(t, s, "archived")
+		checkOneResultPerKey(t, keys, lines)
+		for _, l := range lines {
+			if l.Response == nil {
+				t.Errorf("key %s: no response: %s", l.Key, l.Error)
+				break
+			}
+		}
+	})
+
 	t.Run("duplicate delivery", func(t *testing.T) {
 		if err := s.ResetGemini(stack.GeminiOptions{}); err != nil {
 			t.Fatal(err)
@@ -341,6 +378,12 @@ func results(t *testing.T, s *stack.Stack, jobID string) []resultLine {
 			t.Errorf("result line needs exactly one of response and error: %s", sc.Text())
 		}
 		out = append(out, l)
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.Trailer.Get("X-Gemq-Results-Complete"); got != "true" {
+		t.Errorf("GET results of %s: trailer X-Gemq-Results-Complete = %q, want true", jobID, got)
 	}
 	return out
 }

@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gemq-dev/gemq/infra/pushsub"
+	"github.com/gemq-dev/gemq/infra/storagesub"
 	"github.com/gemq-dev/gemq/infra/tasksemu"
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/queue"
@@ -129,6 +130,13 @@ type Options struct {
 	ClaimLead time.Duration
 	// Env adds or overrides environment variables of the functions.
 	Env map[string]string
+	// ResultsMaxDuration is the max_duration of the results topic's Cloud
+	// Storage subscription (infra/storagesub), in stack time: how long a
+	// results file stays open. Default 5 quota minutes, Terraform's 300s
+	// scaled by Minute; at least one quota minute, as Pub/Sub requires.
+	// Answers leave Redis three of them after their result was published
+	// (GEMQ_RESULT_BODY_GRACE's default).
+	ResultsMaxDuration time.Duration
 
 	// Push configures the push subscription loop.
 	Push PushOptions
@@ -154,9 +162,12 @@ type Stack struct {
 	// WorkerURL is the worker function's URL (push loop and Cloud Tasks target).
 	WorkerURL string
 	// RedisAddr, PubSubHost (PUBSUB_EMULATOR_HOST), TasksEndpoint
-	// (GEMQ_CLOUDTASKS_ENDPOINT) and GeminiURL (empty: real Gemini) locate
-	// the services.
-	RedisAddr, PubSubHost, TasksEndpoint, GeminiURL string
+	// (GEMQ_CLOUDTASKS_ENDPOINT), GeminiURL (empty: real Gemini) and
+	// StorageHost (STORAGE_EMULATOR_HOST, the Cloud Storage stand-in
+	// holding the results files) locate the services.
+	RedisAddr, PubSubHost, TasksEndpoint, GeminiURL, StorageHost string
+	// ResultsBucket is the bucket the results files are written to.
+	ResultsBucket string
 	// Project, Model and QueuePath name what the stack created.
 	Project, Model, QueuePath string
 	// LogPath is the log file (empty when Options.Log was given).
@@ -183,6 +194,7 @@ type Stack struct {
 	tmpDir  string
 
 	redis    *redisServer
+	results  *storagesub.Local
 	pstest   *pstest.Server
 	psClient *pubsub.Client
 	tasks    *tasksemu.Server
@@ -445,6 +457,16 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 		}
 	}
 
+	// Cloud Storage, and the results topic's Cloud Storage subscription.
+	if s.results, err = storagesub.StartLocal(setup, psc, storagesub.LocalOptions{Topic: ResultsTopic,
+		MaxDuration: opts.ResultsMaxDuration, Minute: opts.Minute,
+		Log: slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "storagesub"),
+	}); err != nil {
+		return pubsubErr(err)
+	}
+	s.StorageHost, s.ResultsBucket = s.results.Storage.Host, s.results.Bucket
+	s.Parts = append(s.Parts, Part{Name: "Storage", Local: true, Where: s.results.Where()})
+
 	// Cloud Tasks.
 	tasksSetup := ctx
 	if s.TasksEndpoint = extTasks; s.TasksEndpoint == "" {
@@ -535,6 +557,9 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 		"GEMQ_LOG_FILE": s.LogPath,
 	}
 	for k, v := range s.gemini.env {
+		env[k] = v
+	}
+	for k, v := range s.results.Env(0) {
 		env[k] = v
 	}
 	for k, v := range opts.Env {
@@ -792,6 +817,8 @@ func (s *Stack) Close() error {
 		if s.tasks != nil {
 			s.tasks.Stop()
 		}
+		// After the push loop: results published until now reach the bucket.
+		s.results.Close()
 		if s.ownPushSub && s.psClient != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err := s.psClient.SubscriptionAdminClient.DeleteSubscription(ctx, &pubsubpb.DeleteSubscriptionRequest{

@@ -155,8 +155,9 @@ func New(ctx context.Context, ps *pubsub.Client, subscriptionID string, client *
 	return &Subscription{cfg: cfg, opts: opts, client: ps, subName: name, bucket: client.Bucket(cfg.Bucket)}, nil
 }
 
-// pollInterval is how long Run waits after an empty pull.
-const pollInterval = 20 * time.Millisecond
+// pollInterval is how long Run waits after an empty pull (a results file
+// waits for max_duration anyway; an idle stack should not spin).
+const pollInterval = 100 * time.Millisecond
 
 // Run pulls messages until ctx ends, then writes what the open batch holds
 // (so that a stopping stack leaves its results in the bucket). It returns

@@ -94,6 +94,10 @@ func gemqActions(t *testing.T, p *Plan) []Action {
 			actions = append(actions, Action{Name: "results subscription writing result files", Principal: agent, Permission: perm,
 				Resource: ref("google_pubsub_subscription.results_storage", "cloud_storage_config", "bucket"), Waiters: []string{"google_pubsub_subscription.results_storage"}})
 		}
+		for _, perm := range []string{"storage.objects.list", "storage.objects.get"} {
+			actions = append(actions, Action{Name: "ingest reading result files back", Principal: ingest, Permission: perm,
+				Resource: ref("google_pubsub_subscription.results_storage", "cloud_storage_config", "bucket"), Waiters: []string{ingFn}})
+		}
 	}
 	return actions
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/gemq-dev/gemq/infra/storagesub"
 )
 
 // planResult is the JSON plan of terraform/ with terraform.tfvars.example,
@@ -464,4 +466,41 @@ func number(t *testing.T, v any) float64 {
 		t.Fatalf("want a number, got %#v", v)
 	}
 	return f
+}
+
+// The results subscription is one Pub/Sub accepts (max_duration within the
+// ack deadline, bounds on max_bytes; checked as infra/storagesub checks the
+// local one), and both functions read its files with the layout it writes:
+// the bucket, prefix, datetime format and max_duration in their environment
+// are the subscription's.
+func TestResultsStorage(t *testing.T) {
+	p := testPlan(t).plan
+	sub := p.Resource(t, "google_pubsub_subscription.results_storage[0]")
+	cs := sub.Block(t, "cloud_storage_config")
+	maxDur, err := time.ParseDuration(fmt.Sprint(cs["max_duration"]))
+	if err != nil {
+		t.Fatalf("max_duration %v: %v", cs["max_duration"], err)
+	}
+	cfg := storagesub.Config{Bucket: fmt.Sprint(cs["bucket"]), FilenamePrefix: fmt.Sprint(cs["filename_prefix"]),
+		FilenameSuffix: fmt.Sprint(cs["filename_suffix"]), FilenameDatetimeFormat: fmt.Sprint(cs["filename_datetime_format"]),
+		MaxDuration: maxDur, MaxBytes: int64(number(t, cs["max_bytes"]))}
+	ack := time.Duration(number(t, sub.Values["ack_deadline_seconds"])) * time.Second
+	if err := cfg.Validate(0, ack); err != nil {
+		t.Errorf("results subscription: %v", err)
+	}
+	// The values are unknown at plan time (the map holds Memorystore's
+	// address); they come from the locals the subscription is built from
+	// (terraform/pubsub.tf, local.results_env). Both functions must get them.
+	names := p.Output(t, "environment_variable_names").(map[string]any)
+	for _, fn := range []string{"ingest", "worker"} {
+		have := map[string]bool{}
+		for _, n := range names[fn].([]any) {
+			have[n.(string)] = true
+		}
+		for _, k := range []string{"GEMQ_RESULTS_BUCKET", "GEMQ_RESULTS_PREFIX", "GEMQ_RESULTS_DATETIME_FORMAT", "GEMQ_RESULTS_MAX_DURATION"} {
+			if !have[k] {
+				t.Errorf("%s lacks %s: it would not read the results files back (or keep every answer in Redis)", fn, k)
+			}
+		}
+	}
 }

@@ -68,21 +68,33 @@ type ScanStats struct {
 	Yielded int64 // results passed to the callback
 }
 
+// ScanOptions say what Scan reads.
+type ScanOptions struct {
+	// Since is the job's creation (or the start of the window to read):
+	// only objects that can hold results published since are read; zero
+	// reads every object under the prefix.
+	Since time.Time
+	// Seen holds the tasks not to yield (the caller has them from
+	// elsewhere); each yielded task is added. Nil: a new set.
+	Seen *TaskSet
+	// Skip, when set, leaves objects out (read before).
+	Skip func(object string) bool
+	// Read, when set, is called after each object was read whole.
+	Read func(object string)
+}
+
 // Scan calls fn, in object-name order, with every result of jobID found in
-// the objects that can hold results published since since (the job's
-// creation; zero reads every object under the prefix), once per task: a
-// task already in seen is skipped, and each yielded task is added to it
-// (pass a set holding the tasks the caller has from elsewhere, or a new
-// one). skip, when not nil, says which objects to leave out (read before).
-// A line that is not JSON, or has no key, is skipped; fn's error stops the
-// scan and is returned.
-func (a *Archive) Scan(ctx context.Context, jobID string, since time.Time, seen *TaskSet, skip func(object string) bool,
-	fn func(Result) error) (ScanStats, error) {
+// the objects o selects, once per task. A line that is not JSON, or has no
+// key, is skipped; fn's error stops the scan and is returned as is.
+func (a *Archive) Scan(ctx context.Context, jobID string, o ScanOptions, fn func(Result) error) (ScanStats, error) {
 	var st ScanStats
 	if !task.ValidJobID(jobID) {
 		return st, fmt.Errorf("archive: invalid job id %q", jobID)
 	}
-	it := a.bucket.Objects(ctx, &storage.Query{Prefix: a.layout.Prefix, StartOffset: a.layout.StartOffset(since)})
+	if o.Seen == nil {
+		o.Seen = &TaskSet{}
+	}
+	it := a.bucket.Objects(ctx, &storage.Query{Prefix: a.layout.Prefix, StartOffset: a.layout.StartOffset(o.Since)})
 	for {
 		attrs, err := it.Next()
 		if errors.Is(err, iterator.Done) {
@@ -91,13 +103,16 @@ func (a *Archive) Scan(ctx context.Context, jobID string, since time.Time, seen 
 		if err != nil {
 			return st, fmt.Errorf("archive: list objects: %w", err)
 		}
-		if skip != nil && skip(attrs.Name) {
+		if o.Skip != nil && o.Skip(attrs.Name) {
 			continue
 		}
-		if err := a.scanObject(ctx, attrs, jobID, seen, &st, fn); err != nil {
+		if err := a.scanObject(ctx, attrs, jobID, o.Seen, &st, fn); err != nil {
 			return st, err
 		}
 		st.Objects++
+		if o.Read != nil {
+			o.Read(attrs.Name)
+		}
 	}
 }
 

@@ -94,7 +94,9 @@ func TestScanFiltersAndDedupes(t *testing.T) {
 	seen.Add(task.TaskID("job1", "k2")) // the caller has k2 from Redis
 
 	var got []string
-	st, err := archive.New(b, layout).Scan(ctx, "job1", created, seen, nil, func(r archive.Result) error {
+	var read []string
+	st, err := archive.New(b, layout).Scan(ctx, "job1", archive.ScanOptions{Since: created, Seen: seen,
+		Read: func(o string) { read = append(read, o) }}, func(r archive.Result) error {
 		if r.TaskID != task.TaskID("job1", r.Line.Key) || r.Line.JobID != "" {
 			t.Errorf("result %+v: task id or job id wrong", r)
 		}
@@ -114,22 +116,23 @@ func TestScanFiltersAndDedupes(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("results (-want +got):\n%s", diff)
 	}
-	if st.Objects != 2 || st.Matched != 5 || st.Yielded != 3 || seen.Len() != 4 {
-		t.Errorf("stats %+v, seen %d: want 2 objects read, 5 lines of the job, 3 yielded, 4 tasks seen", st, seen.Len())
+	if st.Objects != 2 || st.Matched != 5 || st.Yielded != 3 || seen.Len() != 4 || len(read) != 2 || read[0] != early {
+		t.Errorf("stats %+v, seen %d, read %v: want 2 objects read (%s first), 5 lines of the job, 3 yielded, 4 tasks seen",
+			st, seen.Len(), read, early)
 	}
 
 	// skip leaves objects out (read before); a callback error stops the scan.
 	n := 0
-	if _, err := archive.New(b, layout).Scan(ctx, "job1", created, &archive.TaskSet{},
-		func(o string) bool { return o == early }, func(archive.Result) error { n++; return nil }); err != nil || n != 3 {
+	if _, err := archive.New(b, layout).Scan(ctx, "job1", archive.ScanOptions{Since: created,
+		Skip: func(o string) bool { return o == early }}, func(archive.Result) error { n++; return nil }); err != nil || n != 3 {
 		t.Errorf("Scan skipping %s: %d results, %v; want k1, k2, k/4", early, n, err)
 	}
 	stop := fmt.Errorf("enough")
-	if _, err := archive.New(b, layout).Scan(ctx, "job1", created, &archive.TaskSet{}, nil,
+	if _, err := archive.New(b, layout).Scan(ctx, "job1", archive.ScanOptions{Since: created},
 		func(archive.Result) error { return stop }); err != stop {
 		t.Errorf("Scan with a failing callback = %v, want its error", err)
 	}
-	if _, err := archive.New(b, layout).Scan(ctx, "no/such job", created, &archive.TaskSet{}, nil,
+	if _, err := archive.New(b, layout).Scan(ctx, "no/such job", archive.ScanOptions{Since: created},
 		func(archive.Result) error { return nil }); err == nil {
 		t.Error("Scan of an invalid job id: no error")
 	}
@@ -138,7 +141,7 @@ func TestScanFiltersAndDedupes(t *testing.T) {
 // A missing bucket is an error, not an empty archive.
 func TestScanMissingBucketFails(t *testing.T) {
 	_, c := bucket(t)
-	_, err := archive.New(c.Bucket("nope"), layout).Scan(ctx, "job1", time.Now(), &archive.TaskSet{}, nil,
+	_, err := archive.New(c.Bucket("nope"), layout).Scan(ctx, "job1", archive.ScanOptions{Since: time.Now()},
 		func(archive.Result) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), "list objects") {
 		t.Errorf("Scan of a missing bucket = %v, want a list error", err)

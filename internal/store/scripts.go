@@ -438,3 +438,51 @@ for i = 1, #ARGV, 2 do
 end
 return 1
 `)
+
+// restoreScript records tasks of a job as finished from the results
+// archive (after Redis lost the job): each task not already finished here
+// gets the compact terminal record a published result leaves (a place in
+// the done set, the failed set for a failure), its record (a lease or a
+// waiting mark taken since the loss) removed, and the job's counters moved.
+// A holder of such a record is refused from then on (AlreadyDone): the
+// task has a result already.
+//
+//	KEYS[1] -> gemq:job:{<job>}:meta
+//	KEYS[2] -> gemq:job:{<job>}:tasks
+//	KEYS[3] -> gemq:job:{<job>}:done
+//	KEYS[4] -> gemq:job:{<job>}:failed
+//	KEYS[4+i] -> gemq:job:{<job>}:task:<task i>
+//	ARGV[1] -> ttl in ms
+//	ARGV[2i], ARGV[2i+1] -> task id i, 'succeeded' | 'failed'
+//	Output: how many tasks were recorded (not finished here before)
+var restoreScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local counter = {running = 'running', calling = 'running', waiting = 'waiting'}
+local n = 0
+for i = 1, #KEYS - 4 do
+  local id, st = ARGV[2 * i], ARGV[2 * i + 1]
+  local tkey = KEYS[4 + i]
+  local cur = redis.call('HGET', tkey, 'state')
+  if not redis.call('ZSCORE', KEYS[3], id) and cur ~= 'succeeded' and cur ~= 'failed' then
+    if cur and counter[cur] then redis.call('HINCRBY', KEYS[1], counter[cur], -1) end
+    redis.call('HINCRBY', KEYS[1], st, 1)
+    redis.call('DEL', tkey)
+    redis.call('SREM', KEYS[2], id)
+    redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'seq', 1), id)
+    if st == 'failed' then redis.call('SADD', KEYS[4], id) end
+    n = n + 1
+  end
+end
+if n > 0 then
+  local t = redis.call('TIME')
+  local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('HSET', KEYS[1], 'updated_ms', now, 'restored', tostring(n + (tonumber(redis.call('HGET', KEYS[1], 'restored')) or 0)))
+  local m = redis.call('HMGET', KEYS[1], 'total', 'succeeded', 'failed')
+  local total = tonumber(m[1]) or 0
+  if total > 0 and (tonumber(m[2]) or 0) + (tonumber(m[3]) or 0) >= total then
+    redis.call('HSETNX', KEYS[1], 'finished_ms', now)
+  end
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+end
+return n
+`)

@@ -187,6 +187,10 @@ type Job struct {
 	// cover only what happened since: tasks finished before the loss are
 	// counted as queued until they run again (a resubmission of the job).
 	LostAt time.Time
+	// Restored is how many of the job's tasks were recorded as finished
+	// from the results archive after the loss (RestoreArchived); they are
+	// in the counts.
+	Restored int64
 }
 
 // Done reports whether every task of the job is terminal.
@@ -489,6 +493,7 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (Job, error) {
 		UpdatedAt:  msTime(n("updated_ms")),
 		FinishedAt: msTime(n("finished_ms")),
 		LostAt:     msTime(n("lost_ms")),
+		Restored:   n("restored"),
 	}
 	c := &j.Counts
 	c.Queued = c.Total - c.Waiting - c.Running - c.Succeeded - c.Failed
@@ -831,6 +836,51 @@ func (s *Store) transition(ctx context.Context, op string, script *redis.Script,
 		return o, nil
 	}
 	return 0, fmt.Errorf("store: %s script: unexpected result %d", op, n)
+}
+
+// Restored is a task's result found in the results archive.
+type Restored struct {
+	TaskID string // task.TaskID of the job and the result's key
+	Failed bool   // an error result (failed or dead-lettered)
+}
+
+// RestoreArchived records tasks of a job whose record Redis lost as
+// finished, from their results in the archive (internal/archive): a task
+// not finished here gets the compact terminal record a published result
+// leaves, and the job's counters move, so the job's counts include what
+// finished before the loss and a later delivery of such a task is a
+// duplicate (AlreadyDone, published), never a second run. A task holding a
+// lease or a waiting mark taken since the loss is finished all the same
+// (its holder's writes are then refused): its result exists. Tasks finished
+// here already are left alone. It returns how many tasks it recorded; 0 for
+// a job without a record. Safe to call again with the same tasks.
+func (s *Store) RestoreArchived(ctx context.Context, jobID string, rs []Restored) (int, error) {
+	if !task.ValidJobID(jobID) {
+		return 0, fmt.Errorf("store: restore: invalid job id %q", jobID)
+	}
+	total := 0
+	for start := 0; start < len(rs); start += createChunk {
+		chunk := rs[start:min(start+createChunk, len(rs))]
+		keys := []string{metaKey(jobID), tasksKey(jobID), doneKey(jobID), failedKey(jobID)}
+		args := []any{s.ttlMS()}
+		for _, r := range chunk {
+			if !task.ValidTaskID(r.TaskID) {
+				return total, fmt.Errorf("store: restore: invalid task id %q", r.TaskID)
+			}
+			st := Succeeded
+			if r.Failed {
+				st = Failed
+			}
+			keys = append(keys, taskKey(jobID, r.TaskID))
+			args = append(args, r.TaskID, string(st))
+		}
+		n, err := restoreScript.Run(ctx, s.rdb, keys, args...).Int()
+		if err != nil {
+			return total, fmt.Errorf("store: restore script: %w", err)
+		}
+		total += n
+	}
+	return total, nil
 }
 
 // Result returns the task with the given key in a job, whatever its state,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -869,4 +870,111 @@ func TestAdhocOnly(t *testing.T) {
 	leaseTask(t, s, ref("job1", "k0"), store.LeaseRequest{Holder: "p", AdhocOnly: true}, store.Foreign)
 	wantCounts(t, s, "job1", store.Counts{Total: 1, Queued: 1})
 	leaseTask(t, s, ref("adhoc-1", "k0"), store.LeaseRequest{Holder: "p", AdhocOnly: true}, store.Applied)
+}
+
+// Issue 12's budget: once its result is durable, a finished task costs at
+// most 300 bytes of Redis (MEMORY USAGE of what its job keeps), failures
+// included.
+func TestCompactFootprint(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	s := store.New(rdb, store.Options{TTL: time.Hour, BodyGrace: 300 * time.Millisecond})
+	const n = 2000
+	ks := keys(n)
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "big", Model: model, ContentHash: "h", TaskIDs: ids("big", ks)}); err != nil {
+		t.Fatal(err)
+	}
+	answer := []byte(`{"candidates":[{"content":{"role":"model","parts":[{"text":"` + strings.Repeat("an answer ", 30) + `"}]}}]}`)
+	for i, k := range ks {
+		r := ref("big", k)
+		if i%10 == 0 {
+			must(t, store.Applied)(s.Fail(ctx, r, tok(s, r, "w"), []byte(`{"code":400,"message":"bad request"}`)))
+		} else {
+			must(t, store.Applied)(s.Complete(ctx, r, tok(s, r, "w"), answer))
+		}
+		if err := s.MarkPublished(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jobBytes := func() int64 {
+		t.Helper()
+		var sum int64
+		for _, k := range rdb.Keys(ctx, "gemq:job:{big}:*").Val() {
+			m, err := rdb.MemoryUsage(ctx, k, 0).Result()
+			if err != nil && !errors.Is(err, redis.Nil) { // nil: expired since KEYS
+				t.Fatal(err)
+			}
+			sum += m
+		}
+		return sum
+	}
+	with := jobBytes() / n // some may have left already: for the log only
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rdb.Keys(ctx, "gemq:job:{big}:task:*").Val()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("task records still in Redis 10 s after a 300 ms grace")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	compact := jobBytes() / n
+	t.Logf("Redis bytes per finished task: %d with (most of) the answers, %d once they left", with, compact)
+	if compact > 300 {
+		t.Errorf("%d B per finished task once its answer left Redis, want at most 300", compact)
+	}
+	wantCounts(t, s, "big", store.Counts{Total: n, Succeeded: n - n/10, Failed: n / 10})
+}
+
+// After Redis lost a job, its results from the archive are recorded back:
+// the counts include them, a task finished there is never run again, a
+// holder that took it since the loss is fenced out, and doing it twice
+// changes nothing.
+func TestRestoreArchivedAfterLoss(t *testing.T) {
+	s, rdb := newStore(t, time.Hour)
+	ks := keys(4)
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "lost", Model: model, ContentHash: "h", TaskIDs: ids("lost", ks)}); err != nil {
+		t.Fatal(err)
+	}
+	lref := func(k string) store.Ref {
+		r := ref("lost", k)
+		r.JobHash, r.JobTotal = "h", 4
+		return r
+	}
+	must(t, store.Applied)(s.Complete(ctx, lref("k0"), tok(s, lref("k0"), "w"), []byte(`{}`)))
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Since the loss: k1 was taken again (running), k3 finished again.
+	leaseTask(t, s, lref("k1"), store.LeaseRequest{Holder: "again"}, store.Applied)
+	must(t, store.Applied)(s.Complete(ctx, lref("k3"), tok(s, lref("k3"), "w"), []byte(`{}`)))
+	wantCounts(t, s, "lost", store.Counts{Total: 4, Queued: 2, Running: 1, Succeeded: 1})
+
+	// The archive holds k0, k1 (failed) and k3.
+	archived := []store.Restored{{TaskID: task.TaskID("lost", "k0")}, {TaskID: task.TaskID("lost", "k1"), Failed: true},
+		{TaskID: task.TaskID("lost", "k3")}}
+	if n, err := s.RestoreArchived(ctx, "lost", archived); err != nil || n != 2 {
+		t.Fatalf("RestoreArchived = %d, %v; want 2 (k3 finished here already)", n, err)
+	}
+	wantCounts(t, s, "lost", store.Counts{Total: 4, Queued: 1, Succeeded: 2, Failed: 1})
+	j, err := s.GetJob(ctx, "lost")
+	if err != nil || j.Restored != 2 || j.LostAt.IsZero() || j.Done() {
+		t.Errorf("job = %+v, %v; want lost, 2 restored, not done", j, err)
+	}
+	lr := leaseTask(t, s, lref("k0"), store.LeaseRequest{Holder: "late"}, store.AlreadyDone)
+	if !lr.Published {
+		t.Errorf("restored task leased: %+v, want already done and published", lr)
+	}
+	must(t, store.AlreadyDone)(s.Complete(ctx, lref("k1"), tok(s, lref("k1"), "again"), []byte(`{}`)))
+	if rec, err := s.Result(ctx, "lost", "k1"); err != nil || rec.State != store.Failed || !rec.Archived {
+		t.Errorf("Result(k1) = %+v, %v; want failed, archived", rec, err)
+	}
+	if n, err := s.RestoreArchived(ctx, "lost", archived); err != nil || n != 0 {
+		t.Errorf("RestoreArchived again = %d, %v; want 0", n, err)
+	}
+	// The last task finishes: the job is done, with the true counts.
+	must(t, store.Applied)(s.Complete(ctx, lref("k2"), tok(s, lref("k2"), "w"), []byte(`{}`)))
+	if j, _ := s.GetJob(ctx, "lost"); !j.Done() || j.State() != "done" || j.Counts != (store.Counts{Total: 4, Succeeded: 3, Failed: 1}) {
+		t.Errorf("job = %+v (%s), want done with 3 succeeded, 1 failed", j, j.State())
+	}
+	if n, err := s.RestoreArchived(ctx, "nojob", archived[:1]); err != nil || n != 0 {
+		t.Errorf("RestoreArchived of a job without a record = %d, %v; want 0", n, err)
+	}
 }

@@ -10,7 +10,7 @@
 //
 // Usage:
 //
-//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,est-low,est-high,mixed,dsq,tier,quota,tier-standard,tier-flex,overhead,sim,estimator] [-md BENCHMARKS.md]
+//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,est-low,est-high,mixed,dsq,tier,quota,tier-standard,tier-flex,overhead,sim,estimator,redis-bytes] [-md BENCHMARKS.md]
 package main
 
 import (
@@ -50,7 +50,7 @@ func run() error {
 	for _, o := range sc.TierScenarios() {
 		all = append(all, o.Name)
 	}
-	all = append(all, "overhead", "sim", "estimator")
+	all = append(all, "overhead", "sim", "estimator", redisBytes)
 
 	only := flag.String("only", strings.Join(all, ","), "comma-separated benchmarks to run: "+strings.Join(all, ", ")+
 		" (a quota row runs gemq and the limiter before issue 11; \"quota\" selects every quota row)")
@@ -81,6 +81,9 @@ func run() error {
 			return werr
 		}
 		return err
+	}
+	if *child == redisBytes {
+		return runRedisBytesChild(ctx, *childOut)
 	}
 	if *child != "" {
 		o, err := sc.Scenario(*child)
@@ -211,6 +214,14 @@ func run() error {
 			return fmt.Errorf("overhead: %s", r.Error)
 		}
 		emit(r.Section(command))
+	}
+
+	if slices.Contains(want, redisBytes) {
+		s, err := redisBytesSection(ctx, dir, command)
+		if err != nil {
+			return err
+		}
+		emit(s)
 	}
 
 	if slices.Contains(want, "estimator") {

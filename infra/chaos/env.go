@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/gemq-dev/gemq/infra/geminisim"
 	"github.com/gemq-dev/gemq/infra/pushsub"
+	"github.com/gemq-dev/gemq/infra/storagesub"
 	"github.com/gemq-dev/gemq/infra/tasksemu"
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/lifecycle"
@@ -208,6 +210,17 @@ func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *
 			return nil, err
 		}
 	}
+	// Results durable beyond Redis, as deployed: a Cloud Storage subscription
+	// of the results topic (files closed every scaled minute) that the
+	// functions read back after a state loss.
+	archive, err := storagesub.StartLocal(ctx, e.psClient, storagesub.LocalOptions{
+		Topic: resultsTopic, MaxDuration: cfg.scaled(time.Minute), Minute: cfg.Minute,
+		Log: slog.New(slog.NewJSONHandler(e.logw, &slog.HandlerOptions{Level: slog.LevelWarn})).With("component", "storagesub"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("results archive: %w", err)
+	}
+	e.onClose(archive.Close)
 	geminiTimeout := cfg.scaled(config.DefaultGeminiTimeout)
 	ackDeadline := min(max(geminiTimeout+30*time.Second, 10*time.Second), 600*time.Second)
 	if err := queue.EnsureSubscription(ctx, e.psClient, pushSubscription, tasksTopic, queue.SubscriptionOptions{AckDeadline: ackDeadline}); err != nil {
@@ -311,6 +324,7 @@ func startEnv(ctx context.Context, cfg Config, o envOptions, logDir string) (_ *
 	if shift != 0 {
 		fnEnv[config.EnvTestCalendarOffset] = shift.String()
 	}
+	maps.Copy(fnEnv, archive.Env(0))
 	var envList []string
 	for k, v := range fnEnv {
 		envList = append(envList, k+"="+v)

@@ -359,3 +359,38 @@ func TestStatusStateLost(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %q; want %d, the state, and what to do", code, stdout, stderr, exitStateLost)
 	}
 }
+
+// gemq cancel posts to /v1/jobs/{id}:cancel and prints the status; a job
+// that had finished (409) is exit 4, an unknown one (404) exit 3.
+func TestCancel(t *testing.T) {
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Method+" "+r.URL.EscapedPath())
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.EscapedPath() {
+		case "/v1/jobs/j:cancel":
+			fmt.Fprint(w, `{"job_id":"j","model":"m","state":"cancelling","cancelled_at":"2026-12-03T01:00:00Z","counts":{"total":5,"succeeded":2,"queued":3}}`)
+		case "/v1/jobs/done:cancel":
+			w.WriteHeader(http.StatusConflict)
+			fmt.Fprint(w, `{"error":{"code":409,"status":"FAILED_PRECONDITION","message":"job done has finished: nothing to cancel"}}`)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `{"error":{"code":404,"status":"NOT_FOUND","message":"job nope not found"}}`)
+		}
+	}))
+	defer srv.Close()
+	code, stdout, stderr := gemq(t, nil, "cancel", "j", "--url", srv.URL)
+	if code != exitOK || !strings.Contains(stdout, "cancelling") || !strings.Contains(stdout, "cancelled ") {
+		t.Errorf("cancel j: exit %d, stdout %q, stderr %q; want 0 and the cancelling status", code, stdout, stderr)
+	}
+	if code, _, stderr := gemq(t, nil, "cancel", "done", "--url", srv.URL); code != exitInput || !strings.Contains(stderr, "nothing to cancel") {
+		t.Errorf("cancel done: exit %d, stderr %q; want %d and ingest's message", code, stderr, exitInput)
+	}
+	if code, _, _ := gemq(t, nil, "cancel", "nope", "--url", srv.URL); code != exitHTTP {
+		t.Errorf("cancel nope: exit %d, want %d", code, exitHTTP)
+	}
+	want := []string{"POST /v1/jobs/j:cancel", "POST /v1/jobs/done:cancel", "POST /v1/jobs/nope:cancel"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("requests %v, want %v", got, want)
+	}
+}

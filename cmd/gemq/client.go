@@ -276,6 +276,8 @@ type jobStatus struct {
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
 	// StateLost explains a "state_lost" job (Redis lost its record).
 	StateLost string `json:"state_lost,omitempty"`
+	// CancelledAt is when the job was cancelled (gemq cancel).
+	CancelledAt *time.Time `json:"cancelled_at,omitempty"`
 	// ServiceTier and Cost: the job's tier and what its tokens cost.
 	ServiceTier *jobTier     `json:"service_tier,omitempty"`
 	Cost        *tier.Report `json:"cost,omitempty"`
@@ -292,6 +294,20 @@ type jobCounts struct {
 }
 
 func (c jobCounts) finished() int { return c.Succeeded + c.Failed }
+
+// cancel cancels a job (POST /v1/jobs/{id}:cancel) and returns its status.
+func (c *client) cancel(ctx context.Context, jobID string) (jobStatus, error) {
+	var st jobStatus
+	resp, err := c.do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(jobID)+":cancel", nil, nil, nil)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, &apiError{HTTPStatus: resp.StatusCode, Message: fmt.Sprintf("unreadable answer: %v", err)}
+	}
+	return st, nil
+}
 
 func (c *client) status(ctx context.Context, jobID string) (jobStatus, error) {
 	var st jobStatus

@@ -4,6 +4,7 @@
 //	gemq dev                      the local stack, left running, with its URLs and env vars
 //	gemq submit FILE.jsonl        submit a Batch-API JSONL job (optionally --wait for it)
 //	gemq status JOB               a job's state and counts
+//	gemq cancel JOB               cancel a job (its tasks end without calling Gemini)
 //	gemq results JOB [-o FILE]    a job's results, Batch-API JSONL
 //
 // Exit codes, for scripts (the same table is in the usage text):
@@ -148,6 +149,7 @@ Usage:
   gemq dev     [flags]               start the local stack and leave it running
   gemq submit  FILE.jsonl [flags]    submit a Gemini Batch API JSONL file as a job
   gemq status  JOB [flags]           show a job's state and counts
+  gemq cancel  JOB [flags]           cancel a job: its tasks end without calling Gemini
   gemq results JOB [flags]           write a job's results (Batch API JSONL)
 
 Run "gemq COMMAND --help" for a command's flags.
@@ -181,6 +183,7 @@ func runMain(ctx context.Context, args []string, e env) int {
 	cmds := map[string]func(context.Context, []string, env) error{
 		"submit":  cmdSubmit,
 		"status":  cmdStatus,
+		"cancel":  cmdCancel,
 		"results": cmdResults,
 		"dev":     cmdDev,
 		"run":     cmdRun,

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -330,22 +331,29 @@ func waitJob(ctx context.Context, c *client, jobID string, interval time.Duratio
 	}
 }
 
+// jobClient parses a command line of one JOB argument and returns the
+// client for the ingest URL and the job id.
+func jobClient(ctx context.Context, fs *flag.FlagSet, url *string, args []string, e env) (*client, string, error) {
+	pos, err := parse(fs, args, e, "JOB")
+	if err != nil {
+		return nil, "", err
+	}
+	if err := requireURL(*url); err != nil {
+		return nil, "", err
+	}
+	c, err := newClient(ctx, *url, e.getenv)
+	return c, pos[0], err
+}
+
 func cmdStatus(ctx context.Context, args []string, e env) error {
 	fs := newFlagSet("status", "status JOB [--url URL] [--json]", e)
 	urlF := urlFlag(fs, e)
 	asJSON := fs.Bool("json", false, "print the raw JSON status")
-	pos, err := parse(fs, args, e, "JOB")
+	c, jobID, err := jobClient(ctx, fs, urlF, args, e)
 	if err != nil {
 		return err
 	}
-	if err := requireURL(*urlF); err != nil {
-		return err
-	}
-	c, err := newClient(ctx, *urlF, e.getenv)
-	if err != nil {
-		return err
-	}
-	st, err := c.status(ctx, pos[0])
+	st, err := c.status(ctx, jobID)
 	if err != nil {
 		return err
 	}
@@ -364,11 +372,35 @@ func cmdStatus(ctx context.Context, args []string, e env) error {
 	return nil
 }
 
+func cmdCancel(ctx context.Context, args []string, e env) error {
+	fs := newFlagSet("cancel", "cancel JOB [--url URL] [--wait]\n\nCancels a job: its tasks that have not called Gemini yet end failed (CANCELLED) at their next\ndelivery; tasks calling Gemini now finish as they are. --wait waits until every task has ended.", e)
+	urlF := urlFlag(fs, e)
+	wait := fs.Bool("wait", false, "wait until every task of the job has ended")
+	c, jobID, err := jobClient(ctx, fs, urlF, args, e)
+	if err != nil {
+		return err
+	}
+	st, err := c.cancel(ctx, jobID)
+	if err != nil {
+		return err
+	}
+	if *wait && st.State != "done" {
+		if st, err = waitJob(ctx, c, jobID, time.Second, e, nil); err != nil {
+			return err
+		}
+	}
+	printStatus(e.stdout, st)
+	return nil
+}
+
 func printStatus(w io.Writer, st jobStatus) {
 	c := st.Counts
 	fmt.Fprintf(w, "job       %s\n", st.JobID)
 	fmt.Fprintf(w, "model     %s\n", st.Model)
 	fmt.Fprintf(w, "state     %s\n", st.State)
+	if st.CancelledAt != nil {
+		fmt.Fprintf(w, "cancelled %s\n", st.CancelledAt.Local().Format(time.RFC3339))
+	}
 	fmt.Fprintf(w, "tasks     %d total: %d succeeded, %d failed, %d running, %d waiting for quota, %d queued\n",
 		c.Total, c.Succeeded, c.Failed, c.Running, c.Waiting, c.Queued)
 	if !st.CreatedAt.IsZero() {

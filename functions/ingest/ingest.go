@@ -4,6 +4,7 @@
 //
 //	POST /v1/jobs                          submit a job (JSON, or Batch API JSONL) → 202
 //	GET  /v1/jobs/{id}                     state and counts
+//	POST /v1/jobs/{id}:cancel              cancel a job: its tasks end without calling Gemini
 //	GET  /v1/jobs/{id}/results             finished tasks as JSONL (Batch API output format)
 //	GET  /v1/jobs/{id}/requests/{key}      one task
 //

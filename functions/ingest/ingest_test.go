@@ -424,6 +424,8 @@ func TestParseRoute(t *testing.T) {
 		{"/v1/jobs/j/requests/a%2Fb%20c", route{name: "request", jobID: "j", key: "a/b c", allow: "GET"}, true},
 		{"/v1/jobs/j/requests/", route{}, false},
 		{"/v1/jobs/j/requests/%zz", route{}, false},
+		{"/v1/jobs/j:cancel", route{name: "cancel", jobID: "j", allow: "POST"}, true},
+		{"/v1/jobs/j%3Acancel", route{name: "cancel", jobID: "j", allow: "POST"}, true},
 		{"/", route{}, false},
 	}
 	for _, tt := range tests {

@@ -23,6 +23,7 @@ import (
 type jobStore interface {
 	CreateJob(ctx context.Context, nj store.NewJob) (store.Job, bool, error)
 	GetJob(ctx context.Context, jobID string) (store.Job, error)
+	CancelJob(ctx context.Context, jobID string) (store.Job, int, error)
 	Result(ctx context.Context, jobID, key string) (store.Record, error)
 	ResultsPage(ctx context.Context, jobID string, after int64, limit int) ([]store.Record, int64, error)
 }
@@ -175,6 +176,8 @@ func parseRoute(escapedPath string) (route, bool) {
 		un[k] = u
 	}
 	switch {
+	case len(un) == 1 && strings.HasSuffix(un[0], ":cancel"):
+		return route{name: "cancel", jobID: strings.TrimSuffix(un[0], ":cancel"), allow: http.MethodPost}, true
 	case len(un) == 1:
 		return route{name: "job", jobID: un[0], allow: http.MethodGet}, true
 	case len(un) == 2 && un[1] == "results":
@@ -199,7 +202,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(ctx)
 	switch {
 	case !ok:
-		s.fail(rw, r, &apiError{Code: http.StatusNotFound, Message: "no such resource: use POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs/{id}/results or GET /v1/jobs/{id}/requests/{key}"})
+		s.fail(rw, r, &apiError{Code: http.StatusNotFound, Message: "no such resource: use POST /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}:cancel, GET /v1/jobs/{id}/results or GET /v1/jobs/{id}/requests/{key}"})
 	case r.Method != rt.allow && !(rt.allow == http.MethodGet && r.Method == http.MethodHead):
 		allow := rt.allow
 		if allow == http.MethodGet {
@@ -211,6 +214,8 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.submit(rw, r)
 	case rt.name == "job":
 		s.getJob(rw, r, rt.jobID)
+	case rt.name == "cancel":
+		s.cancelJob(rw, r, rt.jobID)
 	case rt.name == "results":
 		s.getResults(rw, r, rt.jobID)
 	case rt.name == "request":
@@ -278,6 +283,9 @@ type jobView struct {
 	StateLostAt *time.Time `json:"state_lost_at,omitempty"`
 	// StateLost explains state_lost to the user.
 	StateLost string `json:"state_lost,omitempty"`
+	// CancelledAt is when the job was cancelled (POST /v1/jobs/{id}:cancel):
+	// state "cancelling" until every task has ended, then "done".
+	CancelledAt *time.Time `json:"cancelled_at,omitempty"`
 	// ServiceTier is the job's tier (what auto chose and why).
 	ServiceTier *tierView `json:"service_tier,omitempty"`
 	// Cost sums the succeeded tasks' tokens per serving tier and estimates
@@ -291,6 +299,10 @@ func (s *server) viewOf(j store.Job) jobView {
 	if j.Done() {
 		f := j.FinishedAt
 		v.FinishedAt = &f
+	}
+	if !j.CancelledAt.IsZero() {
+		c := j.CancelledAt
+		v.CancelledAt = &c
 	}
 	if !j.LostAt.IsZero() {
 		l := j.LostAt
@@ -343,6 +355,32 @@ func (s *server) getJob(w http.ResponseWriter, r *http.Request, id string) {
 		v.StateLost = lostExplanation(j, complete, s.archiveSince(j))
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// cancelJob cancels a job (POST /v1/jobs/{id}:cancel): 200 with the job's
+// view (state "cancelling", or "done" once every task has ended), also when
+// it was cancelled before; 409 for a job that finished before; 404 unknown.
+// Tasks end at their next delivery, failed CANCELLED, without calling
+// Gemini (internal/lifecycle); tasks calling Gemini already finish as they
+// are.
+func (s *server) cancelJob(w http.ResponseWriter, r *http.Request, id string) {
+	if !task.ValidJobID(id) {
+		s.fail(w, r, &apiError{Code: http.StatusBadRequest, Field: "job_id", Message: job.IDRule})
+		return
+	}
+	j, code, err := s.store.CancelJob(r.Context(), id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		s.fail(w, r, &apiError{Code: http.StatusNotFound, Field: "job_id", Message: fmt.Sprintf("job %s not found", id)})
+		return
+	case err != nil:
+		s.internal(w, r, "cancel job", err)
+		return
+	case code == store.FinishedBefore:
+		s.fail(w, r, &apiError{Code: http.StatusConflict, Field: "job_id", Message: fmt.Sprintf("job %s has finished (every task ended at %s): nothing to cancel", id, j.FinishedAt.Format(time.RFC3339))})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.viewOf(j))
 }
 
 // lostExplanation says what the counts of a lost job cover.

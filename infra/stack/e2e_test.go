@@ -207,6 +207,8 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("tiers", func(t *testing.T) { testTiers(t, s) })
 
+	t.Run("cancel", func(t *testing.T) { testCancel(t, s) })
+
 	// Answers leave Redis once their results files are written; the job's
 	// results then come back complete from Cloud Storage.
 	t.Run("answers from Cloud Storage", func(t *testing.T) {

@@ -117,6 +117,9 @@ func (m *Machine) process(ctx context.Context, r *run) Outcome {
 		return redeliver
 	}
 	r.leased, r.lease, r.tok = true, lr, lr.Token
+	if lr.Cancelled {
+		return m.cancelled(ctx, r)
+	}
 	if lr.Previous == store.Calling {
 		// The previous holder (maybe an earlier attempt of this very
 		// delivery) was calling Gemini: the call may have happened, under

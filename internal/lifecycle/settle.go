@@ -86,6 +86,16 @@ func (m *Machine) finishSucceeded(ctx context.Context, r *run, response json.Raw
 	return m.publish(ctx, r, line, OutSucceeded, "")
 }
 
+// cancelled ends a leased task of a cancelled job (store.CancelJob) as
+// failed CANCELLED, with the result published like any other, and gives
+// back the reservation it carried so the slot serves other work.
+func (m *Machine) cancelled(ctx context.Context, r *run) Outcome {
+	m.releasePermit(ctx, r, r.carried)
+	r.log.InfoContext(ctx, "job cancelled: task ended without calling Gemini")
+	return m.finishFailed(ctx, r, failure{code: 499, status: "CANCELLED",
+		message: fmt.Sprintf("job %s was cancelled before this task called Gemini", r.env.JobID)})
+}
+
 // finishFailed writes a terminal error once, for this lease, and publishes
 // it (with the dead-letter details when f.attempts is set).
 func (m *Machine) finishFailed(ctx context.Context, r *run, f failure) Outcome {

@@ -151,38 +151,41 @@ var leaseTaskScript = redis.NewScript(prelude + `
 local now = now_ms()
 local takeover = ARGV[12] == '1'
 if ARGV[14] == '1' and redis.call('HGET', KEYS[1], 'adhoc') == '0' then
-  return {6, '', '0', '0', '0', '0', '0', '0'}
+  return {6, '', '0', '0', '0', '0', '0', '0', '0'}
 end
 local reg = register(now, not takeover)
-if reg == 'foreign' then return {6, '', '0', '0', '0', '0', '0', '0'} end
-if reg == 'expired' then return {2, 'expired', '1', '0', '0', '0', '0', '0'} end
-if reg == 'absent' then return {5, 'queued', '0', '0', '0', '0', '0', '0'} end
+if reg == 'foreign' then return {6, '', '0', '0', '0', '0', '0', '0', '0'} end
+if reg == 'expired' then return {2, 'expired', '1', '0', '0', '0', '0', '0', '0'} end
+if reg == 'absent' then return {5, 'queued', '0', '0', '0', '0', '0', '0', '0'} end
 local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms', 'published', 'deferral',
   'wait_until_ms', 'attempt', 'fence', 'nonce', 'prev', 'resumed')
 local prev = t[1]
 local deferral = t[5] or '0'
 local waituntil = tonumber(t[6]) or 0
 local leaseuntil = tonumber(t[3]) or 0
-if terminal(prev) then return {2, prev, t[4] or '0', deferral, '0', '0', '0', '0'} end
+if terminal(prev) then return {2, prev, t[4] or '0', deferral, '0', '0', '0', '0', '0'} end
+-- The job was cancelled (CancelJob): the lease is taken so that its holder
+-- ends the task as cancelled.
+local cancelled = redis.call('HEXISTS', KEYS[1], 'cancelled_ms') == 1 and '1' or '0'
 -- This very request leased it already (a client retry of a script whose
 -- reply was lost): the same answer again.
 if prev == 'running' and t[9] == ARGV[15] then
-  return {1, t[10] or 'queued', '0', deferral, '0', t[3], t[8], t[11] or '0'}
+  return {1, t[10] or 'queued', '0', deferral, '0', t[3], t[8], t[11] or '0', cancelled}
 end
 -- An earlier attempt of this very delivery wrote the state: it died, timed
 -- out or answered non-2xx; this attempt carries on from there.
 local own = t[2] == ARGV[8] and tonumber(ARGV[13]) > (tonumber(t[7]) or -1)
 local resumed = '0'
 if holding(prev) and leaseuntil > now then
-  if not own then return {3, prev, '0', deferral, '0', t[3], '0', '0'} end
+  if not own then return {3, prev, '0', deferral, '0', t[3], '0', '0', '0'} end
   resumed = '1'
 end
 if prev == 'waiting' and waituntil > now and ARGV[11] ~= deferral then
-  if not own then return {4, prev, '0', deferral, t[6], '0', '0', '0'} end
+  if not own then return {4, prev, '0', deferral, t[6], '0', '0', '0', '0'} end
   resumed = '1'
 end
 local stale = (holding(prev) and leaseuntil <= now) or (prev == 'waiting' and waituntil <= now)
-if takeover and not stale then return {5, prev, '0', deferral, t[6] or '0', t[3] or '0', '0', '0'} end
+if takeover and not stale then return {5, prev, '0', deferral, t[6] or '0', t[3] or '0', '0', '0', '0'} end
 move(prev, 'running')
 local lease = tostring(now + tonumber(ARGV[10]))
 -- The token is unique across a loss of Redis' data too: time, then a count.
@@ -191,7 +194,7 @@ redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[8], 'attempt', AR
   'fence', fence, 'nonce', ARGV[15], 'prev', prev, 'resumed', resumed)
 redis.call('HDEL', KEYS[4], 'wait_until_ms')
 touch(now)
-return {1, prev, '0', deferral, t[6] or '0', lease, fence, resumed}
+return {1, prev, '0', deferral, t[6] or '0', lease, fence, resumed, cancelled}
 `)
 
 // callingScript records, before the Gemini call, that the holder is calling
@@ -423,6 +426,22 @@ for i = 2, #KEYS do
   out[i - 1] = r
 end
 return out
+`)
+
+// cancelJobScript marks a job cancelled, once: every later lease of one of
+// its tasks says so (LeaseResult.Cancelled), and its holder ends the task.
+//
+//	KEYS[1] -> gemq:job:{<job>}:meta
+//	Output: {code, cancelled_ms}: 1 cancelled now, 2 cancelled before,
+//	3 finished before it was cancelled (nothing written), 0 no such job
+var cancelJobScript = redis.NewScript(prelude + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0'} end
+local m = redis.call('HMGET', KEYS[1], 'finished_ms', 'cancelled_ms')
+if m[2] then return {2, m[2]} end
+if m[1] then return {3, '0'} end
+local now = tostring(now_ms())
+redis.call('HSET', KEYS[1], 'cancelled_ms', now, 'updated_ms', now)
+return {1, now}
 `)
 
 // jobTiersScript records a job's service tier settings once (fields already

@@ -7,7 +7,7 @@
 //
 //	gemq:job:{<job>}:meta          hash: id, model, hash, adhoc, total, running, waiting,
 //	                               succeeded, failed, seq, created_ms, updated_ms, finished_ms,
-//	                               lost, lost_ms
+//	                               lost, lost_ms, cancelled_ms
 //	gemq:job:{<job>}:tasks         set: ids of the job's tasks (ingest's plus first-seen ones), until
 //	                               their result is published with a BodyGrace
 //	gemq:job:{<job>}:done          sorted set: finished task ids, scored by finish sequence
@@ -191,6 +191,8 @@ type Job struct {
 	// from the results archive after the loss (RestoreArchived); they are
 	// in the counts.
 	Restored int64
+	// CancelledAt is when the job was cancelled (CancelJob); zero if never.
+	CancelledAt time.Time
 }
 
 // Done reports whether every task of the job is terminal.
@@ -198,13 +200,16 @@ func (j Job) Done() bool { return !j.FinishedAt.IsZero() }
 
 // State is the status API's "state": "done" when every task is terminal
 // (as far as the store knows), "state_lost" when the job's record was lost
-// and not every task has finished since, else "running".
+// and not every task has finished since, "cancelling" when the job was
+// cancelled and not every task has ended yet, else "running".
 func (j Job) State() string {
 	switch {
 	case j.Done():
 		return "done"
 	case !j.LostAt.IsZero():
 		return "state_lost"
+	case !j.CancelledAt.IsZero():
+		return "cancelling"
 	}
 	return "running"
 }
@@ -489,11 +494,12 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (Job, error) {
 			Total: n("total"), Waiting: n("waiting"), Running: n("running"),
 			Succeeded: n("succeeded"), Failed: n("failed"),
 		},
-		CreatedAt:  msTime(n("created_ms")),
-		UpdatedAt:  msTime(n("updated_ms")),
-		FinishedAt: msTime(n("finished_ms")),
-		LostAt:     msTime(n("lost_ms")),
-		Restored:   n("restored"),
+		CreatedAt:   msTime(n("created_ms")),
+		UpdatedAt:   msTime(n("updated_ms")),
+		FinishedAt:  msTime(n("finished_ms")),
+		LostAt:      msTime(n("lost_ms")),
+		Restored:    n("restored"),
+		CancelledAt: msTime(n("cancelled_ms")),
 	}
 	c := &j.Counts
 	c.Queued = c.Total - c.Waiting - c.Running - c.Succeeded - c.Failed
@@ -501,6 +507,38 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (Job, error) {
 	j.Deadline, j.Downgraded = msTime(n("deadline_ms")), n("downgraded")
 	j.Usage = usageOf(m)
 	return j, nil
+}
+
+// Cancel outcomes (CancelJob).
+const (
+	// CancelledNow: the job is cancelled from now on.
+	CancelledNow = iota + 1
+	// CancelledBefore: an earlier CancelJob cancelled it (Job.CancelledAt).
+	CancelledBefore
+	// FinishedBefore: every task had ended before; nothing was written.
+	FinishedBefore
+)
+
+// CancelJob cancels a job: from now on, a delivery that leases one of its
+// tasks is told so (LeaseResult.Cancelled) and ends the task (failed,
+// CANCELLED) instead of calling Gemini; tasks calling Gemini already finish
+// as they are. It is idempotent (CancelledBefore), refuses a finished job
+// (FinishedBefore, nothing written) and answers ErrNotFound for a job the
+// store does not have. The returned job is read after the write.
+func (s *Store) CancelJob(ctx context.Context, jobID string) (Job, int, error) {
+	if !task.ValidJobID(jobID) {
+		return Job{}, 0, ErrNotFound
+	}
+	vals, err := cancelJobScript.Run(ctx, s.rdb, []string{metaKey(jobID)}).Slice()
+	if err != nil {
+		return Job{}, 0, fmt.Errorf("store: cancel job script: %w", err)
+	}
+	code, _ := vals[0].(int64)
+	if code == 0 {
+		return Job{}, 0, ErrNotFound
+	}
+	j, err := s.GetJob(ctx, jobID)
+	return j, int(code), err
 }
 
 // usageOf gathers the "usage:<tier>:<count>" fields of a job record.
@@ -610,6 +648,9 @@ type LeaseResult struct {
 	// LeaseUntil is when the live lease expires: the other holder's
 	// (HeldElsewhere) or the caller's new one (Applied).
 	LeaseUntil time.Time
+	// Cancelled (Applied only) is true when the task's job was cancelled
+	// (CancelJob): the holder must end the task, not call Gemini.
+	Cancelled bool
 }
 
 // LeaseTask claims a task for one delivery and reports the state it found.
@@ -634,7 +675,7 @@ func (s *Store) LeaseTask(ctx context.Context, r Ref, req LeaseRequest) (LeaseRe
 	if err != nil {
 		return LeaseResult{}, fmt.Errorf("store: lease task script: %w", err)
 	}
-	if len(vals) != 8 {
+	if len(vals) != 9 {
 		return LeaseResult{}, fmt.Errorf("store: lease task script: unexpected result %v", vals)
 	}
 	str := func(i int) string {
@@ -659,6 +700,7 @@ func (s *Store) LeaseTask(ctx context.Context, r Ref, req LeaseRequest) (LeaseRe
 	}
 	if res.Outcome == Applied {
 		res.Token = Token{Holder: req.Holder, Fence: str(6)}
+		res.Cancelled = str(8) == "1"
 	}
 	if res.Previous == "" {
 		res.Previous = Queued

@@ -7,7 +7,10 @@ import (
 	"time"
 )
 
-// Entry is the record of one API request (generateContent, countTokens or getModel).
+// Entry is the record of one API request (generateContent, countTokens, getModel, batchGenerateContent,
+// batches.get|list|cancel|delete, files.upload|get|list|delete|download), or of one entry of a batch that
+// ended (Method "batchEntry": TaskID is the entry's key, Received the batch's creation, Finished its end,
+// Status 200 for a response or the HTTP equivalent of its error status, Outcome as BatchStats.Entries).
 type Entry struct {
 	Seq    int64  `json:"seq"`
 	Method string `json:"method"`
@@ -38,15 +41,21 @@ type Entry struct {
 func (s *Server) record(e Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.recordLocked(e)
+}
+
+func (s *Server) recordLocked(e Entry) {
 	s.seq++
 	e.Seq = s.seq
 	s.log = append(s.log, e)
 }
 
-// Log returns a copy of every recorded request, in completion order.
+// Log returns a copy of every recorded request, in completion order, after moving batches on to their
+// state at the current stand-in time (a batch that ended adds one "batchEntry" per entry).
 func (s *Server) Log() []Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.advanceLocked(s.clk.Now())
 	return slices.Clone(s.log)
 }
 
@@ -202,6 +211,70 @@ type Stats struct {
 	DuplicateCalls int                    `json:"duplicate_calls"`
 	DuplicateTasks map[string]int         `json:"duplicate_tasks,omitempty"`
 	Models         map[string]*ModelStats `json:"models"`
+	// AnsweredTasks counts the distinct task ids answered with a result, interactively (a 200
+	// generateContent with X-Gemq-Task-Id) or in a batch (an entry answered with a response, by its key);
+	// AnsweredTwice lists those answered more than once, with how often.
+	AnsweredTasks int            `json:"answered_tasks"`
+	AnsweredTwice map[string]int `json:"answered_twice,omitempty"`
+	// Batch summarises the Batch API; nil when no batch was ever asked for.
+	Batch *BatchStats `json:"batch,omitempty"`
+}
+
+// BatchStats summarise the Batch API. Batch entries never count against the interactive RPM, TPM and RPD
+// windows (the Batch API has its own limits).
+type BatchStats struct {
+	// Created counts the batches created; Refused the creates refused, by outcome (enqueued_tokens,
+	// concurrent, too_large, bad_request, not_found, file_not_found, unregistered, invalid_key).
+	Created int            `json:"created"`
+	Refused map[string]int `json:"refused,omitempty"`
+	// States counts the batches by state now (BATCH_STATE_*), deleted ones included.
+	States map[string]int `json:"states"`
+	// Entries counts the entries of all batches by outcome: ok (answered with a response), error (an error
+	// status by Batch.FailureRate), bad_request and too_long (invalid requests, code 3), expired, cancelled
+	// (the batch was cancelled or deleted before it ended), failed (the batch failed as a whole) and pending
+	// (the batch has not ended).
+	Entries map[string]int `json:"entries"`
+	// InputTokens and OutputTokens are summed over the entries answered ok; Enqueued is the input tokens of
+	// the pending and running batches, by model (what Batch.EnqueuedTokens limits).
+	InputTokens  int64            `json:"input_tokens"`
+	OutputTokens int64            `json:"output_tokens"`
+	Enqueued     map[string]int64 `json:"enqueued,omitempty"`
+}
+
+// batchStats summarises the batches and the batch creates of log; nil if there were none.
+func (s *Server) batchStats(log []Entry) *BatchStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	bs := &BatchStats{Refused: map[string]int{}, States: map[string]int{}, Entries: map[string]int{}, Enqueued: map[string]int64{}}
+	seen := len(s.batch.order) > 0
+	for _, e := range log {
+		if e.Method == "batchGenerateContent" {
+			seen = true
+			if e.Outcome != "ok" {
+				bs.Refused[e.Outcome]++
+			}
+		}
+	}
+	if !seen {
+		return nil
+	}
+	for _, j := range s.batch.order {
+		bs.Created++
+		bs.States[j.state]++
+		if !j.terminal() {
+			bs.Entries["pending"] += len(j.entries)
+			bs.Enqueued[j.model] += j.tokens
+			continue
+		}
+		for _, e := range j.entries {
+			bs.Entries[e.outcome]++
+			if e.outcome == "ok" {
+				bs.InputTokens += e.tokens
+				bs.OutputTokens += e.outTokens
+			}
+		}
+	}
+	return bs
 }
 
 // Stats summarises the log, checking each model against its configured limits × safety (≤ 0 means 1).
@@ -269,6 +342,22 @@ func (s *Server) Stats(safety float64) Stats {
 		}
 	}
 	st.Tasks = len(calls)
+	answers := map[string]int{}
+	for _, e := range log {
+		if e.TaskID != "" && e.Status == http.StatusOK && (e.Method == "generateContent" || e.Method == "batchEntry") {
+			answers[e.TaskID]++
+		}
+	}
+	st.AnsweredTasks = len(answers)
+	for id, n := range answers {
+		if n > 1 {
+			if st.AnsweredTwice == nil {
+				st.AnsweredTwice = map[string]int{}
+			}
+			st.AnsweredTwice[id] = n
+		}
+	}
+	st.Batch = s.batchStats(log)
 	for id, n := range calls {
 		if n > 1 {
 			if st.DuplicateTasks == nil {

@@ -99,6 +99,8 @@ type Options struct {
 	HangFor time.Duration
 	// Tiers configure flex shedding and the priority limit.
 	Tiers Tiers
+	// Batch configures the Batch API (batchGenerateContent, batches/*, and the Files API it reads and writes).
+	Batch Batch
 }
 
 // Server is the Gemini stand-in: an http.Handler, optionally listening on 127.0.0.1 after Start. It is
@@ -113,6 +115,7 @@ type Server struct {
 	windows map[string]*window
 	dsq     *dsqState
 	tiers   tierState
+	batch   batchState
 	log     []Entry
 	seq     int64
 
@@ -136,6 +139,7 @@ func New(opts Options) *Server {
 	if opts.Seed == 0 {
 		opts.Seed = 0x6765_6d71
 	}
+	opts.Batch = opts.Batch.withDefaults()
 	if len(opts.Models) == 0 {
 		for _, id := range DefaultModelIDs {
 			opts.Models = append(opts.Models, Model{ID: id, Limits: opts.Limits})
@@ -222,8 +226,9 @@ func (s *Server) SetBehaviour(l Latency, f Faults, capacityRate float64) {
 	s.opts.Latency, s.opts.Faults, s.opts.CapacityRate = l, f, capacityRate
 }
 
-// ServeHTTP routes the Gemini REST surface (/v1beta/models/{model}:generateContent, :countTokens, GET
-// /v1beta/models/{model}; /v1 too) and the stand-in's own GET /_stats, GET /_log and POST /_reset.
+// ServeHTTP routes the Gemini REST surface (/v1beta/models/{model}:generateContent, :countTokens,
+// :batchGenerateContent, GET /v1beta/models/{model}; batches/* and files/* (batch.go, files.go); /v1 too)
+// and the stand-in's own GET /_stats, GET /_log and POST /_reset.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/_stats":
@@ -241,6 +246,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
+	if s.serveBatchAPI(w, r) {
+		return
+	}
 	version, rest, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	name, ok := strings.CutPrefix(rest, "models/")
 	if (version != "v1beta" && version != "v1") || !ok || name == "" {
@@ -255,7 +263,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.handle(w, r, "generateContent", model, version)
 	case method == "countTokens" && r.Method == http.MethodPost:
 		s.handle(w, r, "countTokens", model, version)
-	case method == "streamGenerateContent" || method == "batchGenerateContent" || method == "embedContent":
+	case method == "batchGenerateContent" && r.Method == http.MethodPost:
+		s.handleBatchCreate(w, r, model, version)
+	case method == "streamGenerateContent" || method == "embedContent":
 		writeError(w, apiError{Code: 501, Status: "UNIMPLEMENTED", Message: "geminisim does not implement " + method})
 	default:
 		writeError(w, apiError{Code: 404, Status: "NOT_FOUND", Message: "Method not found."})

@@ -51,6 +51,13 @@ func run(args []string) error {
 	skew := fs.Float64("token-skew", 0, "random ± fraction applied to each request's token count, e.g. 0.3")
 	seed := fs.Uint64("seed", 0, "random seed (0: fixed default)")
 	tokenizer := fs.String("tokenizer", string(geminisim.IndependentTokens), "token counting: independent (the stand-in's own rule) | estimator (exactly gemq's estimate)")
+	batchPending := fs.Duration("batch-pending", 30*time.Second, "Batch API: stand-in time a new batch stays PENDING")
+	batchRun := fs.Duration("batch-run", 2*time.Minute, "Batch API: stand-in time a batch then runs before it ends")
+	batchPerEntry := fs.Duration("batch-per-entry", 0, "Batch API: running time added per entry")
+	batchExpire := fs.Duration("batch-expire-after", 48*time.Hour, "Batch API: a batch not ended this long after creation ends EXPIRED with no results")
+	batchFailure := fs.Float64("batch-failure-rate", 0, "Batch API: probability that an entry is answered with an error status (code 13)")
+	batchTokens := fs.Int64("batch-enqueued-tokens", 0, "Batch API: per-model limit on the input tokens of pending and running batches (0: none)")
+	batchTier1 := fs.Bool("batch-tier1-limits", false, "Batch API: enqueued-token limits of Tier 1 (the documented figures) for the default models")
 	dsqSpec := fs.String("dsq", "", "hidden capacity as Vertex AI's Dynamic Shared Quota: REQUESTS/WINDOW[;AFTER=FRACTION...], e.g. 60/10s;1m=0.4;2m=1")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -84,10 +91,19 @@ func run(args []string) error {
 	for id := range zero {
 		ms = append(ms, geminisim.Model{ID: id, NoQuota: true, InputTokenLimit: *inputLimit})
 	}
+	if *batchFailure < 0 || *batchFailure > 1 {
+		return fmt.Errorf("-batch-failure-rate %g: want a probability in [0, 1]", *batchFailure)
+	}
+	batch := geminisim.Batch{PendingFor: *batchPending, RunFor: *batchRun, PerEntry: *batchPerEntry,
+		ExpireAfter: *batchExpire, FailureRate: *batchFailure, EnqueuedTokens: *batchTokens}
+	if *batchTier1 {
+		batch.EnqueuedTokensByModel = geminisim.Tier1EnqueuedTokens
+	}
 	srv := geminisim.New(geminisim.Options{
 		APIKey: *apiKey, Models: ms, FreeTier: *freeTier, Minute: *minute, Latency: lat, Faults: f,
 		CapacityRate: *capacity, TokenSkew: *skew, Seed: *seed, Tokenizer: tok, DSQ: dsq,
 		Tiers: geminisim.Tiers{FlexShedRate: *flexShed, PriorityRPM: *priorityRPM},
+		Batch: batch,
 	})
 	url, err := srv.Listen(*addr)
 	if err != nil {

@@ -33,20 +33,23 @@ func TestUpdateMarkdownKeepsOthersAndReplacesBlocks(t *testing.T) {
 
 func TestReservedSlotsReadsTheWorkersLog(t *testing.T) {
 	path := t.TempDir() + "/f.log"
-	lines := `{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"task deferred","task_id":"a","reason":"reserved: rpm","at":"2026-11-27T05:00:01.5Z","reserved":true}
-{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"task deferred","task_id":"b","reason":"reserved: rpm","at":"2026-11-27T05:00:02Z","reserved":true}
-{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"task deferred","task_id":"b","reason":"transient: x","at":"2026-11-27T05:00:09Z","reserved":false}
+	lines := `{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"task deferred","task_id":"a","job_id":"j","reason":"reserved: rpm","at":"2026-11-27T05:00:01.5Z","reserved":true}
+{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"task deferred","task_id":"b","job_id":"j","reason":"reserved: rpm","at":"2026-11-27T05:00:02Z","reserved":true}
+{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"task deferred","task_id":"b","job_id":"j","reason":"transient: x","at":"2026-11-27T05:00:09Z","reserved":false}
+{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"task deferred","task_id":"w","job_id":"warmup-j","reason":"reserved: rpm","at":"2026-11-27T05:00:02Z","reserved":true}
+{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"claimed the reserved slot after waiting for it","task_id":"a","job_id":"j","waited":"300ms"}
+{"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"claimed the reserved slot after waiting for it","task_id":"w","job_id":"warmup-j","waited":"900ms"}
 {"time":"2026-11-27T05:00:00Z","severity":"INFO","message":"other","task_id":"c"}
 `
 	if err := os.WriteFile(path, []byte(lines), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	slots, _, err := reservedSlots(path)
+	slots, waited, err := reservedSlots(path, "j")
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := time.Date(2026, 11, 27, 5, 0, 1, 500_000_000, time.UTC)
-	if len(slots) != 1 || !slots["a"].Equal(want) {
-		t.Fatalf("slots = %v, want only a at %v", slots, want)
+	if len(slots) != 1 || !slots["a"].Equal(want) || waited != 300*time.Millisecond {
+		t.Fatalf("slots = %v, waited %v; want only a at %v and 300ms (the warm-up job's not counted)", slots, waited, want)
 	}
 }

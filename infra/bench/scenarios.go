@@ -23,17 +23,23 @@ type Scale struct {
 	// QuotaBacklog is the size of the quota rows' estimate-error and
 	// tier jobs in per-minute quotas (QuotaRows).
 	QuotaBacklog float64
+	// WarmUp is the size of the warm-up job run before each of Scenarios'
+	// jobs, in per-minute quotas (0: none, the measured job is a fresh
+	// deployment's first): enough over one window that some 30+ tasks are
+	// deferred, so the worker learns Cloud Tasks' dispatch lag (its claim
+	// lead) as a deployment that has run before has.
+	WarmUp float64
 }
 
 // DefaultScale is what `make bench` runs.
 var DefaultScale = Scale{Minute: 6 * time.Second, RPM: 300, Backlog: 10, Guard: 100 * time.Millisecond,
-	Latency: "lognormal:median=2s,sigma=0.5,max=20s", PushConcurrency: 64, QuotaBacklog: 4}
+	Latency: "lognormal:median=2s,sigma=0.5,max=20s", PushConcurrency: 64, QuotaBacklog: 4, WarmUp: 1.3}
 
 // Scenarios returns the pipeline runs of benchmarks 1-4, by name, in run
 // order.
 func (s Scale) Scenarios() []PipelineOptions {
 	base := PipelineOptions{Policy: "reserve", Minute: s.Minute, RPD: 10_000_000, Safety: 0.95, Guard: s.Guard,
-		Latency: s.Latency, Seed: 1, PushConcurrency: s.PushConcurrency}
+		Latency: s.Latency, Seed: 1, PushConcurrency: s.PushConcurrency, WarmUp: int(s.WarmUp * float64(s.RPM))}
 	tasks := int(s.Backlog * float64(s.RPM))
 	timeout := time.Duration(s.Backlog*4)*s.Minute + time.Minute
 

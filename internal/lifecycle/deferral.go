@@ -41,9 +41,9 @@ func (m *Machine) deferTask(ctx context.Context, r *run, df deferral) Outcome {
 		// Tasks dispatches late, by up to seconds for the burst of a window
 		// boundary; a callback that is early waits for its slot
 		// (waitForSlot), a late one would be queued again. The lead is the
-		// dispatch lag this instance has seen (99th percentile + 50 ms),
-		// at most the claim lead.
-		due = df.at.Add(-m.lead.current())
+		// dispatch lag this instance (or else the fleet) has seen (99th
+		// percentile + 50 ms), at most the claim lead.
+		due = df.at.Add(-m.lead.current(ctx, m.now()))
 		if now := m.now(); due.Before(now) {
 			due = now
 		}

@@ -82,6 +82,8 @@ type Store interface {
 	Fail(ctx context.Context, r store.Ref, tok store.Token, errJSON []byte) (store.Outcome, error)
 	Result(ctx context.Context, jobID, key string) (store.Record, error)
 	MarkPublished(ctx context.Context, r store.Ref) error
+	// The claim lead learned by the fleet (leadTracker).
+	LeadStore
 }
 
 // Permits is the quota limiter (*limiter.Limiter).
@@ -240,7 +242,7 @@ func New(deps Deps, opts Options, log *slog.Logger) *Machine {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Machine{deps: deps, opts: opts.withDefaults(), log: log, now: time.Now}
-	m.lead = newLeadTracker(m.opts.ClaimLead)
+	m.lead = newLeadTracker(m.opts.ClaimLead, deps.Store)
 	if m.opts.Policy == config.PolicySeed {
 		m.admit = seed{m}
 	} else {

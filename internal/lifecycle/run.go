@@ -41,7 +41,7 @@ type run struct {
 func (m *Machine) Handle(ctx context.Context, d Delivery) Outcome {
 	log := m.log.With("source", string(d.Source), "delivery_id", d.ID, "delivery_attempt", d.Attempt)
 	if d.Source == CloudTasks && d.Attempt == 0 {
-		m.lead.observe(d.ScheduledAt, m.now())
+		m.lead.observe(ctx, d.ScheduledAt, m.now())
 	}
 	var req *gemini.Request
 	if d.Invalid == nil {

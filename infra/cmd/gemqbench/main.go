@@ -65,6 +65,7 @@ func run() error {
 	flag.DurationVar(&sc.Guard, "guard", sc.Guard, "pipeline: the limiter's guard (real time)")
 	flag.StringVar(&sc.Latency, "latency", sc.Latency, "pipeline: the stand-in's latency (stand-in time)")
 	flag.IntVar(&sc.PushConcurrency, "push-concurrency", sc.PushConcurrency, "pipeline: push loop deliveries in flight")
+	flag.Float64Var(&sc.WarmUp, "warmup", sc.WarmUp, "pipeline: a warm-up job of this many per-minute quotas before each utilisation/seed job (0: the job is a fresh deployment's first)")
 	child := flag.String("child", "", "internal: run one pipeline scenario in this process")
 	childOut := flag.String("child-out", "", "internal: where the child writes its result")
 	flag.Parse()
@@ -314,7 +315,7 @@ func passFlags() []string {
 	var out []string
 	flag.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "minute", "rpm", "backlog", "guard", "latency", "push-concurrency", "quota-backlog":
+		case "minute", "rpm", "backlog", "guard", "latency", "push-concurrency", "quota-backlog", "warmup":
 			out = append(out, "-"+f.Name+"="+f.Value.String())
 		}
 	})

@@ -207,8 +207,15 @@ func (s *Server) handleBatchCreate(w http.ResponseWriter, r *http.Request, model
 func requestOf(raw json.RawMessage) (req *gemini.Request, bad string, err error) {
 	var m map[string]json.RawMessage
 	if json.Unmarshal(raw, &m) == nil {
+		m = camelKeys(m)
 		delete(m, "model")
 		delete(m, "serviceTier")
+		if gc, ok := m["generationConfig"]; ok {
+			var g map[string]json.RawMessage
+			if json.Unmarshal(gc, &g) == nil {
+				m["generationConfig"], _ = json.Marshal(camelKeys(g))
+			}
+		}
 		raw, _ = json.Marshal(m)
 	}
 	req, err = gemini.ParseRequest(raw)
@@ -219,6 +226,23 @@ func requestOf(raw json.RawMessage) (req *gemini.Request, bad string, err error)
 		return req, "* GenerateContentRequest." + strings.TrimPrefix(err.Error(), "request.") + "\n", nil
 	}
 	return req, "", nil
+}
+
+// camelKeys renames snake_case keys to lowerCamelCase: the API's JSON accepts proto field names too, and the
+// docs' own JSONL example writes "generation_config". Only the request's and generationConfig's own keys are
+// renamed, never data such as schema properties.
+func camelKeys(m map[string]json.RawMessage) map[string]json.RawMessage {
+	out := make(map[string]json.RawMessage, len(m))
+	for k, v := range m {
+		parts := strings.Split(k, "_")
+		for i := 1; i < len(parts); i++ {
+			if p := parts[i]; p != "" {
+				parts[i] = strings.ToUpper(p[:1]) + p[1:]
+			}
+		}
+		out[strings.Join(parts, "")] = v
+	}
+	return out
 }
 
 // inlineEntry parses requests.requests[i]: {request, metadata}. A request that does not parse fails the

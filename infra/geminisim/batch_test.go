@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -139,7 +142,7 @@ func TestBatchFileInput(t *testing.T) {
 	_, gc, clk := startBatch(t, geminisim.Batch{}, nil)
 	ctx := context.Background()
 	input := `{"key": "a", "request": {"contents": [{"parts": [{"text": "Describe photosynthesis."}]}]}}
-{"key": "b", "request": {"contents": [{"parts": [{"text": "Name a pizza."}]}], "generationConfig": {"maxOutputTokens": 5}}}
+{"key": "b", "request": {"contents": [{"parts": [{"text": "Name a pizza."}]}], "generation_config": {"max_output_tokens": 5}}}
 {"key": "c", "request": {"contents": [{"parts": [{"text": "broken"}]}], "bogus": 1}}
 {"key": "d", "request": {"contents": []}}
 `
@@ -194,7 +197,7 @@ func TestBatchFileInput(t *testing.T) {
 		}
 	}
 	if fr := lines[1].Response.Candidates[0].FinishReason; fr != genai.FinishReasonMaxTokens {
-		t.Errorf("line b: finish reason %s, want MAX_TOKENS (maxOutputTokens 5)", fr)
+		t.Errorf("line b: finish reason %s, want MAX_TOKENS (generation_config.max_output_tokens 5, snake_case as in the docs)", fr)
 	}
 	if _, err := gc.Files.Delete(ctx, f.Name, nil); err != nil {
 		t.Errorf("delete file: %v", err)
@@ -424,5 +427,86 @@ func TestBatchBadInput(t *testing.T) {
 	}
 	if _, err := wrong.Batches.Get(ctx, job.Name, nil); err == nil {
 		t.Errorf("get with a wrong key succeeded")
+	}
+}
+
+// TestBatchScaledTime runs a batch on the real clock with a quota minute of 60 ms: one stand-in minute
+// pending and one running take about 120 ms, and a poller sees each state in turn.
+func TestBatchScaledTime(t *testing.T) {
+	_, gc := start(t, geminisim.Options{Minute: 60 * time.Millisecond, Batch: geminisim.Batch{PendingFor: time.Minute, RunFor: time.Minute}})
+	began := time.Now()
+	job := createInline(t, gc, prompts(3, "s"))
+	seen := []genai.JobState{job.State}
+	for job.State != genai.JobStateSucceeded && time.Since(began) < 5*time.Second {
+		time.Sleep(10 * time.Millisecond)
+		job = get(t, gc, job.Name)
+		if job.State != seen[len(seen)-1] {
+			seen = append(seen, job.State)
+		}
+	}
+	took := time.Since(began)
+	if fmt.Sprint(seen) != fmt.Sprint([]genai.JobState{genai.JobStatePending, genai.JobStateRunning, genai.JobStateSucceeded}) ||
+		took < 120*time.Millisecond || took > 3*time.Second {
+		t.Errorf("states %v in %v, want PENDING, RUNNING, SUCCEEDED in about 120 ms", seen, took)
+	}
+}
+
+// TestFilesResumableUpload uploads a file larger than genai's 8 MB chunk (two chunks, the second at offset
+// 8 MB) and lists files page by page.
+func TestFilesResumableUpload(t *testing.T) {
+	_, gc := start(t, geminisim.Options{})
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 9<<16) // 9 MB
+	big, err := gc.Files.Upload(ctx, bytes.NewReader(data), &genai.UploadFileConfig{MIMEType: "application/octet-stream"})
+	if err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	sum := sha256.Sum256(data)
+	if big.SizeBytes == nil || *big.SizeBytes != int64(len(data)) || big.Sha256Hash != base64.StdEncoding.EncodeToString(sum[:]) ||
+		big.ExpirationTime.Sub(big.CreateTime) != 48*time.Hour {
+		t.Fatalf("uploaded: size %v hash %s, created %v expires %v", big.SizeBytes, big.Sha256Hash, big.CreateTime, big.ExpirationTime)
+	}
+	small, err := gc.Files.Upload(ctx, strings.NewReader("{}\n"), &genai.UploadFileConfig{MIMEType: "jsonl", Name: "mine"})
+	if err != nil || small.Name != "files/mine" {
+		t.Fatalf("upload with a name: %+v, %v", small, err)
+	}
+	var names []string
+	p, err := gc.Files.List(ctx, &genai.ListFilesConfig{PageSize: 1})
+	for ; err == nil; p, err = p.Next(ctx) {
+		for _, f := range p.Items {
+			names = append(names, f.Name)
+		}
+	}
+	if !errors.Is(err, genai.ErrPageDone) || len(names) != 2 || !slices.Contains(names, big.Name) || !slices.Contains(names, "files/mine") {
+		t.Errorf("listed %v (%v)", names, err)
+	}
+}
+
+// TestBatchLimits refuses a batch beyond the concurrent-batch limit and answers an entry over the model's
+// input token limit with code 3.
+func TestBatchLimits(t *testing.T) {
+	_, gc, clk := startBatch(t, geminisim.Batch{MaxConcurrent: 1}, func(o *geminisim.Options) {
+		o.Models = []geminisim.Model{{ID: model, InputTokenLimit: 12}}
+	})
+	long := &genai.InlinedRequest{Contents: genai.Text(strings.Repeat("word ", 40)), Metadata: map[string]string{"key": "long"}}
+	job := createInline(t, gc, []*genai.InlinedRequest{long, prompts(1, "short")[0]})
+	_, err := gc.Batches.Create(context.Background(), model, &genai.BatchJobSource{InlinedRequests: prompts(1, "x")}, &genai.CreateBatchJobConfig{DisplayName: "two"})
+	ae := apiError(t, err)
+	if ae.Code != 429 || ae.Status != "RESOURCE_EXHAUSTED" || !strings.Contains(fmt.Sprint(ae.Details), "ConcurrentBatchRequestsPerProject") {
+		t.Errorf("a second active batch with MaxConcurrent 1: %+v", ae)
+	}
+	clk.Add(3 * time.Minute)
+	got := get(t, gc, job.Name)
+	if got.State != genai.JobStateSucceeded || len(got.Dest.InlinedResponses) != 2 {
+		t.Fatalf("%+v", got)
+	}
+	if r := got.Dest.InlinedResponses[0]; r.Error == nil || *r.Error.Code != 3 || !strings.Contains(r.Error.Message, "exceeds the maximum number of tokens allowed (12)") {
+		t.Errorf("entry over the input token limit: %+v", r.Error)
+	}
+	if r := got.Dest.InlinedResponses[1]; r.Response == nil {
+		t.Errorf("short entry: %+v", r)
+	}
+	if _, err := gc.Batches.Create(context.Background(), model, &genai.BatchJobSource{InlinedRequests: prompts(1, "x")}, &genai.CreateBatchJobConfig{DisplayName: "after"}); err != nil {
+		t.Errorf("create once the first batch ended: %v", err)
 	}
 }

@@ -202,19 +202,14 @@ func (s *Server) handleBatchCreate(w http.ResponseWriter, r *http.Request, model
 }
 
 // requestOf parses one GenerateContentRequest of a batch: the "model" a client may name in it and the
-// service tier are dropped (the batch's model and tier apply), the rest parsed as generateContent parses it.
+// service tier are dropped (the batch's model and tier apply), the rest parsed as generateContent parses it
+// (snake_case keys too, as the docs' JSONL example writes "generation_config").
 // A parse error is returned; a request that parses but is invalid comes back with bad set.
 func requestOf(raw json.RawMessage) (req *gemini.Request, bad string, err error) {
 	var m map[string]json.RawMessage
 	if json.Unmarshal(raw, &m) == nil {
-		m = camelKeys(m)
-		delete(m, "model")
-		delete(m, "serviceTier")
-		if gc, ok := m["generationConfig"]; ok {
-			var g map[string]json.RawMessage
-			if json.Unmarshal(gc, &g) == nil {
-				m["generationConfig"], _ = json.Marshal(camelKeys(g))
-			}
+		for _, k := range []string{"model", "serviceTier", "service_tier"} {
+			delete(m, k)
 		}
 		raw, _ = json.Marshal(m)
 	}
@@ -226,23 +221,6 @@ func requestOf(raw json.RawMessage) (req *gemini.Request, bad string, err error)
 		return req, "* GenerateContentRequest." + strings.TrimPrefix(err.Error(), "request.") + "\n", nil
 	}
 	return req, "", nil
-}
-
-// camelKeys renames snake_case keys to lowerCamelCase: the API's JSON accepts proto field names too, and the
-// docs' own JSONL example writes "generation_config". Only the request's and generationConfig's own keys are
-// renamed, never data such as schema properties.
-func camelKeys(m map[string]json.RawMessage) map[string]json.RawMessage {
-	out := make(map[string]json.RawMessage, len(m))
-	for k, v := range m {
-		parts := strings.Split(k, "_")
-		for i := 1; i < len(parts); i++ {
-			if p := parts[i]; p != "" {
-				parts[i] = strings.ToUpper(p[:1]) + p[1:]
-			}
-		}
-		out[strings.Join(parts, "")] = v
-	}
-	return out
 }
 
 // inlineEntry parses requests.requests[i]: {request, metadata}. A request that does not parse fails the

@@ -430,10 +430,10 @@ func TestBatchBadInput(t *testing.T) {
 	}
 }
 
-// TestBatchScaledTime runs a batch on the real clock with a quota minute of 60 ms: one stand-in minute
-// pending and one running take about 120 ms, and a poller sees each state in turn.
+// TestBatchScaledTime runs a batch on the real clock with a quota minute of 200 ms: one stand-in minute
+// pending and three running take about 800 ms, and a poller sees each state in turn.
 func TestBatchScaledTime(t *testing.T) {
-	_, gc := start(t, geminisim.Options{Minute: 60 * time.Millisecond, Batch: geminisim.Batch{PendingFor: time.Minute, RunFor: time.Minute}})
+	_, gc := start(t, geminisim.Options{Minute: 200 * time.Millisecond, Batch: geminisim.Batch{PendingFor: time.Minute, RunFor: 3 * time.Minute}})
 	began := time.Now()
 	job := createInline(t, gc, prompts(3, "s"))
 	seen := []genai.JobState{job.State}
@@ -446,8 +446,8 @@ func TestBatchScaledTime(t *testing.T) {
 	}
 	took := time.Since(began)
 	if fmt.Sprint(seen) != fmt.Sprint([]genai.JobState{genai.JobStatePending, genai.JobStateRunning, genai.JobStateSucceeded}) ||
-		took < 120*time.Millisecond || took > 3*time.Second {
-		t.Errorf("states %v in %v, want PENDING, RUNNING, SUCCEEDED in about 120 ms", seen, took)
+		took < 800*time.Millisecond || took > 5*time.Second {
+		t.Errorf("states %v in %v, want PENDING, RUNNING, SUCCEEDED in about 800 ms", seen, took)
 	}
 }
 

@@ -17,7 +17,8 @@ type tierFlags struct {
 func addTierFlags(fs *flag.FlagSet) tierFlags {
 	return tierFlags{
 		tier: fs.String("service-tier", "", "Gemini service tier of every request: standard (default), flex (half price, may be shed),\n"+
-			"priority (up to twice the price, Tier 2/3 projects), or auto with --deadline (the cheapest expected to finish by it)"),
+			"priority (up to twice the price, Tier 2/3 projects), batch (half price, the Batch API: 24 h target),\n"+
+			"or auto with --deadline (the cheapest expected to finish by it)"),
 		deadline: fs.String("deadline", "", "the job's deadline, RFC 3339 (2026-12-03T06:00:00Z) or a duration from now (6h): needed by\n"+
 			"--service-tier auto; flex requests Gemini sheds are retried until it"),
 	}

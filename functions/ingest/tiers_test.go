@@ -72,9 +72,9 @@ func TestJobStatusShowsTierAndCost(t *testing.T) {
 
 func TestSubmitTierErrorsAndJSONLParams(t *testing.T) {
 	e := newEnv(t)
-	w := e.postJSON(`{"model":"` + model + `","service_tier":"batch","requests":[{"key":"a","request":{"contents":[{"parts":[{"text":"x"}]}]}}]}`)
-	if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "not available yet") {
-		t.Errorf("batch job: %d %s, want 400 saying batch is not available yet", w.Code, w.Body)
+	w := e.postJSON(`{"model":"` + model + `","service_tier":"cheap","requests":[{"key":"a","request":{"contents":[{"parts":[{"text":"x"}]}]}}]}`)
+	if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "must be standard, flex, priority, batch or auto") {
+		t.Errorf("unknown tier: %d %s, want 400 naming the tiers", w.Code, w.Body)
 	}
 	w = e.do(http.MethodPost, "/v1/jobs?model="+model+"&service_tier=priority", []byte(`{"key":"a","request":{"contents":[{"parts":[{"text":"x"}]}]}}`+"\n"),
 		"Content-Type", "application/jsonl")

@@ -49,7 +49,8 @@ type pushEnvelope struct {
 }
 
 // decode reads the request body as a Cloud Tasks callback (header
-// X-CloudTasks-TaskName: the body is the task envelope) or else a Pub/Sub push
+// X-CloudTasks-TaskName: the body is the task envelope, or a batch group's
+// step) or else a Pub/Sub push
 // envelope, and decodes the task envelope it carries. A body that cannot be
 // read is an error (answer non-2xx); one that can be read but is not a
 // valid message is a delivery with Invalid set (dead-lettered).
@@ -69,6 +70,15 @@ func decode(r *http.Request) (lifecycle.Delivery, error) {
 		d.Attempt, _ = strconv.Atoi(r.Header.Get(headerTaskRetry))
 		if eta, err := strconv.ParseFloat(r.Header.Get(headerTaskETA), 64); err == nil && eta > 0 {
 			d.ScheduledAt = time.UnixMicro(int64(eta * 1e6))
+		}
+		// A batch group's seal or poll (the Batch tier), not a task.
+		if step, ok, err := lifecycle.DecodeBatchStep(body); ok {
+			if err != nil {
+				d.Invalid = err
+			} else {
+				d.Batch = &step
+			}
+			return d, nil
 		}
 	} else {
 		d.Source = lifecycle.PubSub

@@ -1,6 +1,7 @@
 // Package worker is gemq's Worker function: one HTTP call per task message,
 // either a Pub/Sub push delivery or a Cloud Tasks callback (header
-// X-CloudTasks-TaskName, body the task envelope). It registers the entry
+// X-CloudTasks-TaskName, body the task envelope, or {"gemq_batch": ...}: a
+// batch group's seal or poll, see lifecycle.BatchStep). It registers the entry
 // point "Worker" with the functions framework; init does nothing else.
 //
 // The function only adapts HTTP: it decodes the request into a
@@ -23,6 +24,7 @@ import (
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/gemq-dev/gemq/internal/batches"
 	"github.com/gemq-dev/gemq/internal/clients"
 	"github.com/gemq-dev/gemq/internal/config"
 	"github.com/gemq-dev/gemq/internal/gemini"
@@ -109,6 +111,7 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	}
 	deps := lifecycle.Deps{
 		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL, BodyGrace: cfg.BodyGrace()}),
+		Batch:       batchDeps(rdb, cfg, gem, opts),
 		Permits:     metrics.WrapLimiter(lim, rec),
 		Gemini:      metrics.WrapGemini(gem, cfg.Project, rec),
 		Scheduler:   queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
@@ -118,6 +121,18 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 	h := &handler{m: lifecycle.New(deps, opts, log), log: log, rec: rec}
 	log.Info("worker ready", "config", cfg)
 	return h, nil
+}
+
+// batchDeps are the Batch tier's: none on Vertex AI, whose Batch API reads
+// its input from Cloud Storage or BigQuery only (batch-tier tasks then run
+// at standard).
+func batchDeps(rdb redis.Scripter, cfg config.Config, gem *gemini.Client, opts lifecycle.Options) lifecycle.BatchDeps {
+	if cfg.Vertex {
+		return lifecycle.BatchDeps{}
+	}
+	// Groups outlive the longest wait of their members by a day.
+	return lifecycle.BatchDeps{API: gem, Groups: batches.New(rdb, lifecycle.BatchHold(opts)+24*time.Hour),
+		Enqueued: limiter.NewEnqueued(rdb)}
 }
 
 // newLimiter is the worker's limiter: warnings to its log, adaptation off

@@ -100,6 +100,10 @@ type PipelineResult struct {
 	// and 429; calls for tasks already answered OK (duplicates).
 	GeminiCalls, OK, Status429, Other int
 	DuplicateCalls                    int
+	// BatchAnswered counts the Batch API entries answered with a response
+	// (the stand-in's "batchEntry" log lines), BatchFailed those answered
+	// with an error or ended unanswered (expired, cancelled, failed).
+	BatchAnswered, BatchFailed int
 	// Peak sliding windows (1 stand-in minute) and capacities.
 	PeakRPM, PeakTPM, CapRPM, CapTPM int64
 	// Mean and smallest total of the complete stand-in minutes counted
@@ -513,6 +517,13 @@ func slotLags(log []geminisim.Entry, slots map[string]time.Time, toReal func(tim
 	return lags
 }
 
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
 // analyse computes every figure from the stand-in's log (stand-in time).
 func (r *PipelineResult) analyse(log []geminisim.Entry, submitted time.Time) {
 	o := r.Opts
@@ -522,6 +533,16 @@ func (r *PipelineResult) analyse(log []geminisim.Entry, submitted time.Time) {
 	var lastOK time.Time
 	var tokensOK int64
 	for _, e := range log {
+		if e.Method == "batchEntry" {
+			// A batch's answer: it completes its task like a call would.
+			if e.Status == http.StatusOK {
+				r.BatchAnswered++
+				lastOK = latest(lastOK, e.Finished)
+			} else {
+				r.BatchFailed++
+			}
+			continue
+		}
 		if e.Method != "generateContent" {
 			continue
 		}

@@ -551,7 +551,11 @@ func (s *Stack) start(ctx context.Context, opts Options) error {
 		"GEMQ_SEED_BACKOFF_BASE":     scale(config.DefaultSeedBackoffBase, opts.Minute).String(),
 		"GEMQ_SEED_BACKOFF_MAX":      scale(config.DefaultSeedBackoffMax, opts.Minute).String(),
 		"GEMQ_CLAIM_LEAD":            opts.ClaimLead.String(),
-		"GEMQ_LOG_LEVEL":             "info",
+		// The Batch tier in stack time: collect window, poll back-off.
+		"GEMQ_BATCH_COLLECT":  scale(config.DefaultBatchCollect, opts.Minute).String(),
+		"GEMQ_BATCH_POLL_MIN": scale(config.DefaultBatchPollMin, opts.Minute).String(),
+		"GEMQ_BATCH_POLL_MAX": scale(config.DefaultBatchPollMax, opts.Minute).String(),
+		"GEMQ_LOG_LEVEL":      "info",
 		// The functions' JSON lines go to the stack's log file, not to the
 		// process' stdout (the terminal of gemq run, the output of go test).
 		"GEMQ_LOG_FILE": s.LogPath,

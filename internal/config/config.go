@@ -259,6 +259,8 @@ type Config struct {
 	// default 60s, at least 10s (Cloud Monitoring takes a point per series
 	// at most every 5s).
 	MetricsInterval time.Duration
+	// Batch configures the Batch tier (GEMQ_BATCH_*, see Batch).
+	Batch Batch
 }
 
 // Defaults.
@@ -489,6 +491,7 @@ func load(getenv func(string) string, ps *problems) Config {
 	if c.MetricsInterval < 10*time.Second {
 		ps.add("GEMQ_METRICS_INTERVAL", "%v: want at least 10s", c.MetricsInterval)
 	}
+	c.Batch = loadBatch(duration, integer, ps)
 	c.Lease = duration("GEMQ_LEASE", c.GeminiTimeout+DefaultLeaseMargin)
 	c.ResultsDatetimeFormat = str("GEMQ_RESULTS_DATETIME_FORMAT", DefaultResultsDatetimeFormat)
 	c.ResultBodyGrace = duration("GEMQ_RESULT_BODY_GRACE", 3*c.ResultsMaxDuration)
@@ -770,5 +773,9 @@ func (c Config) LogValue() slog.Value {
 		slog.String("metrics_export", c.MetricsExport),
 		slog.String("metrics_endpoint", c.MetricsEndpoint),
 		slog.Duration("metrics_interval", c.MetricsInterval),
+		slog.Duration("batch_collect", c.Batch.Collect),
+		slog.Duration("batch_poll_min", c.Batch.PollMin),
+		slog.Duration("batch_poll_max", c.Batch.PollMax),
+		slog.Int64("batch_enqueued_tokens", c.Batch.EnqueuedTokens),
 	)
 }

@@ -83,6 +83,8 @@ func TestLoadDefaults(t *testing.T) {
 		SeedBackoffMax:      time.Minute,
 		MetricsEndpoint:     "telemetry.googleapis.com:443",
 		MetricsInterval:     time.Minute,
+		Batch: Batch{Collect: time.Minute, PollMin: 30 * time.Second, PollMax: 10 * time.Minute, MaxEntries: 10_000,
+			MaxBytes: 64 << 20, InlineBytes: 19_000_000, EnqueuedTokens: 3_000_000},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("Load (-want +got):\n%s", diff)
@@ -144,6 +146,13 @@ func TestLoadAll(t *testing.T) {
 		"GEMQ_METRICS_EXPORT", "otlp",
 		"GEMQ_METRICS_ENDPOINT", "127.0.0.1:4317",
 		"GEMQ_METRICS_INTERVAL", "15s",
+		"GEMQ_BATCH_COLLECT", "5s",
+		"GEMQ_BATCH_POLL_MIN", "1s",
+		"GEMQ_BATCH_POLL_MAX", "1m",
+		"GEMQ_BATCH_MAX_ENTRIES", "100",
+		"GEMQ_BATCH_MAX_BYTES", "1000000",
+		"GEMQ_BATCH_INLINE_BYTES", "50000",
+		"GEMQ_BATCH_ENQUEUED_TOKENS", "7000",
 	)
 	c, err := LoadFor(Worker, env(m))
 	if err != nil {
@@ -171,6 +180,8 @@ func TestLoadAll(t *testing.T) {
 			"gemini-2.0-flash":      DefaultPrices["gemini-2.0-flash"],
 		},
 		MetricsExport: "otlp", MetricsEndpoint: "127.0.0.1:4317", MetricsInterval: 15 * time.Second,
+		Batch: Batch{Collect: 5 * time.Second, PollMin: time.Second, PollMax: time.Minute, MaxEntries: 100,
+			MaxBytes: 1_000_000, InlineBytes: 50_000, EnqueuedTokens: 7000},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("LoadFor (-want +got):\n%s", diff)

@@ -147,6 +147,13 @@ func (c *Client) Generate(ctx context.Context, taskID, model string, r *Request)
 	if err != nil {
 		return nil, fmt.Errorf("genai generateContent: %w", err)
 	}
+	return newResponse(resp)
+}
+
+// newResponse is a Response from genai's: its REST JSON (without the SDK's
+// HTTP details), its usage, the tier that served it (header), its first
+// finish reason.
+func newResponse(resp *genai.GenerateContentResponse) (*Response, error) {
 	var servedHeader string
 	if h := resp.SDKHTTPResponse; h != nil {
 		servedHeader = http.Header(h.Headers).Get(ServiceTierHeader)

@@ -27,8 +27,7 @@ func TestBuildRefusesBadTiers(t *testing.T) {
 	for _, tc := range []struct {
 		name, extra, field, want string
 	}{
-		{"unknown tier", `,"service_tier":"cheap"`, "service_tier", "must be standard, flex, priority or auto"},
-		{"batch not yet", `,"service_tier":"batch"`, "service_tier", "batch is not available yet"},
+		{"unknown tier", `,"service_tier":"cheap"`, "service_tier", "must be standard, flex, priority, batch or auto"},
 		{"auto without deadline", `,"service_tier":"auto"`, "deadline", "auto needs a deadline"},
 		{"deadline not RFC 3339", `,"service_tier":"flex","deadline":"tomorrow"`, "deadline", "RFC 3339"},
 		{"deadline passed", `,"service_tier":"auto","deadline":"2026-12-02T19:00:00Z"`, "deadline", "has passed"},

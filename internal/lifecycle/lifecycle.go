@@ -50,6 +50,7 @@ package lifecycle
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/gemq-dev/gemq/internal/config"
@@ -129,6 +130,9 @@ type Deps struct {
 	Scheduler   Scheduler
 	Results     Publisher
 	DeadLetters Publisher
+	// Batch are the Batch tier's (optional: without them batch-tier tasks
+	// run at standard).
+	Batch BatchDeps
 }
 
 // Options tune a Machine. Zero values take internal/config's defaults.
@@ -172,6 +176,8 @@ type Options struct {
 	// CallTimeout bounds one Cloud Tasks or Pub/Sub call, so an outage
 	// answers non-2xx well before the push deadline.
 	CallTimeout time.Duration
+	// Batch configures the Batch tier (GEMQ_BATCH_*).
+	Batch config.Batch
 }
 
 // OptionsFrom maps the configuration onto Options.
@@ -192,6 +198,7 @@ func OptionsFrom(cfg config.Config) Options {
 		SeedBase:      cfg.SeedBackoffBase,
 		SeedMax:       cfg.SeedBackoffMax,
 		ClaimLead:     cfg.ClaimLead,
+		Batch:         cfg.Batch,
 	}
 }
 
@@ -220,6 +227,19 @@ func (o Options) withDefaults() Options {
 	def(&o.SeedMax, max(config.DefaultSeedBackoffMax, o.SeedBase))
 	def(&o.ClaimLead, config.DefaultClaimLead)
 	def(&o.CallTimeout, config.DefaultCallTimeout)
+	b := &o.Batch
+	def(&b.Collect, config.DefaultBatchCollect)
+	def(&b.PollMin, config.DefaultBatchPollMin)
+	def(&b.PollMax, max(config.DefaultBatchPollMax, b.PollMin))
+	defInt := func(n *int64, v int64) {
+		if *n <= 0 {
+			*n = v
+		}
+	}
+	defInt(&b.MaxEntries, config.DefaultBatchMaxEntries)
+	defInt(&b.MaxBytes, config.DefaultBatchMaxBytes)
+	defInt(&b.InlineBytes, config.DefaultBatchInlineBytes)
+	defInt(&b.EnqueuedTokens, config.DefaultBatchEnqueuedTokens)
 	return o
 }
 
@@ -234,6 +254,9 @@ type Machine struct {
 	// lead learns Cloud Tasks' dispatch lag: how long before its slot a
 	// reservation's Cloud Task is due (at most Options.ClaimLead).
 	lead *leadTracker
+	// openGroups remembers the open batch group last seen per scope
+	// (limiter.Scope → group id), a hint that saves a round trip.
+	openGroups sync.Map
 }
 
 // New returns a Machine on deps. A nil log discards.
@@ -287,6 +310,9 @@ type Delivery struct {
 	// Kind classifies Invalid for the dead-letter copy: KindUndecodable
 	// when zero.
 	Kind DeadLetterKind
+	// Batch, when set, makes the delivery a batch group's step (a Cloud
+	// Task of the Batch tier: seal or poll), not a task message.
+	Batch *BatchStep
 }
 
 // holder is the delivery's identity in the store.

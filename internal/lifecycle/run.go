@@ -43,6 +43,9 @@ func (m *Machine) Handle(ctx context.Context, d Delivery) Outcome {
 	if d.Source == CloudTasks && d.Attempt == 0 {
 		m.lead.observe(ctx, d.ScheduledAt, m.now())
 	}
+	if d.Batch != nil && d.Invalid == nil {
+		return m.batchStep(ctx, d)
+	}
 	var req *gemini.Request
 	if d.Invalid == nil {
 		// A request that can never be sent is a message that cannot be
@@ -132,6 +135,9 @@ func (m *Machine) process(ctx context.Context, r *run) Outcome {
 			"awaited_deferral", lr.Deferral, "lease_check", check, "resumed", lr.Resumed)
 	}
 
+	if m.tierOf(r) == tier.Batch {
+		return m.batchTask(ctx, r)
+	}
 	permit, o, ok := m.admit.Admit(ctx, r, r.req)
 	if !ok {
 		return o

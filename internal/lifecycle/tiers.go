@@ -12,9 +12,14 @@ import (
 )
 
 // tierOf is the tier the task calls at: its envelope's, with auto (a task
-// published straight to the topic) resolved by its deadline.
+// published straight to the topic) resolved by its deadline; batch is
+// standard without a Batch API (Vertex AI).
 func (m *Machine) tierOf(r *run) tier.Tier {
-	return tier.ForTask(tier.Tier(r.env.ServiceTier), m.now(), r.env.DeadlineTime())
+	t := tier.ForTask(tier.Tier(r.env.ServiceTier), m.now(), r.env.DeadlineTime())
+	if t == tier.Batch && !m.batchReady() {
+		return tier.Standard
+	}
+	return t
 }
 
 // callTimeout bounds one Gemini call at tier t: flex answers in minutes.

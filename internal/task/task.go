@@ -17,7 +17,7 @@
 //	  "permit": {…},                   optional, the limiter permit reserved for this task (set by the worker)
 //	  "job_hash": "…",                 optional, set by ingest: the job's content hash ([A-Za-z0-9_-]{1,128})
 //	  "job_total": 200,                with job_hash: the job's number of tasks
-//	  "service_tier": "flex",          optional: standard (default), flex, priority, or auto with a deadline
+//	  "service_tier": "flex",          optional: standard (default), flex, priority, batch, or auto with a deadline
 //	  "deadline": "2026-12-03T06:00:00Z" optional, RFC 3339: required with auto; flex sheds stop at it
 //	}
 //
@@ -141,11 +141,14 @@ type Envelope struct {
 	// JobTotal is that job's number of tasks (set by ingest with JobHash).
 	JobTotal int `json:"job_total,omitempty"`
 	// ServiceTier is the Gemini service tier to call at (internal/tier):
-	// "" or "standard", "flex", "priority", or "auto" (with Deadline: the
-	// worker picks flex or standard). Ingest writes the tier it resolved.
+	// "" or "standard", "flex", "priority", "batch" (the Batch API), or
+	// "auto" (with Deadline: the worker picks batch, flex or standard).
+	// Ingest writes the tier it resolved.
 	ServiceTier string `json:"service_tier,omitempty"`
 	// Deadline, RFC 3339, is when the task must be done by: required with
-	// auto; a flex task shed by Gemini is deferred again only until then.
+	// auto; a flex task shed by Gemini is deferred again only until then,
+	// and a batch entry that failed falls back to the interactive path only
+	// before it.
 	Deadline string `json:"deadline,omitempty"`
 }
 

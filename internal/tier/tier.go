@@ -11,9 +11,12 @@
 //     project's dynamic priority limit a request is served at standard
 //     instead of failing (https://ai.google.dev/gemini-api/docs/priority-inference).
 //     Only Tier 2 and Tier 3 projects may use it.
-//   - batch: the Batch API, 50% of the standard price, 24-hour target, its
-//     own limits. gemq does not send Batch API jobs yet (issue 14): a job
-//     asking for it is refused with a message saying so.
+//   - batch: the Batch API (https://ai.google.dev/gemini-api/docs/batch-mode,
+//     read 2026-12-03): 50% of the standard price, "the target turnaround
+//     time is 24 hours, but in majority of cases, it is much quicker", its
+//     own per-model limit of enqueued tokens. gemq groups a batch job's tasks
+//     into Batch API jobs and settles each answer like an interactive one
+//     (internal/lifecycle, batch.go).
 //
 // The tier is sent as GenerateContentRequest.serviceTier (genai's
 // GenerateContentConfig.ServiceTier, google.golang.org/genai v1.77.0), and
@@ -46,21 +49,21 @@ const (
 // much beyond the time the quota needs for the job.
 const FlexLatency = 15 * time.Minute
 
-// ErrBatchUnavailable is the message for a job or task asking for Batch.
-const ErrBatchUnavailable = "service_tier batch is not available yet: gemq does not send Gemini Batch API jobs; flex has the same 50% discount on the interactive path"
+// BatchTarget is the Batch API's turnaround target ("24 hours",
+// https://ai.google.dev/gemini-api/docs/batch-mode, read 2026-12-03): Auto
+// picks Batch only when the deadline leaves at least this much.
+const BatchTarget = 24 * time.Hour
 
 // Parse checks a tier as given by a user: "" is Standard; standard, flex,
-// priority and auto are accepted; batch is refused (ErrBatchUnavailable).
+// priority, batch and auto are accepted.
 func Parse(s string) (Tier, error) {
 	switch t := Tier(s); t {
 	case "":
 		return Standard, nil
-	case Standard, Flex, Priority, Auto:
+	case Standard, Flex, Priority, Batch, Auto:
 		return t, nil
-	case Batch:
-		return "", fmt.Errorf("%s", ErrBatchUnavailable)
 	}
-	return "", fmt.Errorf("service_tier must be standard, flex, priority or auto (with a deadline), got %q", s)
+	return "", fmt.Errorf("service_tier must be standard, flex, priority, batch or auto (with a deadline), got %q", s)
 }
 
 // Choice is what Auto chose and why, for the job status.
@@ -71,9 +74,10 @@ type Choice struct {
 
 // Choose resolves Auto for a job of tasks requests that must finish by
 // deadline, now being now. perMinute is the requests per minute the job's
-// model may make (0: unknown, taken as no wait for quota). Flex is chosen
-// when the deadline leaves the quota's time for the whole job plus
-// FlexLatency; otherwise Standard, the fastest tier gemq may pick without
+// model may make (0: unknown, taken as no wait for quota). Batch is chosen
+// when the deadline is at least BatchTarget away (the Batch API does not
+// use the interactive quota); else Flex when the deadline leaves the
+// quota's time for the whole job plus FlexLatency; otherwise Standard, the fastest tier gemq may pick without
 // paying more (Priority costs more and is never chosen by Auto).
 func Choose(now, deadline time.Time, tasks int, perMinute int64) Choice {
 	var quota time.Duration
@@ -81,6 +85,10 @@ func Choose(now, deadline time.Time, tasks int, perMinute int64) Choice {
 		quota = time.Duration(float64(tasks) / float64(perMinute) * float64(time.Minute))
 	}
 	left := deadline.Sub(now)
+	if left >= BatchTarget {
+		return Choice{Tier: Batch, Reason: fmt.Sprintf("batch (50%% of the standard price): the deadline is %s away, at least the Batch API's turnaround target of %s",
+			round(left), BatchTarget)}
+	}
 	need := quota + FlexLatency
 	if left >= need {
 		return Choice{Tier: Flex, Reason: fmt.Sprintf("flex (50%% of the standard price): the deadline is %s away, at least the %s the quota needs for %d request(s) plus flex's latency target of up to %s",
@@ -91,12 +99,12 @@ func Choose(now, deadline time.Time, tasks int, perMinute int64) Choice {
 	if left < quota {
 		why += "; even standard is expected to miss it"
 	}
-	return Choice{Tier: Standard, Reason: why + "; batch is not available yet"}
+	return Choice{Tier: Standard, Reason: why}
 }
 
 // ForTask resolves a task's tier at the worker: Auto (a task published
-// straight to the topic) is Flex when the deadline is at least FlexLatency
-// away, else Standard; any other value is returned as it is.
+// straight to the topic) is Batch when the deadline is at least
+// BatchTarget away, Flex when at least FlexLatency, else Standard; any other value is returned as it is.
 func ForTask(t Tier, now, deadline time.Time) Tier {
 	if t != Auto {
 		if t == "" {
@@ -104,7 +112,11 @@ func ForTask(t Tier, now, deadline time.Time) Tier {
 		}
 		return t
 	}
-	if !deadline.IsZero() && deadline.Sub(now) >= FlexLatency {
+	switch left := deadline.Sub(now); {
+	case deadline.IsZero():
+	case left >= BatchTarget:
+		return Batch
+	case left >= FlexLatency:
 		return Flex
 	}
 	return Standard

@@ -10,7 +10,7 @@
 //
 // Usage:
 //
-//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,est-low,est-high,mixed,dsq,tier,quota,tier-standard,tier-flex,overhead,sim,estimator,redis-bytes] [-md BENCHMARKS.md]
+//	go run ./infra/cmd/gemqbench [-only rpm,tpm,tpm-skew30,seed-rpm,seed-tpm,est-low,est-high,mixed,dsq,tier,quota,tier-standard,tier-flex,tier-batch,overhead,sim,estimator,redis-bytes] [-md BENCHMARKS.md]
 package main
 
 import (
@@ -342,8 +342,12 @@ func runTiers(ctx context.Context, dir string, sc bench.Scale, want []string, co
 	}
 	std, ok1 := got["standard"]
 	flex, ok2 := got["flex"]
+	var batch *bench.PipelineResult
+	if b, ok := got["batch"]; ok {
+		batch = &b
+	}
 	if ok1 && ok2 {
-		emit(bench.TierSection(std, flex, command))
+		emit(bench.TierSection(std, flex, batch, command))
 	}
 	return nil
 }

@@ -1,0 +1,412 @@
+package lifecycle
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
+	"google.golang.org/genai"
+
+	"github.com/gemq-dev/gemq/internal/batches"
+	"github.com/gemq-dev/gemq/internal/gemini"
+	"github.com/gemq-dev/gemq/internal/limiter"
+	"github.com/gemq-dev/gemq/internal/store"
+	"github.com/gemq-dev/gemq/internal/task"
+)
+
+// fakeBatches is a handwritten Batch API: each call goes to its function
+// field; it records what it was asked. (The stand-in's Batch API, driven
+// by the genai client, is exercised end to end in infra/stack; here the
+// point is the lifecycle's steps, including answers lost on the way.)
+type fakeBatches struct {
+	mu      sync.Mutex
+	created map[string][]gemini.BatchEntry // by display name
+	creates int
+	cancels []string
+	create  func(name string, entries []gemini.BatchEntry) (gemini.Batch, error)
+	get     func(name string) (gemini.Batch, error)
+}
+
+func (fb *fakeBatches) CreateBatch(_ context.Context, _, displayName string, entries []gemini.BatchEntry, _ int64) (gemini.Batch, error) {
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	fb.creates++
+	if fb.created == nil {
+		fb.created = map[string][]gemini.BatchEntry{}
+	}
+	fb.created[displayName] = entries
+	if fb.create != nil {
+		return fb.create(displayName, entries)
+	}
+	return gemini.Batch{Name: "batches/" + displayName, DisplayName: displayName, State: string(genai.JobStatePending)}, nil
+}
+
+func (fb *fakeBatches) FindBatch(_ context.Context, displayName string) (gemini.Batch, bool, error) {
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	if _, ok := fb.created[displayName]; ok {
+		return gemini.Batch{Name: "batches/" + displayName, DisplayName: displayName}, true, nil
+	}
+	return gemini.Batch{}, false, nil
+}
+
+func (fb *fakeBatches) GetBatch(_ context.Context, name string) (gemini.Batch, error) {
+	if fb.get != nil {
+		return fb.get(name)
+	}
+	return gemini.Batch{Name: name, State: string(genai.JobStateRunning)}, nil
+}
+
+func (fb *fakeBatches) CancelBatch(_ context.Context, name string) error {
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	fb.cancels = append(fb.cancels, name)
+	return nil
+}
+
+// entries returns what the batch named displayName was created with.
+func (fb *fakeBatches) entries(displayName string) []gemini.BatchEntry {
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	return fb.created[displayName]
+}
+
+// succeeded answers every entry of the batch created as displayName with
+// a response, except those in errs, which get an error.
+func (fb *fakeBatches) succeeded(displayName string, errs map[string]bool) gemini.Batch {
+	b := gemini.Batch{Name: "batches/" + displayName, State: string(genai.JobStateSucceeded), Done: true, Succeeded: true,
+		Results: map[string]gemini.BatchResult{}}
+	for _, e := range fb.entries(displayName) {
+		if errs[e.Key] {
+			b.Results[e.Key] = gemini.BatchResult{Error: &gemini.BatchError{Code: 500, Status: "INTERNAL", Message: "entry failed"}}
+			continue
+		}
+		b.Results[e.Key] = gemini.BatchResult{Response: &gemini.Response{
+			JSON:         json.RawMessage(`{"candidates":[{"content":{"parts":[{"text":"batched answer"}],"role":"model"}}],"usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":3}}`),
+			PromptTokens: 7, CandidatesTokens: 3}}
+	}
+	return b
+}
+
+// batchFixture is a fixture whose machine has the Batch tier, its collect
+// window short.
+func batchFixture(t *testing.T) (*fixture, *fakeBatches) {
+	f := newFixture(t, fixtureOptions{})
+	fb := &fakeBatches{}
+	f.m.deps.Batch = BatchDeps{API: fb, Groups: batches.New(f.rdb, time.Hour), Enqueued: limiter.NewEnqueued(f.rdb)}
+	f.m.opts.Batch.Collect = 50 * time.Millisecond
+	f.m.opts.Batch.PollMin = 100 * time.Millisecond
+	f.m.opts.Batch.PollMax = time.Second
+	return f, fb
+}
+
+func batchEnvelope(jobID, key string) task.Envelope {
+	e := envelope(jobID, key, modelOpen, "prompt "+key)
+	e.ServiceTier = "batch"
+	return e
+}
+
+// steps returns the scheduled batch steps of op, by Cloud Task name.
+func (f *fixture) steps(op string) map[string][]byte {
+	out := map[string][]byte{}
+	for _, tk := range f.scheduled() {
+		body := tk.GetHttpRequest().GetBody()
+		if s, ok, err := DecodeBatchStep(body); ok && err == nil && s.Op == op {
+			out[shortName(tk.GetName())] = body
+		}
+	}
+	return out
+}
+
+// runStep delivers a batch step as Cloud Tasks would (attempt n).
+func (f *fixture) runStep(name string, body []byte, attempt int) result {
+	s, ok, err := DecodeBatchStep(body)
+	if !ok || err != nil {
+		f.t.Fatalf("not a batch step: %s (%v)", body, err)
+	}
+	return f.handle(context.Background(), Delivery{Source: CloudTasks, ID: name, Attempt: attempt, Data: body, Batch: &s})
+}
+
+// deleteTask removes a Cloud Task that ran (the queue is paused).
+func (f *fixture) deleteTask(name string) {
+	f.t.Helper()
+	if err := f.ct.DeleteTask(context.Background(), &cloudtaskspb.DeleteTaskRequest{Name: testQueue + "/tasks/" + name}); err != nil {
+		f.t.Fatalf("delete task %s: %v", name, err)
+	}
+}
+
+// onlyStep returns the one scheduled step of op and removes it from the queue.
+func (f *fixture) onlyStep(op string) (string, []byte) {
+	f.t.Helper()
+	s := f.steps(op)
+	if len(s) != 1 {
+		f.t.Fatalf("%d %s steps scheduled, want 1: %v", len(s), op, s)
+	}
+	for name, body := range s {
+		f.deleteTask(name)
+		return name, body
+	}
+	return "", nil
+}
+
+// groupOf returns the batch group of a scope's members (the one created).
+func onlyGroup(t *testing.T, fb *fakeBatches) string {
+	t.Helper()
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	if len(fb.created) != 1 {
+		t.Fatalf("%d batches created, want 1", len(fb.created))
+	}
+	for g := range fb.created {
+		return g
+	}
+	return ""
+}
+
+func TestBatchHappyPath(t *testing.T) {
+	f, fb := batchFixture(t)
+	var envs []task.Envelope
+	for i := range 3 {
+		e := batchEnvelope("bj", fmt.Sprintf("k%d", i))
+		envs = append(envs, e)
+		if r := f.serve(context.Background(), pushBodyWith(encode(t, e), fmt.Sprintf("m%d", i), 0), nil); r.outcome != OutBatched {
+			t.Fatalf("push %d = %+v, want batched", i, r)
+		}
+	}
+	// A duplicate push of a batched task is acknowledged, not batched again.
+	if r := f.serve(context.Background(), pushBodyWith(encode(t, envs[0]), "dup", 0), nil); r.outcome != OutDuplicate {
+		t.Errorf("duplicate push = %+v, want duplicate", r)
+	}
+	if c := f.counts("bj"); c.Waiting != 3 {
+		t.Errorf("counts = %+v, want 3 waiting in their group", c)
+	}
+	name, body := f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("seal = %+v", r)
+	}
+	g := onlyGroup(t, fb)
+	if got := fb.entries(g); len(got) != 3 || got[0].Key != envs[0].TaskID || got[2].Key != envs[2].TaskID {
+		t.Fatalf("batch entries = %+v, want the 3 tasks in order, keyed by task id", got)
+	}
+	// Sealing again (Cloud Tasks delivers twice) creates nothing more.
+	if r := f.runStep(name, body, 1); r.status != http.StatusOK || fb.creates != 1 {
+		t.Errorf("second seal = %+v with %d creates, want one create", r, fb.creates)
+	}
+	held := f.rdb.HLen(context.Background(), limiter.Scope{Project: testProject, Model: modelOpen}.KeyPrefix()+":enqueued").Val()
+	if held != 1 {
+		t.Errorf("enqueued permits held = %d, want 1 while the batch runs", held)
+	}
+	// Running: the poll schedules the next one.
+	pn, pb := f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("poll = %+v", r)
+	}
+	fb.get = func(string) (gemini.Batch, error) { return fb.succeeded(g, nil), nil }
+	pn, pb = f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchSettled {
+		t.Fatalf("final poll = %+v", r)
+	}
+	// The same poll again (a retry): nothing settles twice.
+	if r := f.runStep(pn, pb, 1); r.status != http.StatusOK {
+		t.Errorf("repeated poll = %+v", r)
+	}
+	for _, e := range envs {
+		rec := f.record(e)
+		if rec.State != store.Succeeded || !strings.Contains(string(rec.Response), "batched answer") || !rec.Published {
+			t.Errorf("task %s = %+v, want succeeded with the batch's answer, published", e.Key, rec)
+		}
+	}
+	if pub := f.published(); len(pub) != 3 {
+		t.Errorf("%d results published, want 3 (one per task)", len(pub))
+	}
+	j, err := f.store.GetJob(context.Background(), "bj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := j.Usage["batch"]; u.Tasks != 3 || u.Input != 21 || u.Output != 9 || j.Counts.Succeeded != 3 {
+		t.Errorf("job = %+v usage %+v, want 3 tasks' tokens at tier batch", j.Counts, j.Usage)
+	}
+	held = f.rdb.HLen(context.Background(), limiter.Scope{Project: testProject, Model: modelOpen}.KeyPrefix()+":enqueued").Val()
+	if held != 0 {
+		t.Errorf("enqueued permits held = %d after the batch, want 0", held)
+	}
+	if n := f.allGenerateCalls(); n != 0 {
+		t.Errorf("%d interactive calls, want none", n)
+	}
+}
+
+func TestBatchSealRetryFindsTheBatchALostAnswerCreated(t *testing.T) {
+	f, fb := batchFixture(t)
+	e := batchEnvelope("bj2", "only")
+	if r := f.push(e); r.outcome != OutBatched {
+		t.Fatalf("push = %+v", r)
+	}
+	// The batch is created, but the answer is lost on the way back.
+	fb.create = func(name string, _ []gemini.BatchEntry) (gemini.Batch, error) {
+		return gemini.Batch{}, &genai.APIError{Code: 503, Status: "UNAVAILABLE", Message: "connection reset"}
+	}
+	name, body := f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchWaiting {
+		t.Fatalf("seal with a lost answer = %+v, want another seal later", r)
+	}
+	fb.create = nil
+	name, body = f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("retried seal = %+v", r)
+	}
+	if fb.creates != 1 {
+		t.Errorf("%d batches created, want 1: the retry finds the first by its display name", fb.creates)
+	}
+	if len(f.steps(StepPoll)) != 1 {
+		t.Errorf("polls = %v, want one", f.steps(StepPoll))
+	}
+}
+
+func TestBatchPartialFailureFallsBackAndExpiryFails(t *testing.T) {
+	f, fb := batchFixture(t)
+	ok := batchEnvelope("bj3", "ok")
+	bad := batchEnvelope("bj3", "bad")
+	late := batchEnvelope("bj3", "late")
+	late.Deadline = time.Now().Add(2 * time.Second).UTC().Format(time.RFC3339Nano)
+	for i, e := range []task.Envelope{ok, bad, late} {
+		if r := f.serve(context.Background(), pushBodyWith(encode(t, e), fmt.Sprintf("p%d", i), 0), nil); r.outcome != OutBatched {
+			t.Fatalf("push %s = %+v", e.Key, r)
+		}
+	}
+	name, body := f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("seal = %+v", r)
+	}
+	g := onlyGroup(t, fb)
+	fb.get = func(string) (gemini.Batch, error) {
+		return fb.succeeded(g, map[string]bool{bad.TaskID: true, late.TaskID: true}), nil
+	}
+	pn, pb := f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchSettled {
+		t.Fatalf("poll = %+v", r)
+	}
+	if rec := f.record(ok); rec.State != store.Succeeded {
+		t.Errorf("ok = %+v", rec)
+	}
+	// late's deadline leaves no time for the interactive path: it fails
+	// with the entry's error.
+	if rec := f.record(late); rec.State != store.Failed || !strings.Contains(errorOf(t, rec.Error).Message, "entry failed") {
+		t.Errorf("late = %+v, want failed with the batch entry's reason", rec)
+	}
+	// bad (no deadline) goes back to the interactive path at standard.
+	if rec := f.record(bad); rec.State != store.Waiting {
+		t.Fatalf("bad = %+v, want waiting for its interactive deferral", rec)
+	}
+	var fallback *cloudtaskspb.Task
+	for _, tk := range f.scheduled() {
+		if e, err := task.Decode(tk.GetHttpRequest().GetBody()); err == nil && e.TaskID == bad.TaskID {
+			fallback = tk
+		}
+	}
+	if fallback == nil {
+		t.Fatal("no interactive deferral scheduled for the failed entry")
+	}
+	fe := taskBody(t, fallback)
+	if fe.ServiceTier != "standard" {
+		t.Errorf("fallback tier = %q, want standard", fe.ServiceTier)
+	}
+	if r := f.callback(shortName(fallback.GetName()), fallback.GetHttpRequest().GetBody()); r.outcome != OutSucceeded {
+		t.Fatalf("fallback callback = %+v", r)
+	}
+	if rec := f.record(bad); rec.State != store.Succeeded || len(f.generateCalls(bad.TaskID)) != 1 {
+		t.Errorf("bad = %+v after %d calls, want succeeded by one interactive call", rec, len(f.generateCalls(bad.TaskID)))
+	}
+	// The poll once more: every task is settled once, one result each.
+	if r := f.runStep(pn, pb, 1); r.status != http.StatusOK {
+		t.Errorf("repeated poll = %+v", r)
+	}
+	if pub := f.published(); len(pub) != 3 {
+		t.Errorf("%d results published, want 3", len(pub))
+	}
+	j, _ := f.store.GetJob(context.Background(), "bj3")
+	if j.Usage["batch"].Tasks != 1 || j.Usage["standard"].Tasks != 1 || j.Counts.Failed != 1 || !j.Done() {
+		t.Errorf("job = %+v %+v, want 1 at batch, 1 at standard, 1 failed, done", j.Counts, j.Usage)
+	}
+}
+
+func TestBatchExpiredFallsBackEveryEntry(t *testing.T) {
+	f, fb := batchFixture(t)
+	var envs []task.Envelope
+	for i := range 2 {
+		e := batchEnvelope("bj4", fmt.Sprintf("x%d", i))
+		envs = append(envs, e)
+		if r := f.serve(context.Background(), pushBodyWith(encode(t, e), fmt.Sprintf("q%d", i), 0), nil); r.outcome != OutBatched {
+			t.Fatalf("push = %+v", r)
+		}
+	}
+	name, body := f.onlyStep(StepSeal)
+	f.runStep(name, body, 0)
+	fb.get = func(n string) (gemini.Batch, error) {
+		return gemini.Batch{Name: n, State: string(genai.JobStateExpired), Done: true, Reason: "the batch ended JOB_STATE_EXPIRED"}, nil
+	}
+	pn, pb := f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchSettled {
+		t.Fatalf("poll = %+v", r)
+	}
+	for _, e := range envs {
+		if rec := f.record(e); rec.State != store.Waiting {
+			t.Errorf("%s = %+v, want waiting for its interactive deferral", e.Key, rec)
+		}
+	}
+	n := 0
+	for _, tk := range f.scheduled() {
+		if e, err := task.Decode(tk.GetHttpRequest().GetBody()); err == nil && e.ServiceTier == "standard" {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d interactive deferrals, want 2", n)
+	}
+}
+
+func TestBatchWaitsForTheEnqueuedTokenLimit(t *testing.T) {
+	f, fb := batchFixture(t)
+	f.m.opts.Batch.EnqueuedTokens = 1000
+	scope := limiter.Scope{Project: testProject, Model: modelOpen}
+	// Another group holds the whole limit.
+	if _, err := limiter.NewEnqueued(f.rdb).Acquire(context.Background(), scope, "other", 1000, 1000, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.push(batchEnvelope("bj5", "w")); r.outcome != OutBatched {
+		t.Fatalf("push = %+v", r)
+	}
+	name, body := f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchWaiting {
+		t.Fatalf("seal = %+v, want it to wait for the enqueued-token limit", r)
+	}
+	if fb.creates != 0 {
+		t.Fatalf("%d batches created while the limit was held", fb.creates)
+	}
+	if err := limiter.NewEnqueued(f.rdb).Release(context.Background(), scope, "other"); err != nil {
+		t.Fatal(err)
+	}
+	name, body = f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchRunning || fb.creates != 1 {
+		t.Fatalf("seal after release = %+v (%d creates)", r, fb.creates)
+	}
+}
+
+func TestBatchStepDecoding(t *testing.T) {
+	s := BatchStep{Op: StepPoll, Project: "p", Model: "m", Group: "g"}
+	got, ok, err := DecodeBatchStep(EncodeBatchStep(s))
+	if !ok || err != nil || got != s {
+		t.Errorf("round trip = %+v %v %v", got, ok, err)
+	}
+	if _, ok, _ := DecodeBatchStep(encode(t, batchEnvelope("j", "k"))); ok {
+		t.Error("a task envelope decoded as a batch step")
+	}
+	if _, ok, err := DecodeBatchStep([]byte(`{"gemq_batch":{"op":"nuke","project":"p","model":"m","group":"g"}}`)); !ok || err == nil {
+		t.Errorf("bad op: ok %v err %v, want a malformed step", ok, err)
+	}
+}

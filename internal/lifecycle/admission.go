@@ -125,21 +125,28 @@ func (a seed) delay(r *run) time.Duration {
 }
 
 // waitForSlot handles a permit Reserved at most the claim lead (+
-// config.ClaimSlack) ahead, whether Acquire just reserved it or Claim
-// answered that the Cloud Task carrying it came early: instead of a Cloud
-// Task and another invocation, it waits in the function until the slot and
-// claims it, a few times at most. It also means a reservation's Cloud Task,
-// due a lead before its slot, is always due at least the slack after now.
-// *p is updated to the last answer. ok is false when the delivery must
-// answer o instead: the request's context ended during the wait (the
-// reservation is kept: the redelivery claims it), or a Claim failed.
+// config.ClaimSlack) ahead, however it got it: Acquire just reserved it,
+// Claim answered that the Cloud Task carrying it came early, or a claim
+// that came late (a callback dispatched late, or a wait that overshot its
+// slot on a loaded machine) gave its slot back and was reserved again.
+// Instead of a Cloud Task and another invocation, it waits in the function
+// until the slot and claims it, a few times at most. Each wait is measured
+// from now, not from the first: a claim that missed its slot after waiting
+// a whole lead still waits for a new slot a few milliseconds away. The
+// lease bounds the whole: a slot is waited for only if it comes at least
+// config.ClaimSlack before the delivery's lease ends. It also means a
+// reservation's Cloud Task, due a lead before its slot, is always due at
+// least the slack after now. *p is updated to the last answer. ok is false
+// when the delivery must answer o instead: the request's context ended
+// during the wait (the reservation is kept: the redelivery claims it), or a
+// Claim failed.
 func (m *Machine) waitForSlot(ctx context.Context, r *run, p *limiter.Permit) (o Outcome, ok bool) {
 	start := m.now()
 	limit := m.opts.ClaimLead + config.ClaimSlack
-	for try := 0; try < 3 && p.Outcome == limiter.Reserved; try++ {
+	for try := 0; try < maxSlotClaims && p.Outcome == limiter.Reserved; try++ {
 		now := m.now()
 		wait := p.At.Sub(now)
-		if wait > limit-now.Sub(start) {
+		if wait > limit || !m.leaseCovers(r, p.At) {
 			return Outcome{}, true // too far ahead: deferred
 		}
 		// At least a little: Claim said early, so Redis' clock is behind ours.
@@ -153,12 +160,27 @@ func (m *Machine) waitForSlot(ctx context.Context, r *run, p *limiter.Permit) (o
 			r.log.ErrorContext(ctx, "limiter claim", "error", err.Error())
 			return m.abort(ctx, r), false
 		}
+		if np.Outcome == limiter.Reserved && !np.At.Equal(p.At) {
+			r.log.InfoContext(ctx, "claim missed its slot; reserved again", "slot", p.At.UTC().Format(time.RFC3339Nano),
+				"new_slot", np.At.UTC().Format(time.RFC3339Nano), "late", m.now().Sub(p.At).String())
+		}
 		*p = np
 	}
 	if p.Outcome == limiter.Granted {
 		r.log.InfoContext(ctx, "claimed the reserved slot after waiting for it", "waited", m.now().Sub(start).String())
 	}
 	return Outcome{}, true
+}
+
+// maxSlotClaims bounds the claims of one wait for a slot: early (Redis'
+// clock behind), late and reserved again, then on time.
+const maxSlotClaims = 4
+
+// leaseCovers reports whether the delivery's lease lasts until at least
+// config.ClaimSlack after at (true when the store did not say when it ends).
+func (m *Machine) leaseCovers(r *run, at time.Time) bool {
+	until := r.lease.LeaseUntil
+	return until.IsZero() || !at.Add(config.ClaimSlack).After(until)
 }
 
 // sleepCtx waits for d or until ctx ends, reporting whether d passed.

@@ -20,11 +20,12 @@ const (
 	KindUndecodable DeadLetterKind = "undecodable" // not a push envelope, or not a valid task envelope
 	KindOversized   DeadLetterKind = "oversized"   // over the worker's size limit
 	KindForeign     DeadLetterKind = "foreign"     // not one of its job's tasks
-	// KindConflict: an envelope naming a job created by ingest without that
-	// job's hash — a copy ingest did not publish (of one of its tasks, maybe
-	// with another request): the task runs from its own message only. A
-	// byte-identical redelivery of a task's message is a duplicate, never
-	// dead-lettered.
+	// KindConflict: a copy ingest did not publish of one of a job's tasks:
+	// an envelope naming a job created by ingest without that job's hash,
+	// or one with the hash whose model or request is not the one the
+	// task's first lease recorded (task.RequestFingerprint). The task runs
+	// from its own message only. A redelivery of a task's message (or a
+	// copy the worker made of it) is a duplicate, never dead-lettered.
 	KindConflict DeadLetterKind = "conflict"
 	// KindInvalidRequest: a valid envelope whose Gemini request can never
 	// be sent (it would be refused); its task fails with 400 when the

@@ -86,9 +86,15 @@ func (m *Machine) process(ctx context.Context, r *run) Outcome {
 	// Every message of a job created by ingest carries the job's hash
 	// (ingest sets it; deferrals and lease checks keep it): one without it
 	// is a copy ingest did not publish, refused before it can touch a task.
+	// The task's first lease records its request's fingerprint: a copy
+	// that carries the job's hash with another request is refused.
+	var fp string
+	if r.env.JobHash != "" {
+		fp = task.RequestFingerprint(r.env.Model, r.env.Request)
+	}
 	lr, err := m.deps.Store.LeaseTask(ctx, r.ref, store.LeaseRequest{
 		Holder: r.d.holder(), Attempt: r.d.Attempt, TTL: m.firstLease(),
-		Deferral: r.env.Deferrals, TakeoverOnly: check, AdhocOnly: r.env.JobHash == "",
+		Deferral: r.env.Deferrals, TakeoverOnly: check, AdhocOnly: r.env.JobHash == "", Fingerprint: fp,
 	})
 	if err != nil {
 		r.log.ErrorContext(ctx, "lease task", "error", err.Error())
@@ -115,6 +121,8 @@ func (m *Machine) process(ctx context.Context, r *run) Outcome {
 			return m.deadLetter(ctx, r.d, KindConflict, fmt.Sprintf("job %s was created by ingest and this envelope does not carry its job hash: ingest did not publish it (a copy of task %s, possibly with another request, or a task the job does not have); the job's own messages are processed as published", r.env.JobID, r.env.TaskID), r.log)
 		}
 		return m.deadLetter(ctx, r.d, KindForeign, fmt.Sprintf("task %s is not one of the tasks of job %s (the job was created by ingest without it, or by another submission of the same job id)", r.env.TaskID, r.env.JobID), r.log)
+	case store.Conflict:
+		return m.deadLetter(ctx, r.d, KindConflict, fmt.Sprintf("a copy of task %s of job %s with another model or request than the task's own messages carry: ingest did not publish it; the task runs as published", r.env.TaskID, r.env.JobID), r.log)
 	default:
 		r.log.ErrorContext(ctx, "lease task: unexpected outcome", "store_outcome", lr.Outcome.String())
 		return redeliver

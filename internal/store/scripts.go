@@ -28,6 +28,40 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- server_rid is the primary's replication id (INFO replication's
+-- master_replid), '' where INFO does not show it. It changes when a replica
+-- is promoted and when redis-server starts from an RDB or AOF file (since
+-- Redis 7.0 the file's id is loaded as the secondary one only), so a job
+-- stamped with another id may have lost its last writes.
+local function server_rid()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+end
+
+-- check_rid is set by the scripts that check the job's replication id
+-- (LeaseTask, GetJob: every delivery and every status read), so the other
+-- transitions do not pay for INFO.
+local check_rid = false
+
+-- check_run stamps the existing job KEYS[1] with the server's replication
+-- id, given the id it was stamped with (srid) and its lost flag. A job
+-- stamped with another id may have lost its last writes: a restart from an
+-- RDB or AOF file keeps the data of the last save only, a promoted replica
+-- lacks the primary's last writes. Such a job is marked lost from now
+-- (true returned), so its status counts the archived results back, as
+-- after an empty restart. A job never stamped, or finished, is stamped
+-- only.
+local function check_run(now, srid, lost)
+  if not check_rid then return false end
+  local rid = server_rid()
+  if srid == rid then return false end
+  if srid and lost ~= '1' and redis.call('HEXISTS', KEYS[1], 'finished_ms') == 0 then
+    redis.call('HSET', KEYS[1], 'rid', rid, 'lost', '1', 'lost_ms', tostring(now))
+    return true
+  end
+  redis.call('HSET', KEYS[1], 'rid', rid)
+  return false
+end
+
 -- register makes sure the job and the task exist, and says whether the task
 -- belongs here. It returns:
 --   'ok'      the task exists (it may have been created just now: see created)
@@ -42,7 +76,7 @@ end
 -- envelope (hash, total) and marked lost, never as a new job.
 local function register(now, create)
   local jhash, jtotal = ARGV[6], ARGV[7]
-  local meta = redis.call('HMGET', KEYS[1], 'hash', 'adhoc', 'lost')
+  local meta = redis.call('HMGET', KEYS[1], 'hash', 'adhoc', 'lost', 'rid')
   local exists = meta[2] ~= false
   if not exists then
     if not create then return 'absent', false end
@@ -58,6 +92,8 @@ local function register(now, create)
     end
   elseif jhash ~= '' and meta[1] ~= jhash then
     return 'foreign', false
+  elseif check_run(now, meta[4], meta[3]) then
+    meta[3] = '1'
   end
   -- A finished task whose result was published leaves the tasks set (its
   -- place in the done set says it is the job's).
@@ -138,9 +174,12 @@ end
 //	            copies may only settle user-published tasks)
 //	ARGV[15] -> a nonce of this request: running the script again for it
 //	            (a retry after a lost reply) answers the same lease
+//	ARGV[16] -> the request's fingerprint ('' not checked): recorded by the
+//	            first lease, a different one is refused (8) in any state
 //	Output: {code, previous state, published, deferral, wait_until_ms, lease_ms, fence, resumed}
 //	code: 1 leased, 2 terminal, 3 held elsewhere, 4 waiting for another
-//	deferral until wait_until_ms, 5 nothing stale to take over, 6 foreign;
+//	deferral until wait_until_ms, 5 nothing stale to take over, 6 foreign,
+//	8 conflict (another request than the task's);
 //	published: '1' when the terminal result was marked published;
 //	deferral: the deferral number the task was last marked waiting for;
 //	lease_ms: when the live lease (code 3) or the new one (code 1) expires;
@@ -148,6 +187,7 @@ end
 //	resumed: '1' when the lease passed from an earlier attempt of the same
 //	delivery (it died or gave up mid-way)
 var leaseTaskScript = redis.NewScript(prelude + `
+check_rid = true
 local now = now_ms()
 local takeover = ARGV[12] == '1'
 if ARGV[14] == '1' and redis.call('HGET', KEYS[1], 'adhoc') == '0' then
@@ -158,7 +198,10 @@ if reg == 'foreign' then return {6, '', '0', '0', '0', '0', '0', '0', '0'} end
 if reg == 'expired' then return {2, 'expired', '1', '0', '0', '0', '0', '0', '0'} end
 if reg == 'absent' then return {5, 'queued', '0', '0', '0', '0', '0', '0', '0'} end
 local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms', 'published', 'deferral',
-  'wait_until_ms', 'attempt', 'fence', 'nonce', 'prev', 'resumed')
+  'wait_until_ms', 'attempt', 'fence', 'nonce', 'prev', 'resumed', 'rfp')
+if ARGV[16] ~= '' and t[12] and t[12] ~= ARGV[16] then
+  return {8, t[1] or 'queued', '0', '0', '0', '0', '0', '0'}
+end
 local prev = t[1]
 local deferral = t[5] or '0'
 local waituntil = tonumber(t[6]) or 0
@@ -192,6 +235,7 @@ local lease = tostring(now + tonumber(ARGV[10]))
 local fence = tostring(now) .. '-' .. tostring(redis.call('HINCRBY', KEYS[4], 'leases', 1))
 redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[8], 'attempt', ARGV[13], 'lease_ms', lease,
   'fence', fence, 'nonce', ARGV[15], 'prev', prev, 'resumed', resumed)
+if ARGV[16] ~= '' and not t[12] then redis.call('HSET', KEYS[4], 'rfp', ARGV[16]) end
 redis.call('HDEL', KEYS[4], 'wait_until_ms')
 touch(now)
 return {1, prev, '0', deferral, t[6] or '0', lease, fence, resumed, cancelled}
@@ -363,11 +407,19 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return created
 `)
 
-// getJobScript:
+// getJobScript returns a job's record, marked lost first when it was
+// stamped with another replication id (see check_run in prelude): a
+// job whose last task finished before a restart from a snapshot that does
+// not hold it gets no other delivery to notice.
 //
 //	KEYS[1] -> gemq:job:{<job>}:meta
 //	Output: the hash as {field, value, …}; empty when the job does not exist
-var getJobScript = redis.NewScript(`return redis.call('HGETALL', KEYS[1])`)
+var getJobScript = redis.NewScript(prelude + `
+check_rid = true
+local m = redis.call('HMGET', KEYS[1], 'adhoc', 'rid', 'lost')
+if m[1] then check_run(now_ms(), m[2], m[3]) end
+return redis.call('HGETALL', KEYS[1])
+`)
 
 // resultScript:
 //

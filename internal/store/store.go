@@ -7,13 +7,14 @@
 //
 //	gemq:job:{<job>}:meta          hash: id, model, hash, adhoc, total, running, waiting,
 //	                               succeeded, failed, seq, created_ms, updated_ms, finished_ms,
-//	                               lost, lost_ms, cancelled_ms
+//	                               lost, lost_ms, cancelled_ms, rid
 //	gemq:job:{<job>}:tasks         set: ids of the job's tasks (ingest's plus first-seen ones), until
 //	                               their result is published with a BodyGrace
 //	gemq:job:{<job>}:done          sorted set: finished task ids, scored by finish sequence
 //	gemq:job:{<job>}:failed        set: finished task ids that failed
 //	gemq:job:{<job>}:task:<task>   hash: key, state, holder, attempt, fence, leases, lease_ms,
-//	                               finished_ms, response | error, deferral, wait_until_ms, published
+//	                               finished_ms, response | error, deferral, wait_until_ms, published,
+//	                               rfp
 //
 // Job ids and task ids come from internal/task, whose alphabets cannot break a
 // hash tag; request keys are stored only as data. Every write sets the TTL
@@ -60,7 +61,14 @@
 // by ingest carry their job's hash and total (Ref.JobHash, Ref.JobTotal); a
 // job record missing for such a task is re-created with that total and
 // marked lost (Job.LostAt, state "state_lost"), and a task naming an ingest
-// job that does not list it is Foreign.
+// job that does not list it is Foreign. Partial loss too: each job carries
+// the primary's replication id (rid, INFO replication's master_replid) as of
+// its last delivery; a promoted replica, or a redis-server restarted from an
+// RDB or AOF file, has a new one, so an unfinished job found with another id
+// by LeaseTask or GetJob is marked lost from then (its last writes may be
+// missing: a task finished since the last save is running again, with no
+// delivery left to finish it), and its status counts the archived results
+// back (RestoreArchived).
 //
 // A Store is safe for concurrent use.
 package store
@@ -290,10 +298,14 @@ const (
 	// Stale: the caller's lease token is no longer the task's (another
 	// delivery took the task over since); nothing changed.
 	Stale
+	// Conflict (LeaseTask only): the delivery's request is not the one
+	// the task's first lease recorded (LeaseRequest.Fingerprint): a copy
+	// of the task with another request; nothing changed.
+	Conflict
 )
 
 // String returns "applied", "already_done", "held_elsewhere", "awaiting",
-// "not_stale", "foreign" or "stale".
+// "not_stale", "foreign", "stale" or "conflict".
 func (o Outcome) String() string {
 	switch o {
 	case Applied:
@@ -310,6 +322,8 @@ func (o Outcome) String() string {
 		return "foreign"
 	case Stale:
 		return "stale"
+	case Conflict:
+		return "conflict"
 	}
 	return "Outcome(" + strconv.Itoa(int(o)) + ")"
 }
@@ -610,6 +624,14 @@ type LeaseRequest struct {
 	// malformed copy of one of its tasks cannot be the task itself (ingest
 	// publishes only valid envelopes), so it must not settle it.
 	AdhocOnly bool
+	// Fingerprint identifies the request the delivery carries
+	// (task.RequestFingerprint); empty: not checked. The first lease that
+	// carries one records it in the task's record; a later delivery with
+	// another one is refused (Conflict), whatever the task's state: a copy
+	// of the task with the right key and job hash but another request
+	// must never run in its place (nor be acknowledged as a duplicate).
+	// The record lives until the task's answer leaves Redis.
+	Fingerprint string
 }
 
 // Token is a lease: the holder and its fencing token. Every transition a
@@ -659,7 +681,8 @@ type LeaseResult struct {
 // lease is live. Awaiting: the task waits for the Cloud Task of another
 // deferral (LeaseResult.Deferral) until LeaseResult.WaitUntil; past that
 // deadline any delivery takes it over. Foreign: the envelope is not one of
-// its job's tasks (see Ref). A task or job never seen is registered first
+// its job's tasks (see Ref). Conflict: the request is not the task's (see
+// LeaseRequest.Fingerprint). A task or job never seen is registered first
 // (an ad-hoc job's Total grows by one), so user-published tasks show up in
 // the job's counts and results.
 func (s *Store) LeaseTask(ctx context.Context, r Ref, req LeaseRequest) (LeaseResult, error) {
@@ -670,7 +693,7 @@ func (s *Store) LeaseTask(ctx context.Context, r Ref, req LeaseRequest) (LeaseRe
 		return LeaseResult{}, errors.New("store: lease task: empty holder, non-positive ttl, or negative deferral or attempt")
 	}
 	args := append(s.taskArgs(r, Token{Holder: req.Holder}), req.TTL.Milliseconds(), req.Deferral,
-		flag(req.TakeoverOnly), req.Attempt, flag(req.AdhocOnly), rand.Text())
+		flag(req.TakeoverOnly), req.Attempt, flag(req.AdhocOnly), rand.Text(), req.Fingerprint)
 	vals, err := leaseTaskScript.Run(ctx, s.rdb, taskKeys(r), args...).Slice()
 	if err != nil {
 		return LeaseResult{}, fmt.Errorf("store: lease task script: %w", err)
@@ -705,7 +728,7 @@ func (s *Store) LeaseTask(ctx context.Context, r Ref, req LeaseRequest) (LeaseRe
 	if res.Previous == "" {
 		res.Previous = Queued
 	}
-	if res.Outcome < Applied || res.Outcome > Foreign {
+	if res.Outcome < Applied || (res.Outcome > Foreign && res.Outcome != Conflict) {
 		return LeaseResult{}, fmt.Errorf("store: lease task script: unexpected result %d", code)
 	}
 	return res, nil

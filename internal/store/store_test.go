@@ -978,3 +978,104 @@ func TestRestoreArchivedAfterLoss(t *testing.T) {
 		t.Errorf("RestoreArchived of a job without a record = %d, %v; want 0", n, err)
 	}
 }
+
+// The first lease carrying a request fingerprint records it; a delivery
+// with another one is refused (Conflict) in every state, nothing changed;
+// one with the same fingerprint, or none, is unaffected.
+func TestLeaseTaskRefusesAnotherRequest(t *testing.T) {
+	s, _ := newStore(t, time.Hour)
+	r := ref("job1", "k0")
+	r.JobHash, r.JobTotal = "h", 1
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "job1", Model: model, ContentHash: "h", TaskIDs: ids("job1", keys(1))}); err != nil {
+		t.Fatal(err)
+	}
+	other := store.LeaseRequest{Holder: "copy", Fingerprint: "fp-other"}
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "a", Fingerprint: "fp-real", TTL: 50 * time.Millisecond}, store.Applied)
+	leaseTask(t, s, r, other, store.Conflict) // running
+	time.Sleep(100 * time.Millisecond)
+	leaseTask(t, s, r, other, store.Conflict) // running under an expired lease
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "b"}, store.Applied)
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "c", Fingerprint: "fp-real", Attempt: 1}, store.HeldElsewhere)
+	must(t, store.Applied)(s.MarkWaitingFor(ctx, r, tok(s, r, "b"), 1, time.Now().Add(time.Minute)))
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "copy", Fingerprint: "fp-other", Deferral: 1}, store.Conflict) // waiting
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "d", Fingerprint: "fp-real", Deferral: 1}, store.Applied)
+	must(t, store.Applied)(s.Complete(ctx, r, tok(s, r, "d"), []byte(`{}`)))
+	leaseTask(t, s, r, other, store.Conflict) // terminal
+	leaseTask(t, s, r, store.LeaseRequest{Holder: "e", Fingerprint: "fp-real"}, store.AlreadyDone)
+	wantCounts(t, s, "job1", store.Counts{Total: 1, Succeeded: 1})
+}
+
+// Redis restarts from an RDB snapshot: the job records are back, but as of
+// the last save (a task finished since is running again, with nobody to
+// finish it), under a new replication id (Redis 7 loads the file's id as
+// the secondary one only). A job stamped with the previous id is marked
+// lost, by its next delivery or its next status read, so its status counts
+// the archived results back (RestoreArchived) instead of staying running
+// with a stale count; a job that had finished is left done; the restart is
+// noticed once.
+func TestRestartFromSnapshotMarksJobsLost(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	s := store.New(rdb, store.Options{TTL: time.Hour})
+	ks := keys(2)
+	withJob := func(job, key string) store.Ref {
+		r := ref(job, key)
+		r.JobHash, r.JobTotal = "h-"+job, len(ks)
+		return r
+	}
+	finish := func(job, key string) {
+		t.Helper()
+		res := leaseTask(t, s, withJob(job, key), store.LeaseRequest{Holder: "w"}, store.Applied)
+		must(t, store.Applied)(s.Complete(ctx, withJob(job, key), res.Token, []byte(`{}`)))
+	}
+	for _, job := range []string{"job-status", "job-lease", "job-done"} {
+		if _, _, err := s.CreateJob(ctx, store.NewJob{ID: job, Model: model, ContentHash: "h-" + job, TaskIDs: ids(job, ks)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	finish("job-done", "k0")
+	finish("job-done", "k1")
+	finish("job-status", "k0")
+	leaseTask(t, s, withJob("job-status", "k1"), store.LeaseRequest{Holder: "w"}, store.Applied)
+	leaseTask(t, s, withJob("job-lease", "k0"), store.LeaseRequest{Holder: "w"}, store.Applied)
+	if err := rdb.Save(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	must(t, store.Applied)(s.Complete(ctx, withJob("job-status", "k1"), tok(s, withJob("job-status", "k1"), "w"), []byte(`{}`)))
+	if j, _ := s.GetJob(ctx, "job-status"); j.State() != "done" || !j.LostAt.IsZero() {
+		t.Fatalf("before the restart: %+v (%s), want done", j, j.State())
+	}
+	srv.Restart(t)
+
+	// The status read notices: the snapshot's job is running, its k1 has
+	// no one to finish it.
+	j, err := s.GetJob(ctx, "job-status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.LostAt.IsZero() || j.State() != "state_lost" {
+		t.Fatalf("job after the restart = %+v (%s), want state_lost", j, j.State())
+	}
+	wantCounts(t, s, "job-status", store.Counts{Total: 2, Running: 1, Succeeded: 1})
+	again, _ := s.GetJob(ctx, "job-status")
+	if !again.LostAt.Equal(j.LostAt) {
+		t.Errorf("lost at %v, then %v: the restart was noticed twice", j.LostAt, again.LostAt)
+	}
+	// The archive holds k1's result: recorded back, the job is done.
+	if n, err := s.RestoreArchived(ctx, "job-status", []store.Restored{{TaskID: task.TaskID("job-status", "k1")}}); err != nil || n != 1 {
+		t.Fatalf("RestoreArchived = %d, %v; want 1", n, err)
+	}
+	if j, _ := s.GetJob(ctx, "job-status"); j.State() != "done" {
+		t.Fatalf("after restoring: %+v (%s), want done", j, j.State())
+	}
+
+	// A delivery notices too (before any status read).
+	leaseTask(t, s, withJob("job-lease", "k1"), store.LeaseRequest{Holder: "w"}, store.Applied)
+	if lost, _ := rdb.HGet(ctx, "gemq:job:{job-lease}:meta", "lost").Result(); lost != "1" {
+		t.Errorf("job-lease after a lease since the restart: lost = %q, want 1", lost)
+	}
+	// A finished job stays done.
+	if j, _ := s.GetJob(ctx, "job-done"); j.State() != "done" || !j.LostAt.IsZero() {
+		t.Errorf("finished job after the restart = %+v (%s), want done, not lost", j, j.State())
+	}
+}

@@ -200,7 +200,7 @@ if reg == 'absent' then return {5, 'queued', '0', '0', '0', '0', '0', '0', '0'} 
 local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms', 'published', 'deferral',
   'wait_until_ms', 'attempt', 'fence', 'nonce', 'prev', 'resumed', 'rfp')
 if ARGV[16] ~= '' and t[12] and t[12] ~= ARGV[16] then
-  return {8, t[1] or 'queued', '0', '0', '0', '0', '0', '0'}
+  return {8, t[1] or 'queued', '0', '0', '0', '0', '0', '0', '0'}
 end
 local prev = t[1]
 local deferral = t[5] or '0'

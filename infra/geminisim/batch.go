@@ -41,6 +41,9 @@ type Batch struct {
 	// FailureRate is the probability (0..1) that an entry is answered with an error status (google.rpc.Status
 	// code 13 INTERNAL) instead of a response. Entries with invalid requests always get code 3.
 	FailureRate float64 `json:"failure_rate,omitempty"`
+	// BatchFailureRate is the probability (0..1) that a whole batch ends BATCH_STATE_FAILED (Operation error
+	// code 13, no results) instead of succeeding. A file with no valid line always fails its batch (code 3).
+	BatchFailureRate float64 `json:"batch_failure_rate,omitempty"`
 	// EnqueuedTokens is the per-model limit on the input tokens (the stand-in's tokenizer) of all pending and
 	// running batches of the model; a create that would exceed it is refused 429 RESOURCE_EXHAUSTED. 0: no
 	// limit. EnqueuedTokensByModel overrides it per model id. Tier1EnqueuedTokens holds the documented figures.
@@ -123,7 +126,7 @@ type batchJob struct {
 	expireAt, ended        time.Time
 	updated                time.Time
 	state                  string
-	failMsg                string // why a batch failed as a whole
+	failure                *rpcStatus // why the batch fails as a whole at its end; nil: it succeeds
 	entries                []*batchEntry
 	tokens                 int64  // enqueued input tokens
 	output                 string // result file name, for file input
@@ -184,7 +187,7 @@ func (s *Server) advanceLocked(now time.Time) {
 		case !j.expireAt.After(now) && j.expireAt.Before(j.doneAt):
 			s.endLocked(j, BatchExpired, j.expireAt)
 		case !j.doneAt.After(now):
-			if j.failMsg != "" {
+			if j.failure != nil {
 				s.endLocked(j, BatchFailed, j.doneAt)
 			} else {
 				s.endLocked(j, BatchSucceeded, j.doneAt)
@@ -324,7 +327,7 @@ func (s *Server) batchOpLocked(j *batchJob, now time.Time) map[string]any {
 		}
 		op["response"] = resp
 	case BatchFailed:
-		op["error"] = rpcStatus{Code: rpcInvalidArgument, Message: j.failMsg}
+		op["error"] = j.failure
 	}
 	return op
 }

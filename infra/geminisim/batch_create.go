@@ -122,7 +122,7 @@ func (s *Server) handleBatchCreate(w http.ResponseWriter, r *http.Request, model
 	}
 
 	var entries []*batchEntry
-	var failMsg string
+	var failure *rpcStatus
 	if file == "" {
 		for i, raw := range inline {
 			be, ae := s.inlineEntry(raw, i)
@@ -143,10 +143,10 @@ func (s *Server) handleBatchCreate(w http.ResponseWriter, r *http.Request, model
 			fail("bad_request", errInvalid(fmt.Sprintf("The input file %s has no requests.", file)))
 			return
 		}
-		failMsg = fmt.Sprintf("No line of the input file %s is a valid request.", file)
+		failure = &rpcStatus{Code: rpcInvalidArgument, Message: fmt.Sprintf("No line of the input file %s is a valid request.", file)}
 		for _, be := range entries {
 			if be.bad == "" {
-				failMsg = ""
+				failure = nil
 			}
 		}
 	}
@@ -189,7 +189,10 @@ func (s *Server) handleBatchCreate(w http.ResponseWriter, r *http.Request, model
 	j := &batchJob{
 		id: s.newIDLocked(36), displayName: in.Batch.DisplayName, model: m.ID, file: file,
 		created: now, updated: now, runAt: now.Add(cfg.PendingFor), expireAt: now.Add(cfg.ExpireAfter),
-		state: BatchPending, entries: entries, tokens: total, failMsg: failMsg,
+		state: BatchPending, entries: entries, tokens: total, failure: failure,
+	}
+	if failure == nil && cfg.BatchFailureRate > 0 && s.rng.Float64() < cfg.BatchFailureRate {
+		j.failure = &rpcStatus{Code: rpcInternal, Message: msgInternal}
 	}
 	j.doneAt = j.runAt.Add(run)
 	if s.batch.batches == nil {

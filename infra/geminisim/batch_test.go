@@ -510,3 +510,25 @@ func TestBatchLimits(t *testing.T) {
 		t.Errorf("create once the first batch ended: %v", err)
 	}
 }
+
+// TestBatchWholeFailureAndReset fails whole batches at BatchFailureRate 1 (no results, every entry counted
+// failed), and Reset forgets batches like the log.
+func TestBatchWholeFailureAndReset(t *testing.T) {
+	srv, gc, clk := startBatch(t, geminisim.Batch{BatchFailureRate: 1}, nil)
+	job := createInline(t, gc, prompts(4, "f"))
+	clk.Add(3 * time.Minute)
+	if got := get(t, gc, job.Name); got.State != genai.JobStateFailed || got.Dest != nil || got.EndTime.IsZero() {
+		t.Fatalf("%+v", got)
+	}
+	if st := srv.Stats(1); st.Batch.Entries["failed"] != 4 || st.Batch.States[geminisim.BatchFailed] != 1 || st.AnsweredTasks != 0 {
+		t.Errorf("stats: %+v", st.Batch)
+	}
+	srv.Reset()
+	_, err := gc.Batches.Get(context.Background(), job.Name, nil)
+	if ae := apiError(t, err); ae.Code != 404 {
+		t.Errorf("get after Reset: %+v", ae)
+	}
+	if st := srv.Stats(1); st.Batch != nil {
+		t.Errorf("batch stats after Reset: %+v", st.Batch)
+	}
+}

@@ -204,11 +204,12 @@ func (s *Server) Close() error {
 // Now is the stand-in's time: real time since New, scaled by Options.Minute, from Options.Start.
 func (s *Server) Now() time.Time { return s.clk.Now() }
 
-// Reset forgets the log and every quota window.
+// Reset forgets the log, every quota window, and every batch and file (a fresh project).
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.log = nil
+	s.batch = batchState{}
 	if s.dsq != nil {
 		s.dsq = newDSQState(s.dsq.cfg, s.clk.Now())
 	}

@@ -56,6 +56,7 @@ func run(args []string) error {
 	batchPerEntry := fs.Duration("batch-per-entry", 0, "Batch API: running time added per entry")
 	batchExpire := fs.Duration("batch-expire-after", 48*time.Hour, "Batch API: a batch not ended this long after creation ends EXPIRED with no results")
 	batchFailure := fs.Float64("batch-failure-rate", 0, "Batch API: probability that an entry is answered with an error status (code 13)")
+	batchWhole := fs.Float64("batch-whole-failure-rate", 0, "Batch API: probability that a whole batch ends FAILED with no results")
 	batchTokens := fs.Int64("batch-enqueued-tokens", 0, "Batch API: per-model limit on the input tokens of pending and running batches (0: none)")
 	batchTier1 := fs.Bool("batch-tier1-limits", false, "Batch API: enqueued-token limits of Tier 1 (the documented figures) for the default models")
 	dsqSpec := fs.String("dsq", "", "hidden capacity as Vertex AI's Dynamic Shared Quota: REQUESTS/WINDOW[;AFTER=FRACTION...], e.g. 60/10s;1m=0.4;2m=1")
@@ -91,11 +92,13 @@ func run(args []string) error {
 	for id := range zero {
 		ms = append(ms, geminisim.Model{ID: id, NoQuota: true, InputTokenLimit: *inputLimit})
 	}
-	if *batchFailure < 0 || *batchFailure > 1 {
-		return fmt.Errorf("-batch-failure-rate %g: want a probability in [0, 1]", *batchFailure)
+	for name, p := range map[string]float64{"batch-failure-rate": *batchFailure, "batch-whole-failure-rate": *batchWhole} {
+		if p < 0 || p > 1 {
+			return fmt.Errorf("-%s %g: want a probability in [0, 1]", name, p)
+		}
 	}
 	batch := geminisim.Batch{PendingFor: *batchPending, RunFor: *batchRun, PerEntry: *batchPerEntry,
-		ExpireAfter: *batchExpire, FailureRate: *batchFailure, EnqueuedTokens: *batchTokens}
+		ExpireAfter: *batchExpire, FailureRate: *batchFailure, BatchFailureRate: *batchWhole, EnqueuedTokens: *batchTokens}
 	if *batchTier1 {
 		batch.EnqueuedTokensByModel = geminisim.Tier1EnqueuedTokens
 	}

@@ -19,7 +19,7 @@ func TestParseFaults(t *testing.T) {
 }
 
 func TestRunRejectsBadFlags(t *testing.T) {
-	for _, args := range [][]string{{"--latency", "gaussian:1s"}, {"--faults", "x=1"}, {"--nope"}, {"--batch-failure-rate", "1.5"}} {
+	for _, args := range [][]string{{"--latency", "gaussian:1s"}, {"--faults", "x=1"}, {"--nope"}, {"--batch-failure-rate", "1.5"}, {"--batch-whole-failure-rate", "-1"}} {
 		if err := run(args); err == nil {
 			t.Errorf("run(%q) accepted", args)
 		}

@@ -399,47 +399,51 @@ func (s *Server) serveBatches(w http.ResponseWriter, r *http.Request, rest strin
 	if !s.callerError(w, r, &e) {
 		return
 	}
+	// The answer is built under the lock and written after it, so a slow client never holds the stand-in.
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	code, body := s.batchCallLocked(r, id, &e)
+	s.mu.Unlock()
+	e.Status = code
+	if code == http.StatusOK {
+		e.Outcome = "ok"
+	}
+	writeJSON(w, code, body)
+}
+
+// batchCallLocked runs a batches call on batch id (under s.mu) and returns the HTTP status and body.
+func (s *Server) batchCallLocked(r *http.Request, id string, e *Entry) (int, any) {
 	now := s.clk.Now()
 	s.advanceLocked(now)
-	answer := func(code int, v any) {
-		e.Status, e.Outcome = code, "ok"
-		writeJSON(w, code, v)
-	}
 	if e.Method == "batches.list" {
-		s.listBatchesLocked(w, r, now, &e, answer)
-		return
+		return s.listBatchesLocked(r, now, e)
 	}
 	j := s.batch.batches[id]
 	if j == nil || j.deleted {
-		e.Status, e.Outcome = 404, "not_found"
-		writeError(w, errBatchNotFound())
-		return
+		e.Outcome = "not_found"
+		return http.StatusNotFound, map[string]any{"error": errBatchNotFound()}
 	}
 	e.Model = j.model
 	switch e.Method {
-	case "batches.get":
-		answer(http.StatusOK, s.batchOpLocked(j, now))
 	case "batches.cancel":
 		// Cancelling an ended batch changes nothing (the docs do not say what the real API answers).
 		if !j.terminal() {
 			s.endLocked(j, BatchCancelled, now)
 		}
-		answer(http.StatusOK, map[string]any{})
+		return http.StatusOK, map[string]any{}
 	case "batches.delete":
 		// "When a job is deleted, it stops processing new requests and is removed from the list".
 		if !j.terminal() {
 			s.endLocked(j, BatchCancelled, now)
 		}
 		j.deleted = true
-		answer(http.StatusOK, map[string]any{})
+		return http.StatusOK, map[string]any{}
 	}
+	return http.StatusOK, s.batchOpLocked(j, now)
 }
 
 // listBatchesLocked answers GET batches?pageSize=&pageToken=, newest first (pageSize default 50, at most
 // 1000).
-func (s *Server) listBatchesLocked(w http.ResponseWriter, r *http.Request, now time.Time, e *Entry, answer func(int, any)) {
+func (s *Server) listBatchesLocked(r *http.Request, now time.Time, e *Entry) (int, any) {
 	var visible []*batchJob
 	for i := len(s.batch.order) - 1; i >= 0; i-- {
 		if !s.batch.order[i].deleted {
@@ -448,9 +452,8 @@ func (s *Server) listBatchesLocked(w http.ResponseWriter, r *http.Request, now t
 	}
 	from, to, next, ok := page(r, len(visible), 50, 1000)
 	if !ok {
-		e.Status, e.Outcome = 400, "bad_request"
-		writeError(w, errInvalid("Invalid page_size or page_token."))
-		return
+		e.Outcome = "bad_request"
+		return http.StatusBadRequest, map[string]any{"error": errInvalid("Invalid page_size or page_token.")}
 	}
 	ops := make([]any, 0, to-from)
 	for _, j := range visible[from:to] {
@@ -460,5 +463,5 @@ func (s *Server) listBatchesLocked(w http.ResponseWriter, r *http.Request, now t
 	if next != "" {
 		out["nextPageToken"] = next
 	}
-	answer(http.StatusOK, out)
+	return http.StatusOK, out
 }

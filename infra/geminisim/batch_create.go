@@ -151,16 +151,28 @@ func (s *Server) handleBatchCreate(w http.ResponseWriter, r *http.Request, model
 		}
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.clk.Now()
-	s.advanceLocked(now)
-	cfg = s.opts.Batch
-	var total, enqueued int64
 	for _, be := range entries {
 		if be.req != nil {
-			be.tokens = s.skewLocked(s.opts.Tokenizer.count(be.req.SystemInstruction, be.req.Contents))
+			be.tokens = s.opts.Tokenizer.count(be.req.SystemInstruction, be.req.Contents)
 		}
+	}
+	// The answer is built under the lock and written after it, so a slow client never holds the stand-in.
+	s.mu.Lock()
+	code, out := s.enqueueLocked(m, in.Batch.DisplayName, file, entries, failure, &e)
+	s.mu.Unlock()
+	e.Status = code
+	writeJSON(w, code, out)
+}
+
+// enqueueLocked admits a batch of entries for m against the Batch API's limits and creates it (under s.mu),
+// returning the HTTP status and body of the answer.
+func (s *Server) enqueueLocked(m *Model, displayName, file string, entries []*batchEntry, failure *rpcStatus, e *Entry) (int, any) {
+	now := s.clk.Now()
+	s.advanceLocked(now)
+	cfg := s.opts.Batch
+	var total, enqueued int64
+	for _, be := range entries {
+		be.tokens = s.skewLocked(be.tokens)
 		total += be.tokens
 		be.fail = cfg.FailureRate > 0 && s.rng.Float64() < cfg.FailureRate
 		be.seed = s.rng.Uint64()
@@ -176,18 +188,16 @@ func (s *Server) handleBatchCreate(w http.ResponseWriter, r *http.Request, model
 		}
 	}
 	if active >= cfg.MaxConcurrent {
-		e.Outcome, e.Status = "concurrent", 429
-		writeError(w, errBatchQuota(batchConcMetric, batchConcID, m.ID, s.opts.Location, int64(cfg.MaxConcurrent)))
-		return
+		e.Outcome = "concurrent"
+		return http.StatusTooManyRequests, map[string]any{"error": errBatchQuota(batchConcMetric, batchConcID, m.ID, s.opts.Location, int64(cfg.MaxConcurrent))}
 	}
 	if lim := cfg.enqueuedLimit(m.ID); lim > 0 && enqueued+total > lim {
-		e.Outcome, e.Status = "enqueued_tokens", 429
-		writeError(w, errBatchQuota(batchTokensMetric, batchTokensID, m.ID, s.opts.Location, lim))
-		return
+		e.Outcome = "enqueued_tokens"
+		return http.StatusTooManyRequests, map[string]any{"error": errBatchQuota(batchTokensMetric, batchTokensID, m.ID, s.opts.Location, lim)}
 	}
 	run := cfg.RunFor + time.Duration(len(entries))*cfg.PerEntry
 	j := &batchJob{
-		id: s.newIDLocked(36), displayName: in.Batch.DisplayName, model: m.ID, file: file,
+		id: s.newIDLocked(36), displayName: displayName, model: m.ID, file: file,
 		created: now, updated: now, runAt: now.Add(cfg.PendingFor), expireAt: now.Add(cfg.ExpireAfter),
 		state: BatchPending, entries: entries, tokens: total, failure: failure,
 	}
@@ -200,8 +210,8 @@ func (s *Server) handleBatchCreate(w http.ResponseWriter, r *http.Request, model
 	}
 	s.batch.batches[j.id] = j
 	s.batch.order = append(s.batch.order, j)
-	e.Outcome, e.Status = "ok", http.StatusOK
-	writeJSON(w, http.StatusOK, s.batchOpLocked(j, now))
+	e.Outcome = "ok"
+	return http.StatusOK, s.batchOpLocked(j, now)
 }
 
 // requestOf parses one GenerateContentRequest of a batch: the "model" a client may name in it and the

@@ -160,8 +160,23 @@ func (s *Server) serveFiles(w http.ResponseWriter, r *http.Request, rest string)
 		return true
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	now := s.clk.Now()
+	if e.Method == "files.download" {
+		// A file's bytes never change once stored: they are written without the lock.
+		f := s.fileLocked(id, now)
+		s.mu.Unlock()
+		if f == nil {
+			fail("not_found", errFileDenied(id))
+			return true
+		}
+		e.Outcome, e.Status = "ok", http.StatusOK
+		w.Header().Set("Content-Type", f.mimeType)
+		w.Header().Set("Content-Length", strconv.Itoa(len(f.data)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(f.data)
+		return true
+	}
+	defer s.mu.Unlock()
 	if e.Method == "files.list" {
 		s.listFilesLocked(r, base, now, fail, answer)
 		return true
@@ -177,12 +192,6 @@ func (s *Server) serveFiles(w http.ResponseWriter, r *http.Request, rest string)
 	case "files.delete":
 		delete(s.batch.files, f.id)
 		answer(map[string]any{})
-	case "files.download":
-		e.Outcome, e.Status = "ok", http.StatusOK
-		w.Header().Set("Content-Type", f.mimeType)
-		w.Header().Set("Content-Length", strconv.Itoa(len(f.data)))
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(f.data)
 	}
 	return true
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -123,6 +124,15 @@ func TestBatchInlineLifecycle(t *testing.T) {
 	if st.Requests != 0 || st.Batch == nil || st.Batch.Entries["ok"] != len(reqs) || st.Batch.InputTokens != tokens ||
 		st.AnsweredTasks != len(reqs) || len(st.AnsweredTwice) != 0 || st.Batch.States[geminisim.BatchSucceeded] != 1 {
 		t.Errorf("stats: requests %d, batch %+v, answered %d twice %v", st.Requests, st.Batch, st.AnsweredTasks, st.AnsweredTwice)
+	}
+	resp, err := http.Get(srv.URL() + "/_stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var over geminisim.Stats
+	if err := json.NewDecoder(resp.Body).Decode(&over); err != nil || over.Batch == nil || over.Batch.Entries["ok"] != len(reqs) || over.AnsweredTasks != len(reqs) {
+		t.Errorf("GET /_stats: %+v, %v", over.Batch, err)
 	}
 	// The batch left the interactive minute empty: the one request per minute is still there.
 	if _, err := generate(gc, "task-0", "hi"); err != nil {

@@ -5,7 +5,8 @@
 //
 // Point genai at it with GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8090 and any GEMINI_API_KEY (or the one given
 // with --api-key). GET /_stats returns the recorder's statistics as JSON, GET /_log every request, POST
-// /_reset clears both and the quota windows.
+// /_reset clears both, the quota windows, batches and files. The --batch-* flags shape the Batch API
+// (durations in stand-in time, scaled by --minute).
 package main
 
 import (

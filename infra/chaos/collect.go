@@ -92,3 +92,16 @@ func redisDo(ctx context.Context, addr string, args ...any) error {
 	}
 	return nil
 }
+
+// redisKeys returns how many keys the Redis at addr holds (DBSIZE).
+func redisKeys(ctx context.Context, addr string) (int64, error) {
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := c.DBSize(ctx).Result()
+	if err != nil {
+		return 0, fmt.Errorf("redis DBSIZE on %s: %w", addr, err)
+	}
+	return n, nil
+}

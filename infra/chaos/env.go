@@ -514,6 +514,13 @@ func (e *Env) KillWorker(ctx context.Context, down time.Duration) error {
 // KillRedis SIGKILLs redis-server and, after down, starts an empty one
 // behind the same address.
 func (e *Env) KillRedis(ctx context.Context, down time.Duration) error {
+	return e.restartRedis(ctx, down, "empty", nil)
+}
+
+// restartRedis SIGKILLs redis-server and starts it again after down in the
+// same directory (so from its snapshot, if one was saved), behind the same
+// address, once check (when set) accepts the new server.
+func (e *Env) restartRedis(ctx context.Context, down time.Duration, how string, check func(addr string) error) error {
 	e.redis.kill()
 	e.mark("redis killed")
 	if !sleepCtx(ctx, down) {
@@ -524,9 +531,35 @@ func (e *Env) KillRedis(ctx context.Context, down time.Duration) error {
 		return err
 	}
 	e.redis, e.redisAddr = p, addr
+	if check != nil {
+		if err := check(addr); err != nil {
+			return err
+		}
+	}
 	e.redisFront.SetBackend(addr)
-	e.mark("redis restarted empty")
+	e.mark("redis restarted " + how)
 	return nil
+}
+
+// RestartRedisFromSnapshot saves an RDB snapshot of the primary (SAVE),
+// lets the job run on for lag (writes the snapshot does not hold), then
+// SIGKILLs redis-server and, down later, starts it again from that
+// snapshot behind the same address: a restart from persistence, losing
+// the writes since the last save while keeping the replication id.
+func (e *Env) RestartRedisFromSnapshot(ctx context.Context, lag, down time.Duration) error {
+	if err := redisDo(ctx, e.redisAddr, "SAVE"); err != nil {
+		return err
+	}
+	e.mark("redis snapshot saved (SAVE)")
+	if !sleepCtx(ctx, lag) {
+		return ctx.Err()
+	}
+	return e.restartRedis(ctx, down, "from the snapshot", func(addr string) error {
+		if n, err := redisKeys(ctx, addr); err != nil || n == 0 {
+			return fmt.Errorf("chaos: redis restarted from the snapshot holds %d keys (%v): not the fault designed", n, err)
+		}
+		return nil
+	})
 }
 
 // FlushRedis runs FLUSHALL on the primary.

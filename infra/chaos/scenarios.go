@@ -42,6 +42,13 @@ func Catalogue() []Scenario {
 				// reservations, within a minute of the first minute's calls.
 				return after(ctx, 2*time.Second, func() error { return e.KillRedis(ctx, 2*time.Second) })
 			}},
+		{Name: "redis-restart-rdb", Fault: "RDB snapshot saved 5 s into the job; redis-server SIGKILLed 5 s later, after the second quota minute's calls, and restarted from the snapshot 1 s after that (those calls' claims, results and task records lost)", Tasks: n, Backoff: 4 * time.Second,
+			Inject: func(ctx context.Context, e *Env, _ string) error {
+				// The snapshot comes before the second quota minute's calls,
+				// the kill after them (none in flight), the restart before
+				// the third minute's callbacks claim their reservations.
+				return after(ctx, 5*time.Second, func() error { return e.RestartRedisFromSnapshot(ctx, 5*time.Second, time.Second) })
+			}},
 		{Name: "redis-flushall", Fault: "FLUSHALL mid-job", Tasks: n, Backoff: time.Second,
 			Inject: func(ctx context.Context, e *Env, _ string) error {
 				return after(ctx, 2*time.Second, func() error { return e.FlushRedis(ctx) })

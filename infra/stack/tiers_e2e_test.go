@@ -118,4 +118,6 @@ func testTiers(t *testing.T, s *stack.Stack) {
 			t.Errorf("served %v, want %d at flex", st.Served, len(keys))
 		}
 	})
+
+	t.Run("batch", func(t *testing.T) { testBatch(t, s) })
 }

@@ -109,9 +109,10 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		base.Close()
 		return nil, err
 	}
+	st := store.New(rdb, store.Options{TTL: cfg.ResultTTL, BodyGrace: cfg.BodyGrace()})
 	deps := lifecycle.Deps{
-		Store:       store.New(rdb, store.Options{TTL: cfg.ResultTTL, BodyGrace: cfg.BodyGrace()}),
-		Batch:       batchDeps(rdb, cfg, gem, opts),
+		Store:       st,
+		Batch:       batchDeps(rdb, cfg, gem, st, opts),
 		Permits:     metrics.WrapLimiter(lim, rec),
 		Gemini:      metrics.WrapGemini(gem, cfg.Project, rec),
 		Scheduler:   queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
@@ -126,13 +127,13 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 // batchDeps are the Batch tier's: none on Vertex AI, whose Batch API reads
 // its input from Cloud Storage or BigQuery only (batch-tier tasks then run
 // at standard).
-func batchDeps(rdb redis.Scripter, cfg config.Config, gem *gemini.Client, opts lifecycle.Options) lifecycle.BatchDeps {
+func batchDeps(rdb redis.Scripter, cfg config.Config, gem *gemini.Client, jobs *store.Store, opts lifecycle.Options) lifecycle.BatchDeps {
 	if cfg.Vertex {
 		return lifecycle.BatchDeps{}
 	}
 	// Groups outlive the longest wait of their members by a day.
 	return lifecycle.BatchDeps{API: gem, Groups: batches.New(rdb, lifecycle.BatchHold(opts)+24*time.Hour),
-		Enqueued: limiter.NewEnqueued(rdb)}
+		Enqueued: limiter.NewEnqueued(rdb), Jobs: jobs}
 }
 
 // newLimiter is the worker's limiter: warnings to its log, adaptation off

@@ -2,6 +2,7 @@ package stack_test
 
 import (
 	"math"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 // stand-in time (a minute lasts the stack's 2 s); the stack's collect
 // window is 60 s of it.
 func testBatch(t *testing.T, s *stack.Stack) {
+	t.Run("cancelled mid-batch", func(t *testing.T) { testBatchCancel(t, s) })
 	t.Run("succeeds", func(t *testing.T) {
 		resetBatch(t, s, stack.GeminiOptions{}, geminisim.Batch{PendingFor: 10 * time.Second, RunFor: 30 * time.Second})
 		keys := submitWith(t, s, "batchok", 40, 21, "&service_tier=batch")
@@ -116,6 +118,60 @@ func resetBatch(t *testing.T, s *stack.Stack, o stack.GeminiOptions, b geminisim
 	s.GeminiStandIn().SetBatch(b)
 }
 
+// testBatchCancel cancels a batch job while its batch runs: the poller
+// ends its tasks CANCELLED and cancels the batch (Batches.Cancel).
+func testBatchCancel(t *testing.T, s *stack.Stack) {
+	// Pending for 10 stand-in minutes (20 s here): the cancellation comes
+	// first.
+	resetBatch(t, s, stack.GeminiOptions{}, geminisim.Batch{PendingFor: 10 * time.Minute, RunFor: time.Minute})
+	keys := submitWith(t, s, "batchcancel", 30, 25, "&service_tier=batch")
+	start := time.Now()
+	for {
+		if st := s.GeminiStandIn().Stats(1); st.Batch != nil && st.Batch.Created == 1 {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("no batch created after 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	resp, err := http.Post(s.IngestURL+"/v1/jobs/batchcancel:cancel", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST :cancel = %d", resp.StatusCode)
+	}
+	r := waitDone(t, s, "batchcancel", len(keys), 30*time.Second)
+	if r.Counts.Failed != len(keys) {
+		t.Errorf("counts = %+v, want all %d failed CANCELLED", r.Counts, len(keys))
+	}
+	lines := results(t, s, "batchcancel")
+	checkOneResultPerKey(t, keys, lines)
+	for _, l := range lines {
+		if !strings.Contains(string(l.Error), "CANCELLED") {
+			t.Errorf("result %s: %s, want CANCELLED", l.Key, l.Error)
+		}
+	}
+	checkPublishedOnce(t, pullResults(t, s, ""), "batchcancel", keys, "failed")
+	// The poll after the cancellation cancels the batch.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := s.GeminiStandIn().Stats(1)
+		if st.Batch.States[geminisim.BatchCancelled] == 1 {
+			if st.AnsweredTasks != 0 || interactiveCalls(s) != 0 {
+				t.Errorf("answered %d tasks (%d interactively), want none", st.AnsweredTasks, interactiveCalls(s))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("batch states %v, want it cancelled", st.Batch.States)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
 
 // checkPublishedOnce checks the job's results-topic messages (pulled, of
@@ -148,4 +204,3 @@ func interactiveCalls(s *stack.Stack) int {
 	}
 	return n
 }
-

@@ -78,13 +78,23 @@ var (
 	_ EnqueuedPermits = (*limiter.Enqueued)(nil)
 )
 
+// JobReader reads job records (*store.Store): the poller asks whether a
+// running batch's jobs were cancelled.
+type JobReader interface {
+	GetJob(ctx context.Context, jobID string) (store.Job, error)
+}
+
+var _ JobReader = (*store.Store)(nil)
+
 // BatchDeps are the Batch tier's dependencies. With API nil (Vertex AI,
 // whose Batch API reads Cloud Storage or BigQuery only) batch-tier tasks
-// run at standard.
+// run at standard. Jobs nil: a cancelled job's batched tasks end when
+// their batch does.
 type BatchDeps struct {
 	API      BatchAPI
 	Groups   BatchGroups
 	Enqueued EnqueuedPermits
+	Jobs     JobReader
 }
 
 // BatchPoller is the Source of the settle passes of a batch group: not a

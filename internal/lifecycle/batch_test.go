@@ -99,7 +99,7 @@ func (fb *fakeBatches) succeeded(displayName string, errs map[string]bool) gemin
 func batchFixture(t *testing.T) (*fixture, *fakeBatches) {
 	f := newFixture(t, fixtureOptions{})
 	fb := &fakeBatches{}
-	f.m.deps.Batch = BatchDeps{API: fb, Groups: batches.New(f.rdb, time.Hour), Enqueued: limiter.NewEnqueued(f.rdb)}
+	f.m.deps.Batch = BatchDeps{API: fb, Groups: batches.New(f.rdb, time.Hour), Enqueued: limiter.NewEnqueued(f.rdb), Jobs: f.store}
 	f.m.opts.Batch.Collect = 50 * time.Millisecond
 	f.m.opts.Batch.PollMin = 100 * time.Millisecond
 	f.m.opts.Batch.PollMax = time.Second
@@ -408,5 +408,131 @@ func TestBatchStepDecoding(t *testing.T) {
 	}
 	if _, ok, err := DecodeBatchStep([]byte(`{"gemq_batch":{"op":"nuke","project":"p","model":"m","group":"g"}}`)); !ok || err == nil {
 		t.Errorf("bad op: ok %v err %v, want a malformed step", ok, err)
+	}
+}
+
+// batchPush pushes n batch-tier tasks of job (message ids job-i).
+func (f *fixture) batchPush(job string, n int) []task.Envelope {
+	f.t.Helper()
+	var envs []task.Envelope
+	for i := range n {
+		e := batchEnvelope(job, fmt.Sprintf("k%d", i))
+		envs = append(envs, e)
+		if r := f.serve(context.Background(), pushBodyWith(encode(f.t, e), fmt.Sprintf("%s-%d", job, i), 0), nil); r.outcome != OutBatched {
+			f.t.Fatalf("push %s = %+v, want batched", e.Key, r)
+		}
+	}
+	return envs
+}
+
+func (f *fixture) cancelJob(job string) {
+	f.t.Helper()
+	if _, _, err := f.store.CancelJob(context.Background(), job); err != nil {
+		f.t.Fatalf("cancel %s: %v", job, err)
+	}
+}
+
+func TestBatchCancelledMidBatch(t *testing.T) {
+	f, fb := batchFixture(t)
+	gone := f.batchPush("bc-gone", 2)
+	kept := f.batchPush("bc-kept", 2)
+	name, body := f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("seal = %+v", r)
+	}
+	g := onlyGroup(t, fb)
+	f.cancelJob("bc-gone")
+	// The next poll ends the cancelled job's tasks at once; the batch,
+	// which still serves another job, runs on.
+	pn, pb := f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("poll = %+v", r)
+	}
+	for _, e := range gone {
+		if rec := f.record(e); rec.State != store.Failed || errorOf(t, rec.Error).Status != "CANCELLED" || !rec.Published {
+			t.Errorf("%s = %+v, want failed CANCELLED, published", e.Key, rec)
+		}
+	}
+	for _, e := range kept {
+		if rec := f.record(e); rec.State != store.Waiting {
+			t.Errorf("%s = %+v, want still batched", e.Key, rec)
+		}
+	}
+	if len(fb.cancels) != 0 {
+		t.Errorf("batch cancelled %v while another job's tasks are in it", fb.cancels)
+	}
+	if j, _ := f.store.GetJob(context.Background(), "bc-gone"); !j.Done() {
+		t.Errorf("cancelled job = %+v, want done", j.Counts)
+	}
+	// The batch ends: the other job's tasks succeed, the cancelled ones
+	// keep their one terminal state.
+	fb.get = func(string) (gemini.Batch, error) { return fb.succeeded(g, nil), nil }
+	pn, pb = f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchSettled {
+		t.Fatalf("final poll = %+v", r)
+	}
+	for _, e := range kept {
+		if rec := f.record(e); rec.State != store.Succeeded {
+			t.Errorf("%s = %+v, want succeeded", e.Key, rec)
+		}
+	}
+	for _, e := range gone {
+		if rec := f.record(e); rec.State != store.Failed {
+			t.Errorf("%s = %+v, want still failed CANCELLED", e.Key, rec)
+		}
+	}
+	if pub := f.published(); len(pub) != 4 {
+		t.Errorf("%d results published, want 4 (one per task)", len(pub))
+	}
+}
+
+func TestBatchEveryJobCancelledCancelsTheBatch(t *testing.T) {
+	f, fb := batchFixture(t)
+	envs := f.batchPush("bc-all", 3)
+	name, body := f.onlyStep(StepSeal)
+	f.runStep(name, body, 0)
+	f.cancelJob("bc-all")
+	pn, pb := f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("poll = %+v", r)
+	}
+	if len(fb.cancels) != 1 {
+		t.Fatalf("batch cancels = %v, want the batch cancelled once its every task was", fb.cancels)
+	}
+	fb.get = func(n string) (gemini.Batch, error) {
+		return gemini.Batch{Name: n, State: string(genai.JobStateCancelled), Done: true, Reason: "the batch ended JOB_STATE_CANCELLED"}, nil
+	}
+	pn, pb = f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchSettled {
+		t.Fatalf("poll after cancel = %+v", r)
+	}
+	for _, e := range envs {
+		if rec := f.record(e); rec.State != store.Failed || errorOf(t, rec.Error).Status != "CANCELLED" {
+			t.Errorf("%s = %+v, want failed CANCELLED", e.Key, rec)
+		}
+	}
+	if pub := f.published(); len(pub) != 3 {
+		t.Errorf("%d results published, want 3", len(pub))
+	}
+	if n := len(f.scheduled()); n != 0 {
+		t.Errorf("%d Cloud Tasks left, want none (no fallback for cancelled tasks)", n)
+	}
+}
+
+func TestBatchCancelledBeforeTheSealIsNeverSent(t *testing.T) {
+	f, fb := batchFixture(t)
+	envs := f.batchPush("bc-early", 2)
+	f.cancelJob("bc-early")
+	name, body := f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchSettled {
+		t.Fatalf("seal = %+v, want the group settled without a batch", r)
+	}
+	if fb.creates != 0 {
+		t.Errorf("%d batches created for a cancelled job", fb.creates)
+	}
+	for _, e := range envs {
+		if rec := f.record(e); rec.State != store.Failed || errorOf(t, rec.Error).Status != "CANCELLED" {
+			t.Errorf("%s = %+v, want failed CANCELLED", e.Key, rec)
+		}
 	}
 }

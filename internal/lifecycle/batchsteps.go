@@ -37,6 +37,17 @@ func (m *Machine) seal(ctx context.Context, s BatchStep, scope limiter.Scope, lo
 		// have stopped before scheduling it).
 		return m.ensurePoll(ctx, s, scope, g, log)
 	}
+	// Tasks of cancelled jobs end here, before they cost anything, and are
+	// not sent.
+	cancelled, all, o, handled := m.settleCancelled(ctx, s, scope, log)
+	if handled {
+		return o
+	}
+	if all && g.State == batches.Sealed {
+		// (Creating: an earlier attempt may have created the batch; it is
+		// found, polled and cancelled.)
+		g.Entries = 0
+	}
 	if g.Entries == 0 {
 		if err := bd.Groups.Finish(ctx, scope, s.Group); err != nil {
 			return redeliver
@@ -79,6 +90,9 @@ func (m *Machine) seal(ctx context.Context, s BatchStep, scope limiter.Scope, lo
 	}
 	entries := make([]gemini.BatchEntry, 0, len(members))
 	for _, mb := range members {
+		if cancelled[mb.JobID] {
+			continue
+		}
 		env, err := task.Decode(mb.Envelope)
 		if err != nil {
 			log.ErrorContext(ctx, "batch member envelope", "error", err.Error(), logging.TaskID, mb.TaskID)
@@ -207,11 +221,71 @@ func (m *Machine) sealLater(ctx context.Context, s BatchStep, scope limiter.Scop
 	return ack(OutBatchWaiting)
 }
 
-// cancelIfCancelled handles a running batch whose members' jobs were all
-// cancelled (the job cancellation of the store): handled is false while
-// any member's job is not cancelled.
+// cancelIfCancelled settles, as CANCELLED, the members of a running batch
+// whose jobs were cancelled (POST /v1/jobs/{id}:cancel), without waiting for
+// the batch; when that leaves no member, it cancels the batch
+// (Batches.Cancel), whose end the next poll settles (nothing left but
+// duplicates). handled is true when the answer is o (a store failure).
 func (m *Machine) cancelIfCancelled(ctx context.Context, s BatchStep, scope limiter.Scope, g batches.Group, log *slog.Logger) (Outcome, bool) {
+	_, all, o, handled := m.settleCancelled(ctx, s, scope, log)
+	if handled || !all {
+		return o, handled
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*m.opts.GeminiTimeout)
+	err := m.deps.Batch.API.CancelBatch(cctx, g.Batch)
+	cancel()
+	if err != nil {
+		log.WarnContext(ctx, "batch cancel", "error", err.Error())
+	} else {
+		log.InfoContext(ctx, "every job of the batch was cancelled: batch cancelled")
+	}
 	return Outcome{}, false
+}
+
+// settleCancelled settles, as CANCELLED, the group's members whose jobs
+// were cancelled (the jobs are in cancelled); all is true when every member
+// was (none is left to send). handled is true when the answer is o instead
+// (a store failure).
+func (m *Machine) settleCancelled(ctx context.Context, s BatchStep, scope limiter.Scope, log *slog.Logger) (cancelled map[string]bool, all bool, o Outcome, handled bool) {
+	bd := m.deps.Batch
+	if bd.Jobs == nil {
+		return nil, false, Outcome{}, false
+	}
+	members, err := bd.Groups.Members(ctx, scope, s.Group)
+	if err != nil {
+		return nil, false, redeliver, true
+	}
+	cancelled = map[string]bool{}
+	some := false
+	for _, mb := range members {
+		if _, seen := cancelled[mb.JobID]; seen {
+			continue
+		}
+		j, err := bd.Jobs.GetJob(ctx, mb.JobID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, false, redeliver, true
+		}
+		cancelled[mb.JobID] = !j.CancelledAt.IsZero()
+		some = some || cancelled[mb.JobID]
+	}
+	if !some {
+		return cancelled, false, Outcome{}, false
+	}
+	g, err := bd.Groups.Count(ctx, scope, s.Group, batches.CountPasses)
+	if err != nil {
+		return nil, false, redeliver, true
+	}
+	all = true
+	for _, mb := range members {
+		if !cancelled[mb.JobID] {
+			all = false
+			continue
+		}
+		if o := m.settleMember(ctx, s.Group, g.Passes, mb, gemini.Batch{}, true, log); o.Redeliver {
+			return nil, false, o, true
+		}
+	}
+	return cancelled, all, Outcome{}, false
 }
 
 // settle runs one settle pass over a group whose batch ended (b), then
@@ -230,7 +304,7 @@ func (m *Machine) settle(ctx context.Context, s BatchStep, scope limiter.Scope, 
 	redo := 0
 	counts := map[string]int{}
 	for _, mb := range members {
-		o := m.settleMember(ctx, s.Group, g.Passes, mb, b, log)
+		o := m.settleMember(ctx, s.Group, g.Passes, mb, b, false, log)
 		counts[o.Name]++
 		if o.Redeliver {
 			redo++
@@ -253,8 +327,10 @@ func (m *Machine) settle(ctx context.Context, s BatchStep, scope limiter.Scope, 
 	return ack(OutBatchSettled)
 }
 
-// settleMember settles one member of an ended batch as the group.
-func (m *Machine) settleMember(ctx context.Context, group string, pass int, mb batches.Member, b gemini.Batch, log *slog.Logger) Outcome {
+// settleMember settles one member of an ended batch as the group; with
+// onlyCancelled, only a member of a cancelled job (ended CANCELLED) while
+// the batch runs.
+func (m *Machine) settleMember(ctx context.Context, group string, pass int, mb batches.Member, b gemini.Batch, onlyCancelled bool, log *slog.Logger) Outcome {
 	env, err := task.Decode(mb.Envelope)
 	if err != nil {
 		log.ErrorContext(ctx, "batch member envelope", "error", err.Error(), logging.TaskID, mb.TaskID)
@@ -280,7 +356,17 @@ func (m *Machine) settleMember(ctx context.Context, group string, pass int, mb b
 		return ack(OutDuplicate)
 	}
 	r.leased, r.lease, r.tok = true, lr, lr.Token
-	o := m.settleLeased(ctx, r, mb, b)
+	var o Outcome
+	switch {
+	case lr.Cancelled:
+		// Its job was cancelled: one terminal state, CANCELLED, whatever
+		// the batch answered.
+		o = m.cancelled(ctx, r)
+	case onlyCancelled:
+		o = ack(OutDuplicate) // released below: still batched
+	default:
+		o = m.settleLeased(ctx, r, mb, b)
+	}
 	if r.leased {
 		m.releaseLease(r)
 	}

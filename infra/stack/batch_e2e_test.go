@@ -24,14 +24,7 @@ func testBatch(t *testing.T, s *stack.Stack) {
 	t.Run("cancelled mid-batch", func(t *testing.T) { testBatchCancel(t, s) })
 	t.Run("succeeds", func(t *testing.T) {
 		resetBatch(t, s, stack.GeminiOptions{}, geminisim.Batch{PendingFor: 10 * time.Second, RunFor: 30 * time.Second})
-		keys := submitWith(t, s, "batchok", 40, 21, "&service_tier=batch")
-		r := waitDone(t, s, "batchok", len(keys), 60*time.Second)
-		if r.Counts.Succeeded != len(keys) {
-			t.Errorf("counts = %+v, want all %d succeeded", r.Counts, len(keys))
-		}
-		checkOneResultPerKey(t, keys, results(t, s, "batchok"))
-		checkPublishedOnce(t, pullResults(t, s, ""), "batchok", keys, "succeeded")
-		st := s.GeminiStandIn().Stats(safety)
+		keys, st := runBatchJob(t, s, "batchok", 21)
 		if st.Batch == nil || st.Batch.Created != 1 || st.Batch.Entries["ok"] != len(keys) || st.AnsweredTasks != len(keys) || len(st.AnsweredTwice) != 0 {
 			t.Errorf("stand-in batch stats %+v, answered %d (twice %v); want one batch answering every task once", st.Batch, st.AnsweredTasks, st.AnsweredTwice)
 		}
@@ -50,14 +43,7 @@ func testBatch(t *testing.T, s *stack.Stack) {
 
 	t.Run("partly fails", func(t *testing.T) {
 		resetBatch(t, s, stack.GeminiOptions{Seed: 5}, geminisim.Batch{PendingFor: 10 * time.Second, RunFor: 30 * time.Second, FailureRate: 0.3})
-		keys := submitWith(t, s, "batchpart", 40, 22, "&service_tier=batch")
-		r := waitDone(t, s, "batchpart", len(keys), 60*time.Second)
-		if r.Counts.Succeeded != len(keys) {
-			t.Errorf("counts = %+v, want all %d succeeded (failed entries go back to the interactive path)", r.Counts, len(keys))
-		}
-		checkOneResultPerKey(t, keys, results(t, s, "batchpart"))
-		checkPublishedOnce(t, pullResults(t, s, ""), "batchpart", keys, "succeeded")
-		st := s.GeminiStandIn().Stats(safety)
+		keys, st := runBatchJob(t, s, "batchpart", 22)
 		failed := st.Batch.Entries["error"]
 		if failed == 0 || st.Batch.Entries["ok"]+failed != len(keys) {
 			t.Fatalf("stand-in entries %v, want some of %d failed", st.Batch.Entries, len(keys))
@@ -107,6 +93,22 @@ func testBatch(t *testing.T, s *stack.Stack) {
 			t.Errorf("stand-in batch %+v, served %v; want every entry expired and the far job's served at flex", st.Batch, st.Served)
 		}
 	})
+}
+
+// runBatchJob submits a batch job of 40 tasks and waits until every task
+// succeeded (failed entries going back to the interactive path), each with
+// one result line and one results-topic message; it returns the keys and
+// the stand-in's statistics.
+func runBatchJob(t *testing.T, s *stack.Stack, jobID string, seed uint64) ([]string, stack.GeminiStats) {
+	t.Helper()
+	keys := submitWith(t, s, jobID, 40, seed, "&service_tier=batch")
+	r := waitDone(t, s, jobID, len(keys), 60*time.Second)
+	if r.Counts.Succeeded != len(keys) {
+		t.Errorf("counts = %+v, want all %d succeeded", r.Counts, len(keys))
+	}
+	checkOneResultPerKey(t, keys, results(t, s, jobID))
+	checkPublishedOnce(t, pullResults(t, s, ""), jobID, keys, "succeeded")
+	return keys, s.GeminiStandIn().Stats(safety)
 }
 
 // resetBatch gives the stack a fresh stand-in with Batch API behaviour b.

@@ -13,6 +13,7 @@ import (
 	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
 	"google.golang.org/genai"
 
+	"github.com/gemq-dev/gemq/infra/geminisim"
 	"github.com/gemq-dev/gemq/internal/batches"
 	"github.com/gemq-dev/gemq/internal/gemini"
 	"github.com/gemq-dev/gemq/internal/limiter"
@@ -535,4 +536,56 @@ func TestBatchCancelledBeforeTheSealIsNeverSent(t *testing.T) {
 			t.Errorf("%s = %+v, want failed CANCELLED", e.Key, rec)
 		}
 	}
+}
+
+// TestBatchFileInputThroughTheStandIn runs a group through the stand-in's
+// Batch API with the genai client (the worker's gemini.Client), its input
+// over the inline limit: uploaded as a JSONL file, answered as a responses
+// file, each line mapped back to its task by its key.
+func TestBatchFileInputThroughTheStandIn(t *testing.T) {
+	f, _ := batchFixture(t)
+	f.m.deps.Batch.API = f.gem
+	f.m.opts.Batch.InlineBytes = 1 // every group goes as a file
+	f.sim.SetBatch(geminisim.Batch{PendingFor: 10 * time.Millisecond, RunFor: 50 * time.Millisecond})
+	envs := f.batchPush("bf", 3)
+	name, body := f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("seal = %+v", r)
+	}
+	var uploads int
+	for _, e := range f.sim.Log() {
+		if strings.HasPrefix(e.Method, "files.upload") {
+			uploads++
+		}
+	}
+	if uploads == 0 {
+		t.Errorf("no file uploaded; log methods: %v", logMethods(f.sim.Log()))
+	}
+	for try := 0; ; try++ {
+		time.Sleep(100 * time.Millisecond)
+		pn, pb := f.onlyStep(StepPoll)
+		r := f.runStep(pn, pb, 0)
+		if r.outcome == OutBatchSettled {
+			break
+		}
+		if try == 20 {
+			t.Fatalf("batch not settled after %d polls: %+v", try, r)
+		}
+	}
+	for _, e := range envs {
+		if rec := f.record(e); rec.State != store.Succeeded || !strings.Contains(string(rec.Response), "candidates") {
+			t.Errorf("%s = %+v, want succeeded with the stand-in's answer", e.Key, rec)
+		}
+	}
+	if st := f.sim.Stats(1); st.Batch == nil || st.Batch.Entries["ok"] != 3 || st.AnsweredTasks != 3 {
+		t.Errorf("stand-in batch stats %+v, answered %d", st.Batch, st.AnsweredTasks)
+	}
+}
+
+func logMethods(log []geminisim.Entry) []string {
+	var out []string
+	for _, e := range log {
+		out = append(out, e.Method)
+	}
+	return out
 }

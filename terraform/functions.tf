@@ -38,6 +38,10 @@ locals {
       GEMQ_FLEX_TIMEOUT          = "${var.flex_timeout_seconds}s"
       GEMQ_MAX_ATTEMPTS          = tostring(var.max_attempts)
       GEMQ_TOKEN_ESTIMATOR       = var.token_estimator
+      GEMQ_BATCH_COLLECT         = "${var.batch.collect_seconds}s"
+      GEMQ_BATCH_POLL_MIN        = "${var.batch.poll_min_seconds}s"
+      GEMQ_BATCH_POLL_MAX        = "${var.batch.poll_max_seconds}s"
+      GEMQ_BATCH_ENQUEUED_TOKENS = tostring(var.batch.enqueued_tokens)
     },
     var.monitoring.enabled ? { GEMQ_METRICS_EXPORT = "otlp" } : {},
     var.gemini_backend == "vertex" ? {

@@ -184,6 +184,23 @@ variable "flex_timeout_seconds" {
   }
 }
 
+variable "batch" {
+  type = object({
+    collect_seconds  = optional(number, 60)
+    poll_min_seconds = optional(number, 30)
+    poll_max_seconds = optional(number, 600)
+    enqueued_tokens  = optional(number, 3000000)
+  })
+  description = "The Batch tier (service_tier batch): how long a group of batch-tier tasks collects before it is sent (GEMQ_BATCH_COLLECT), the back-off between polls of a running batch (GEMQ_BATCH_POLL_MIN, GEMQ_BATCH_POLL_MAX), and the model's Batch API enqueued-token limit (GEMQ_BATCH_ENQUEUED_TOKENS: 3,000,000 is Tier 1's for gemini-2.5-flash, higher tiers allow hundreds of millions). Seals and polls are Cloud Tasks on the worker's queue calling the worker: no other resource."
+  default     = {}
+
+  validation {
+    condition = (var.batch.collect_seconds >= 1 && var.batch.poll_min_seconds >= 1 &&
+    var.batch.poll_max_seconds >= var.batch.poll_min_seconds && var.batch.enqueued_tokens >= 1)
+    error_message = "batch: collect_seconds and poll_min_seconds at least 1, poll_max_seconds at least poll_min_seconds, enqueued_tokens at least 1."
+  }
+}
+
 variable "quotas_json" {
   type        = string
   description = "Quota configuration JSON (GEMQ_QUOTAS): safety, horizon and per project/model dimensions. See README."

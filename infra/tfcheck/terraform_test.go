@@ -305,7 +305,7 @@ func TestEnvironment(t *testing.T) {
 	secrets := p.Output(t, "secret_environment_variable_names").(map[string]any)
 	required := map[string][]string{
 		"ingest": {"GOOGLE_CLOUD_PROJECT", "GEMQ_QUOTAS", "GEMQ_TASKS_TOPIC", "REDIS_ADDR"},
-		"worker": {"GOOGLE_CLOUD_PROJECT", "GEMQ_QUOTAS", "GEMQ_TASKS_QUEUE", "GEMQ_WORKER_URL", "GEMQ_TASKS_SERVICE_ACCOUNT", "GEMQ_RESULTS_TOPIC", "GEMQ_GEMINI_TIMEOUT", "GEMQ_FLEX_TIMEOUT", "REDIS_ADDR", "REDIS_TLS", "REDIS_TLS_CA"},
+		"worker": {"GOOGLE_CLOUD_PROJECT", "GEMQ_QUOTAS", "GEMQ_TASKS_QUEUE", "GEMQ_WORKER_URL", "GEMQ_TASKS_SERVICE_ACCOUNT", "GEMQ_RESULTS_TOPIC", "GEMQ_GEMINI_TIMEOUT", "GEMQ_FLEX_TIMEOUT", "GEMQ_BATCH_COLLECT", "GEMQ_BATCH_ENQUEUED_TOKENS", "REDIS_ADDR", "REDIS_TLS", "REDIS_TLS_CA"},
 	}
 	secretLike := regexp.MustCompile(`(?i)(API_KEY|PASSWORD|SECRET|(^|_)TOKEN$|CREDENTIAL)`)
 	for fn, want := range required {

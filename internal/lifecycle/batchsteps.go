@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/gemq-dev/gemq/internal/batches"
 	"github.com/gemq-dev/gemq/internal/gemini"
@@ -288,6 +289,9 @@ func (m *Machine) settleCancelled(ctx context.Context, s BatchStep, scope limite
 	return cancelled, all, Outcome{}, false
 }
 
+// settleParallel is how many members a settle pass settles at once.
+const settleParallel = 16
+
 // settle runs one settle pass over a group whose batch ended (b), then
 // ends the group.
 func (m *Machine) settle(ctx context.Context, s BatchStep, scope limiter.Scope, g batches.Group, b gemini.Batch, log *slog.Logger) Outcome {
@@ -301,15 +305,27 @@ func (m *Machine) settle(ctx context.Context, s BatchStep, scope limiter.Scope, 
 		log.ErrorContext(ctx, "batch group members", "error", err.Error())
 		return redeliver
 	}
+	// Members are settled a few at a time: each is a lease, a terminal
+	// write and a publish, and a group may hold thousands.
 	redo := 0
 	counts := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, settleParallel)
 	for _, mb := range members {
-		o := m.settleMember(ctx, s.Group, g.Passes, mb, b, false, log)
-		counts[o.Name]++
-		if o.Redeliver {
-			redo++
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			o := m.settleMember(ctx, s.Group, g.Passes, mb, b, false, log)
+			mu.Lock()
+			defer mu.Unlock()
+			counts[o.Name]++
+			if o.Redeliver {
+				redo++
+			}
+		})
 	}
+	wg.Wait()
 	if redo > 0 {
 		// The pass is repeated (Cloud Tasks retries this step): members
 		// settled already are duplicates then.

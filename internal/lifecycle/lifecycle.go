@@ -36,7 +36,9 @@
 //
 // Nothing vanishes: every message that cannot be processed (undecodable,
 // over the size limit, not one of its job's tasks, a malformed copy of a
-// task) is published as a copy to the dead-letter topic with its reason. When
+// task, a copy with another request than the one the task's first lease
+// recorded) is published as a copy to the dead-letter topic with its
+// reason. When
 // Redis cannot be reached the task is parked as a Cloud Task and acknowledged
 // rather than answered non-2xx, so a Redis outage does not burn Pub/Sub's
 // delivery attempts; only when Cloud Tasks is unreachable too does the

@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/gemq-dev/gemq/internal/batches"
 	"github.com/gemq-dev/gemq/internal/gemini"
 	"github.com/gemq-dev/gemq/internal/limiter"
+	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/store"
 	"github.com/gemq-dev/gemq/internal/task"
 )
@@ -588,4 +590,47 @@ func logMethods(log []geminisim.Entry) []string {
 		out = append(out, e.Method)
 	}
 	return out
+}
+
+// failingPublisher refuses every publish.
+type failingPublisher struct{}
+
+func (failingPublisher) Publish(context.Context, []queue.Message) error {
+	return errors.New("results topic unavailable")
+}
+
+func TestBatchSettlePassRepeatedWhenResultsCannotBePublished(t *testing.T) {
+	f, fb := batchFixture(t)
+	envs := f.batchPush("bp", 3)
+	name, body := f.onlyStep(StepSeal)
+	f.runStep(name, body, 0)
+	g := onlyGroup(t, fb)
+	fb.get = func(string) (gemini.Batch, error) { return fb.succeeded(g, nil), nil }
+	f.m.deps.Results = failingPublisher{}
+	pn, pb := f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("poll with the results topic down = %+v, want another poll scheduled", r)
+	}
+	for _, e := range envs {
+		if rec := f.record(e); rec.State != store.Succeeded || rec.Published {
+			t.Fatalf("%s = %+v, want succeeded (written before the publish), not published", e.Key, rec)
+		}
+	}
+	f.m.deps.Results = f.pub
+	pn, pb = f.onlyStep(StepPoll)
+	if r := f.runStep(pn, pb, 0); r.outcome != OutBatchSettled {
+		t.Fatalf("next poll = %+v", r)
+	}
+	if pub := f.published(); len(pub) != 3 {
+		t.Errorf("%d results published, want 3 (one per task)", len(pub))
+	}
+	for _, e := range envs {
+		if rec := f.record(e); !rec.Published {
+			t.Errorf("%s not marked published", e.Key)
+		}
+	}
+	j, _ := f.store.GetJob(context.Background(), "bp")
+	if j.Usage["batch"].Tasks != 3 {
+		t.Errorf("batch usage = %+v, want 3 tasks counted once", j.Usage["batch"])
+	}
 }

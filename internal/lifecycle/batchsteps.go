@@ -327,9 +327,14 @@ func (m *Machine) settle(ctx context.Context, s BatchStep, scope limiter.Scope, 
 	}
 	wg.Wait()
 	if redo > 0 {
-		// The pass is repeated (Cloud Tasks retries this step): members
-		// settled already are duplicates then.
+		// The pass is repeated: members settled already are duplicates
+		// then. From a poll, by the next poll (a new name: a results topic
+		// down for long does not use up the queue's attempts); from a seal
+		// (the batch was refused), by Cloud Tasks' retry of the seal.
 		log.WarnContext(ctx, "batch settle pass incomplete", "pass", g.Passes, "outcomes", counts)
+		if s.Op == StepPoll {
+			return m.nextPoll(ctx, s, scope, log)
+		}
 		return redeliver
 	}
 	if err := bd.Enqueued.Release(ctx, scope, s.Group); err != nil {

@@ -169,8 +169,10 @@ func (c *Client) GetBatch(ctx context.Context, name string) (Batch, error) {
 		if r == nil {
 			continue
 		}
-		// Responses come in input order with their metadata; the key is
-		// what maps them, the order only a fallback.
+		// Responses come in input order with their request's metadata
+		// (the docs); the metadata's key is what maps them. One without it
+		// is kept under "#<position>", which names no task: its task is
+		// then answered by no result and falls back.
 		key := r.Metadata[metadataKey]
 		if key == "" {
 			key = "#" + strconv.Itoa(i)

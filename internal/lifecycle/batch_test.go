@@ -174,14 +174,7 @@ func onlyGroup(t *testing.T, fb *fakeBatches) string {
 
 func TestBatchHappyPath(t *testing.T) {
 	f, fb := batchFixture(t)
-	var envs []task.Envelope
-	for i := range 3 {
-		e := batchEnvelope("bj", fmt.Sprintf("k%d", i))
-		envs = append(envs, e)
-		if r := f.serve(context.Background(), pushBodyWith(encode(t, e), fmt.Sprintf("m%d", i), 0), nil); r.outcome != OutBatched {
-			t.Fatalf("push %d = %+v, want batched", i, r)
-		}
-	}
+	envs := f.batchPush("bj", 3)
 	// A duplicate push of a batched task is acknowledged, not batched again.
 	if r := f.serve(context.Background(), pushBodyWith(encode(t, envs[0]), "dup", 0), nil); r.outcome != OutDuplicate {
 		t.Errorf("duplicate push = %+v, want duplicate", r)
@@ -340,14 +333,7 @@ func TestBatchPartialFailureFallsBackAndExpiryFails(t *testing.T) {
 
 func TestBatchExpiredFallsBackEveryEntry(t *testing.T) {
 	f, fb := batchFixture(t)
-	var envs []task.Envelope
-	for i := range 2 {
-		e := batchEnvelope("bj4", fmt.Sprintf("x%d", i))
-		envs = append(envs, e)
-		if r := f.serve(context.Background(), pushBodyWith(encode(t, e), fmt.Sprintf("q%d", i), 0), nil); r.outcome != OutBatched {
-			t.Fatalf("push = %+v", r)
-		}
-	}
+	envs := f.batchPush("bj4", 2)
 	name, body := f.onlyStep(StepSeal)
 	f.runStep(name, body, 0)
 	fb.get = func(n string) (gemini.Batch, error) {

@@ -620,3 +620,44 @@ func TestBatchSettlePassRepeatedWhenResultsCannotBePublished(t *testing.T) {
 		t.Errorf("batch usage = %+v, want 3 tasks counted once", j.Usage["batch"])
 	}
 }
+
+// TestBatchCreateRefused429SealsAgainLater: the stand-in refuses the batch
+// over its enqueued-token limit (429 RESOURCE_EXHAUSTED, as the Batch API
+// does); the seal comes back later under a new name, and creates it once the
+// limit allows.
+func TestBatchCreateRefused429SealsAgainLater(t *testing.T) {
+	f, _ := batchFixture(t)
+	f.m.deps.Batch.API = f.gem
+	f.sim.SetBatch(geminisim.Batch{EnqueuedTokens: 1, PendingFor: 10 * time.Millisecond, RunFor: 20 * time.Millisecond})
+	envs := f.batchPush("b429", 2)
+	name, body := f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchWaiting {
+		t.Fatalf("seal refused 429 = %+v, want another seal later", r)
+	}
+	if st := f.sim.Stats(1); st.Batch == nil || st.Batch.Refused["enqueued_tokens"] != 1 || st.Batch.Created != 0 {
+		t.Fatalf("stand-in batch stats %+v, want one create refused for enqueued tokens", st.Batch)
+	}
+	f.sim.SetBatch(geminisim.Batch{PendingFor: 10 * time.Millisecond, RunFor: 20 * time.Millisecond})
+	name, body = f.onlyStep(StepSeal)
+	if r := f.runStep(name, body, 0); r.outcome != OutBatchRunning {
+		t.Fatalf("seal again = %+v", r)
+	}
+	for try := 0; ; try++ {
+		time.Sleep(50 * time.Millisecond)
+		pn, pb := f.onlyStep(StepPoll)
+		if r := f.runStep(pn, pb, 0); r.outcome == OutBatchSettled {
+			break
+		}
+		if try == 40 {
+			t.Fatal("batch not settled")
+		}
+	}
+	for _, e := range envs {
+		if rec := f.record(e); rec.State != store.Succeeded {
+			t.Errorf("%s = %+v, want succeeded", e.Key, rec)
+		}
+	}
+	if st := f.sim.Stats(1); st.Batch.Created != 1 || st.AnsweredTasks != 2 {
+		t.Errorf("stand-in: %d batches created, %d tasks answered; want 1 and 2", st.Batch.Created, st.AnsweredTasks)
+	}
+}

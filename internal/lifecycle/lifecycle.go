@@ -44,6 +44,10 @@
 // delivery attempts; only when Cloud Tasks is unreachable too does the
 // delivery answer non-2xx.
 //
+// A batch-tier task is not admitted: it joins a batch group, and the
+// group's own Cloud Tasks (seal, polls) send it through the Gemini Batch API
+// and settle it through the same fenced lease (batch.go).
+//
 // Admission (when a leased task may call Gemini) is an Admission: Reserve,
 // gemq's policy (reservations claimed on arrival, a shared cool-down on 429),
 // or Seed, the deny-and-retry baseline the benchmarks compare against.

@@ -164,7 +164,8 @@ func TestDecodeServiceTier(t *testing.T) {
 		{`,"service_tier":"flex"}`, ""},
 		{`,"service_tier":"auto","deadline":"2026-12-03T06:00:00Z"}`, ""},
 		{`,"service_tier":"auto"}`, "deadline"},
-		{`,"service_tier":"batch"}`, "service_tier"},
+		{`,"service_tier":"batch"}`, ""},
+		{`,"service_tier":"batched"}`, "service_tier"},
 		{`,"service_tier":"FLEX"}`, "service_tier"},
 		{`,"deadline":"soon"}`, "deadline"},
 	} {

@@ -24,12 +24,16 @@ import (
 //     sliding dimension by aimdDecrease, at most once per aimdHoldoff of the
 //     shortest period (one overload answers several calls in flight at once)
 //     and never below the dimension's floor;
-//   - each success raises every sliding dimension's capacity c by
-//     aimdIncrease × ceiling / (request capacity at the ceiling) × ceiling/c,
-//     up to its ceiling: a period's worth of successes at the current rate
-//     climbs about aimdIncrease of the ceiling, whatever the rate (additive
-//     per period, as TCP's per round trip), so a scope at 40% of its
-//     ceiling recovers in 12 periods, not 30;
+//   - each success raises every sliding dimension's capacity by
+//     aimdIncrease × ceiling / (request capacity at the ceiling), up to its
+//     ceiling: aimdIncrease requests per success, so a period's worth of
+//     successes at the current rate multiplies it by 1 + aimdIncrease (as
+//     TCP's slow start, by half), and a scope at 40% of its ceiling is back
+//     in about two periods once Gemini's capacity is. A slower climb (5% of
+//     the ceiling per period: 12 periods from 40%) left the DSQ benchmark's
+//     job running well below the recovered capacity; the reservations
+//     decided meanwhile are re-planned as the capacity climbs (see
+//     acquireLua's replan);
 //   - a decrease also pauses the scope for the holdoff (a shared cooldown
 //     "capacity 429"), so that reservations claimed meanwhile are decided
 //     again under the lowered capacity instead of meeting the same
@@ -41,7 +45,7 @@ const aimdDecreaseLua = "0.8" // aimdDecrease, as the scripts read it
 
 const (
 	aimdDecrease = 0.8
-	aimdIncrease = 0.05
+	aimdIncrease = 0.5
 	aimdHoldoff  = 4 // the holdoff is the shortest sliding period over this
 )
 
@@ -151,10 +155,9 @@ local function adapt(meta, now, kind, spec, holdoff, j, obs, ttl)
   else
     for k = 1, nall do
       if S[4 * k] > 0 and A[2 * k] < A[2 * k + 1] then
-        -- The step is per success at the ceiling's rate: scaled by
-        -- ceiling/current, a period of successes at any rate climbs the same.
-        local inc = S[4 * k] * A[2 * k + 1] / math.max(A[2 * k], 1)
-        A[2 * k], changed = math.min(A[2 * k + 1], A[2 * k] + inc), true
+        -- The same step per success: a period of successes at the
+        -- current rate multiplies it by 1 + aimdIncrease.
+        A[2 * k], changed = math.min(A[2 * k + 1], A[2 * k] + S[4 * k]), true
       end
     end
   end

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"math"
 	"strings"
 	"testing"
 	"time"
@@ -174,7 +173,7 @@ const adaptiveQuota = `{"safety": 1, "horizon": "1m", "guard": "40ms", "scopes":
     {"name": "tpm", "unit": "input_tokens", "limit": 10000, "period": "1s"}]}]}`
 
 // TestAIMD: capacity 429s decrease every sliding dimension multiplicatively
-// (once per holdoff, never below the floor), successes raise it additively
+// (once per holdoff, never below the floor), successes raise it by a fixed step each
 // up to the ceiling; all instances share the state.
 func TestAIMD(t *testing.T) {
 	ctx := context.Background()
@@ -223,15 +222,11 @@ func TestAIMD(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Each success adds 5% of the ceiling per request capacity at the
-	// ceiling, scaled by ceiling/current: from the floor 10, 100 successes
-	// climb to about sqrt(10² + 2 × 5 × 100) ≈ 33 (5 per period of 10-33 successes).
-	want := 10.0
-	for range 100 {
-		want = math.Min(100, want+0.05*100/want)
-	}
-	if m := lim(f.l); math.Abs(m["rpm"]-want) > 1e-6 || want < 32 || want > 34 {
-		t.Fatalf("after 100 successes: %v, want rpm %.3f", m, want)
+	// Each success adds aimdIncrease (0.5) requests per window, and as
+	// much of every other dimension in proportion to its ceiling: from the
+	// floors 10 and 1000, 100 successes climb to 60 and 6000.
+	if m := lim(f.l); m["rpm"] != 60 || m["tpm"] != 6000 {
+		t.Fatalf("after 100 successes: %v, want rpm 60, tpm 6000", m)
 	}
 	for range 2000 {
 		l2.Settle(ctx, Permit{Scope: scopeA}, 1)

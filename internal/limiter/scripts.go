@@ -50,6 +50,21 @@ local function split(s)
   return out
 end
 
+-- A log entry is packed (time, requests, tokens), or (time, requests, tokens,
+-- wake) when its task was told to come back (and claim) before the entry's
+-- time: a re-plan never moves the entry before its wake.
+local function entry(row)
+  local t, r, k = struct.unpack('<ddd', row)
+  local w = t
+  if #row >= 32 then w = struct.unpack('<d', row, 25) end
+  return t, r, k, w
+end
+
+local function pack_entry(t, r, k, w)
+  if w < t then return struct.pack('<dddd', t, r, k, w) end
+  return struct.pack('<ddd', t, r, k)
+end
+
 -- Sets the amounts of the permit's log entry (p is a split permit state) and
 -- keeps the sums of the sliding dimensions still counting it in step. vals is
 -- the unpacked meta v; istok[i] tells whether dimension i counts tokens.
@@ -64,8 +79,13 @@ local function set_entry(log, ns, istok, vals, p, newreq, newtok)
     if idx >= vals[6 + 3 * i] then counted = true end
   end
   if not counted then return false end
-  local ok = redis.pcall('LSET', log, idx - vals[5], struct.pack('<ddd', tonumber(p[2]), newreq, newtok))
-  if type(ok) == 'table' and ok.err then return false end -- the log is gone
+  -- The entry's own time and wake, not the permit's: a re-plan may have
+  -- moved the entry since the permit was decided.
+  local row = redis.pcall('LINDEX', log, idx - vals[5])
+  if type(row) ~= 'string' then return false end -- the log is gone
+  local et, _, _, ew = entry(row)
+  local ok = redis.pcall('LSET', log, idx - vals[5], pack_entry(et, newreq, newtok, ew))
+  if type(ok) == 'table' and ok.err then return false end
   local changed = false
   for i = 1, ns do
     if idx >= vals[6 + 3 * i] then
@@ -153,10 +173,19 @@ local srid = redis.call('HGET', meta, 'rid')
 local failover = m[1] ~= false and srid ~= false and srid ~= rid
 -- Adapted capacities (see adaptLua): the effective capacity of each
 -- dimension replaces the configured one.
+-- ratio: the lowest effective/ceiling of the sliding dimensions (1 when
+-- nothing was adapted), which wake times and re-plans read.
+local ratio, adapted = 1, false
+local cap0 = {} -- the sliding capacities before adaptation
+for i = 1, ns do cap0[i] = D[3 * i - 1] end
 if m[4] and #m[4] == 8 * (1 + 2 * (ns + nd)) then
   local A = {struct.unpack('<' .. string.rep('d', 1 + 2 * (ns + nd)), m[4])}
   for i = 1, ns do D[3 * i - 1] = A[2 * i] end
   for i = 1, nd do D[3 * ns + 2 * i] = A[2 * (ns + i)] end
+  adapted = true
+  for i = 1, ns do
+    if A[2 * i + 1] > 0 and A[2 * i] / A[2 * i + 1] < ratio then ratio = A[2 * i] / A[2 * i + 1] end
+  end
 end
 
 -- Fast path: an Acquire granted now, under the replication id meta was
@@ -380,6 +409,153 @@ local function write_meta(t, dayend)
   if logexp then redis.call('PEXPIRE', log, vals[6] - now) end
 end
 
+-- When a slot lies more than half a window ahead while the effective
+-- capacity is below its ceiling, the task is told to come back (and claim)
+-- earlier, at its wake: as early as the slot would be at the ceiling. A
+-- re-plan after the capacity rose may have moved its entry there by then;
+-- otherwise the claim tells it a later wake, never later than the slot.
+local function wake(t)
+  if ratio >= 0.95 or t - now <= maxwin / 2 then return t end
+  return math.min(t, math.max(math.floor(now + ratio * (t - now)), now + early))
+end
+
+-- Re-plan: once the effective capacity of a sliding dimension has moved by
+-- 10% or more from the capacities the reservations still ahead were decided
+-- at (meta pr: per sliding dimension the lowest and the highest), every
+-- entry after now + early is decided again, in order, by the same earliest
+-- fit at today's capacities, never before its wake (the time its task comes
+-- back), the cooldown or now + early: a rise moves reservations earlier, a
+-- fall later. Every window ending at a re-planned entry then fits the
+-- current capacities, and the windows ending at entries not re-planned lose
+-- entries or keep them, so no window of the log exceeds the capacity it was
+-- decided under. Claimed entries lie at or before now + early and never
+-- move. A queue longer than 4,096 entries ahead, one whose re-plan would
+-- cross a Pacific day boundary or the horizon, is left as it is.
+local caps = {}
+for i = 1, ns do caps[i] = dv[3 * i - 1] end
+local function set_pr()
+  local xs = {}
+  for i = 1, ns do xs[2 * i - 1], xs[2 * i] = caps[i], caps[i] end
+  redis.call('HSET', meta, 'pr', struct.pack('<' .. string.rep('d', 2 * ns), unpack(xs)))
+end
+local function replan()
+  local b, n = vals[5], vals[4]
+  local function first_after(x)
+    local l, h = b, n
+    while l < h do
+      local mid = math.floor((l + h) / 2)
+      local row = redis.call('LINDEX', log, mid - b)
+      if not row then return nil end
+      if struct.unpack('<d', row) > x then h = mid else l = mid + 1 end
+    end
+    return l
+  end
+  local lo = math.max(now + early, cd)
+  local k0 = first_after(now + early)
+  if not k0 or k0 >= n or n - k0 > 4096 then return end
+  local c0 = first_after(now + early - maxwin)
+  if not c0 or n - c0 > 16384 then return end
+  local rows = redis.call('LRANGE', log, c0 - b, n - 1 - b)
+  local mm = #rows
+  if mm ~= n - c0 then return end
+  local T, R, K, W, O = {}, {}, {}, {}, {}
+  for j = 1, mm do
+    T[j], R[j], K[j], W[j] = entry(rows[j])
+    O[j] = T[j]
+  end
+  local function amt(i, j)
+    if istok[i] then return K[j] end
+    return R[j]
+  end
+  local j0 = k0 - c0 + 1
+  local ptr, sum = {}, {}
+  for i = 1, ns do
+    ptr[i], sum[i] = 1, 0
+    for j = 1, j0 - 1 do sum[i] = sum[i] + amt(i, j) end
+  end
+  local prev = lo
+  if j0 > 1 and T[j0 - 1] > prev then prev = T[j0 - 1] end
+  local dlo, dhi = nil, nil
+  if nd > 0 then dlo, dhi = bounds[today] + early, bounds[today + 1] - blackout end
+  for j = j0, mm do
+    local t = math.max(prev, W[j])
+    local again = true
+    while again do
+      again = false
+      for i = 1, ns do
+        local win, c = dv[3 * i], amt(i, j)
+        while ptr[i] < j and T[ptr[i]] <= t - win do
+          sum[i] = sum[i] - amt(i, ptr[i])
+          ptr[i] = ptr[i] + 1
+        end
+        while c > 0 and ptr[i] < j and sum[i] + c > caps[i] do
+          t, again = T[ptr[i]] + win, true
+          while ptr[i] < j and T[ptr[i]] <= t - win do
+            sum[i] = sum[i] - amt(i, ptr[i])
+            ptr[i] = ptr[i] + 1
+          end
+        end
+      end
+    end
+    if t > now + horizon then return end
+    if dlo and (t < dlo or t >= dhi or O[j] < dlo or O[j] >= dhi) then return end
+    T[j] = t
+    for i = 1, ns do sum[i] = sum[i] + amt(i, j) end
+    prev = t
+  end
+  for j = j0, mm do
+    if T[j] ~= O[j] then
+      redis.call('LSET', log, c0 + j - 1 - b, pack_entry(T[j], R[j], K[j], W[j]))
+    end
+  end
+  -- The heads and sums of the window before the new last entry (every
+  -- entry before c0 lies out of it).
+  local last2 = T[mm]
+  vals[3] = last2
+  for i = 1, ns do
+    local h, s2 = mm + 1, 0
+    for j = mm, 1, -1 do
+      if T[j] <= last2 - dv[3 * i] then break end
+      h, s2 = j, s2 + amt(i, j)
+    end
+    vals[5 + 3 * i], vals[6 + 3 * i] = s2, c0 + h - 1
+    vals[7 + 3 * i] = h <= mm and T[h] or -1
+  end
+  local needl = last2 + maxwin + slack
+  if needl > vals[6] then
+    vals[6] = needl + maxwin
+    redis.call('PEXPIRE', log, vals[6] - now)
+  end
+  if vals[6] > vals[7] then
+    vals[7] = vals[6] + maxwin
+    redis.call('PEXPIRE', meta, vals[7] - now)
+  end
+  redis.call('HSET', meta, 'v', struct.pack(vfmt, unpack(vals, 1, nv)))
+end
+-- pr as read now ({} when absent or stale).
+local pr = {}
+if adapted and ns > 0 and not fresh then
+  local raw = redis.call('HGET', meta, 'pr')
+  if raw and #raw == 16 * ns then
+    pr = {struct.unpack('<' .. string.rep('d', 2 * ns), raw)}
+  elseif vals[3] > now + early then
+    -- Reservations ahead, decided before anything was adapted.
+    for i = 1, ns do pr[2 * i - 1], pr[2 * i] = cap0[i], cap0[i] end
+  end
+  if pr[1] and vals[3] > now + early then
+    local need = false
+    for i = 1, ns do
+      if caps[i] >= 1.1 * pr[2 * i - 1] or caps[i] * 1.1 <= pr[2 * i] then need = true end
+    end
+    if need then
+      replan()
+      set_pr()
+      pr = {}
+      for i = 1, ns do pr[2 * i - 1], pr[2 * i] = caps[i], caps[i] end
+    end
+  end
+end
+
 local dirty, floor = false, nil
 if mode == 'c' then
   local pv = redis.call('GET', pkey)
@@ -392,8 +568,21 @@ if mode == 'c' then
   if pv then
     local p = split(pv)
     if p[1] == 'r' and p[5] == fp then
-      local pt = tonumber(p[2])
-      if now < pt - early then return {2, pt, ''} end
+      -- The slot is the entry's time: a re-plan may have moved it.
+      local pt, prow, pidx = tonumber(p[2]), nil, tonumber(p[8])
+      if pidx and tonumber(p[6]) == vals[1] and pidx >= vals[5] and pidx < vals[4] then
+        prow = redis.call('LINDEX', log, pidx - vals[5])
+        if prow then pt = entry(prow) end
+      end
+      if now < pt - early then
+        -- Early: come back at the (new) wake, which the entry remembers.
+        local w = wake(pt)
+        if prow then
+          local et, er, ek, ew = entry(prow)
+          if ew ~= w then redis.call('LSET', log, pidx - vals[5], pack_entry(et, er, ek, w)) end
+        end
+        return {2, w, ''}
+      end
       if now <= pt + claimlate and cd <= now then
         redis.call('SET', pkey, 'g' .. string.sub(pv, 2), 'KEEPTTL')
         return {1, pt, ''}
@@ -538,8 +727,10 @@ if t > limit then
 end
 
 local idx = n
+local w = t
+if t > now + early then w = wake(t) end
 if ns > 0 then
-  local len = redis.call('RPUSH', log, struct.pack('<ddd', t, creq, ctok))
+  local len = redis.call('RPUSH', log, pack_entry(t, creq, ctok, w))
   vals[4] = n + 1
   vals[5] = n + 1 - len
   -- A log emptied by LTRIM (or expired) is gone: the new one needs its TTL.
@@ -558,10 +749,20 @@ if ns > 0 then
     vals[5 + 3 * i] = vals[5 + 3 * i] + cost[i]
     if h < low then low = h end
   end
-  -- Consumed entries are trimmed in batches.
+  -- Consumed entries are trimmed in batches, but not those a re-plan may
+  -- need (after now - the longest window): with reservations more than a
+  -- window ahead the heads are past entries still to come.
   if low - vals[5] >= 64 then
-    redis.call('LTRIM', log, low - vals[5], -1)
-    vals[5] = low
+    local k = vals[5]
+    while k < low do
+      local et = etime(k)
+      if et == nil or et > now - maxwin then break end
+      k = k + 1
+    end
+    if k - vals[5] >= 64 then
+      redis.call('LTRIM', log, k - vals[5], -1)
+      vals[5] = k
+    end
   end
 else
   vals[4] = n + 1
@@ -602,6 +803,25 @@ if code == 1 and mode == 'a' then
 end
 local pv = string.format('%s|%d|%d|%d|%s|%d|%d|%d', state, t, creq, ctok, fp, vals[1], dstart, idx)
 redis.call('SET', pkey, pv, 'PX', t - now + pbase)
+if code == 2 and adapted and ns > 0 then
+  -- The capacities the reservations ahead were decided at (see replan).
+  local upd = not pr[1] or last <= now + early
+  if not upd then
+    for i = 1, ns do
+      if caps[i] < pr[2 * i - 1] or caps[i] > pr[2 * i] then upd = true end
+    end
+  end
+  if upd then
+    local xs = {}
+    for i = 1, ns do
+      local a, z = caps[i], caps[i]
+      if pr[1] and last > now + early then a, z = math.min(a, pr[2 * i - 1]), math.max(z, pr[2 * i]) end
+      xs[2 * i - 1], xs[2 * i] = a, z
+    end
+    redis.call('HSET', meta, 'pr', struct.pack('<' .. string.rep('d', 2 * ns), unpack(xs)))
+  end
+end
+if code == 2 then return {2, w, why} end
 return {code, t, why}
 `
 

@@ -1,0 +1,212 @@
+package limiter
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// replanQuota: an adaptive request rate of 10 per 1s (guard 40ms: windows
+// of 1040ms in the log, claims within 10ms of a slot).
+const replanQuota = `{"safety": 1, "horizon": "1m", "guard": "40ms", "scopes": [
+  {"project": "*", "model": "m", "dimensions": [
+    {"name": "rpm", "unit": "requests", "limit": "adaptive", "start": 10, "floor": 2, "ceiling": 10, "period": "1s"}]}]}`
+
+// held is a permit a simulated task holds, with the slot it was first
+// promised.
+type held struct {
+	p    Permit
+	slot time.Time
+}
+
+// runClaims plays the tasks: each comes back at its permit's At and
+// claims, until every one is granted. It fails the test when a claim is
+// neither granted nor told a later time no later than the first promise,
+// and returns the grants.
+func runClaims(t *testing.T, f *fixture, hs []held, until time.Time) []Event {
+	t.Helper()
+	var grants []Event
+	for f.clock.Now().Before(until) && len(grants) < len(hs) {
+		now := f.clock.Now()
+		for i := range hs {
+			h := &hs[i]
+			if h.p.Outcome != Reserved || h.p.At.After(now) {
+				continue
+			}
+			np := f.claim(t, h.p)
+			switch {
+			case np.Outcome == Granted:
+				if np.At.After(h.slot) || now.Sub(np.At) > 10*time.Millisecond || np.At.Sub(now) > 10*time.Millisecond {
+					t.Fatalf("claim at %v granted at %v, first promised %v", now, np.At, h.slot)
+				}
+				grants = append(grants, Event{At: np.At, Cost: h.p.Cost})
+			case np.Outcome == Reserved && np.At.After(now) && !np.At.After(h.slot):
+			default:
+				t.Fatalf("claim at %v (promised %v): %+v; want granted, or told a later time no later than the promise", now, h.slot, np)
+			}
+			h.p = np
+		}
+		f.clock.Add(5 * time.Millisecond)
+	}
+	if len(grants) != len(hs) {
+		t.Fatalf("%d of %d tasks granted by %v", len(grants), len(hs), until)
+	}
+	return grants
+}
+
+func lastAt(evs []Event) time.Time {
+	var l time.Time
+	for _, e := range evs {
+		if e.At.After(l) {
+			l = e.At
+		}
+	}
+	return l
+}
+
+// TestReplanMovesReservationsEarlier: reservations decided while a capacity
+// 429 had lowered the rate are moved earlier once successes raise it
+// again; each task, told to come back at its wake (before its slot), is
+// granted then or told a later time, never later than its first promise,
+// and never finds its slot passed (no entry is added: nothing is queued
+// again). The log's windows stay within the ceiling.
+func TestReplanMovesReservationsEarlier(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, replanQuota)
+	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{Capacity: true}); !a.Lowered {
+		t.Fatal("the capacity 429 did not lower the rate")
+	}
+	t0 := f.clock.Now()
+	var hs []held
+	var promised time.Time
+	early := 0
+	for range 40 {
+		p := f.acquire(t, Cost{Requests: 1})
+		if p.Outcome != Reserved {
+			t.Fatalf("acquire during the cooldown: %+v", p)
+		}
+		// The slot is in the permit's state; At may be the earlier wake.
+		slot := f.slot(t, p)
+		if slot.Before(p.At) {
+			t.Fatalf("wake %v after the slot %v", p.At, slot)
+		}
+		if p.At.Before(slot) {
+			early++
+		}
+		hs = append(hs, held{p, slot})
+		promised = slot
+	}
+	// 8 per window from the end of the cooldown: the last slot 4 windows on.
+	if want := t0.Add(250*time.Millisecond + 4*1040*time.Millisecond); !promised.Equal(want) || early < 24 {
+		t.Fatalf("last slot %v (want %v), %d tasks told to come back before their slot (want the 24 beyond half a window, at least)", promised, want, early)
+	}
+	// Successes bring the rate back to its ceiling (0.5 a success).
+	for range 4 {
+		if err := f.l.Settle(ctx, Permit{Scope: scopeA}, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, _ := f.l.Limits(ctx, scopeA); m["rpm"] != 10 {
+		t.Fatalf("limits after 4 successes: %v", m)
+	}
+	n0 := f.meta(t)["n"]
+	grants := runClaims(t, f, hs, t0.Add(10*time.Second))
+	q, _ := f.l.cfg.Quota(scopeA)
+	if v := CheckWindows(grants, WithGuard(q)); len(v) > 0 {
+		t.Fatalf("windows over the ceiling: %v", v)
+	}
+	if n := f.meta(t)["n"]; n != n0 {
+		t.Fatalf("log entries %s -> %s: a claim found its slot passed and was queued again", n0, n)
+	}
+	// No task comes back before its wake (80% of the way to its slot: the
+	// slot at the ceiling), so the last one, promised 4410ms after t0 and
+	// told to come back at 3528ms, is granted in between: re-planned at
+	// the first claim after the rise (250ms), in order, never before a
+	// wake, it lands at 4152ms.
+	if l, want := lastAt(grants), t0.Add(4152*time.Millisecond); !l.Equal(want) {
+		t.Fatalf("last grant %v, want %v (last promise %v): the reservations were not moved earlier as planned", l, want, promised)
+	}
+}
+
+// TestReplanMovesReservationsLater: a capacity 429 that lowers the rate
+// moves the reservations not yet due at the next decision later, in their
+// order, instead of granting them at the old rate or queueing them again
+// behind the others: from the decrease on, no window holds more than the
+// lowered capacity.
+func TestReplanMovesReservationsLater(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, replanQuota)
+	t0 := f.clock.Now()
+	var hs []held
+	for i := range 30 {
+		p := f.acquire(t, Cost{Requests: 1})
+		if (i < 10) != (p.Outcome == Granted) {
+			t.Fatalf("acquire %d: %+v", i, p)
+		}
+		if p.Outcome == Reserved {
+			if s := f.slot(t, p); !s.Equal(p.At) {
+				t.Fatalf("at the ceiling the wake %v is not the slot %v", p.At, s)
+			}
+			hs = append(hs, held{p, t0.Add(time.Duration(1040*(i/10)) * time.Millisecond)})
+		}
+	}
+	f.clock.Add(500 * time.Millisecond)
+	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{Capacity: true}); !a.Lowered {
+		t.Fatal("the capacity 429 did not lower the rate")
+	}
+	// The next decision re-plans: the 20 reservations ahead move later, 8
+	// per window, and the new one comes after them.
+	if p := f.acquire(t, Cost{Requests: 1}); p.Outcome != Reserved || !f.slot(t, p).Equal(t0.Add(3*1040*time.Millisecond)) {
+		t.Fatalf("acquire after the decrease: %+v, slot %v, want %v", p, f.slot(t, p), t0.Add(3*1040*time.Millisecond))
+	}
+	n0 := f.meta(t)["n"]
+	var grants []Event
+	for f.clock.Now().Before(t0.Add(10*time.Second)) && len(grants) < len(hs) {
+		now := f.clock.Now()
+		for i := range hs {
+			h := &hs[i]
+			if h.p.Outcome != Reserved || h.p.At.After(now) {
+				continue
+			}
+			np := f.claim(t, h.p)
+			switch {
+			case np.Outcome == Granted:
+				grants = append(grants, Event{At: np.At, Cost: h.p.Cost})
+			case np.Outcome == Reserved && np.At.After(now):
+			default:
+				t.Fatalf("claim at %v: %+v", now, np)
+			}
+			h.p = np
+		}
+		f.clock.Add(5 * time.Millisecond)
+	}
+	if len(grants) != len(hs) {
+		t.Fatalf("%d of %d granted", len(grants), len(hs))
+	}
+	q, _ := f.l.cfg.Quota(scopeA)
+	q = WithGuard(q)
+	q.Dimensions[0].Adaptive, q.Dimensions[0].Limit = nil, 8
+	if v := CheckWindows(grants, q); len(v) > 0 {
+		t.Fatalf("windows over the lowered capacity 8 after the decrease: %v", v)
+	}
+	if n := f.meta(t)["n"]; n != n0 {
+		t.Fatalf("log entries %s -> %s: a reservation was queued again instead of moved", n0, n)
+	}
+}
+
+// slot reads the slot a Reserved permit was decided at, from its state.
+func (f *fixture) slot(t *testing.T, p Permit) time.Time {
+	t.Helper()
+	pv, err := f.rdb.Get(context.Background(), permitKey(scopePrefix(scopeA), p.ID)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(pv, "|")
+	at, err := strconv.ParseInt(parts[1], 10, 64)
+	if parts[0] != "r" || err != nil {
+		t.Fatalf("permit state %q", pv)
+	}
+	return time.UnixMilli(at).UTC()
+}

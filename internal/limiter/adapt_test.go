@@ -204,6 +204,14 @@ func TestAIMD(t *testing.T) {
 		!p.At.Equal(f.clock.Now().Add(250*time.Millisecond).UTC()) {
 		t.Fatalf("acquire right after the decrease: %+v, want reserved after the holdoff (250ms)", p)
 	}
+	// Within a period of the decrease successes raise nothing.
+	f.clock.Add(990 * time.Millisecond)
+	if err := f.l.Settle(ctx, Permit{Scope: scopeA}, 1); err != nil {
+		t.Fatal(err)
+	}
+	if m := lim(f.l); m["rpm"] != 40 {
+		t.Fatalf("a success within a period of the decrease: %v, want rpm still 40", m)
+	}
 	for range 20 {
 		f.clock.Add(250 * time.Millisecond)
 		f.l.Throttled(ctx, scopeA, capacity)
@@ -213,6 +221,7 @@ func TestAIMD(t *testing.T) {
 	}
 	l2 := New(f.rdb, f.l.cfg)
 	l2.clock = f.clock.Now
+	f.clock.Add(time.Second)
 	for range 100 {
 		p, err := l2.Acquire(ctx, scopeA, Cost{Requests: 1, InputTokens: 1})
 		if err != nil {

@@ -535,7 +535,8 @@ end
 -- pr as read now ({} when absent or stale).
 local pr = {}
 if adapted and ns > 0 and not fresh then
-  local raw = redis.call('HGET', meta, 'pr')
+  local rr = redis.call('HMGET', meta, 'pr', 'rg')
+  local raw = rr[1]
   if raw and #raw == 16 * ns then
     pr = {struct.unpack('<' .. string.rep('d', 2 * ns), raw)}
   elseif vals[3] > now + early then
@@ -547,9 +548,13 @@ if adapted and ns > 0 and not fresh then
     for i = 1, ns do
       if caps[i] >= 1.1 * pr[2 * i - 1] or caps[i] * 1.1 <= pr[2 * i] then need = true end
     end
+    -- rg: a claim gave its slot back during a cooldown (see below); once
+    -- the cooldown is over, the reservations ahead move into the room.
+    if rr[2] and cd <= now then need = true end
     if need then
       replan()
       set_pr()
+      if rr[2] then redis.call('HDEL', meta, 'rg') end
       pr = {}
       for i = 1, ns do pr[2 * i - 1], pr[2 * i] = caps[i], caps[i] end
     end
@@ -590,6 +595,7 @@ if mode == 'c' then
       -- Late (or a cooldown began): give the slot back and queue again, so
       -- the late call never lands in a window planned without it.
       set_entry(log, ns, istok, vals, p, 0, 0)
+      if adapted and cd > now then redis.call('HSET', meta, 'rg', 1) end
       for i = 1, nd do
         local d = dl[i]
         local old = tonumber(d.tok and p[4] or p[3])

@@ -162,29 +162,7 @@ func TestReplanMovesReservationsLater(t *testing.T) {
 		t.Fatalf("acquire after the decrease: %+v, slot %v, want %v", p, f.slot(t, p), t0.Add(3*1040*time.Millisecond))
 	}
 	n0 := f.meta(t)["n"]
-	var grants []Event
-	for f.clock.Now().Before(t0.Add(10*time.Second)) && len(grants) < len(hs) {
-		now := f.clock.Now()
-		for i := range hs {
-			h := &hs[i]
-			if h.p.Outcome != Reserved || h.p.At.After(now) {
-				continue
-			}
-			np := f.claim(t, h.p)
-			switch {
-			case np.Outcome == Granted:
-				grants = append(grants, Event{At: np.At, Cost: h.p.Cost})
-			case np.Outcome == Reserved && np.At.After(now):
-			default:
-				t.Fatalf("claim at %v: %+v", now, np)
-			}
-			h.p = np
-		}
-		f.clock.Add(5 * time.Millisecond)
-	}
-	if len(grants) != len(hs) {
-		t.Fatalf("%d of %d granted", len(grants), len(hs))
-	}
+	grants := playAll(t, f, hs, t0.Add(10*time.Second))
 	q, _ := f.l.cfg.Quota(scopeA)
 	q = WithGuard(q)
 	q.Dimensions[0].Adaptive, q.Dimensions[0].Limit = nil, 8
@@ -209,4 +187,92 @@ func (f *fixture) slot(t *testing.T, p Permit) time.Time {
 		t.Fatalf("permit state %q", pv)
 	}
 	return time.UnixMilli(at).UTC()
+}
+
+// playAll plays the tasks as runClaims does, accepting any later time a
+// claim tells (a slot moved later or given back), and returns the grants.
+func playAll(t *testing.T, f *fixture, hs []held, until time.Time) []Event {
+	t.Helper()
+	var grants []Event
+	for f.clock.Now().Before(until) && len(grants) < len(hs) {
+		now := f.clock.Now()
+		for i := range hs {
+			h := &hs[i]
+			if h.p.Outcome != Reserved || h.p.At.After(now) {
+				continue
+			}
+			np := f.claim(t, h.p)
+			switch {
+			case np.Outcome == Granted:
+				grants = append(grants, Event{At: np.At, Cost: h.p.Cost})
+			case np.Outcome == Reserved && np.At.After(now):
+			default:
+				t.Fatalf("claim at %v: %+v", now, np)
+			}
+			h.p = np
+		}
+		f.clock.Add(time.Millisecond)
+	}
+	if len(grants) != len(hs) {
+		t.Fatalf("%d of %d granted", len(grants), len(hs))
+	}
+	return grants
+}
+
+// TestReplanServesEarlyWakesFirst: tasks that gave their slot back to the
+// cooldown of a capacity 429 come back when it ends and are re-planned
+// first, in the order of wakes, instead of behind every reservation
+// decided before them (whose tasks come back later).
+func TestReplanServesEarlyWakesFirst(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, replanQuota)
+	t0 := f.clock.Now()
+	var hs []held
+	for i := range 40 {
+		p := f.acquire(t, Cost{Requests: 1})
+		if (i < 10) != (p.Outcome == Granted) {
+			t.Fatalf("acquire %d: %+v", i, p)
+		}
+		if p.Outcome == Reserved {
+			hs = append(hs, held{p, p.At})
+		}
+	}
+	f.clock.Set(t0.Add(1040 * time.Millisecond))
+	for i := range 5 {
+		if np := f.claim(t, hs[i].p); np.Outcome != Granted {
+			t.Fatalf("claim %d at its slot: %+v", i, np)
+		}
+	}
+	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{Capacity: true}); !a.Lowered {
+		t.Fatal("the capacity 429 did not lower the rate")
+	}
+	// The other 5 of the slot meet the cooldown: they give their slot back
+	// and are told to come back when it ends.
+	cd := t0.Add(1290 * time.Millisecond)
+	var back []held
+	for i := 5; i < 10; i++ {
+		np := f.claim(t, hs[i].p)
+		if np.Outcome != Reserved || !np.At.Equal(cd) {
+			t.Fatalf("claim %d during the cooldown: %+v, want reserved, back at %v", i, np, cd)
+		}
+		back = append(back, held{np, np.At})
+	}
+	rest := append(back, hs[10:]...)
+	grants := playAll(t, f, rest, t0.Add(20*time.Second))
+	// The window from 1040ms holds the 5 granted there: 3 fit at the
+	// cooldown's end (+10ms) and 2 once they leave (2080ms), all before the
+	// 20 reservations stretched from 2080 on.
+	got := map[time.Duration]int{}
+	for _, g := range grants[:5] {
+		got[g.At.Sub(t0)]++
+	}
+	if got[1300*time.Millisecond] != 3 || got[2080*time.Millisecond] != 2 {
+		t.Fatalf("the 5 that gave their slot back were granted at %v; want 3 at 1.3s and 2 at 2.08s", got)
+	}
+	q, _ := f.l.cfg.Quota(scopeA)
+	q = WithGuard(q)
+	q.Dimensions[0].Adaptive, q.Dimensions[0].Limit = nil, 8
+	if v := CheckWindows(append(grants, Event{At: t0.Add(1040 * time.Millisecond), Cost: Cost{Requests: 5}}), q); len(v) > 0 {
+		t.Fatalf("windows over the lowered capacity 8 after the decrease: %v", v)
+	}
 }

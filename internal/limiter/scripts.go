@@ -51,16 +51,19 @@ local function split(s)
 end
 
 -- A log entry is packed (time, requests, tokens), or (time, requests, tokens,
--- wake) when its task was told to come back (and claim) before the entry's
--- time: a re-plan never moves the entry before its wake.
+-- wake) followed by the permit's id for a reservation: its task comes back
+-- (and claims) at the wake, which may be before the entry's time, and a
+-- re-plan never moves the entry before it (see replan in acquireLua).
 local function entry(row)
   local t, r, k = struct.unpack('<ddd', row)
-  local w = t
+  local w, id = t, nil
   if #row >= 32 then w = struct.unpack('<d', row, 25) end
-  return t, r, k, w
+  if #row > 32 then id = string.sub(row, 33) end
+  return t, r, k, w, id
 end
 
-local function pack_entry(t, r, k, w)
+local function pack_entry(t, r, k, w, id)
+  if id then return struct.pack('<dddd', t, r, k, w) .. id end
   if w < t then return struct.pack('<dddd', t, r, k, w) end
   return struct.pack('<ddd', t, r, k)
 end
@@ -74,17 +77,14 @@ local function set_entry(log, ns, istok, vals, p, newreq, newtok)
   if idx == nil or tonumber(p[6]) ~= vals[1] or idx >= vals[4] or idx < vals[5] then return false end
   local oldreq, oldtok = tonumber(p[3]), tonumber(p[4])
   if oldreq == newreq and oldtok == newtok then return false end
-  local counted = false
-  for i = 1, ns do
-    if idx >= vals[6 + 3 * i] then counted = true end
-  end
-  if not counted then return false end
-  -- The entry's own time and wake, not the permit's: a re-plan may have
-  -- moved the entry since the permit was decided.
+  -- The entry is set even where no sum counts it any more: a re-plan
+  -- reads the amounts of the window before the entries it moves. Its own
+  -- time and wake, not the permit's: a re-plan may have moved the entry
+  -- since the permit was decided.
   local row = redis.pcall('LINDEX', log, idx - vals[5])
   if type(row) ~= 'string' then return false end -- the log is gone
-  local et, _, _, ew = entry(row)
-  local ok = redis.pcall('LSET', log, idx - vals[5], pack_entry(et, newreq, newtok, ew))
+  local et, _, _, ew, eid = entry(row)
+  local ok = redis.pcall('LSET', log, idx - vals[5], pack_entry(et, newreq, newtok, ew, eid))
   if type(ok) == 'table' and ok.err then return false end
   local changed = false
   for i = 1, ns do
@@ -458,9 +458,34 @@ local function replan()
   local rows = redis.call('LRANGE', log, c0 - b, n - 1 - b)
   local mm = #rows
   if mm ~= n - c0 then return end
-  local T, R, K, W, O = {}, {}, {}, {}, {}
+  local T, R, K, W, I = {}, {}, {}, {}, {}
+  for j = 1, mm do T[j], R[j], K[j], W[j], I[j] = entry(rows[j]) end
+  -- The entries ahead are decided again in the order of their wakes
+  -- (earliest first; the log's order among equal wakes), so that a task
+  -- coming back early is not held behind one coming back late. An entry
+  -- that changes place takes its permit along (its state's index), which
+  -- needs the permit's id in the entry: without it (an entry written
+  -- before ids were), the log's order is kept.
+  local ord = {}
+  local byid = true
+  for j = k0 - c0 + 1, mm do
+    ord[#ord + 1] = j
+    if not I[j] and (R[j] ~= 0 or K[j] ~= 0) then byid = false end
+  end
+  if byid then
+    table.sort(ord, function(a, z)
+      if W[a] ~= W[z] then return W[a] < W[z] end
+      return a < z
+    end)
+  end
+  local T2, R2, K2, W2, I2, from = {}, {}, {}, {}, {}, {}
+  for x, j in ipairs(ord) do
+    local y = k0 - c0 + x
+    T2[y], R2[y], K2[y], W2[y], I2[y], from[y] = T[j], R[j], K[j], W[j], I[j], j
+  end
+  local O = {}
   for j = 1, mm do
-    T[j], R[j], K[j], W[j] = entry(rows[j])
+    if from[j] then T[j], R[j], K[j], W[j], I[j] = T2[j], R2[j], K2[j], W2[j], I2[j] end
     O[j] = T[j]
   end
   local function amt(i, j)
@@ -503,9 +528,22 @@ local function replan()
     for i = 1, ns do sum[i] = sum[i] + amt(i, j) end
     prev = t
   end
+  local pfx = string.sub(KEYS[3], 1, #KEYS[3] - #id)
   for j = j0, mm do
-    if T[j] ~= O[j] then
-      redis.call('LSET', log, c0 + j - 1 - b, pack_entry(T[j], R[j], K[j], W[j]))
+    if T[j] ~= O[j] or from[j] ~= j then
+      redis.call('LSET', log, c0 + j - 1 - b, pack_entry(T[j], R[j], K[j], W[j], I[j]))
+    end
+    if from[j] ~= j and I[j] then
+      -- The permit follows its entry, if it still holds it.
+      local pk = pfx .. I[j]
+      local pv = redis.call('GET', pk)
+      if pv then
+        local q = split(pv)
+        if q[1] == 'r' and #q == 8 and tonumber(q[8]) == c0 + from[j] - 1 then
+          q[8] = string.format('%d', c0 + j - 1)
+          redis.call('SET', pk, table.concat(q, '|'), 'KEEPTTL')
+        end
+      end
     end
   end
   -- The heads and sums of the window before the new last entry (every
@@ -561,7 +599,7 @@ if adapted and ns > 0 and not fresh then
   end
 end
 
-local dirty, floor = false, nil
+local dirty, floor, requeued = false, nil, false
 if mode == 'c' then
   local pv = redis.call('GET', pkey)
   if not pv and ARGV[10] ~= '' then
@@ -583,8 +621,8 @@ if mode == 'c' then
         -- Early: come back at the (new) wake, which the entry remembers.
         local w = wake(pt)
         if prow then
-          local et, er, ek, ew = entry(prow)
-          if ew ~= w then redis.call('LSET', log, pidx - vals[5], pack_entry(et, er, ek, w)) end
+          local et, er, ek, ew, eid = entry(prow)
+          if ew ~= w then redis.call('LSET', log, pidx - vals[5], pack_entry(et, er, ek, w, eid)) end
         end
         return {2, w, ''}
       end
@@ -595,7 +633,10 @@ if mode == 'c' then
       -- Late (or a cooldown began): give the slot back and queue again, so
       -- the late call never lands in a window planned without it.
       set_entry(log, ns, istok, vals, p, 0, 0)
-      if adapted and cd > now then redis.call('HSET', meta, 'rg', 1) end
+      if adapted and cd > now then
+        redis.call('HSET', meta, 'rg', 1)
+        requeued = true
+      end
       for i = 1, nd do
         local d = dl[i]
         local old = tonumber(d.tok and p[4] or p[3])
@@ -735,8 +776,13 @@ end
 local idx = n
 local w = t
 if t > now + early then w = wake(t) end
+-- A task that gave its slot back to a cooldown comes back when it ends:
+-- the re-plan then puts it first (see rg).
+if requeued then w = math.min(t, math.max(cd, now + early)) end
 if ns > 0 then
-  local len = redis.call('RPUSH', log, pack_entry(t, creq, ctok, w))
+  local eid = nil
+  if t > now + early then eid = id end
+  local len = redis.call('RPUSH', log, pack_entry(t, creq, ctok, w, eid))
   vals[4] = n + 1
   vals[5] = n + 1 - len
   -- A log emptied by LTRIM (or expired) is gone: the new one needs its TTL.

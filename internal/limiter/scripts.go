@@ -413,7 +413,8 @@ end
 -- capacity is below its ceiling, the task is told to come back (and claim)
 -- earlier, at its wake: as early as the slot would be at the ceiling. A
 -- re-plan after the capacity rose may have moved its entry there by then;
--- otherwise the claim tells it a later wake, never later than the slot.
+-- otherwise the claim tells it the slot, as it stands then (never later
+-- than first decided unless the capacity fell since).
 local function wake(t)
   if ratio >= 0.95 or t - now <= maxwin / 2 then return t end
   return math.min(t, math.max(math.floor(now + ratio * (t - now)), now + early))
@@ -618,8 +619,10 @@ if mode == 'c' then
         if prow then pt = entry(prow) end
       end
       if now < pt - early then
-        -- Early: come back at the (new) wake, which the entry remembers.
-        local w = wake(pt)
+        -- Early: come back at the slot, which the entry remembers as its
+        -- wake (one early wake a reservation: each costs the task an
+        -- invocation).
+        local w = pt
         if prow then
           local et, er, ek, ew, eid = entry(prow)
           if ew ~= w then redis.call('LSET', log, pidx - vals[5], pack_entry(et, er, ek, w, eid)) end

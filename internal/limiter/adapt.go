@@ -33,7 +33,7 @@ import (
 //     the ceiling per period: 12 periods from 40%) left the DSQ benchmark's
 //     job running well below the recovered capacity; the reservations
 //     decided meanwhile are re-planned as the capacity climbs (see
-//     acquireLua's replan). Successes within half the shortest period after a
+//     acquireLua's replan). Successes within one shortest period after a
 //     decrease raise nothing: they are mostly calls admitted before it, at
 //     the rate that met the shortage, and counting them pushed the rate
 //     straight back into it (the DSQ benchmark's 429s went from 0.1% to 4%
@@ -85,7 +85,7 @@ func newAdaptPlan(q Quota, sliding, daily []Dimension) adaptPlan {
 		xs = append(xs, float64(q.StartCapacity(d)), float64(q.FloorCapacity(d)), float64(q.Capacity(d)), step)
 	}
 	// Then the time after a decrease during which successes raise nothing.
-	xs = append(xs, float64(minPeriod/2))
+	xs = append(xs, float64(minPeriod))
 	return adaptPlan{spec: packFloats(xs...), holdoff: minPeriod / aimdHoldoff, dims: all, safety: q.Safety}
 }
 

@@ -204,13 +204,13 @@ func TestAIMD(t *testing.T) {
 		!p.At.Equal(f.clock.Now().Add(250*time.Millisecond).UTC()) {
 		t.Fatalf("acquire right after the decrease: %+v, want reserved after the holdoff (250ms)", p)
 	}
-	// Within half a period of the decrease successes raise nothing.
-	f.clock.Add(490 * time.Millisecond)
+	// Within a period of the decrease successes raise nothing.
+	f.clock.Add(990 * time.Millisecond)
 	if err := f.l.Settle(ctx, Permit{Scope: scopeA}, 1); err != nil {
 		t.Fatal(err)
 	}
 	if m := lim(f.l); m["rpm"] != 40 {
-		t.Fatalf("a success within half a period of the decrease: %v, want rpm still 40", m)
+		t.Fatalf("a success within a period of the decrease: %v, want rpm still 40", m)
 	}
 	for range 20 {
 		f.clock.Add(250 * time.Millisecond)

@@ -5,9 +5,14 @@
 // Redis's clock. A decision is one of:
 //
 //   - Granted: call Gemini now.
-//   - Reserved: the earliest slot At at which the call fits every dimension
+//   - Reserved: the earliest slot at which the call fits every dimension
 //     has been reserved for it (FIFO: later requests queue behind it); come
-//     back at At and Claim the permit, which then grants without asking again.
+//     back at At and Claim the permit, which then grants without asking
+//     again. At is the slot, except while an adaptive limit is below its
+//     ceiling: then, for a slot more than half a window ahead, At is an
+//     earlier wake (as early as the slot would be at the ceiling), and the
+//     Claim there grants if a re-plan has moved the slot to it, or answers
+//     Reserved with the slot (see "Re-planning").
 //   - Denied: the earliest fit lies beyond the horizon (e.g. the daily quota
 //     is spent until Pacific midnight, or a long cooldown); nothing is
 //     reserved and At is the earliest time worth asking again (the time from
@@ -31,6 +36,22 @@
 // throughput (1.6% for g = 1s, P = 1m). Daily dimensions admit nothing within
 // 3g/4 before and g/4 after Pacific midnight, so a call is always counted in
 // the day Gemini sees it in.
+//
+// # Re-planning
+//
+// Reservations hold while the effective capacities stay put: a reconcile's
+// extra charge pushes only later decisions. Once an effective capacity
+// (Throttled, Settle) has moved by 10% or more from the capacities the
+// reservations ahead were decided at, the next decision first decides them
+// again, at the current capacities, in the order of their wakes (the times
+// their tasks come back), never before a wake, a cooldown, or now + g/4:
+// a rise moves them earlier, a fall later. Claimed slots never move. A
+// task whose slot moved later learns it when it claims (Reserved, with the
+// slot); one whose slot moved earlier was told to come back early and is
+// granted then. The re-planned slots obey the same windows, so the
+// guarantee below holds against the capacity of each decision, re-plans
+// included. A queue of more than 4,096 reservations ahead, or one whose
+// re-plan would cross a Pacific day or the horizon, is not re-planned.
 //
 // Reservations are exact, not bucketed: for each dimension the earliest t at
 // which sum(entries in (t-P-g, t]) + cost <= capacity is found by walking the
@@ -88,9 +109,10 @@ type Permit struct {
 	Cost  Cost  `json:"cost"`
 	// Outcome is the decision.
 	Outcome Outcome `json:"outcome"`
-	// At is, for Granted, the admission time (≈ now); for Reserved, the
-	// reserved slot to come back at; for Denied, when to ask again; zero for
-	// Rejected.
+	// At is, for Granted, the admission time (≈ now); for Reserved, when
+	// to come back and Claim (the reserved slot, or an earlier wake while
+	// an adaptive limit is lowered; see "Re-planning"); for Denied, when to
+	// ask again; zero for Rejected.
 	At time.Time `json:"at"`
 	// Reason says what held the permit back (Reserved, Denied, Rejected): the
 	// binding dimension's name, "fifo" (queued behind earlier reservations),
@@ -368,9 +390,10 @@ func (l *Limiter) Acquire(ctx context.Context, scope Scope, cost Cost) (Permit, 
 }
 
 // Claim uses permit p when its task comes back. For a Reserved permit
-// arriving in time (from At-g/4 to At+g/4, g the guard) it returns Granted
-// with the reserved At without charging again; arriving early it returns p
-// unchanged (come back at At). Arriving late, during a cooldown, or for any
+// arriving in time for its slot (from slot-g/4 to slot+g/4, g the guard;
+// the slot is the one a re-plan may have moved) it returns Granted with the
+// slot as At without charging again; arriving early it returns Reserved
+// with the slot as At (come back then). Arriving late, during a cooldown, or for any
 // permit not currently reserved (Granted and already used, Denied, released,
 // expired) it gives back what p held and decides afresh as Acquire does, under
 // the same ID, so a late call never lands in a window planned without it and

@@ -413,8 +413,9 @@ end
 -- capacity is below its ceiling, the task is told to come back (and claim)
 -- earlier, at its wake: as early as the slot would be at the ceiling. A
 -- re-plan after the capacity rose may have moved its entry there by then;
--- otherwise the claim tells it the slot, as it stands then (never later
--- than first decided unless the capacity fell since).
+-- otherwise the claim tells it a new wake, the slot once the capacity is
+-- back at its ceiling (never later than first decided unless the capacity
+-- fell since).
 local function wake(t)
   if ratio >= 0.95 or t - now <= maxwin / 2 then return t end
   return math.min(t, math.max(math.floor(now + ratio * (t - now)), now + early))
@@ -619,10 +620,10 @@ if mode == 'c' then
         if prow then pt = entry(prow) end
       end
       if now < pt - early then
-        -- Early: come back at the slot, which the entry remembers as its
-        -- wake (one early wake a reservation: each costs the task an
-        -- invocation).
-        local w = pt
+        -- Early: come back at a new wake (the slot, unless the capacity is
+        -- still below its ceiling), which the entry remembers: a task told
+        -- its slot could no longer move earlier with a re-plan.
+        local w = wake(pt)
         if prow then
           local et, er, ek, ew, eid = entry(prow)
           if ew ~= w then redis.call('LSET', log, pidx - vals[5], pack_entry(et, er, ek, w, eid)) end

@@ -29,10 +29,10 @@ import (
 //     were 2-9% of calls with 0.8 and re-planning, 0.3-4.5% with 0.5;
 //   - each success raises every sliding dimension's capacity by
 //     aimdIncrease × ceiling / (request capacity at the ceiling), up to its
-//     ceiling: aimdIncrease requests per success, so a period's worth of
-//     successes at the current rate multiplies it by 1 + aimdIncrease (as
-//     TCP's slow start, by half), and a scope at 40% of its ceiling is back
-//     in about two periods once Gemini's capacity is. A slower climb (5% of
+//     ceiling: one request per success, so a period's worth of successes
+//     at the current rate doubles it (as TCP's slow start), and a scope at
+//     25% of its ceiling is back in about two periods once Gemini's
+//     capacity is. A slower climb (5% of
 //     the ceiling per period: 12 periods from 40%) left the DSQ benchmark's
 //     job running well below the recovered capacity; the reservations
 //     decided meanwhile are re-planned as the capacity climbs (see
@@ -51,7 +51,7 @@ const aimdDecreaseLua = "0.5" // aimdDecrease, as the scripts read it
 
 const (
 	aimdDecrease = 0.5
-	aimdIncrease = 0.5
+	aimdIncrease = 1.0
 	aimdHoldoff  = 4 // the holdoff is the shortest sliding period over this
 )
 

@@ -222,7 +222,7 @@ func TestAIMD(t *testing.T) {
 	l2 := New(f.rdb, f.l.cfg)
 	l2.clock = f.clock.Now
 	f.clock.Add(time.Second)
-	for range 100 {
+	for range 50 {
 		p, err := l2.Acquire(ctx, scopeA, Cost{Requests: 1, InputTokens: 1})
 		if err != nil {
 			t.Fatal(err)
@@ -231,11 +231,11 @@ func TestAIMD(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Each success adds aimdIncrease (0.5) requests per window, and as
-	// much of every other dimension in proportion to its ceiling: from the
-	// floors 10 and 1000, 100 successes climb to 60 and 6000.
+	// Each success adds aimdIncrease (1) request per window, and as much
+	// of every other dimension in proportion to its ceiling: from the
+	// floors 10 and 1000, 50 successes climb to 60 and 6000.
 	if m := lim(f.l); m["rpm"] != 60 || m["tpm"] != 6000 {
-		t.Fatalf("after 100 successes: %v, want rpm 60, tpm 6000", m)
+		t.Fatalf("after 50 successes: %v, want rpm 60, tpm 6000", m)
 	}
 	for range 2000 {
 		l2.Settle(ctx, Permit{Scope: scopeA}, 1)

@@ -104,14 +104,14 @@ func TestReplanMovesReservationsEarlier(t *testing.T) {
 		hs = append(hs, held{p, slot})
 		promised = slot
 	}
-	// Successes bring the rate back to its ceiling (0.5 a success).
-	for range 10 {
+	// Successes bring the rate back to its ceiling (1 a success).
+	for range 5 {
 		if err := f.l.Settle(ctx, Permit{Scope: scopeA}, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if m, _ := f.l.Limits(ctx, scopeA); m["rpm"] != 10 {
-		t.Fatalf("limits after 10 successes: %v", m)
+		t.Fatalf("limits after 5 successes: %v", m)
 	}
 	n0 := f.meta(t)["n"]
 	grants := runClaims(t, f, hs, t0.Add(10*time.Second))

@@ -130,9 +130,14 @@ func TestEndToEnd(t *testing.T) {
 		}
 		after, unparsed := s.WorkerInvocations()
 		worst, total := 0, 0
+		var third []string // task ids invoked more than twice
 		for _, k := range keys {
-			n := after[task.TaskID("backlog", k)] - before[task.TaskID("backlog", k)]
+			id := task.TaskID("backlog", k)
+			n := after[id] - before[id]
 			worst, total = max(worst, n), total+n
+			if n > 2 {
+				third = append(third, id)
+			}
 		}
 		statsAfter := s.Stats()
 		busy := statsAfter.WorkerTime - statsBefore.WorkerTime
@@ -144,9 +149,7 @@ func TestEndToEnd(t *testing.T) {
 			total, len(keys), float64(total)/float64(len(keys)), worst, unparsed, busy.Seconds()/float64(len(keys)),
 			statsAfter.WorkerTimePerCall.Round(time.Millisecond), statsAfter.WorkerTimeMax.Round(time.Millisecond),
 			st.Models[stack.DefaultModel].Peaks)
-		if worst > 2 {
-			t.Errorf("a task took %d worker invocations, want at most 2", worst)
-		}
+		checkThirdInvocations(t, s.LogPath, third, len(keys))
 		if total < len(keys) {
 			t.Errorf("%d worker invocations for %d tasks", total, len(keys))
 		}
@@ -268,6 +271,47 @@ func TestEndToEnd(t *testing.T) {
 
 // submit posts a JSONL job of n requests with varied prompt lengths and
 // returns the keys.
+// checkThirdInvocations allows a task a third worker invocation only for
+// the documented reason: its Cloud Task came so late (a loaded machine)
+// that its claim missed the slot and it was reserved again beyond the claim
+// lead ("claim missed its slot; reserved again" in the stack log), and only
+// for at most 1% of the tasks. Any other third invocation fails, with the
+// task's log lines.
+func checkThirdInvocations(t *testing.T, logPath string, ids []string, tasks int) {
+	t.Helper()
+	if len(ids) == 0 {
+		return
+	}
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown := 0
+	for _, id := range ids {
+		var lines []string
+		missed := false
+		for _, l := range strings.Split(string(b), "\n") {
+			if !strings.Contains(l, `"task_id":"`+id+`"`) {
+				continue
+			}
+			lines = append(lines, l)
+			missed = missed || strings.Contains(l, `"claim missed its slot; reserved again"`)
+		}
+		switch {
+		case !missed && shown < 3:
+			shown++
+			t.Errorf("task %s took more than two worker invocations, not for a missed claim; its log:\n%s", id, strings.Join(lines, "\n"))
+		case !missed:
+			t.Errorf("task %s took more than two worker invocations, not for a missed claim", id)
+		default:
+			t.Logf("task %s took a third invocation: its claim missed the slot (late dispatch) and was reserved again", id)
+		}
+	}
+	if len(ids)*100 > tasks {
+		t.Errorf("%d of %d tasks took more than two worker invocations, want at most 1%% (late claims only)", len(ids), tasks)
+	}
+}
+
 func submit(t *testing.T, s *stack.Stack, jobID string, n int, seed uint64) []string {
 	t.Helper()
 	return submitWith(t, s, jobID, n, seed, "")

@@ -40,6 +40,7 @@ func (a reserve) Admit(ctx context.Context, r *run, req *gemini.Request) (limite
 			r.log.ErrorContext(ctx, "limiter claim", "error", err.Error())
 			return p, m.abort(ctx, r), false
 		}
+		missedSlot(ctx, r, *r.carried, p, m.now())
 	} else {
 		var o Outcome
 		var ok bool
@@ -160,16 +161,23 @@ func (m *Machine) waitForSlot(ctx context.Context, r *run, p *limiter.Permit) (o
 			r.log.ErrorContext(ctx, "limiter claim", "error", err.Error())
 			return m.abort(ctx, r), false
 		}
-		if np.Outcome == limiter.Reserved && !np.At.Equal(p.At) {
-			r.log.InfoContext(ctx, "claim missed its slot; reserved again", "slot", p.At.UTC().Format(time.RFC3339Nano),
-				"new_slot", np.At.UTC().Format(time.RFC3339Nano), "late", m.now().Sub(p.At).String())
-		}
+		missedSlot(ctx, r, *p, np, m.now())
 		*p = np
 	}
 	if p.Outcome == limiter.Granted {
 		r.log.InfoContext(ctx, "claimed the reserved slot after waiting for it", "waited", m.now().Sub(start).String())
 	}
 	return Outcome{}, true
+}
+
+// missedSlot logs a claim of reservation p that came too late for its slot
+// and was reserved again (np): the documented cause of a task's third
+// invocation when the new slot is beyond the claim lead.
+func missedSlot(ctx context.Context, r *run, p, np limiter.Permit, now time.Time) {
+	if np.Outcome == limiter.Reserved && !np.At.Equal(p.At) {
+		r.log.InfoContext(ctx, "claim missed its slot; reserved again", "slot", p.At.UTC().Format(time.RFC3339Nano),
+			"new_slot", np.At.UTC().Format(time.RFC3339Nano), "late", now.Sub(p.At).String())
+	}
 }
 
 // maxSlotClaims bounds the claims of one wait for a slot: early (Redis'

@@ -611,9 +611,9 @@ func TestGeminiOutcomes(t *testing.T) {
 		if body := taskBody(t, tks[0]); body.Attempt != 0 || body.Deferrals != 1 {
 			t.Errorf("attempt/deferrals = %d/%d, want 0/1 (not a failed attempt)", body.Attempt, body.Deferrals)
 		}
-		// Shared AIMD: the scope's rate halves for every instance.
-		if lim, err := f.lim.Limits(context.Background(), limiter.Scope{Project: testProject, Model: modelOpen}); err != nil || lim["rpm"] != 50000 {
-			t.Errorf("effective limits after a capacity 429 = %v, %v; want rpm 50000", lim, err)
+		// Shared AIMD: the scope's rate drops ×0.8 for every instance.
+		if lim, err := f.lim.Limits(context.Background(), limiter.Scope{Project: testProject, Model: modelOpen}); err != nil || lim["rpm"] != 80000 {
+			t.Errorf("effective limits after a capacity 429 = %v, %v; want rpm 80000", lim, err)
 		}
 	})
 	t.Run("404: permanent with Gemini's message", func(t *testing.T) {

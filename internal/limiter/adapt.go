@@ -21,12 +21,11 @@ import (
 //     user configured;
 //   - a 429 without quota details (or any 429 on Vertex AI, whose Dynamic
 //     Shared Quota publishes no number) multiplies the capacity of every
-//     sliding dimension by aimdDecrease (0.5, as TCP's), at most once per
-//     aimdHoldoff of the shortest period (one overload answers several
-//     calls in flight at once) and never below the dimension's floor. The
-//     reservations ahead are then re-planned at the lowered capacity, and
-//     0.8 left them too dense for the shortage: the DSQ benchmark's 429s
-//     were 2-9% of calls with 0.8 and re-planning, 0.3-4.5% with 0.5;
+//     sliding dimension by aimdDecrease, at most once per aimdHoldoff of the
+//     shortest period (one overload answers several calls in flight at once)
+//     and never below the dimension's floor. (0.5, as TCP's, was tried with
+//     re-plans in both directions: no more capacity used in the DSQ
+//     benchmark, and 1-4% of calls answered 429 instead of 0.2%);
 //   - each success raises every sliding dimension's capacity by
 //     aimdIncrease × ceiling / (request capacity at the ceiling), up to its
 //     ceiling: one request per success, so a period's worth of successes
@@ -47,10 +46,10 @@ import (
 //
 // The adapted state lives as long as meta: after a scope has been idle for a
 // window it starts again from the configuration.
-const aimdDecreaseLua = "0.5" // aimdDecrease, as the scripts read it
+const aimdDecreaseLua = "0.8" // aimdDecrease, as the scripts read it
 
 const (
-	aimdDecrease = 0.5
+	aimdDecrease = 0.8
 	aimdIncrease = 1.0
 	aimdHoldoff  = 4 // the holdoff is the shortest sliding period over this
 )

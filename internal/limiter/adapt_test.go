@@ -196,8 +196,8 @@ func TestAIMD(t *testing.T) {
 	if a, _ := f.l.Throttled(ctx, scopeA, capacity); a.Lowered {
 		t.Fatal("a second 429 within the holdoff lowered again")
 	}
-	if m := lim(f.l); m["rpm"] != 25 || m["tpm"] != 5000 {
-		t.Fatalf("after one decrease: %v, want rpm 25, tpm 5000", m)
+	if m := lim(f.l); m["rpm"] != 40 || m["tpm"] != 8000 {
+		t.Fatalf("after one decrease: %v, want rpm 40, tpm 8000", m)
 	}
 	// The decrease paused the scope for the holdoff, for every instance.
 	if p := f.acquire(t, Cost{Requests: 1, InputTokens: 1}); p.Outcome != Reserved || p.Reason != "cooldown: capacity 429" ||
@@ -209,8 +209,8 @@ func TestAIMD(t *testing.T) {
 	if err := f.l.Settle(ctx, Permit{Scope: scopeA}, 1); err != nil {
 		t.Fatal(err)
 	}
-	if m := lim(f.l); m["rpm"] != 25 {
-		t.Fatalf("a success within a period of the decrease: %v, want rpm still 25", m)
+	if m := lim(f.l); m["rpm"] != 40 {
+		t.Fatalf("a success within a period of the decrease: %v, want rpm still 40", m)
 	}
 	for range 20 {
 		f.clock.Add(250 * time.Millisecond)

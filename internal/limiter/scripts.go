@@ -51,19 +51,17 @@ local function split(s)
 end
 
 -- A log entry is packed (time, requests, tokens), or (time, requests, tokens,
--- wake) followed by the permit's id for a reservation: its task comes back
--- (and claims) at the wake, which may be before the entry's time, and a
--- re-plan never moves the entry before it (see replan in acquireLua).
+-- wake) when its task was told to come back (and claim) before the entry's
+-- time: a re-plan never moves the entry before its wake (see replan in
+-- acquireLua).
 local function entry(row)
   local t, r, k = struct.unpack('<ddd', row)
-  local w, id = t, nil
+  local w = t
   if #row >= 32 then w = struct.unpack('<d', row, 25) end
-  if #row > 32 then id = string.sub(row, 33) end
-  return t, r, k, w, id
+  return t, r, k, w
 end
 
-local function pack_entry(t, r, k, w, id)
-  if id then return struct.pack('<dddd', t, r, k, w) .. id end
+local function pack_entry(t, r, k, w)
   if w < t then return struct.pack('<dddd', t, r, k, w) end
   return struct.pack('<ddd', t, r, k)
 end
@@ -83,8 +81,8 @@ local function set_entry(log, ns, istok, vals, p, newreq, newtok)
   -- since the permit was decided.
   local row = redis.pcall('LINDEX', log, idx - vals[5])
   if type(row) ~= 'string' then return false end -- the log is gone
-  local et, _, _, ew, eid = entry(row)
-  local ok = redis.pcall('LSET', log, idx - vals[5], pack_entry(et, newreq, newtok, ew, eid))
+  local et, _, _, ew = entry(row)
+  local ok = redis.pcall('LSET', log, idx - vals[5], pack_entry(et, newreq, newtok, ew))
   if type(ok) == 'table' and ok.err then return false end
   local changed = false
   for i = 1, ns do
@@ -421,18 +419,22 @@ local function wake(t)
   return math.min(t, math.max(math.floor(now + ratio * (t - now)), now + early))
 end
 
--- Re-plan: once the effective capacity of a sliding dimension has moved by
--- 10% or more from the capacities the reservations still ahead were decided
--- at (meta pr: per sliding dimension the lowest and the highest), every
--- entry after now + early is decided again, in order, by the same earliest
--- fit at today's capacities, never before its wake (the time its task comes
--- back), the cooldown or now + early: a rise moves reservations earlier, a
--- fall later. Every window ending at a re-planned entry then fits the
--- current capacities, and the windows ending at entries not re-planned lose
--- entries or keep them, so no window of the log exceeds the capacity it was
--- decided under. Claimed entries lie at or before now + early and never
--- move. A queue longer than 4,096 entries ahead, one whose re-plan would
--- cross a Pacific day boundary or the horizon, is left as it is.
+-- Re-plan: once the effective capacity of a sliding dimension has risen 10%
+-- or more above the lowest the reservations still ahead were decided at
+-- (meta pr: per sliding dimension the lowest and the highest), every entry
+-- after now + early is decided again, in order, by the same earliest fit at
+-- today's capacities, never before its wake (the time its task comes back),
+-- the cooldown or now + early, and never after where it was (reservations
+-- hold). Every window ending at a moved entry then fits the current
+-- capacities; one ending at an entry kept where it was holds a subset of
+-- what it held when that entry was decided (every entry before it moved
+-- earlier or stayed, any after it at the same time was fitted there); so no
+-- window of the log exceeds the capacity of the decisions in it. Claimed
+-- entries lie at or before now + early and never move. A fall moves nothing
+-- (claims during the cooldown that follows a capacity 429 are decided
+-- again, as before). A queue longer than 4,096 entries ahead, one whose
+-- re-plan would cross a Pacific day boundary or the horizon, is left as it
+-- is.
 local caps = {}
 for i = 1, ns do caps[i] = dv[3 * i - 1] end
 local function set_pr()
@@ -460,34 +462,9 @@ local function replan()
   local rows = redis.call('LRANGE', log, c0 - b, n - 1 - b)
   local mm = #rows
   if mm ~= n - c0 then return end
-  local T, R, K, W, I = {}, {}, {}, {}, {}
-  for j = 1, mm do T[j], R[j], K[j], W[j], I[j] = entry(rows[j]) end
-  -- The entries ahead are decided again in the order of their wakes
-  -- (earliest first; the log's order among equal wakes), so that a task
-  -- coming back early is not held behind one coming back late. An entry
-  -- that changes place takes its permit along (its state's index), which
-  -- needs the permit's id in the entry: without it (an entry written
-  -- before ids were), the log's order is kept.
-  local ord = {}
-  local byid = true
-  for j = k0 - c0 + 1, mm do
-    ord[#ord + 1] = j
-    if not I[j] and (R[j] ~= 0 or K[j] ~= 0) then byid = false end
-  end
-  if byid then
-    table.sort(ord, function(a, z)
-      if W[a] ~= W[z] then return W[a] < W[z] end
-      return a < z
-    end)
-  end
-  local T2, R2, K2, W2, I2, from = {}, {}, {}, {}, {}, {}
-  for x, j in ipairs(ord) do
-    local y = k0 - c0 + x
-    T2[y], R2[y], K2[y], W2[y], I2[y], from[y] = T[j], R[j], K[j], W[j], I[j], j
-  end
-  local O = {}
+  local T, R, K, W, O = {}, {}, {}, {}, {}
   for j = 1, mm do
-    if from[j] then T[j], R[j], K[j], W[j], I[j] = T2[j], R2[j], K2[j], W2[j], I2[j] end
+    T[j], R[j], K[j], W[j] = entry(rows[j])
     O[j] = T[j]
   end
   local function amt(i, j)
@@ -524,28 +501,25 @@ local function replan()
         end
       end
     end
+    if t > O[j] then
+      -- Kept where it was: the windows walked past it count again.
+      t = O[j]
+      for i = 1, ns do
+        while ptr[i] > 1 and T[ptr[i] - 1] > t - dv[3 * i] do
+          ptr[i] = ptr[i] - 1
+          sum[i] = sum[i] + amt(i, ptr[i])
+        end
+      end
+    end
     if t > now + horizon then return end
     if dlo and (t < dlo or t >= dhi or O[j] < dlo or O[j] >= dhi) then return end
     T[j] = t
     for i = 1, ns do sum[i] = sum[i] + amt(i, j) end
     prev = t
   end
-  local pfx = string.sub(KEYS[3], 1, #KEYS[3] - #id)
   for j = j0, mm do
-    if T[j] ~= O[j] or from[j] ~= j then
-      redis.call('LSET', log, c0 + j - 1 - b, pack_entry(T[j], R[j], K[j], W[j], I[j]))
-    end
-    if from[j] ~= j and I[j] then
-      -- The permit follows its entry, if it still holds it.
-      local pk = pfx .. I[j]
-      local pv = redis.call('GET', pk)
-      if pv then
-        local q = split(pv)
-        if q[1] == 'r' and #q == 8 and tonumber(q[8]) == c0 + from[j] - 1 then
-          q[8] = string.format('%d', c0 + j - 1)
-          redis.call('SET', pk, table.concat(q, '|'), 'KEEPTTL')
-        end
-      end
+    if T[j] ~= O[j] then
+      redis.call('LSET', log, c0 + j - 1 - b, pack_entry(T[j], R[j], K[j], W[j]))
     end
   end
   -- The heads and sums of the window before the new last entry (every
@@ -575,8 +549,7 @@ end
 -- pr as read now ({} when absent or stale).
 local pr = {}
 if adapted and ns > 0 and not fresh then
-  local rr = redis.call('HMGET', meta, 'pr', 'rg')
-  local raw = rr[1]
+  local raw = redis.call('HGET', meta, 'pr')
   if raw and #raw == 16 * ns then
     pr = {struct.unpack('<' .. string.rep('d', 2 * ns), raw)}
   elseif vals[3] > now + early then
@@ -586,22 +559,18 @@ if adapted and ns > 0 and not fresh then
   if pr[1] and vals[3] > now + early then
     local need = false
     for i = 1, ns do
-      if caps[i] >= 1.1 * pr[2 * i - 1] or caps[i] * 1.1 <= pr[2 * i] then need = true end
+      if caps[i] >= 1.1 * pr[2 * i - 1] then need = true end
     end
-    -- rg: a claim gave its slot back during a cooldown (see below); once
-    -- the cooldown is over, the reservations ahead move into the room.
-    if rr[2] and cd <= now then need = true end
     if need then
       replan()
       set_pr()
-      if rr[2] then redis.call('HDEL', meta, 'rg') end
       pr = {}
       for i = 1, ns do pr[2 * i - 1], pr[2 * i] = caps[i], caps[i] end
     end
   end
 end
 
-local dirty, floor, requeued = false, nil, false
+local dirty, floor = false, nil
 if mode == 'c' then
   local pv = redis.call('GET', pkey)
   if not pv and ARGV[10] ~= '' then
@@ -625,8 +594,8 @@ if mode == 'c' then
         -- its slot could no longer move earlier with a re-plan.
         local w = wake(pt)
         if prow then
-          local et, er, ek, ew, eid = entry(prow)
-          if ew ~= w then redis.call('LSET', log, pidx - vals[5], pack_entry(et, er, ek, w, eid)) end
+          local et, er, ek, ew = entry(prow)
+          if ew ~= w then redis.call('LSET', log, pidx - vals[5], pack_entry(et, er, ek, w)) end
         end
         return {2, w, ''}
       end
@@ -637,10 +606,6 @@ if mode == 'c' then
       -- Late (or a cooldown began): give the slot back and queue again, so
       -- the late call never lands in a window planned without it.
       set_entry(log, ns, istok, vals, p, 0, 0)
-      if adapted and cd > now then
-        redis.call('HSET', meta, 'rg', 1)
-        requeued = true
-      end
       for i = 1, nd do
         local d = dl[i]
         local old = tonumber(d.tok and p[4] or p[3])
@@ -780,13 +745,8 @@ end
 local idx = n
 local w = t
 if t > now + early then w = wake(t) end
--- A task that gave its slot back to a cooldown comes back when it ends:
--- the re-plan then puts it first (see rg).
-if requeued then w = math.min(t, math.max(cd, now + early)) end
 if ns > 0 then
-  local eid = nil
-  if t > now + early then eid = id end
-  local len = redis.call('RPUSH', log, pack_entry(t, creq, ctok, w, eid))
+  local len = redis.call('RPUSH', log, pack_entry(t, creq, ctok, w))
   vals[4] = n + 1
   vals[5] = n + 1 - len
   -- A log emptied by LTRIM (or expired) is gone: the new one needs its TTL.

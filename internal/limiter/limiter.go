@@ -12,7 +12,7 @@
 //     ceiling: then, for a slot more than half a window ahead, At is an
 //     earlier wake (as early as the slot would be at the ceiling), and the
 //     Claim there grants if a re-plan has moved the slot to it, or answers
-//     Reserved with the slot (see "Re-planning").
+//     Reserved with a later time (see "Re-planning").
 //   - Denied: the earliest fit lies beyond the horizon (e.g. the daily quota
 //     is spent until Pacific midnight, or a long cooldown); nothing is
 //     reserved and At is the earliest time worth asking again (the time from
@@ -39,17 +39,19 @@
 //
 // # Re-planning
 //
-// Reservations hold while the effective capacities stay put: a reconcile's
-// extra charge pushes only later decisions. Once an effective capacity
-// (Throttled, Settle) has moved by 10% or more from the capacities the
-// reservations ahead were decided at, the next decision first decides them
-// again, at the current capacities, in the order of their wakes (the times
-// their tasks come back), never before a wake, a cooldown, or now + g/4:
-// a rise moves them earlier, a fall later. Claimed slots never move. A
-// task whose slot moved later learns it when it claims (Reserved, with the
-// slot); one whose slot moved earlier was told to come back early and is
-// granted then. The re-planned slots obey the same windows, so the
-// guarantee below holds against the capacity of each decision, re-plans
+// Reservations hold: a reconcile's extra charge pushes only later
+// decisions, and a fall of an effective capacity moves no slot (claims
+// during the cooldown that follows a capacity 429 are decided again). Once
+// an effective capacity (Throttled, Settle) has risen 10% or more above the
+// lowest the reservations ahead were decided at, the next decision first
+// decides them again at the current capacities, in order, never after
+// their slot and never before their wakes (the times their tasks come
+// back), a cooldown, or now + g/4: they move earlier. Claimed slots never
+// move. While an adaptive capacity is below its ceiling, a Reserved permit
+// whose slot lies more than half a window ahead carries an earlier wake as
+// At (as early as the slot would be at the ceiling), so that its task is
+// there if its slot moves. The re-planned slots obey the same windows, so
+// the guarantee below holds against the capacity of each decision, re-plans
 // included. A queue of more than 4,096 reservations ahead, or one whose
 // re-plan would cross a Pacific day or the horizon, is not re-planned.
 //
@@ -393,7 +395,8 @@ func (l *Limiter) Acquire(ctx context.Context, scope Scope, cost Cost) (Permit, 
 // arriving in time for its slot (from slot-g/4 to slot+g/4, g the guard;
 // the slot is the one a re-plan may have moved) it returns Granted with the
 // slot as At without charging again; arriving early it returns Reserved
-// with the slot as At (come back then). Arriving late, during a cooldown, or for any
+// with the time to come back as At (the slot, or a new wake while an
+// adaptive capacity is below its ceiling). Arriving late, during a cooldown, or for any
 // permit not currently reserved (Granted and already used, Denied, released,
 // expired) it gives back what p held and decides afresh as Acquire does, under
 // the same ID, so a late call never lands in a window planned without it and

@@ -12,10 +12,9 @@ import (
 // for metrics: each dimension's effective limit, today's count of each daily
 // dimension, and the queue of reserved slots. It is read, never written.
 //
-// A sliding window's occupancy now is not part of it: the script keeps what
-// its next decisions need, and once reservations reach more than a window
-// ahead, the admissions of the current window are trimmed from the log.
-// The admissions' owners know it (internal/metrics sums them).
+// A sliding window's occupancy now is not part of it: the script keeps
+// what its decisions and re-plans need, not the sums of the window ending
+// now. The admissions' owners know it (internal/metrics sums them).
 type Usage struct {
 	// At is Redis's time of the reading.
 	At time.Time

@@ -25,11 +25,16 @@ import "github.com/redis/go-redis/v9"
 //	             cd = cooldown until, cr = cooldown reason, rid = the primary's
 //	             replication id when meta was last written (a failover changes it),
 //	             d:<dim>:<day start ms> = counter of a daily dimension for one
-//	             Pacific day (meta then lives until that day's end)
-//	log   LIST   packed (time_ms, requests, tokens), one entry per admission shared
-//	             by every sliding dimension, FIFO, times non-decreasing; the entry
-//	             with absolute index i sits at position i - b. Each dimension walks
-//	             it from its own head; it is trimmed lazily to the lowest head.
+//	             Pacific day (meta then lives until that day's end),
+//	             ad = adapted capacities (adapt.go), pr = per sliding dimension
+//	             the lowest and highest capacity the reservations ahead were
+//	             decided at (re-plans)
+//	log   LIST   packed (time_ms, requests, tokens[, wake_ms]), one entry per
+//	             admission shared by every sliding dimension, FIFO, times
+//	             non-decreasing; the entry with absolute index i sits at position
+//	             i - b. Each dimension walks it from its own head; it is trimmed
+//	             lazily to the lowest head, keeping the entries after now minus
+//	             the longest window (a re-plan reads them).
 //	p:<id> STRING permit state "state|t|requests|tokens|fingerprint|epoch|day_start|idx"
 //	             (state r = reserved, g = granted/claimed, x = released). Written
 //	             for Reserved permits and claims; an immediately Granted permit

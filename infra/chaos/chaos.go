@@ -24,6 +24,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -83,6 +85,13 @@ type Report struct {
 	// had been answered 200 or while another was in flight; DupInFlight of
 	// them follow a call that was in flight when a worker was killed.
 	DupCalls, DupInFlight int
+	// LostAtKill counts reserved slots lost because the worker waiting for
+	// them was killed: claims that came after the restart, too late for a
+	// slot between the kill and the restart, and were reserved again
+	// ("claim missed its slot" in the functions' log). Like a repeated
+	// call, each took capacity from the window, so the ideal run gives
+	// each a slot.
+	LostAtKill int
 	// WindowsOver are sliding windows over the real limit (safety 1) in the
 	// stand-in's log.
 	WindowsOver int
@@ -363,6 +372,8 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 		r.Note = dayCounts(e.Gemini.Log(), sc.Midnight, submitted, e.midnight)
 	}
 
+	r.LostAtKill = lostAtKill(filepath.Join(e.dir, "chaos.log"), e.Events())
+
 	// Delay beyond slot: the i-th result vs the i-th slot of an ideal run
 	// (capacity per quota minute from submission), restarted at the end of
 	// the last fault for the tasks not finished by then.
@@ -384,7 +395,7 @@ func judge(ctx context.Context, e *Env, r *Report, sc Scenario, jobID string, wa
 	// Pacific midnight (in real time), then go at the window's pace.
 	dayCap := int(float64(sc.RPD) * e.Cfg.Safety)
 	for i, at := range arrivals {
-		k := i + r.DupInFlight
+		k := i + r.DupInFlight + r.LostAtKill
 		slot := submitted.Add(time.Duration(k/capacity) * e.Cfg.Minute)
 		if i >= n0 {
 			if s := faultEnd.Add(time.Duration((k-n0)/capacity) * e.Cfg.Minute); s.After(slot) {
@@ -478,4 +489,48 @@ func mustLatency(spec string) geminisim.Latency {
 		panic(fmt.Sprintf("chaos: latency %q: %v", spec, err)) // a constant of this package
 	}
 	return l
+}
+
+// lostAtKill counts the "claim missed its slot; reserved again" lines of
+// the functions' log whose slot lies between a "worker killed" event and
+// the next "worker restarted": slots whose worker died waiting for them.
+func lostAtKill(logPath string, events []Event) int {
+	type span struct{ from, to time.Time }
+	var down []span
+	for i, ev := range events {
+		if ev.What != "worker killed" {
+			continue
+		}
+		end := time.Now()
+		for _, nx := range events[i+1:] {
+			if nx.What == "worker restarted" {
+				end = nx.At
+				break
+			}
+		}
+		down = append(down, span{ev.At, end})
+	}
+	b, err := os.ReadFile(logPath)
+	if err != nil || len(down) == 0 {
+		return 0
+	}
+	n := 0
+	for _, l := range bytes.Split(b, []byte("\n")) {
+		if !bytes.Contains(l, []byte(`"claim missed its slot; reserved again"`)) {
+			continue
+		}
+		var m struct {
+			Slot time.Time `json:"slot"`
+		}
+		if json.Unmarshal(l, &m) != nil {
+			continue
+		}
+		for _, d := range down {
+			if !m.Slot.Before(d.from) && !m.Slot.After(d.to) {
+				n++
+				break
+			}
+		}
+	}
+	return n
 }

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"net/http"
+	"os"
 	"testing"
 	"time"
 )
@@ -47,5 +48,31 @@ func TestFailures(t *testing.T) {
 		if r.Pass() {
 			t.Errorf("%s: %+v passes", name, r)
 		}
+	}
+}
+
+// Only claims that missed a slot lying between a kill and the restart
+// after it count as slots lost at the kill.
+func TestLostAtKill(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 2, 35, 30, 0, time.UTC)
+	path := t.TempDir() + "/chaos.log"
+	line := func(slot time.Time) string {
+		return `{"message":"claim missed its slot; reserved again","slot":"` + slot.Format(time.RFC3339Nano) + `"}` + "\n"
+	}
+	log := line(t0.Add(100*time.Millisecond)) + line(t0.Add(900*time.Millisecond)) + // during the first outage
+		line(t0.Add(-time.Second)) + // before it
+		line(t0.Add(5*time.Second)) + // after the restart
+		`{"message":"task deferred","slot":"` + t0.Add(200*time.Millisecond).Format(time.RFC3339Nano) + `"}` + "\n" +
+		"chaos: worker killed at +7.076s\n"
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	events := []Event{{What: "worker killed", At: t0}, {What: "worker restarted", At: t0.Add(time.Second)},
+		{What: "redis paused", At: t0.Add(4 * time.Second)}, {What: "redis resumed", At: t0.Add(6 * time.Second)}}
+	if n := lostAtKill(path, events); n != 2 {
+		t.Errorf("lostAtKill = %d, want 2", n)
+	}
+	if n := lostAtKill(path, events[2:]); n != 0 {
+		t.Errorf("lostAtKill without a kill = %d, want 0", n)
 	}
 }

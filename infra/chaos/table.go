@@ -25,9 +25,13 @@ func Table(reports []Report) string {
 		if r.WindowsOver > 0 {
 			windows += " (" + r.WindowsPeak + ")"
 		}
+		allowed := secs(r.Allowed)
+		if r.LostAtKill > 0 {
+			allowed += fmt.Sprintf("; %d slot(s) lost at a kill", r.LostAtKill)
+		}
 		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %d | %d (%d) | %s | %s (%s) | %s | %s | %s |\n",
 			r.Name, fault, r.Tasks, r.Lost, r.TwoResults, r.DeadLettered, r.DupCalls, r.DupInFlight, windows,
-			secs(r.Delay), secs(r.Allowed), r.JobStatus, r.Truth, strings.ReplaceAll(verdict, "|", "/"))
+			secs(r.Delay), allowed, r.JobStatus, r.Truth, strings.ReplaceAll(verdict, "|", "/"))
 	}
 	return b.String()
 }

@@ -33,7 +33,7 @@ type Scale struct {
 
 // DefaultScale is what `make bench` runs.
 var DefaultScale = Scale{Minute: 6 * time.Second, RPM: 300, Backlog: 10, Guard: 100 * time.Millisecond,
-	Latency: "lognormal:median=2s,sigma=0.5,max=20s", PushConcurrency: 64, QuotaBacklog: 4, WarmUp: 1.3}
+	Latency: "lognormal:median=2s,sigma=0.5,max=20s", PushConcurrency: 64, QuotaBacklog: 4, WarmUp: 2.5}
 
 // Scenarios returns the pipeline runs of benchmarks 1-4, by name, in run
 // order.

@@ -190,7 +190,14 @@ func (m *Machine) batchTask(ctx context.Context, r *run) Outcome {
 	if err != nil {
 		return m.finishFailed(ctx, r, failure{code: 400, status: "INVALID_ARGUMENT", message: err.Error()})
 	}
-	_, tokens := gemini.EstimateKind(r.req)
+	// The enqueued-token dimension counts what Gemini will count: the same
+	// estimate as an interactive call's (the learned correction for the
+	// content's kind, the local tokenizer, or countTokens), not characters/4.
+	cost, o, ok := m.estimate(ctx, r, scope, r.req)
+	if !ok {
+		return o
+	}
+	tokens := cost.InputTokens
 	hint, _ := m.openGroups.Load(scope)
 	h, _ := hint.(string)
 	res, err := m.deps.Batch.Groups.Add(ctx, scope, batches.Member{JobID: r.env.JobID, TaskID: r.env.TaskID,

@@ -6,10 +6,10 @@ import (
 	"testing"
 )
 
-// Short lists the scenarios `make test` runs (about two and a half minutes): ones
+// Short lists the scenarios `make test` runs (about three and a half minutes): ones
 // that pass on main. The others run in `make chaos` until the task
 // lifecycle of issue 10 makes them pass (RELIABILITY.md).
-var Short = []string{"worker-kill", "cloudtasks-outage", "redis-pause"}
+var Short = []string{"worker-kill", "cloudtasks-outage", "redis-pause", "redis-restart-rdb"}
 
 // TestShort runs the short form of the suite against the real parts and
 // fails on any missed target.

@@ -42,7 +42,7 @@ func Catalogue() []Scenario {
 				// reservations, within a minute of the first minute's calls.
 				return after(ctx, 2*time.Second, func() error { return e.KillRedis(ctx, 2*time.Second) })
 			}},
-		{Name: "redis-restart-rdb", Fault: "RDB snapshot saved 5 s into the job; redis-server SIGKILLed 5 s later, after the second quota minute's calls, and restarted from the snapshot 1 s after that (those calls' claims, results and task records lost)", Tasks: n, Backoff: 4 * time.Second,
+		{Name: "redis-restart-rdb", Fault: "RDB snapshot saved 5 s into the job; redis-server SIGKILLed 5 s later at the first moment no Gemini call is in flight, after the second quota minute's calls, and restarted from the snapshot 1 s after that (those calls' claims, results and task records lost)", Tasks: n, Backoff: 4 * time.Second,
 			Inject: func(ctx context.Context, e *Env, _ string) error {
 				// The snapshot comes before the second quota minute's calls,
 				// the kill after them (none in flight), the restart before

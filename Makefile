@@ -18,7 +18,7 @@ vet:
 unit:
 	CI=$${CI:-} $(GO) test $(GOFLAGS_TEST) $$($(GO) list ./... | grep -v '/infra/chaos$$')
 
-## chaos-short: the scenarios of the fault-injection suite that pass on main (infra/chaos Short, ~2.5 minutes)
+## chaos-short: the scenarios of the fault-injection suite that pass on main (infra/chaos Short, ~3.5 minutes)
 chaos-short:
 	CI=$${CI:-} $(GO) test $(GOFLAGS_TEST) ./infra/chaos
 

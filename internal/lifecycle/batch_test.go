@@ -661,3 +661,57 @@ func TestBatchCreateRefused429SealsAgainLater(t *testing.T) {
 		t.Errorf("stand-in: %d batches created, %d tasks answered; want 1 and 2", st.Batch.Created, st.AnsweredTasks)
 	}
 }
+
+// TestBatchEnqueuedTokensUseTheLearnedEstimate: a batched task counts
+// against the Batch API's enqueued-token limit with the estimate an
+// interactive call would reserve (the learned correction of its content's
+// kind), not raw characters/4: a digit-heavy job whose raw estimate is a
+// third of the truth would otherwise overfill the limit.
+func TestBatchEnqueuedTokensUseTheLearnedEstimate(t *testing.T) {
+	f, _ := batchFixture(t)
+	ctx := context.Background()
+	scope := limiter.Scope{Project: testProject, Model: modelOpen}
+	// Teach the scope that digits are three times their raw estimate.
+	for i := 0; i < 6; i++ {
+		cost, err := f.lim.Estimate(ctx, scope, gemini.KindDigits, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := f.lim.Acquire(ctx, scope, cost)
+		if err != nil || p.Outcome != limiter.Granted {
+			t.Fatalf("acquire = %+v, %v", p, err)
+		}
+		if err := f.lim.Settle(ctx, p, 300); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var digits []string
+	for i := 0; i < 200; i++ {
+		digits = append(digits, fmt.Sprint(i%10))
+	}
+	e := envelope("bjd", "d", modelOpen, strings.Join(digits, ","))
+	e.ServiceTier = "batch"
+	req, err := gemini.ParseRequest(e.Request)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kind, raw := gemini.EstimateKind(req)
+	want, err := f.lim.Estimate(ctx, scope, kind, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kind != gemini.KindDigits || want.InputTokens < 2*raw {
+		t.Fatalf("estimate of the digit prompt: kind %s, %d tokens from raw %d: the scope did not learn", kind, want.InputTokens, raw)
+	}
+	if r := f.push(e); r.outcome != OutBatched {
+		t.Fatalf("push = %+v", r)
+	}
+	hint, _ := f.m.openGroups.Load(scope)
+	g, err := f.m.deps.Batch.Groups.Get(ctx, scope, hint.(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Entries != 1 || g.Tokens != want.InputTokens {
+		t.Errorf("group = %d entries, %d tokens; want 1 entry of %d tokens (the learned estimate, raw %d)", g.Entries, g.Tokens, want.InputTokens, raw)
+	}
+}

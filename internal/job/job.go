@@ -118,8 +118,30 @@ type Task struct {
 	// ID is task.TaskID(job id, key).
 	ID string
 	// Data is the envelope (task.Encode, then task.WithJob with the job's
-	// hash and size), within task.MaxPublishBytes.
+	// hash and size), within task.MaxPublishBytes also once Stamp added
+	// the job's creation time.
 	Data []byte
+	// Fingerprint is task.RequestFingerprint of the task's model and
+	// request, as the worker computes it from Data.
+	Fingerprint string
+}
+
+// Fingerprints returns the tasks' fingerprints in order.
+func (j *Job) Fingerprints() []string {
+	out := make([]string, len(j.Tasks))
+	for i, t := range j.Tasks {
+		out[i] = t.Fingerprint
+	}
+	return out
+}
+
+// Stamp adds the job's creation time (its record's, once stored) to every
+// task envelope (task.WithCreated), so a worker that finds the record lost
+// re-creates it with that time. Build kept the room for it.
+func (j *Job) Stamp(created time.Time) {
+	for i := range j.Tasks {
+		j.Tasks[i].Data = task.WithCreated(j.Tasks[i].Data, created)
+	}
 }
 
 // Build parses body in format f with the parameters p given beside it and
@@ -179,11 +201,11 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 			return nil, err
 		}
 		seen[id] = i
-		data, err := it.envelope(j.ID, model, spec, tiers, limit, limitWhat)
+		data, fp, err := it.envelope(j.ID, model, spec, tiers, limit, limitWhat)
 		if err != nil {
 			return nil, err
 		}
-		j.Tasks[i] = Task{ID: id, Data: data}
+		j.Tasks[i] = Task{ID: id, Data: data, Fingerprint: fp}
 		var n [8]byte
 		binary.BigEndian.PutUint64(n[:], uint64(len(data)))
 		h.Write(n[:])
@@ -194,10 +216,11 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 		return nil, err
 	}
 	// Every task names its job's hash and size, so a worker that finds the
-	// job's record missing knows it was lost rather than never created.
+	// job's record missing knows it was lost rather than never created;
+	// Stamp adds the creation time once the record exists.
 	for i := range j.Tasks {
 		j.Tasks[i].Data = task.WithJob(j.Tasks[i].Data, j.Hash, len(j.Tasks))
-		if err := task.CheckPublishSize(j.Tasks[i].Data); err != nil {
+		if len(j.Tasks[i].Data)+task.JobCreatedBytes > task.MaxPublishBytes {
 			return nil, spec.items[i].tooLarge()
 		}
 	}
@@ -226,11 +249,12 @@ func (it located) checkKey(id string, seen map[string]int, items []located) *Err
 }
 
 // envelope validates the item's request with the job's defaults applied
-// and returns its task envelope (without the job's hash and size).
-func (it located) envelope(jobID, model string, spec spec, tiers Tiers, limit int64, limitWhat string) ([]byte, *Error) {
+// and returns its task envelope (without the job's hash and size) and the
+// request's fingerprint.
+func (it located) envelope(jobID, model string, spec spec, tiers Tiers, limit int64, limitWhat string) ([]byte, string, *Error) {
 	raw, err := it.request(spec.sys, spec.gen)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	req, perr := gemini.ParseRequest(raw)
 	if perr == nil {
@@ -239,13 +263,13 @@ func (it located) envelope(jobID, model string, spec spec, tiers Tiers, limit in
 	if perr != nil {
 		var fe *gemini.FieldError
 		if errors.As(perr, &fe) {
-			return nil, it.requestErr(fe.Field, fe.Message)
+			return nil, "", it.requestErr(fe.Field, fe.Message)
 		}
-		return nil, it.requestErr("request", perr.Error())
+		return nil, "", it.requestErr("request", perr.Error())
 	}
 	if limit > 0 {
 		if n := gemini.EstimateInputTokens(req); n > limit {
-			return nil, it.requestErr("request.contents", fmt.Sprintf("the prompt is about %d input tokens, over the limit of %d for model %s (%s)", n, limit, model, limitWhat))
+			return nil, "", it.requestErr("request.contents", fmt.Sprintf("the prompt is about %d input tokens, over the limit of %d for model %s (%s)", n, limit, model, limitWhat))
 		}
 	}
 	data, eerr := task.Encode(task.Envelope{V: task.Version, JobID: jobID, Key: it.Key, Model: model, Request: raw,
@@ -255,15 +279,15 @@ func (it located) envelope(jobID, model string, spec spec, tiers Tiers, limit in
 	}
 	if eerr != nil {
 		if errors.Is(eerr, task.ErrTooLarge) {
-			return nil, it.tooLarge()
+			return nil, "", it.tooLarge()
 		}
 		var ve *task.ValidationError
 		if errors.As(eerr, &ve) && ve.Field != "" {
-			return nil, it.requestErr(ve.Field, ve.Message)
+			return nil, "", it.requestErr(ve.Field, ve.Message)
 		}
-		return nil, it.requestErr("request", eerr.Error())
+		return nil, "", it.requestErr("request", eerr.Error())
 	}
-	return data, nil
+	return data, task.RequestFingerprint(model, raw), nil
 }
 
 // requestErr is an Invalid error about field (relative to the item) of the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gemq-dev/gemq/internal/task"
 )
@@ -116,4 +117,61 @@ func BenchmarkBuildJSONL(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tasks/s")
+}
+
+// Each task's fingerprint is the one the worker computes from its
+// envelope (whatever the request's spacing and HTML characters), and Stamp
+// adds the creation time within the room Build kept: an envelope that
+// fits only without that room is refused as too large.
+func TestBuildFingerprintsAndStamp(t *testing.T) {
+	r := rules()
+	body := `{"job_id":"j1","model":"` + testModel + `","requests":[` +
+		`{"key":"a","request":{ "contents" : [{"parts":[{"text":"<a & b>\u2028"}]}] }},` +
+		`{"key":"b","request":{"contents":[{"parts":[{"text":"plain"}]}]}}]}`
+	j, err := r.Build(t.Context(), JSON, []byte(body), Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := time.Date(2026, 12, 3, 4, 30, 0, 250e6, time.UTC)
+	j.Stamp(created)
+	fps := j.Fingerprints()
+	for i, tk := range j.Tasks {
+		env, err := task.Decode(tk.Data)
+		if err != nil {
+			t.Fatalf("task %d after Stamp: %v", i, err)
+		}
+		if fp := task.RequestFingerprint(env.Model, env.Request); tk.Fingerprint != fp || fps[i] != fp {
+			t.Errorf("task %d fingerprint %q (Fingerprints %q), the worker's %q", i, tk.Fingerprint, fps[i], fp)
+		}
+		if !env.JobCreatedTime().Equal(created) || env.JobHash != j.Hash {
+			t.Errorf("task %d job_created %q, hash %q; want %v, %s", i, env.JobCreated, env.JobHash, created, j.Hash)
+		}
+	}
+	if fps[0] == fps[1] {
+		t.Error("two different requests have one fingerprint")
+	}
+
+	// A request whose envelope with the job's hash fits exactly, with no
+	// room left for the creation time.
+	fit := func(n int) string {
+		return `{"job_id":"j2","model":"` + testModel + `","requests":[{"key":"a","request":{"contents":[{"parts":[{"text":"` +
+			strings.Repeat("x", n) + `"}]}]}}]}`
+	}
+	probe, err := r.Build(t.Context(), JSON, []byte(fit(1000)), Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 1000 + task.MaxPublishBytes - len(probe.Tasks[0].Data)
+	var je *Error
+	if _, err := r.Build(t.Context(), JSON, []byte(fit(n)), Params{}); !errors.As(err, &je) || je.Kind != TooLarge {
+		t.Errorf("Build of an envelope without room for job_created = %v, want TooLarge", err)
+	}
+	ok, err := r.Build(t.Context(), JSON, []byte(fit(n-task.JobCreatedBytes)), Params{})
+	if err != nil {
+		t.Fatalf("Build of an envelope with just the room: %v", err)
+	}
+	ok.Stamp(created)
+	if err := task.CheckPublishSize(ok.Tasks[0].Data); err != nil {
+		t.Errorf("stamped envelope: %v", err)
+	}
 }

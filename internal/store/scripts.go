@@ -9,6 +9,7 @@ import "github.com/redis/go-redis/v9"
 //	KEYS[3] -> gemq:job:{<job>}:done
 //	KEYS[4] -> gemq:job:{<job>}:task:<task>
 //	KEYS[5] -> gemq:job:{<job>}:failed
+//	KEYS[6] -> gemq:job:{<job>}:fps
 //	ARGV[1] -> ttl in ms
 //	ARGV[2] -> job id
 //	ARGV[3] -> task id
@@ -18,6 +19,7 @@ import "github.com/redis/go-redis/v9"
 //	ARGV[7] -> job total the envelope carries ('0' if none)
 //	ARGV[8] -> holder: the delivery's identity
 //	ARGV[9] -> fence: the holder's token ('' for LeaseTask)
+//	ARGV[10] -> the job's creation in ms (Unix) the envelope carries ('0' if none)
 //
 // Outcome codes: 1 applied, 2 already done, 3 held elsewhere, 4 awaiting,
 // 5 not stale / absent, 6 foreign, 7 stale (fenced out).
@@ -73,7 +75,9 @@ end
 -- and, second, whether the task record was created by this call.
 -- A job record missing for an envelope that carries its job hash means
 -- Redis lost the job (a flush, an empty restart): it is re-created from the
--- envelope (hash, total) and marked lost, never as a new job.
+-- envelope (hash, total, creation time) and marked lost, never as a new job.
+-- An envelope without the creation time (published before ingest wrote it)
+-- gives the time of the loss; none is later than now.
 local function register(now, create)
   local jhash, jtotal = ARGV[6], ARGV[7]
   local meta = redis.call('HMGET', KEYS[1], 'hash', 'adhoc', 'lost', 'rid')
@@ -85,8 +89,10 @@ local function register(now, create)
         'total', '0', 'created_ms', tostring(now), 'updated_ms', tostring(now))
       meta = {'', '1', false}
     else
+      local created = tonumber(ARGV[10]) or 0
+      if created <= 0 or created > now then created = now end
       redis.call('HSET', KEYS[1], 'id', ARGV[2], 'model', ARGV[5], 'hash', jhash, 'adhoc', '0',
-        'total', jtotal, 'lost', '1', 'lost_ms', tostring(now), 'created_ms', tostring(now),
+        'total', jtotal, 'lost', '1', 'lost_ms', tostring(now), 'created_ms', tostring(created),
         'updated_ms', tostring(now))
       meta = {jhash, '0', '1'}
     end
@@ -162,20 +168,23 @@ end
 // leaseTaskScript leases a task for one delivery, knowing which delivery a
 // waiting task waits for and which delivery holds it.
 //
-//	ARGV[10] -> lease in ms
-//	ARGV[11] -> the deferral number the delivery carries
-//	ARGV[12] -> '1': take over only a stale task (running under an expired
+//	ARGV[11] -> lease in ms
+//	ARGV[12] -> the deferral number the delivery carries
+//	ARGV[13] -> '1': take over only a stale task (running under an expired
 //	            lease, or waiting past its deadline), else answer 5; a task
 //	            without a record is not created
-//	ARGV[13] -> the delivery's attempt (Pub/Sub deliveryAttempt, Cloud Tasks
+//	ARGV[14] -> the delivery's attempt (Pub/Sub deliveryAttempt, Cloud Tasks
 //	            retry count): a higher attempt of the holder's own delivery
 //	            resumes at once
-//	ARGV[14] -> '1': refuse (6) a task of a job created by ingest (poison
+//	ARGV[15] -> '1': refuse (6) a task of a job created by ingest (poison
 //	            copies may only settle user-published tasks)
-//	ARGV[15] -> a nonce of this request: running the script again for it
+//	ARGV[16] -> a nonce of this request: running the script again for it
 //	            (a retry after a lost reply) answers the same lease
-//	ARGV[16] -> the request's fingerprint ('' not checked): recorded by the
-//	            first lease, a different one is refused (8) in any state
+//	ARGV[17] -> the request's fingerprint ('' not checked): compared with
+//	            the one ingest recorded at the job's creation (KEYS[6], its
+//	            first 16 characters) until the first lease, which records
+//	            it in the task's record (and drops the job's copy); a
+//	            different one is refused (8) in any state
 //	Output: {code, previous state, published, deferral, wait_until_ms, lease_ms, fence, resumed}
 //	code: 1 leased, 2 terminal, 3 held elsewhere, 4 waiting for another
 //	deferral until wait_until_ms, 5 nothing stale to take over, 6 foreign,
@@ -189,9 +198,16 @@ end
 var leaseTaskScript = redis.NewScript(prelude + `
 check_rid = true
 local now = now_ms()
-local takeover = ARGV[12] == '1'
-if ARGV[14] == '1' and redis.call('HGET', KEYS[1], 'adhoc') == '0' then
+local takeover = ARGV[13] == '1'
+if ARGV[15] == '1' and redis.call('HGET', KEYS[1], 'adhoc') == '0' then
   return {6, '', '0', '0', '0', '0', '0', '0', '0'}
+end
+-- Before register: a refused copy must not create the task's record.
+if ARGV[17] ~= '' then
+  local want = redis.call('HGET', KEYS[6], ARGV[3])
+  if want and want ~= string.sub(ARGV[17], 1, 16) then
+    return {8, redis.call('HGET', KEYS[4], 'state') or 'queued', '0', '0', '0', '0', '0', '0', '0'}
+  end
 end
 local reg = register(now, not takeover)
 if reg == 'foreign' then return {6, '', '0', '0', '0', '0', '0', '0', '0'} end
@@ -199,7 +215,7 @@ if reg == 'expired' then return {2, 'expired', '1', '0', '0', '0', '0', '0', '0'
 if reg == 'absent' then return {5, 'queued', '0', '0', '0', '0', '0', '0', '0'} end
 local t = redis.call('HMGET', KEYS[4], 'state', 'holder', 'lease_ms', 'published', 'deferral',
   'wait_until_ms', 'attempt', 'fence', 'nonce', 'prev', 'resumed', 'rfp')
-if ARGV[16] ~= '' and t[12] and t[12] ~= ARGV[16] then
+if ARGV[17] ~= '' and t[12] and t[12] ~= ARGV[17] then
   return {8, t[1] or 'queued', '0', '0', '0', '0', '0', '0', '0'}
 end
 local prev = t[1]
@@ -212,30 +228,35 @@ if terminal(prev) then return {2, prev, t[4] or '0', deferral, '0', '0', '0', '0
 local cancelled = redis.call('HEXISTS', KEYS[1], 'cancelled_ms') == 1 and '1' or '0'
 -- This very request leased it already (a client retry of a script whose
 -- reply was lost): the same answer again.
-if prev == 'running' and t[9] == ARGV[15] then
+if prev == 'running' and t[9] == ARGV[16] then
   return {1, t[10] or 'queued', '0', deferral, '0', t[3], t[8], t[11] or '0', cancelled}
 end
 -- An earlier attempt of this very delivery wrote the state: it died, timed
 -- out or answered non-2xx; this attempt carries on from there.
-local own = t[2] == ARGV[8] and tonumber(ARGV[13]) > (tonumber(t[7]) or -1)
+local own = t[2] == ARGV[8] and tonumber(ARGV[14]) > (tonumber(t[7]) or -1)
 local resumed = '0'
 if holding(prev) and leaseuntil > now then
   if not own then return {3, prev, '0', deferral, '0', t[3], '0', '0', '0'} end
   resumed = '1'
 end
-if prev == 'waiting' and waituntil > now and ARGV[11] ~= deferral then
+if prev == 'waiting' and waituntil > now and ARGV[12] ~= deferral then
   if not own then return {4, prev, '0', deferral, t[6], '0', '0', '0', '0'} end
   resumed = '1'
 end
 local stale = (holding(prev) and leaseuntil <= now) or (prev == 'waiting' and waituntil <= now)
 if takeover and not stale then return {5, prev, '0', deferral, t[6] or '0', t[3] or '0', '0', '0', '0'} end
 move(prev, 'running')
-local lease = tostring(now + tonumber(ARGV[10]))
+local lease = tostring(now + tonumber(ARGV[11]))
 -- The token is unique across a loss of Redis' data too: time, then a count.
 local fence = tostring(now) .. '-' .. tostring(redis.call('HINCRBY', KEYS[4], 'leases', 1))
-redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[8], 'attempt', ARGV[13], 'lease_ms', lease,
-  'fence', fence, 'nonce', ARGV[15], 'prev', prev, 'resumed', resumed)
-if ARGV[16] ~= '' and not t[12] then redis.call('HSET', KEYS[4], 'rfp', ARGV[16]) end
+redis.call('HSET', KEYS[4], 'state', 'running', 'holder', ARGV[8], 'attempt', ARGV[14], 'lease_ms', lease,
+  'fence', fence, 'nonce', ARGV[16], 'prev', prev, 'resumed', resumed)
+-- The task's record keeps the fingerprint from now on (for as long as its
+-- answer stays in Redis); the job's copy of it is no longer needed.
+if ARGV[17] ~= '' and not t[12] then
+  redis.call('HSET', KEYS[4], 'rfp', ARGV[17])
+  redis.call('HDEL', KEYS[6], ARGV[3])
+end
 redis.call('HDEL', KEYS[4], 'wait_until_ms')
 touch(now)
 return {1, prev, '0', deferral, t[6] or '0', lease, fence, resumed, cancelled}
@@ -245,7 +266,7 @@ return {1, prev, '0', deferral, t[6] or '0', lease, fence, resumed, cancelled}
 // (write-ahead: a takeover knows the call may have reached Gemini), and
 // extends its lease to cover the call.
 //
-//	ARGV[10] -> lease in ms from now
+//	ARGV[11] -> lease in ms from now
 //	Output: 1 calling, 2 terminal, 6 foreign, 7 fenced out (nothing written)
 var callingScript = redis.NewScript(prelude + `
 local now = now_ms()
@@ -253,7 +274,7 @@ local code, state = fenced(now, {running = true, calling = true})
 if code then return code end
 move(state, 'calling')
 redis.call('HSET', KEYS[4], 'state', 'calling', 'fence', ARGV[9], 'holder', ARGV[8],
-  'lease_ms', tostring(now + tonumber(ARGV[10])))
+  'lease_ms', tostring(now + tonumber(ARGV[11])))
 touch(now)
 return 1
 `)
@@ -262,8 +283,8 @@ return 1
 // task waits for deferral N until a deadline. The holder and its attempt
 // stay recorded, so a later attempt of the same delivery resumes at once.
 //
-//	ARGV[10] -> deferral number the task now waits for
-//	ARGV[11] -> deadline in ms (Unix) after which any delivery may take the
+//	ARGV[11] -> deferral number the task now waits for
+//	ARGV[12] -> deadline in ms (Unix) after which any delivery may take the
 //	            task over
 //	Output: 1 waiting, 2 terminal, 6 foreign, 7 fenced out (nothing written)
 var waitScript = redis.NewScript(prelude + `
@@ -271,7 +292,7 @@ local now = now_ms()
 local code, state = fenced(now, {running = true, calling = true, waiting = true})
 if code then return code end
 move(state, 'waiting')
-redis.call('HSET', KEYS[4], 'state', 'waiting', 'deferral', ARGV[10], 'wait_until_ms', ARGV[11],
+redis.call('HSET', KEYS[4], 'state', 'waiting', 'deferral', ARGV[11], 'wait_until_ms', ARGV[12],
   'fence', ARGV[9], 'holder', ARGV[8])
 redis.call('HDEL', KEYS[4], 'lease_ms')
 touch(now)
@@ -296,39 +317,40 @@ return 1
 
 // finishScript writes a terminal state once, for the current holder only.
 //
-//	ARGV[10] -> 'succeeded' | 'failed'
-//	ARGV[11] -> payload field: 'response' | 'error'
-//	ARGV[12] -> payload JSON
-//	ARGV[13] -> optional: the service tier the tokens below are billed at ('' or absent: no usage)
-//	ARGV[14..17] -> input, cached, output, thinking tokens
-//	ARGV[18] -> '' or 'asked>served' when the call was served at another tier than asked
+//	ARGV[11] -> 'succeeded' | 'failed'
+//	ARGV[12] -> payload field: 'response' | 'error'
+//	ARGV[13] -> payload JSON
+//	ARGV[14] -> optional: the service tier the tokens below are billed at ('' or absent: no usage)
+//	ARGV[15..18] -> input, cached, output, thinking tokens
+//	ARGV[19] -> '' or 'asked>served' when the call was served at another tier than asked
 //	Output: 1 written (now, or before by the same lease), 2 already terminal,
 //	6 foreign, 7 fenced out (nothing written)
 var finishScript = redis.NewScript(prelude + `
 local now = now_ms()
 -- Written already by this very lease (a retry after a lost reply).
 local own = redis.call('HMGET', KEYS[4], 'state', 'fence')
-if own[1] == ARGV[10] and ARGV[9] ~= '' and own[2] == ARGV[9] then return 1 end
+if own[1] == ARGV[11] and ARGV[9] ~= '' and own[2] == ARGV[9] then return 1 end
 local code, state = fenced(now, {running = true, calling = true})
 if code then return code end
-move(state, ARGV[10])
-redis.call('HSET', KEYS[4], 'state', ARGV[10], ARGV[11], ARGV[12], 'holder', ARGV[8], 'finished_ms', tostring(now))
+move(state, ARGV[11])
+redis.call('HSET', KEYS[4], 'state', ARGV[11], ARGV[12], ARGV[13], 'holder', ARGV[8], 'finished_ms', tostring(now))
 redis.call('HDEL', KEYS[4], 'lease_ms', 'wait_until_ms', 'attempt', 'deferral', 'nonce', 'prev', 'resumed')
+redis.call('HDEL', KEYS[6], ARGV[3])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('ZADD', KEYS[3], seq, ARGV[3])
 -- Which finished tasks failed outlives the task's record (compact).
-if ARGV[10] == 'failed' then redis.call('SADD', KEYS[5], ARGV[3]) end
+if ARGV[11] == 'failed' then redis.call('SADD', KEYS[5], ARGV[3]) end
 -- Usage is summed per job and tier by the terminal write itself: a retry
 -- of this write (returned above) or a later one (refused) adds nothing.
-if ARGV[13] and ARGV[13] ~= '' then
-  local u = 'usage:' .. ARGV[13] .. ':'
+if ARGV[14] and ARGV[14] ~= '' then
+  local u = 'usage:' .. ARGV[14] .. ':'
   redis.call('HINCRBY', KEYS[1], u .. 'tasks', 1)
-  redis.call('HINCRBY', KEYS[1], u .. 'input', ARGV[14])
-  redis.call('HINCRBY', KEYS[1], u .. 'cached', ARGV[15])
-  redis.call('HINCRBY', KEYS[1], u .. 'output', ARGV[16])
-  redis.call('HINCRBY', KEYS[1], u .. 'thinking', ARGV[17])
-  if ARGV[18] ~= '' then
-    redis.call('HSET', KEYS[4], 'downgrade', ARGV[18])
+  redis.call('HINCRBY', KEYS[1], u .. 'input', ARGV[15])
+  redis.call('HINCRBY', KEYS[1], u .. 'cached', ARGV[16])
+  redis.call('HINCRBY', KEYS[1], u .. 'output', ARGV[17])
+  redis.call('HINCRBY', KEYS[1], u .. 'thinking', ARGV[18])
+  if ARGV[19] ~= '' then
+    redis.call('HSET', KEYS[4], 'downgrade', ARGV[19])
     redis.call('HINCRBY', KEYS[1], 'downgraded', 1)
   end
 end
@@ -366,20 +388,30 @@ return 1
 `)
 
 // createJobScript creates a job or checks an existing one, and registers a
-// chunk of its task ids.
+// chunk of its task ids, with their request fingerprints when given: a task
+// id registered by this call (not registered before, not finished) gets its
+// fingerprint in KEYS[4] until its first lease (write-ahead: before any of
+// the job's messages is published). A task registered before keeps what
+// it has: its fingerprint, or its record's (the same, as the content hash
+// covers every request).
 //
 //	KEYS[1] -> gemq:job:{<job>}:meta
 //	KEYS[2] -> gemq:job:{<job>}:tasks
 //	KEYS[3] -> gemq:job:{<job>}:done
+//	KEYS[4] -> gemq:job:{<job>}:fps
 //	ARGV[1] -> ttl in ms
 //	ARGV[2] -> job id
 //	ARGV[3] -> model
 //	ARGV[4] -> content hash
-//	ARGV[5..] -> task ids
+//	ARGV[5] -> '1': each task id below is followed by its fingerprint's first 16 characters
+//	ARGV[6..] -> task ids (and fingerprints)
 //	Output: 1 created, 0 existed with the same hash, -1 conflict (nothing written)
 var createJobScript = redis.NewScript(`
 local created = 0
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- Whatever an earlier job of this id left (nothing: its keys expire
+  -- together) is not this job's.
+  redis.call('DEL', KEYS[4])
   -- Time from Redis, like every other timestamp of the store.
   local t = redis.call('TIME')
   local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -390,10 +422,12 @@ elseif redis.call('HGET', KEYS[1], 'hash') ~= ARGV[4] then
   return -1
 end
 local added = 0
-for i = 5, #ARGV do
+local step = ARGV[5] == '1' and 2 or 1
+for i = 6, #ARGV, step do
   -- A finished task whose result was published has left the tasks set.
-  if not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
-    added = added + redis.call('SADD', KEYS[2], ARGV[i])
+  if not redis.call('ZSCORE', KEYS[3], ARGV[i]) and redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    added = added + 1
+    if step == 2 then redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
   end
 end
 -- A job re-created after Redis lost it already has its total (from the
@@ -402,8 +436,7 @@ if added > 0 and redis.call('HGET', KEYS[1], 'lost') ~= '1' then
   redis.call('HINCRBY', KEYS[1], 'total', added)
   redis.call('HDEL', KEYS[1], 'finished_ms')
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 return created
 `)
 
@@ -522,7 +555,8 @@ return 1
 //	KEYS[2] -> gemq:job:{<job>}:tasks
 //	KEYS[3] -> gemq:job:{<job>}:done
 //	KEYS[4] -> gemq:job:{<job>}:failed
-//	KEYS[4+i] -> gemq:job:{<job>}:task:<task i>
+//	KEYS[5] -> gemq:job:{<job>}:fps
+//	KEYS[5+i] -> gemq:job:{<job>}:task:<task i>
 //	ARGV[1] -> ttl in ms
 //	ARGV[2i], ARGV[2i+1] -> task id i, 'succeeded' | 'failed'
 //	Output: how many tasks were recorded (not finished here before)
@@ -530,14 +564,15 @@ var restoreScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local counter = {running = 'running', calling = 'running', waiting = 'waiting'}
 local n = 0
-for i = 1, #KEYS - 4 do
+for i = 1, #KEYS - 5 do
   local id, st = ARGV[2 * i], ARGV[2 * i + 1]
-  local tkey = KEYS[4 + i]
+  local tkey = KEYS[5 + i]
   local cur = redis.call('HGET', tkey, 'state')
   if not redis.call('ZSCORE', KEYS[3], id) and cur ~= 'succeeded' and cur ~= 'failed' then
     if cur and counter[cur] then redis.call('HINCRBY', KEYS[1], counter[cur], -1) end
     redis.call('HINCRBY', KEYS[1], st, 1)
     redis.call('DEL', tkey)
+    redis.call('HDEL', KEYS[5], id)
     redis.call('SREM', KEYS[2], id)
     redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'seq', 1), id)
     if st == 'failed' then redis.call('SADD', KEYS[4], id) end

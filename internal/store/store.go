@@ -12,6 +12,9 @@
 //	                               their result is published with a BodyGrace
 //	gemq:job:{<job>}:done          sorted set: finished task ids, scored by finish sequence
 //	gemq:job:{<job>}:failed        set: finished task ids that failed
+//	gemq:job:{<job>}:fps           hash: task id → the first 16 hex digits of its request's
+//	                               fingerprint, from the job's creation (ingest) until the
+//	                               task's first lease, which moves it into the task's rfp
 //	gemq:job:{<job>}:task:<task>   hash: key, state, holder, attempt, fence, leases, lease_ms,
 //	                               finished_ms, response | error, deferral, wait_until_ms, published,
 //	                               rfp
@@ -94,6 +97,12 @@ const DefaultTTL = 168 * time.Hour
 
 // createChunk is how many task ids CreateJob sends per script call.
 const createChunk = 1000
+
+// fpPrefix is how much of a request fingerprint CreateJob records per task
+// (16 hex digits: 64 bits, as hard to match with another request as the
+// whole for anyone without 2^64 tries, at half the bytes while it waits
+// for the task's first lease).
+const fpPrefix = 16
 
 var (
 	// ErrNotFound is returned for a job or task the store does not know.
@@ -228,6 +237,13 @@ type NewJob struct {
 	Model       string   // task.ValidModel
 	ContentHash string   // non-empty; equal content must give equal hashes
 	TaskIDs     []string // task.TaskID of every request; Total becomes the number of distinct ids
+	// Fingerprints, optional, are the tasks' request fingerprints
+	// (task.RequestFingerprint), in the order of TaskIDs. CreateJob records
+	// them before the job's messages are published, so LeaseTask refuses a
+	// copy with another request even when it arrives before the task's own
+	// message (LeaseRequest.Fingerprint). Without them, a task's first
+	// lease defines its request.
+	Fingerprints []string
 	// Tier, AskedTier, TierReason and Deadline are the job's service tier
 	// settings (Job's fields of the same names); optional.
 	Tier, AskedTier, TierReason string
@@ -250,11 +266,17 @@ type Ref struct {
 	// JobTotal is the ingest job's number of tasks (the envelope's
 	// job_total), used to re-create a lost job record.
 	JobTotal int
+	// JobCreated is the ingest job's creation (the envelope's
+	// job_created), the CreatedAt of a lost job record re-created for the
+	// task; zero (an envelope without it) gives the time of the loss. A
+	// time after the loss is not believed either.
+	JobCreated time.Time
 }
 
 // RefOf returns the Ref of a decoded envelope.
 func RefOf(e task.Envelope) Ref {
-	return Ref{JobID: e.JobID, TaskID: e.TaskID, Key: e.Key, Model: e.Model, JobHash: e.JobHash, JobTotal: e.JobTotal}
+	return Ref{JobID: e.JobID, TaskID: e.TaskID, Key: e.Key, Model: e.Model, JobHash: e.JobHash, JobTotal: e.JobTotal,
+		JobCreated: e.JobCreatedTime()}
 }
 
 func (r Ref) check() error {
@@ -404,13 +426,15 @@ func metaKey(jobID string) string      { return jobKey(jobID, "meta") }
 func tasksKey(jobID string) string     { return jobKey(jobID, "tasks") }
 func doneKey(jobID string) string      { return jobKey(jobID, "done") }
 func failedKey(jobID string) string    { return jobKey(jobID, "failed") }
+func fpsKey(jobID string) string       { return jobKey(jobID, "fps") }
 func taskKey(jobID, taskID string) string {
 	return jobKey(jobID, "task:"+taskID)
 }
 
 // taskKeys are the KEYS of every transition script.
 func taskKeys(r Ref) []string {
-	return []string{metaKey(r.JobID), tasksKey(r.JobID), doneKey(r.JobID), taskKey(r.JobID, r.TaskID), failedKey(r.JobID)}
+	return []string{metaKey(r.JobID), tasksKey(r.JobID), doneKey(r.JobID), taskKey(r.JobID, r.TaskID), failedKey(r.JobID),
+		fpsKey(r.JobID)}
 }
 
 func (s *Store) ttlMS() int64 { return s.ttl.Milliseconds() }
@@ -434,14 +458,26 @@ func (s *Store) CreateJob(ctx context.Context, nj NewJob) (job Job, created bool
 			return Job{}, false, fmt.Errorf("store: create job: invalid task id %q", id)
 		}
 	}
-	keys := []string{metaKey(nj.ID), tasksKey(nj.ID), doneKey(nj.ID)}
+	withFP := nj.Fingerprints != nil
+	if withFP && len(nj.Fingerprints) != len(nj.TaskIDs) {
+		return Job{}, false, fmt.Errorf("store: create job: %d fingerprints for %d task ids", len(nj.Fingerprints), len(nj.TaskIDs))
+	}
+	for _, fp := range nj.Fingerprints {
+		if len(fp) < fpPrefix {
+			return Job{}, false, fmt.Errorf("store: create job: fingerprint %q is shorter than %d characters", fp, fpPrefix)
+		}
+	}
+	keys := []string{metaKey(nj.ID), tasksKey(nj.ID), doneKey(nj.ID), fpsKey(nj.ID)}
 	first := true
 	for start := 0; first || start < len(nj.TaskIDs); start += createChunk {
 		end := min(start+createChunk, len(nj.TaskIDs))
-		args := make([]any, 0, 4+end-start)
-		args = append(args, s.ttlMS(), nj.ID, nj.Model, nj.ContentHash)
-		for _, id := range nj.TaskIDs[start:end] {
+		args := make([]any, 0, 5+2*(end-start))
+		args = append(args, s.ttlMS(), nj.ID, nj.Model, nj.ContentHash, flag(withFP))
+		for i, id := range nj.TaskIDs[start:end] {
 			args = append(args, id)
+			if withFP {
+				args = append(args, nj.Fingerprints[start+i][:fpPrefix])
+			}
 		}
 		n, err := createJobScript.Run(ctx, s.rdb, keys, args...).Int64()
 		if err != nil {
@@ -625,12 +661,18 @@ type LeaseRequest struct {
 	// publishes only valid envelopes), so it must not settle it.
 	AdhocOnly bool
 	// Fingerprint identifies the request the delivery carries
-	// (task.RequestFingerprint); empty: not checked. The first lease that
-	// carries one records it in the task's record; a later delivery with
-	// another one is refused (Conflict), whatever the task's state: a copy
-	// of the task with the right key and job hash but another request
-	// must never run in its place (nor be acknowledged as a duplicate).
-	// The record lives until the task's answer leaves Redis.
+	// (task.RequestFingerprint); empty: not checked. A delivery whose
+	// fingerprint is not the one CreateJob recorded for the task
+	// (NewJob.Fingerprints, compared on their first 16 characters) is
+	// refused (Conflict), also before the task's first lease: a copy that
+	// comes before the task's own message does not define the task. The
+	// first lease that carries one records it in the task's record (where
+	// CreateJob recorded none: a job created without them, or whose
+	// fingerprints Redis lost, the first lease defines the task), and a
+	// later delivery with another one is refused, whatever the task's
+	// state: a copy of the task with the right key and job hash but
+	// another request must never run in its place (nor be acknowledged as
+	// a duplicate). The record lives until the task's answer leaves Redis.
 	Fingerprint string
 }
 
@@ -879,9 +921,13 @@ func (s *Store) finish(ctx context.Context, op string, r Ref, tok Token, st Stat
 	return s.transition(ctx, op, finishScript, r, tok, append([]any{string(st), field, payload}, usage...)...)
 }
 
-// taskArgs are ARGV[1..9] of every transition script.
+// taskArgs are ARGV[1..10] of every transition script.
 func (s *Store) taskArgs(r Ref, tok Token) []any {
-	return []any{s.ttlMS(), r.JobID, r.TaskID, r.Key, r.Model, r.JobHash, r.JobTotal, tok.Holder, tok.Fence}
+	var created int64
+	if !r.JobCreated.IsZero() {
+		created = max(r.JobCreated.UnixMilli(), 0)
+	}
+	return []any{s.ttlMS(), r.JobID, r.TaskID, r.Key, r.Model, r.JobHash, r.JobTotal, tok.Holder, tok.Fence, created}
 }
 
 func (s *Store) transition(ctx context.Context, op string, script *redis.Script, r Ref, tok Token, extra ...any) (Outcome, error) {
@@ -926,7 +972,7 @@ func (s *Store) RestoreArchived(ctx context.Context, jobID string, rs []Restored
 	total := 0
 	for start := 0; start < len(rs); start += createChunk {
 		chunk := rs[start:min(start+createChunk, len(rs))]
-		keys := []string{metaKey(jobID), tasksKey(jobID), doneKey(jobID), failedKey(jobID)}
+		keys := []string{metaKey(jobID), tasksKey(jobID), doneKey(jobID), failedKey(jobID), fpsKey(jobID)}
 		args := []any{s.ttlMS()}
 		for _, r := range chunk {
 			if !task.ValidTaskID(r.TaskID) {

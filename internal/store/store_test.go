@@ -880,8 +880,23 @@ func TestCompactFootprint(t *testing.T) {
 	s := store.New(rdb, store.Options{TTL: time.Hour, BodyGrace: 300 * time.Millisecond})
 	const n = 2000
 	ks := keys(n)
-	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "big", Model: model, ContentHash: "h", TaskIDs: ids("big", ks)}); err != nil {
+	fps := make([]string, n)
+	for i, k := range ks {
+		fps[i] = fp(k)
+	}
+	if _, _, err := s.CreateJob(ctx, store.NewJob{ID: "big", Model: model, ContentHash: "h", TaskIDs: ids("big", ks), Fingerprints: fps}); err != nil {
 		t.Fatal(err)
+	}
+	// What the fingerprints recorded at creation cost while a task waits
+	// for its first lease (they leave then, or when it settles).
+	fpBytes, err := rdb.MemoryUsage(ctx, "gemq:job:{big}:fps", 0).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	setBytes, _ := rdb.MemoryUsage(ctx, "gemq:job:{big}:tasks", 0).Result()
+	t.Logf("Redis bytes per task until its first lease: %d for its fingerprint (beside %d for its id in the tasks set)", fpBytes/n, setBytes/n)
+	if fpBytes/n > 128 {
+		t.Errorf("%d B per task for its fingerprint, want at most 128", fpBytes/n)
 	}
 	answer := []byte(`{"candidates":[{"content":{"role":"model","parts":[{"text":"` + strings.Repeat("an answer ", 30) + `"}]}}]}`)
 	for i, k := range ks {
@@ -916,6 +931,9 @@ func TestCompactFootprint(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	compact := jobBytes() / n
+	if rdb.Exists(ctx, "gemq:job:{big}:fps").Val() != 0 {
+		t.Error("the job's fingerprints outlived its tasks")
+	}
 	t.Logf("Redis bytes per finished task: %d with (most of) the answers, %d once they left", with, compact)
 	if compact > 300 {
 		t.Errorf("%d B per finished task once its answer left Redis, want at most 300", compact)

@@ -17,6 +17,7 @@
 //	  "permit": {…},                   optional, the limiter permit reserved for this task (set by the worker)
 //	  "job_hash": "…",                 optional, set by ingest: the job's content hash ([A-Za-z0-9_-]{1,128})
 //	  "job_total": 200,                with job_hash: the job's number of tasks
+//	  "job_created": "2026-12-03T04:08:38.123Z"  optional, with job_hash: the job's creation (RFC 3339, 2000 to 9999)
 //	  "service_tier": "flex",          optional: standard (default), flex, priority, batch, or auto with a deadline
 //	  "deadline": "2026-12-03T06:00:00Z" optional, RFC 3339: required with auto; flex sheds stop at it
 //	}
@@ -140,6 +141,11 @@ type Envelope struct {
 	JobHash string `json:"job_hash,omitempty"`
 	// JobTotal is that job's number of tasks (set by ingest with JobHash).
 	JobTotal int `json:"job_total,omitempty"`
+	// JobCreated, RFC 3339, is when that job was created (set by ingest
+	// with JobHash, from the job's record), so a worker that finds the
+	// job's record lost re-creates it with its true creation time.
+	// Optional: envelopes published before ingest wrote it have none.
+	JobCreated string `json:"job_created,omitempty"`
 	// ServiceTier is the Gemini service tier to call at (internal/tier):
 	// "" or "standard", "flex", "priority", "batch" (the Batch API), or
 	// "auto" (with Deadline: the worker picks batch, flex or standard).
@@ -150,6 +156,13 @@ type Envelope struct {
 	// and a batch entry that failed falls back to the interactive path only
 	// before it.
 	Deadline string `json:"deadline,omitempty"`
+}
+
+// JobCreatedTime is JobCreated parsed; the zero time when there is none
+// (or it does not parse, which Validate refuses).
+func (e *Envelope) JobCreatedTime() time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, e.JobCreated)
+	return t
 }
 
 // DeadlineTime is Deadline parsed; the zero time when there is none (or it
@@ -271,6 +284,15 @@ func (e *Envelope) Validate() error {
 	if e.JobTotal < 0 || e.JobTotal > MaxJobTasks || (e.JobTotal == 0) != (e.JobHash == "") {
 		return invalid("job_total", "must be 1 to %d together with job_hash, and absent without it", MaxJobTasks)
 	}
+	if e.JobCreated != "" {
+		t, err := time.Parse(time.RFC3339Nano, e.JobCreated)
+		switch {
+		case e.JobHash == "":
+			return invalid("job_created", "only together with job_hash (set by ingest)")
+		case len(e.JobCreated) > 64 || err != nil || t.Before(minJobCreated) || !t.Before(maxJobCreated):
+			return invalid("job_created", "must be an RFC 3339 time from the year 2000 to 9999, got %.64q", e.JobCreated)
+		}
+	}
 	if _, err := tier.Parse(e.ServiceTier); err != nil {
 		return invalid("service_tier", "%s", err.Error())
 	}
@@ -345,6 +367,33 @@ func WithJob(data []byte, hash string, total int) []byte {
 	return append(out, '}')
 }
 
+// The bounds of job_created: [minJobCreated, maxJobCreated).
+var (
+	minJobCreated = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxJobCreated = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// jobCreatedLayout is how WithCreated writes job_created: UTC, milliseconds,
+// always the same length for the years Validate accepts.
+const jobCreatedLayout = "2006-01-02T15:04:05.000Z"
+
+// JobCreatedBytes is how many bytes WithCreated adds to an envelope: room
+// that ingest keeps in every envelope it builds before the job's creation
+// time is known.
+const JobCreatedBytes = len(`,"job_created":""`) + len(jobCreatedLayout)
+
+// WithCreated returns data, an envelope with job_hash (WithJob), with
+// job_created set to created, which must be in the years 2000 to 9999
+// (UTC) for Validate to accept it: ingest adds it once the job's record,
+// which holds the creation time, exists. It adds JobCreatedBytes bytes.
+func WithCreated(data []byte, created time.Time) []byte {
+	out := make([]byte, 0, len(data)+JobCreatedBytes)
+	out = append(out, bytes.TrimSuffix(bytes.TrimRight(data, " \n"), []byte("}"))...)
+	out = append(out, `,"job_created":"`...)
+	out = created.UTC().AppendFormat(out, jobCreatedLayout)
+	return append(out, `"}`...)
+}
+
 // CheckPublishSize returns a *ValidationError wrapping ErrTooLarge when an
 // encoded envelope is too large to publish as a new task (MaxPublishBytes).
 func CheckPublishSize(data []byte) error {
@@ -362,7 +411,7 @@ func tooLarge(n, max int) error {
 var fields = map[string]bool{
 	"v": true, "job_id": true, "key": true, "model": true, "request": true,
 	"task_id": true, "attempt": true, "deferrals": true, "permit": true,
-	"job_hash": true, "job_total": true, "service_tier": true, "deadline": true,
+	"job_hash": true, "job_total": true, "job_created": true, "service_tier": true, "deadline": true,
 }
 
 // Decode parses and validates an envelope, then fills in a missing job id

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -178,6 +179,53 @@ func TestDecodeServiceTier(t *testing.T) {
 			t.Errorf("%s: err = %v, want one on %s", tc.extra, err, tc.field)
 		case tc.field == "" && e.ServiceTier == "":
 			t.Errorf("%s: tier lost", tc.extra)
+		}
+	}
+}
+
+// job_created rides with job_hash: WithCreated writes it at a fixed size,
+// Decode reads it back to the millisecond, and refuses it without job_hash,
+// unparsable, or outside the years 2000 to 9999.
+func TestJobCreated(t *testing.T) {
+	data, err := Encode(Envelope{V: 1, JobID: "j", Key: "k", Model: "m", Request: json.RawMessage(okReq)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withJob := WithJob(data, "h", 3)
+	created := time.Date(2026, 12, 3, 4, 8, 38, 123456789, time.FixedZone("x", 3600))
+	stamped := WithCreated(withJob, created)
+	if len(stamped) != len(withJob)+JobCreatedBytes {
+		t.Errorf("WithCreated added %d bytes, want JobCreatedBytes = %d", len(stamped)-len(withJob), JobCreatedBytes)
+	}
+	e, err := Decode(stamped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := created.Truncate(time.Millisecond); !e.JobCreatedTime().Equal(want) || e.JobHash != "h" || e.JobTotal != 3 {
+		t.Errorf("decoded job_created %v (hash %q, total %d), want %v with h, 3", e.JobCreatedTime(), e.JobHash, e.JobTotal, want)
+	}
+	again, err := Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e2, err := Decode(again); err != nil || e2.JobCreated != e.JobCreated {
+		t.Errorf("re-encoded job_created = %q, %v; want %q (a deferral keeps it)", e2.JobCreated, err, e.JobCreated)
+	}
+	if (&Envelope{}).JobCreatedTime() != (time.Time{}) {
+		t.Error("JobCreatedTime of an envelope without it is not zero")
+	}
+	base := strings.TrimSuffix(string(withJob), "}")
+	for _, tc := range []struct{ name, msg string }{
+		{"without job_hash", strings.TrimSuffix(string(data), "}") + `,"job_created":"2026-12-03T04:08:38.123Z"}`},
+		{"not a time", base + `,"job_created":"yesterday"}`},
+		{"before 2000", base + `,"job_created":"1999-12-31T23:59:59Z"}`},
+		{"a number", base + `,"job_created":1764734918123}`},
+		{"too long", base + `,"job_created":"2026-12-03T04:08:38.` + strings.Repeat("1", 60) + `Z"}`},
+	} {
+		_, err := Decode([]byte(tc.msg))
+		var ve *ValidationError
+		if !errors.As(err, &ve) || ve.Field != "job_created" {
+			t.Errorf("%s: err = %v, want one on job_created", tc.name, err)
 		}
 	}
 }

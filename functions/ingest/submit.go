@@ -54,10 +54,8 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, jobError(err))
 		return
 	}
-	msgs := make([]queue.Message, len(j.Tasks))
 	taskIDs := make([]string, len(j.Tasks))
 	for i, t := range j.Tasks {
-		msgs[i] = queue.Message{Data: t.Data, Attributes: map[string]string{"job_id": j.ID, "task_id": t.ID}}
 		taskIDs[i] = t.ID
 	}
 	log := logging.From(r.Context(), s.log).With(logging.JobID, j.ID)
@@ -73,6 +71,13 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		s.internal(w, r, "create job", err)
 		return
+	}
+	// Every message carries the record's creation time (a retry's: the
+	// first attempt's), for a worker that finds the record lost.
+	j.Stamp(rec.CreatedAt)
+	msgs := make([]queue.Message, len(j.Tasks))
+	for i, t := range j.Tasks {
+		msgs[i] = queue.Message{Data: t.Data, Attributes: map[string]string{"job_id": j.ID, "task_id": t.ID}}
 	}
 	if !created && !rec.LostAt.IsZero() && s.archive != nil {
 		if !s.resubmitLost(w, r, rec) {

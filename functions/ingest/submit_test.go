@@ -350,8 +350,24 @@ func TestRetryAfterPartialPublish(t *testing.T) {
 	if n := len(e.published()); n != total {
 		t.Errorf("published %d after a retry of a complete job, want %d", n, total)
 	}
-	if j, err := e.st.GetJob(t.Context(), "crash-1"); err != nil || j.Counts.Total != 4 {
-		t.Errorf("job after retries = %+v, %v; want total 4", j.Counts, err)
+	j, err := e.st.GetJob(t.Context(), "crash-1")
+	if err != nil || j.Counts.Total != 4 {
+		t.Fatalf("job after retries = %+v, %v; want total 4", j.Counts, err)
+	}
+	// Every message, the retry's too, carries the record's creation time
+	// (for a worker that finds the record lost), and the record holds every
+	// task's request fingerprint from before the first publish.
+	fps := e.rdb.HGetAll(t.Context(), "gemq:job:{crash-1}:fps").Val()
+	for _, env := range e.published() {
+		if !env.JobCreatedTime().Equal(j.CreatedAt) {
+			t.Errorf("task %s: job_created %q, want the record's %v", env.Key, env.JobCreated, j.CreatedAt)
+		}
+		if want := task.RequestFingerprint(env.Model, env.Request)[:16]; fps[env.TaskID] != want {
+			t.Errorf("task %s: recorded fingerprint %q, want %q", env.Key, fps[env.TaskID], want)
+		}
+	}
+	if len(fps) != 4 {
+		t.Errorf("%d fingerprints recorded, want 4", len(fps))
 	}
 }
 

@@ -10,7 +10,7 @@ import (
 
 // newJob is the store's record of a built job.
 func newJob(j *job.Job, taskIDs []string) store.NewJob {
-	nj := store.NewJob{ID: j.ID, Model: j.Model, ContentHash: j.Hash, TaskIDs: taskIDs,
+	nj := store.NewJob{ID: j.ID, Model: j.Model, ContentHash: j.Hash, TaskIDs: taskIDs, Fingerprints: j.Fingerprints(),
 		Tier: string(j.Tiers.Chosen), Deadline: j.Tiers.Deadline}
 	if j.Tiers.Asked != j.Tiers.Chosen {
 		nj.AskedTier, nj.TierReason = string(j.Tiers.Asked), j.Tiers.Reason

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gemq-dev/gemq/internal/limiter"
 	"github.com/gemq-dev/gemq/internal/queue"
 	"github.com/gemq-dev/gemq/internal/store"
 	"github.com/gemq-dev/gemq/internal/task"
@@ -59,20 +60,120 @@ func TestConflictingCopyWithTheJobHashIsDeadLettered(t *testing.T) {
 	want(t, f.serve(ctx, pushBodyWith(copyData, "m-copy2", 1), nil), http.StatusOK, OutForeign)
 	want(t, f.serve(ctx, pushBodyWith(encode(t, real), "m-real-again", 1), nil), http.StatusOK, OutDuplicate)
 
+	wantConflicts(t, f, real.TaskID, copyData, 2, 2)
+}
+
+// ingestJob creates a job as ingest does (every task's request fingerprint
+// recorded with it, before any message exists) and returns its envelopes,
+// carrying the job's hash, total and creation time.
+func ingestJob(t *testing.T, f *fixture, job string, prompts map[string]string) (store.NewJob, map[string]task.Envelope) {
+	t.Helper()
+	nj := store.NewJob{ID: job, Model: modelOpen, ContentHash: "h-" + job}
+	envs := map[string]task.Envelope{}
+	for k, p := range prompts {
+		e := envelope(job, k, modelOpen, p)
+		e.JobHash, e.JobTotal = nj.ContentHash, len(prompts)
+		nj.TaskIDs = append(nj.TaskIDs, e.TaskID)
+		nj.Fingerprints = append(nj.Fingerprints, task.RequestFingerprint(e.Model, e.Request))
+		envs[k] = e
+	}
+	rec, _, err := f.store.CreateJob(context.Background(), nj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, e := range envs {
+		e.JobCreated = rec.CreatedAt.UTC().Format(time.RFC3339Nano)
+		envs[k] = e
+	}
+	return nj, envs
+}
+
+// A copy with the job's hash and another request that reaches the worker
+// before the task's own message does not define the task: ingest recorded
+// the task's fingerprint when it created the job, so the copy is
+// dead-lettered as a conflict, also after the job is resubmitted, and the
+// task's own message then runs once, with one result: its own.
+func TestCopyBeforeTheTaskIsDeadLettered(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	ctx := context.Background()
+	nj, envs := ingestJob(t, f, "job-cf", map[string]string{"k": "the real prompt", "other": "another task"})
+	real := envs["k"]
+	cp := real
+	cp.Request = envelope("job-cf", "k", modelOpen, "a copy's prompt under the task's key").Request
+	copyData := encode(t, cp)
+
+	want(t, f.serve(ctx, pushBodyWith(copyData, "m-copy1", 1), nil), http.StatusOK, OutForeign)
+	if c := f.counts("job-cf"); c.Queued != 2 {
+		t.Fatalf("counts after the copy = %+v, want both tasks queued", c)
+	}
+	if _, created, err := f.store.CreateJob(ctx, nj); err != nil || created {
+		t.Fatalf("resubmission = %v, %v; want accepted", created, err)
+	}
+	want(t, f.serve(ctx, pushBodyWith(copyData, "m-copy2", 1), nil), http.StatusOK, OutForeign)
+
+	want(t, f.push(real), http.StatusOK, OutSucceeded)
+	want(t, f.serve(ctx, pushBodyWith(copyData, "m-copy3", 1), nil), http.StatusOK, OutForeign)
+	want(t, f.serve(ctx, pushBodyWith(encode(t, real), "m-real-again", 1), nil), http.StatusOK, OutDuplicate)
+
+	wantConflicts(t, f, real.TaskID, copyData, 3, 1)
+	if l := line(t, f.published()[0].Data); l.Key != "k" || l.Response == nil {
+		t.Errorf("result %+v, want the task's response", l)
+	}
+}
+
+// After Redis lost its data (the job's record and fingerprints with it),
+// the task's own message is not refused: it runs, the job is re-created as
+// state_lost with its creation time from the envelope, and the task's first
+// lease defines it again (a copy after it is a conflict).
+func TestLostFingerprintsFallBackAndKeepTheCreationTime(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	ctx := context.Background()
+	_, envs := ingestJob(t, f, "job-lf", map[string]string{"k": "the real prompt", "other": "another task"})
+	real := envs["k"]
+	created := real.JobCreatedTime()
+	time.Sleep(20 * time.Millisecond) // the loss comes visibly later
+	if err := f.rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.m.deps.Permits = limiter.New(f.rdb, f.limCfg) // an instance started after the loss (see TestStateLossIsReported)
+
+	want(t, f.push(envs["k"]), http.StatusOK, OutSucceeded)
+	j, err := f.store.GetJob(ctx, "job-lf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.State() != "state_lost" || j.Counts.Total != 2 || !j.CreatedAt.Equal(created) || !j.LostAt.After(created) {
+		t.Fatalf("job after the loss = %s %+v created %v lost %v; want state_lost, total 2, created %v", j.State(), j.Counts,
+			j.CreatedAt, j.LostAt, created)
+	}
+	cp := envs["k"]
+	cp.Request = envelope("job-lf", "k", modelOpen, "a copy's prompt").Request
+	want(t, f.push(cp), http.StatusOK, OutForeign)
+	if n := len(f.generateCalls(envs["k"].TaskID)); n != 1 {
+		t.Errorf("gemini calls = %d, want 1", n)
+	}
+}
+
+// wantConflicts checks that the dead-letter topic holds n copies of
+// copyData, each of kind conflict with its reason, that Gemini was called
+// once for the task (from its own message), and that the results topic
+// holds results results.
+func wantConflicts(t *testing.T, f *fixture, taskID string, copyData []byte, n, results int) {
+	t.Helper()
+	if calls := f.generateCalls(taskID); len(calls) != 1 {
+		t.Fatalf("gemini calls = %d, want 1 (the task's own message)", len(calls))
+	}
+	if got := len(f.published()); got != results {
+		t.Fatalf("%d results, want %d (one per finished task)", got, results)
+	}
 	dead := f.deadLettered()
-	if len(dead) != 2 {
-		t.Fatalf("dead letters = %d, want the two copies", len(dead))
+	if len(dead) != n {
+		t.Fatalf("dead letters = %d, want the %d copies", len(dead), n)
 	}
 	for _, m := range dead {
 		if m.Attributes[AttrDeadLetterKind] != string(KindConflict) || string(m.Data) != string(copyData) ||
 			!strings.Contains(m.Attributes[AttrDeadLetterReason], "another model or request") {
 			t.Fatalf("dead letter %q %v, want the copy's bytes, kind conflict and the reason", m.Data, m.Attributes)
 		}
-	}
-	if calls := f.generateCalls(real.TaskID); len(calls) != 1 {
-		t.Fatalf("gemini calls = %d, want 1 (the task's own message)", len(calls))
-	}
-	if n := len(f.published()); n != 2 {
-		t.Fatalf("%d results, want one per task", n)
 	}
 }

@@ -22,8 +22,9 @@ const (
 	KindForeign     DeadLetterKind = "foreign"     // not one of its job's tasks
 	// KindConflict: a copy ingest did not publish of one of a job's tasks:
 	// an envelope naming a job created by ingest without that job's hash,
-	// or one with the hash whose model or request is not the one the
-	// task's first lease recorded (task.RequestFingerprint). The task runs
+	// or one with the hash whose model or request is not the one ingest
+	// recorded with the job (task.RequestFingerprint; the task's first
+	// lease records it where Redis lost the job's). The task runs
 	// from its own message only. A redelivery of a task's message (or a
 	// copy the worker made of it) is a duplicate, never dead-lettered.
 	KindConflict DeadLetterKind = "conflict"

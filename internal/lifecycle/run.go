@@ -86,8 +86,9 @@ func (m *Machine) process(ctx context.Context, r *run) Outcome {
 	// Every message of a job created by ingest carries the job's hash
 	// (ingest sets it; deferrals and lease checks keep it): one without it
 	// is a copy ingest did not publish, refused before it can touch a task.
-	// The task's first lease records its request's fingerprint: a copy
-	// that carries the job's hash with another request is refused.
+	// Ingest recorded every task's request fingerprint with the job (the
+	// task's first lease does where Redis lost it): a copy that carries the
+	// job's hash with another request is refused, whichever comes first.
 	var fp string
 	if r.env.JobHash != "" {
 		fp = task.RequestFingerprint(r.env.Model, r.env.Request)

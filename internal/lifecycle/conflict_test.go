@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -175,5 +176,25 @@ func wantConflicts(t *testing.T, f *fixture, taskID string, copyData []byte, n, 
 			!strings.Contains(m.Attributes[AttrDeadLetterReason], "another model or request") {
 			t.Fatalf("dead letter %q %v, want the copy's bytes, kind conflict and the reason", m.Data, m.Attributes)
 		}
+	}
+}
+
+// A malformed copy that carries the job's hash (a request Gemini would
+// refuse, under the task's key) is dead-lettered as invalid_request and
+// does not fail the task, even when it comes first: its request is not the
+// one ingest recorded. The task's own message then runs it.
+func TestMalformedCopyWithTheJobHashLeavesTheTask(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	_, envs := ingestJob(t, f, "job-mc", map[string]string{"k": "the real prompt"})
+	real := envs["k"]
+	bad := real
+	bad.Request = json.RawMessage(`{"contents":[{"role":"user","parts":[{"textt":"typo"}]}]}`)
+	want(t, f.serve(context.Background(), pushBodyWith(encode(t, bad), "m-bad", 1), nil), http.StatusOK, OutPoison)
+	if rec := f.record(real); rec.State != store.Queued {
+		t.Fatalf("task after a malformed copy with the job's hash = %s, want untouched (queued)", rec.State)
+	}
+	want(t, f.push(real), http.StatusOK, OutSucceeded)
+	if dead := f.deadLettered(); len(dead) != 1 || dead[0].Attributes[AttrDeadLetterKind] != string(KindInvalidRequest) {
+		t.Fatalf("dead letters = %v, want the copy as invalid_request", dead)
 	}
 }

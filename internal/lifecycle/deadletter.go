@@ -48,9 +48,10 @@ const (
 // task of a user-published job (job id, key and model are usable), that task
 // is also settled as failed (400) so the job's counts add up, and so is a
 // task of an ingest job when the message is a valid envelope carrying that
-// job's hash (the task's own message); otherwise a task of a job created by
-// ingest is never touched (this cannot be the task itself), nor is a task
-// another delivery holds or awaits.
+// job's hash and the task's request (the task's own message: its
+// fingerprint is the one ingest, or the task's first lease, recorded);
+// otherwise a task of a job created by ingest is never touched (this cannot
+// be the task itself), nor is a task another delivery holds or awaits.
 func (m *Machine) invalid(ctx context.Context, d Delivery, log *slog.Logger) Outcome {
 	kind := d.Kind
 	if kind == "" {
@@ -61,8 +62,12 @@ func (m *Machine) invalid(ctx context.Context, d Delivery, log *slog.Logger) Out
 	}
 	ref, ok := refOfInvalid(d.Data)
 	own := d.Envelope.TaskID != "" && d.Envelope.JobHash != ""
+	var fp string
 	if own {
+		// Its own only if its request is the task's (ingest recorded it):
+		// a malformed copy with the job's hash is refused (Conflict).
 		ref, ok = store.RefOf(d.Envelope), true
+		fp = task.RequestFingerprint(d.Envelope.Model, d.Envelope.Request)
 	}
 	if !ok {
 		return ack(OutPoison)
@@ -70,7 +75,7 @@ func (m *Machine) invalid(ctx context.Context, d Delivery, log *slog.Logger) Out
 	r := &run{d: d, ref: ref, log: log.With(logging.TaskID, ref.TaskID, logging.JobID, ref.JobID)}
 	r.env = task.Envelope{V: task.Version, JobID: ref.JobID, Key: ref.Key, Model: ref.Model, TaskID: ref.TaskID}
 	lr, err := m.deps.Store.LeaseTask(ctx, ref, store.LeaseRequest{
-		Holder: d.holder(), Attempt: d.Attempt, TTL: m.firstLease(), AdhocOnly: !own,
+		Holder: d.holder(), Attempt: d.Attempt, TTL: m.firstLease(), AdhocOnly: !own, Fingerprint: fp,
 	})
 	if err != nil {
 		r.log.ErrorContext(ctx, "lease task", "error", err.Error())

@@ -133,7 +133,9 @@ resource "google_cloudfunctions2_function" "ingest" {
     }
   }
 
-  depends_on = [time_sleep.grants_propagated]
+  # The worker first: on an update, ingest's new revision may publish envelope fields (job_created) that only
+  # the new worker's strict decoder accepts; an older worker would dead-letter them as undecodable.
+  depends_on = [time_sleep.grants_propagated, google_cloudfunctions2_function.worker]
 }
 
 resource "google_cloudfunctions2_function" "worker" {

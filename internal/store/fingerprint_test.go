@@ -212,3 +212,19 @@ func TestLostJobKeepsItsCreationTime(t *testing.T) {
 		})
 	}
 }
+
+// The job's fingerprints live as long as its other keys: every transition
+// of one of its tasks renews their TTL, so a task that waits longer than
+// the TTL from the job's creation for its first lease keeps its own.
+func TestFingerprintsTTLFollowsTheJob(t *testing.T) {
+	s, rdb := newStore(t, 3*time.Second)
+	withJob := fpJob(t, s, "job1", keys(2))
+	time.Sleep(1500 * time.Millisecond)
+	res := leaseTask(t, s, withJob("k0"), store.LeaseRequest{Holder: "w", Fingerprint: fp("k0")}, store.Applied)
+	time.Sleep(2 * time.Second) // past the TTL from the creation
+	must(t, store.Applied)(s.Complete(ctx, withJob("k0"), res.Token, []byte(`{}`)))
+	if !rdb.HExists(ctx, "gemq:job:{job1}:fps", task.TaskID("job1", "k1")).Val() {
+		t.Fatal("k1's fingerprint expired while its job is active")
+	}
+	leaseTask(t, s, withJob("k1"), store.LeaseRequest{Holder: "copy", Fingerprint: fp("x")}, store.Conflict)
+}

@@ -133,7 +133,9 @@ local function move(from, to)
 end
 
 -- touch stamps the job, marks it finished when every task is terminal, and
--- renews the TTL of every key this script wrote.
+-- renews the TTL of every key this script wrote, and of the job's
+-- fingerprints: a task may wait longer than the TTL for its first lease
+-- (a job paced by a per-day quota), and its fingerprint with it.
 local function touch(now)
   redis.call('HSET', KEYS[1], 'updated_ms', tostring(now))
   local m = redis.call('HMGET', KEYS[1], 'total', 'succeeded', 'failed')
@@ -141,7 +143,7 @@ local function touch(now)
   if total > 0 and (tonumber(m[2]) or 0) + (tonumber(m[3]) or 0) >= total then
     redis.call('HSETNX', KEYS[1], 'finished_ms', tostring(now))
   end
-  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+  for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 end
 
 local function terminal(state) return state == 'succeeded' or state == 'failed' end

@@ -50,6 +50,14 @@
 // reports it with AlreadyDone, so a redelivery publishes a result only when
 // that never happened.
 //
+// Copies: a message with a task's key and its ingest job's hash but
+// another request is not the task. CreateJob records every task's request
+// fingerprint (NewJob.Fingerprints) before the job's messages exist, and
+// LeaseTask refuses a delivery with another one (Conflict), whichever comes
+// first; the task's first lease moves the fingerprint into its record, so
+// the job keeps it only for tasks not leased yet. Where Redis lost it, the
+// first lease defines the task.
+//
 // Compaction: when the results topic feeds a durable archive (a Cloud
 // Storage subscription, read back by internal/archive), Options.BodyGrace is
 // set and MarkPublished lets the task's record, answer included, expire that

@@ -380,6 +380,12 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	}
 	res.GeminiTime = geminiRealTime(log, factor)
 	res.analyse(log, submitted)
+	if dir := os.Getenv("GEMQBENCH_TIMELINE"); dir != "" {
+		if f, err := os.Create(dir + "/" + o.Name + ".txt"); err == nil {
+			timeline(f, log, submitted)
+			f.Close()
+		}
+	}
 	if dsq != nil {
 		res.DSQUsed = dsqUsed(*dsq, res.OK, res.FirstCall, res.LastOK)
 	}
@@ -651,4 +657,30 @@ func submitJob(ctx context.Context, base, jobID, query string, body []byte) (int
 		return 0, fmt.Errorf("submit: %s: %.300s", resp.Status, rb)
 	}
 	return accepted.Accepted, nil
+}
+
+// timeline prints, per 10 stand-in seconds from the submission, the calls
+// the stand-in answered ok and with 429 (GEMQBENCH_TIMELINE=1; analysis).
+func timeline(w io.Writer, log []geminisim.Entry, submitted time.Time) {
+	step := 10 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("GEMQBENCH_STEP")); err == nil {
+		step = d
+	}
+	ok, q := map[int]int{}, map[int]int{}
+	last := 0
+	for _, e := range log {
+		if e.Method != "generateContent" {
+			continue
+		}
+		b := int(e.Received.Sub(submitted) / step)
+		if e.Status == 200 {
+			ok[b]++
+		} else if e.Status == 429 {
+			q[b]++
+		}
+		last = max(last, b)
+	}
+	for b := 0; b <= last; b++ {
+		fmt.Fprintf(w, "timeline %5.1fmin ok %4d 429 %3d\n", float64(b)*step.Minutes(), ok[b], q[b])
+	}
 }

@@ -28,17 +28,16 @@ import (
 //     benchmark, and 1-4% of calls answered 429 instead of 0.2%);
 //   - each success raises every sliding dimension's capacity by
 //     aimdIncrease × ceiling / (request capacity at the ceiling), up to its
-//     ceiling: one request per success, so a period's worth of successes
-//     at the current rate doubles it (as TCP's slow start), and a scope at
-//     25% of its ceiling is back in about two periods once Gemini's
-//     capacity is. A slower climb (5% of
-//     the ceiling per period: 12 periods from 40%) left the DSQ benchmark's
-//     job running well below the recovered capacity; the reservations
-//     decided meanwhile are re-planned as the capacity climbs (see
-//     acquireLua's replan). Successes within one shortest period after a
-//     decrease raise nothing: they are mostly calls admitted before it, at
-//     the rate that met the shortage, and counting them pushed the rate
-//     straight back into it;
+//     ceiling: two requests per success, so a period's worth of successes
+//     at the current rate triples it, and a scope at 40% of its ceiling is
+//     back in about one period once Gemini's capacity is. Slower climbs
+//     (5% of the ceiling per period; one request per success, counting no
+//     success within a period of a decrease) left the DSQ benchmark's job
+//     running well below the recovered capacity for one to two periods.
+//     While a capacity is below its ceiling admissions are paced (see
+//     acquireLua), so a climb that overshoots meets one 429, not a
+//     window's worth; the reservations decided meanwhile are re-planned as
+//     the capacity moves (see acquireLua's replan);
 //   - a decrease also pauses the scope for the holdoff (a shared cooldown
 //     "capacity 429"), so that reservations claimed meanwhile are decided
 //     again under the lowered capacity instead of meeting the same
@@ -50,13 +49,13 @@ const aimdDecreaseLua = "0.8" // aimdDecrease, as the scripts read it
 
 const (
 	aimdDecrease = 0.8
-	aimdIncrease = 1.0
+	aimdIncrease = 2.0
 	aimdHoldoff  = 4 // the holdoff is the shortest sliding period over this
 )
 
 // adaptPlan is the per-scope part of the adaptive scripts' arguments.
 type adaptPlan struct {
-	spec    string // per dimension (sliding, then daily): start, floor, ceiling, step; then the freeze (ms)
+	spec    string // per dimension (sliding, then daily): start, floor, ceiling, step
 	holdoff int64  // ms
 	dims    []Dimension
 	safety  float64
@@ -85,8 +84,6 @@ func newAdaptPlan(q Quota, sliding, daily []Dimension) adaptPlan {
 		}
 		xs = append(xs, float64(q.StartCapacity(d)), float64(q.FloorCapacity(d)), float64(q.Capacity(d)), step)
 	}
-	// Then the time after a decrease during which successes raise nothing.
-	xs = append(xs, float64(minPeriod))
 	return adaptPlan{spec: packFloats(xs...), holdoff: minPeriod / aimdHoldoff, dims: all, safety: q.Safety}
 }
 
@@ -127,8 +124,6 @@ func (a adaptPlan) dimension(quotaID string) int {
 const luaAdapt = `
 local function adapt(meta, now, kind, spec, holdoff, j, obs, ttl)
   local nall = math.floor(#spec / 32)
-  local freeze = 0
-  if #spec == 32 * nall + 8 then freeze = struct.unpack('<d', spec, 32 * nall + 1) end
   local S = {struct.unpack('<' .. string.rep('d', 4 * nall), spec)}
   local afmt = '<' .. string.rep('d', 1 + 2 * nall)
   local cur = redis.call('HGET', meta, 'ad')
@@ -161,7 +156,7 @@ local function adapt(meta, now, kind, spec, holdoff, j, obs, ttl)
         if cd < now + holdoff then redis.call('HSET', meta, 'cd', now + holdoff, 'cr', 'capacity 429') end
       end
     end
-  elseif now - A[1] >= freeze then
+  else
     for k = 1, nall do
       if S[4 * k] > 0 and A[2 * k] < A[2 * k + 1] then
         -- The same step per success: a period of successes at the

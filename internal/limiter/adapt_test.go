@@ -204,13 +204,14 @@ func TestAIMD(t *testing.T) {
 		!p.At.Equal(f.clock.Now().Add(250*time.Millisecond).UTC()) {
 		t.Fatalf("acquire right after the decrease: %+v, want reserved after the holdoff (250ms)", p)
 	}
-	// Within a period of the decrease successes raise nothing.
-	f.clock.Add(990 * time.Millisecond)
+	// A success raises at once (no freeze after a decrease: while the rate
+	// is lowered admissions are paced, so an overshoot costs one 429).
+	f.clock.Add(10 * time.Millisecond)
 	if err := f.l.Settle(ctx, Permit{Scope: scopeA}, 1); err != nil {
 		t.Fatal(err)
 	}
-	if m := lim(f.l); m["rpm"] != 40 {
-		t.Fatalf("a success within a period of the decrease: %v, want rpm still 40", m)
+	if m := lim(f.l); m["rpm"] != 42 || m["tpm"] != 8200 {
+		t.Fatalf("a success right after the decrease: %v, want rpm 42, tpm 8200", m)
 	}
 	for range 20 {
 		f.clock.Add(250 * time.Millisecond)
@@ -222,7 +223,7 @@ func TestAIMD(t *testing.T) {
 	l2 := New(f.rdb, f.l.cfg)
 	l2.clock = f.clock.Now
 	f.clock.Add(time.Second)
-	for range 50 {
+	for range 25 {
 		p, err := l2.Acquire(ctx, scopeA, Cost{Requests: 1, InputTokens: 1})
 		if err != nil {
 			t.Fatal(err)
@@ -231,11 +232,11 @@ func TestAIMD(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Each success adds aimdIncrease (1) request per window, and as much
+	// Each success adds aimdIncrease (2) requests per window, and as much
 	// of every other dimension in proportion to its ceiling: from the
-	// floors 10 and 1000, 50 successes climb to 60 and 6000.
+	// floors 10 and 1000, 25 successes climb to 60 and 6000.
 	if m := lim(f.l); m["rpm"] != 60 || m["tpm"] != 6000 {
-		t.Fatalf("after 50 successes: %v, want rpm 60, tpm 6000", m)
+		t.Fatalf("after 25 successes: %v, want rpm 60, tpm 6000", m)
 	}
 	for range 2000 {
 		l2.Settle(ctx, Permit{Scope: scopeA}, 1)

@@ -39,15 +39,20 @@
 //
 // # Re-planning
 //
-// Reservations hold: a reconcile's extra charge pushes only later
-// decisions, and a fall of an effective capacity moves no slot (claims
-// during the cooldown that follows a capacity 429 are decided again). Once
-// an effective capacity (Throttled, Settle) has risen 10% or more above the
-// lowest the reservations ahead were decided at, the next decision first
-// decides them again at the current capacities, in order, never after
-// their slot and never before their wakes (the times their tasks come
-// back), a cooldown, or now + g/4: they move earlier. Claimed slots never
-// move. While an adaptive capacity is below its ceiling, a Reserved permit
+// Reservations hold against estimate error: a reconcile's extra charge
+// pushes only later decisions. They move when an effective capacity
+// (Throttled, Settle) moves. Once one has risen 10% or more above the
+// lowest the reservations ahead were decided at (or is back near its
+// ceiling), the next decision first decides them again at the current
+// capacities, in order, never after their slot and never before their
+// wakes (the times their tasks come back), a cooldown, or now + g/4: they
+// move earlier. Once one has fallen 10% or more below the highest they were
+// decided at (a 429 said Gemini has less), they are decided again the same
+// way but may move later, and a task that comes at its old slot is told the
+// new one. Claimed slots never move. While an adaptive capacity is below
+// its ceiling admissions are paced: each comes at least a window × its
+// share of the capacity after the one before, not a window's worth at once.
+// While an adaptive capacity is below its ceiling, a Reserved permit
 // whose slot lies more than half a window ahead carries an earlier wake as
 // At (as early as the slot would be at the ceiling), so that its task is
 // there if its slot moves. The re-planned slots obey the same windows, so

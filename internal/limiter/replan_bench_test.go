@@ -36,7 +36,7 @@ func BenchmarkReplan(b *testing.B) {
 		if a, err := l.Throttled(ctx, scopeA, Throttle429{Capacity: true}); err != nil || !a.Lowered {
 			b.Fatalf("throttled = %+v, %v", a, err)
 		}
-		clock.Add(time.Second) // past the cooldown and the freeze
+		clock.Add(time.Second) // past the cooldown
 		for range replanQueue {
 			if _, err := l.Acquire(ctx, scopeA, cost); err != nil {
 				b.Fatal(err)

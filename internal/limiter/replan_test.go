@@ -67,26 +67,27 @@ func lastAt(evs []Event) time.Time {
 }
 
 // TestReplanMovesReservationsEarlier: reservations decided while a capacity
-// 429 had lowered the rate are moved earlier once successes raise it
-// again; each task, told to come back at its wake (before its slot), is
-// granted then or told a later time, never later than its first promise,
-// and never finds its slot passed (no entry is added: nothing is queued
-// again). The log's windows stay within the ceiling.
+// 429 had lowered the rate are paced (one every window/8 = 130ms, not 8 at
+// once) and moved earlier once successes raise it again; each task, told
+// to come back at its wake (before its slot), is granted then or told a
+// later time, never later than its first promise, and never finds its slot
+// passed (no entry is added: nothing is queued again). The log's windows
+// stay within the ceiling.
 func TestReplanMovesReservationsEarlier(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, replanQuota)
 	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{Capacity: true}); !a.Lowered {
 		t.Fatal("the capacity 429 did not lower the rate")
 	}
-	// Past the cooldown and the freeze (a period) that follow a decrease.
+	// Past the cooldown that follows a decrease.
 	f.clock.Add(time.Second)
 	t0 := f.clock.Now()
 	var hs []held
 	var promised time.Time
 	for i := range 40 {
 		p := f.acquire(t, Cost{Requests: 1})
-		if (i < 8) != (p.Outcome == Granted) {
-			t.Fatalf("acquire %d at 8 per window: %+v", i, p)
+		if (i == 0) != (p.Outcome == Granted) {
+			t.Fatalf("acquire %d paced at 8 per window: %+v", i, p)
 		}
 		if p.Outcome == Granted {
 			continue
@@ -95,11 +96,15 @@ func TestReplanMovesReservationsEarlier(t *testing.T) {
 		// way there (the slot at the ceiling), for every slot more than
 		// half a window ahead.
 		slot := f.slot(t, p)
-		if want := t0.Add(time.Duration(1040*(i/8)) * time.Millisecond); !slot.Equal(want) {
-			t.Fatalf("acquire %d: slot %v, want %v", i, slot, want)
+		if want := t0.Add(time.Duration(130*i) * time.Millisecond); !slot.Equal(want) {
+			t.Fatalf("acquire %d: slot %v, want %v (paced)", i, slot, want)
 		}
-		if want := t0.Add(time.Duration(832*(i/8)) * time.Millisecond); !p.At.Equal(want) {
-			t.Fatalf("acquire %d: wake %v, want %v", i, p.At, want)
+		wake := slot
+		if 130*i > 520 {
+			wake = t0.Add(time.Duration(104*i) * time.Millisecond)
+		}
+		if !p.At.Equal(wake) {
+			t.Fatalf("acquire %d: wake %v, want %v", i, p.At, wake)
 		}
 		hs = append(hs, held{p, slot})
 		promised = slot
@@ -116,25 +121,28 @@ func TestReplanMovesReservationsEarlier(t *testing.T) {
 	n0 := f.meta(t)["n"]
 	grants := runClaims(t, f, hs, t0.Add(10*time.Second))
 	q, _ := f.l.cfg.Quota(scopeA)
-	if v := CheckWindows(append(grants, Event{At: t0, Cost: Cost{Requests: 8}}), WithGuard(q)); len(v) > 0 {
+	if v := CheckWindows(append(grants, Event{At: t0, Cost: Cost{Requests: 1}}), WithGuard(q)); len(v) > 0 {
 		t.Fatalf("windows over the ceiling: %v", v)
 	}
 	if n := f.meta(t)["n"]; n != n0 {
 		t.Fatalf("log entries %s -> %s: a claim found its slot passed and was queued again", n0, n)
 	}
-	// Re-planned at the first claim after the rise (832ms), in order, 10
-	// per window, never before a wake: the last task, promised 4160ms and
-	// told to come back at 3328ms, is granted at 3962ms (2922ms + a window).
-	if l, want := lastAt(grants), t0.Add(3962*time.Millisecond); !l.Equal(want) {
+	// Re-planned at the first claim after the rise, in order, 10 per
+	// window at the ceiling (no longer paced), never before a wake: the
+	// last task, promised 5070ms and told to come back at 4056ms, is
+	// granted then.
+	if l, want := lastAt(grants), t0.Add(4056*time.Millisecond); !l.Equal(want) {
 		t.Fatalf("last grant %v, want %v (last promise %v): the reservations were not moved earlier as planned", l, want, promised)
 	}
 }
 
-// TestReplanKeepsSlotsOnAFall: a capacity 429 that lowers the rate moves no
-// reservation (they hold; only claims during its cooldown are decided
-// again): the tasks are granted at the slots they were promised, and the
-// next decision comes after them at the lowered rate.
-func TestReplanKeepsSlotsOnAFall(t *testing.T) {
+// TestReplanOnAFallMovesReservationsLater: a capacity 429 that lowers the
+// rate from 10 to 8 a window decides the reservations ahead again, in
+// order, paced at the lowered rate (one every 130ms) and never before
+// their slots: the tasks come at their old slots, are told the new ones
+// and are granted there; no window holds more than 8 of them, nothing is
+// queued again, and the next decision comes after them.
+func TestReplanOnAFallMovesReservationsLater(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, replanQuota)
 	t0 := f.clock.Now()
@@ -155,14 +163,25 @@ func TestReplanKeepsSlotsOnAFall(t *testing.T) {
 	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{Capacity: true}); !a.Lowered {
 		t.Fatal("the capacity 429 did not lower the rate")
 	}
-	if p := f.acquire(t, Cost{Requests: 1}); p.Outcome != Reserved || !f.slot(t, p).Equal(t0.Add(3*1040*time.Millisecond)) {
-		t.Fatalf("acquire after the decrease: %+v, want reserved after the queue at 3120ms", p)
+	if p := f.acquire(t, Cost{Requests: 1}); p.Outcome != Reserved || !f.slot(t, p).Equal(t0.Add(3640*time.Millisecond)) {
+		t.Fatalf("acquire after the decrease: %+v, want reserved after the re-planned queue at 3640ms", p)
 	}
 	n0 := f.meta(t)["n"]
 	grants := playAll(t, f, hs, t0.Add(10*time.Second))
 	for i, g := range grants {
-		if !g.At.Equal(hs[i].slot) {
-			t.Fatalf("task %d granted at %v, promised %v", i, g.At, hs[i].slot)
+		if want := t0.Add(time.Duration(1040+130*i) * time.Millisecond); !g.At.Equal(want) {
+			t.Fatalf("task %d (promised %v) granted at %v, want %v", i, hs[i].slot.Sub(t0), g.At.Sub(t0), want.Sub(t0))
+		}
+	}
+	for i, g := range grants {
+		n := 0
+		for _, h := range grants {
+			if h.At.After(g.At.Add(-1040*time.Millisecond)) && !h.At.After(g.At) {
+				n++
+			}
+		}
+		if n > 8 {
+			t.Fatalf("the window ending at grant %d (%v) holds %d, over the lowered 8", i, g.At.Sub(t0), n)
 		}
 	}
 	if n := f.meta(t)["n"]; n != n0 {

@@ -191,12 +191,29 @@ if m[4] and #m[4] == 8 * (1 + 2 * (ns + nd)) then
   end
 end
 
+-- Pacing: while an adaptive limit is lowered below its ceiling, admissions
+-- are spread evenly over the window (each one a window × its share of the
+-- capacity after the one before) instead of a window's worth at once, so
+-- that probing a shortage costs a call or two, not a burst of 429s, and
+-- the shortage's room is used as it frees. At the ceiling a window's worth
+-- goes at once (the fast path), as a fixed quota allows.
+local pace = adapted and ratio < 0.95
+local function gap(amounts)
+  local g = 0
+  if not pace then return 0 end
+  for i = 1, ns do
+    local c = D[3 * i - 1]
+    if c > 0 and amounts[i] > 0 then g = math.max(g, D[3 * i] * amounts[i] / c) end
+  end
+  return math.floor(g)
+end
+
 -- Fast path: an Acquire granted now, under the replication id meta was
 -- written under, in today's Pacific day, with no
 -- cooldown, whose every head is still inside its window (nothing to walk)
 -- and which fits every dimension on the sums alone. It does exactly what the
 -- general path below does in that case, with plain locals and no closures.
-if mode == 'a' and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 and srid == rid then
+if mode == 'a' and not pace and m[1] and m[2] and #m[1] == 8 * nv and b2 <= now and now < b3 and srid == rid then
   local vals = {struct.unpack(vfmt, m[1])}
   local t = vals[3]
   if t < now then t = now end
@@ -426,20 +443,24 @@ end
 
 -- Re-plan: once the effective capacity of a sliding dimension has risen 10%
 -- or more above the lowest the reservations still ahead were decided at
--- (meta pr: per sliding dimension the lowest and the highest), every entry
+-- (meta pr: per sliding dimension the lowest and the highest), or is back
+-- within 95% of its ceiling above what they were decided at, every entry
 -- after now + early is decided again, in order, by the same earliest fit at
--- today's capacities, never before its wake (the time its task comes back),
--- the cooldown or now + early, and never after where it was (reservations
--- hold). Every window ending at a moved entry then fits the current
--- capacities; one ending at an entry kept where it was holds a subset of
--- what it held when that entry was decided (every entry before it moved
--- earlier or stayed, any after it at the same time was fitted there); so no
--- window of the log exceeds the capacity of the decisions in it. Claimed
--- entries lie at or before now + early and never move. A fall moves nothing
--- (claims during the cooldown that follows a capacity 429 are decided
--- again, as before). A queue longer than 4,096 entries ahead, one whose
--- re-plan would cross a Pacific day boundary or the horizon, is left as it
--- is.
+-- today's capacities (paced while below the ceiling), never before its wake
+-- (the time its task comes back), the cooldown or now + early, and never
+-- after where it was. Every window ending at a moved entry then fits the
+-- current capacities; one ending at an entry kept where it was holds a
+-- subset of what it held when that entry was decided (every entry before
+-- it moved earlier or stayed, any after it at the same time was fitted
+-- there); so no window of the log exceeds the capacity of the decisions in
+-- it. Once a capacity has fallen 10% or more below the highest they were
+-- decided at (down), the entries ahead are decided again the same way but
+-- may move later: slots decided at a capacity Gemini no longer has would
+-- meet 429s, and the room a shortage still has is used in order instead of
+-- by the queue's tail; a task that comes at its old slot is told the new
+-- one. Claimed entries lie at or before now + early and never move. A queue
+-- longer than 4,096 entries ahead, one whose re-plan would cross a Pacific
+-- day boundary or the horizon, is left as it is.
 local caps = {}
 for i = 1, ns do caps[i] = dv[3 * i - 1] end
 local function set_pr()
@@ -447,7 +468,7 @@ local function set_pr()
   for i = 1, ns do xs[2 * i - 1], xs[2 * i] = caps[i], caps[i] end
   redis.call('HSET', meta, 'pr', struct.pack('<' .. string.rep('d', 2 * ns), unpack(xs)))
 end
-local function replan()
+local function replan(down)
   local b, n = vals[5], vals[4]
   local function first_after(x)
     local l, h = b, n
@@ -488,6 +509,11 @@ local function replan()
   if nd > 0 then dlo, dhi = bounds[today] + early, bounds[today + 1] - blackout end
   for j = j0, mm do
     local t = math.max(prev, W[j])
+    if pace and j > 1 then
+      local a = {}
+      for i = 1, ns do a[i] = amt(i, j) end
+      t = math.max(t, prev + gap(a))
+    end
     local again = true
     while again do
       again = false
@@ -506,7 +532,7 @@ local function replan()
         end
       end
     end
-    if t > O[j] then
+    if t > O[j] and not down then
       -- Kept where it was: the windows walked past it count again.
       t = O[j]
       for i = 1, ns do
@@ -578,12 +604,13 @@ if adapted and ns > 0 and not fresh then
     for i = 1, ns do pr[2 * i - 1], pr[2 * i] = cap0[i], cap0[i] end
   end
   if pr[1] and vals[3] > now + early then
-    local need = false
+    local need, down = false, false
     for i = 1, ns do
-      if caps[i] >= 1.1 * pr[2 * i - 1] then need = true end
+      if caps[i] >= 1.1 * pr[2 * i - 1] or ratio >= 0.95 and pr[2 * i - 1] < 0.95 * caps[i] then need = true end
+      if caps[i] <= 0.9 * pr[2 * i] then need, down = true, true end
     end
     if need then
-      replan()
+      replan(down)
       set_pr()
       pr = {}
       for i = 1, ns do pr[2 * i - 1], pr[2 * i] = caps[i], caps[i] end
@@ -739,6 +766,7 @@ end
 for i = 1, ns do pos[i], rem[i] = vals[6 + 3 * i], 0 end
 local last = vals[3]
 local t, why = math.max(now, last), 'fifo'
+if pace and last + gap(cost) > t then t, why = last + gap(cost), 'paced' end
 if floor and floor > t then t = floor end
 if cd > t then t, why = cd, 'cooldown: ' .. (lostcr or redis.call('HGET', meta, 'cr') or '') end
 local limit = now + horizon

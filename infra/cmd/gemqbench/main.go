@@ -134,7 +134,11 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("temp dir: %w", err)
 	}
-	defer os.RemoveAll(dir)
+	if os.Getenv("GEMQBENCH_KEEP") == "" {
+		defer os.RemoveAll(dir)
+	} else {
+		fmt.Fprintln(os.Stderr, "gemqbench: keeping", dir)
+	}
 
 	m := bench.ThisMachine()
 	fmt.Printf("machine: %s\n", m)

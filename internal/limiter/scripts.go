@@ -444,7 +444,7 @@ end
 -- Re-plan: once the effective capacity of a sliding dimension has risen 10%
 -- or more above the lowest the reservations still ahead were decided at
 -- (meta pr: per sliding dimension the lowest and the highest), or is back
--- within 95% of its ceiling above what they were decided at, every entry
+-- at its ceiling above what they were decided at, every entry
 -- after now + early is decided again, in order, by the same earliest fit at
 -- today's capacities (paced while below the ceiling), never before its wake
 -- (the time its task comes back), the cooldown or now + early, and never
@@ -606,7 +606,7 @@ if adapted and ns > 0 and not fresh then
   if pr[1] and vals[3] > now + early then
     local need, down = false, false
     for i = 1, ns do
-      if caps[i] >= 1.1 * pr[2 * i - 1] or ratio >= 0.95 and pr[2 * i - 1] < 0.95 * caps[i] then need = true end
+      if caps[i] >= 1.1 * pr[2 * i - 1] or ratio >= 1 and pr[2 * i - 1] < caps[i] then need = true end
       if caps[i] <= 0.9 * pr[2 * i] then need, down = true, true end
     end
     if need then

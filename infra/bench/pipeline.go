@@ -286,7 +286,11 @@ func RunPipeline(ctx context.Context, o PipelineOptions, logw io.Writer) (Pipeli
 	if err != nil {
 		return res, fmt.Errorf("log dir: %w", err)
 	}
-	defer os.RemoveAll(logDir)
+	if os.Getenv("GEMQBENCH_KEEP") == "" {
+		defer os.RemoveAll(logDir)
+	} else {
+		fmt.Fprintln(logw, "gemqbench: keeping", logDir)
+	}
 	fnLog := filepath.Join(logDir, "functions.log")
 	st, err := stack.Start(ctx, stack.Options{
 		Getenv: func(string) string { return "" }, // never the user's REDIS_ADDR, keys or emulators

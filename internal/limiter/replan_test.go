@@ -235,3 +235,63 @@ func (f *fixture) slot(t *testing.T, p Permit) time.Time {
 	}
 	return time.UnixMilli(at).UTC()
 }
+
+// TestReplanRewritesAWholeLog: a re-plan that moves the first entry of a
+// log trimmed up to it writes the whole log again (DEL, RPUSH): the
+// entries keep their indices (every permit still finds its own), the log
+// keeps its expiry, and the tasks are granted at their new slots.
+func TestReplanRewritesAWholeLog(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, `{"safety": 1, "horizon": "1m", "guard": "40ms", "scopes": [
+  {"project": "*", "model": "m", "dimensions": [
+    {"name": "rpm", "unit": "requests", "limit": "adaptive", "start": 100, "floor": 2, "ceiling": 100, "period": "1s"}]}]}`)
+	t0 := f.clock.Now()
+	for i := range 70 {
+		if p := f.acquire(t, Cost{Requests: 1}); p.Outcome != Granted {
+			t.Fatalf("acquire %d: %+v", i, p)
+		}
+	}
+	if err := f.l.Cooldown(ctx, scopeA, t0.Add(5*time.Second), "test"); err != nil {
+		t.Fatal(err)
+	}
+	// Two seconds on, the 70 entries are out of every window: the next
+	// append trims them, and the reservations start the log.
+	f.clock.Add(2 * time.Second)
+	var hs []held
+	for range 30 {
+		p := f.acquire(t, Cost{Requests: 1})
+		if p.Outcome != Reserved || !p.At.Equal(t0.Add(5*time.Second)) {
+			t.Fatalf("acquire during the cooldown: %+v, want reserved at its end", p)
+		}
+		hs = append(hs, held{p, p.At})
+	}
+	if m := f.meta(t); m["b"] != "70" {
+		t.Fatalf("log starts at index %s, want 70 (the granted entries trimmed)", m["b"])
+	}
+	// A capacity 429 lowers the rate; a longer cooldown moves even the
+	// first reservation: the re-plan rewrites the whole log.
+	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{Capacity: true}); !a.Lowered {
+		t.Fatal("the capacity 429 did not lower the rate")
+	}
+	if err := f.l.Cooldown(ctx, scopeA, t0.Add(6*time.Second), "test"); err != nil {
+		t.Fatal(err)
+	}
+	last := f.acquire(t, Cost{Requests: 1})
+	// 80 a window, paced: one every 13ms from the cooldown's end.
+	if s := f.slot(t, last); !s.Equal(t0.Add(6*time.Second + 30*13*time.Millisecond)) {
+		t.Fatalf("acquire after the re-plan: slot %v, want after the 30 re-planned at 13ms", s.Sub(t0))
+	}
+	key := logKey(scopePrefix(scopeA))
+	if n := f.rdb.LLen(ctx, key).Val(); n != 31 {
+		t.Fatalf("log holds %d entries, want 31", n)
+	}
+	if ttl := f.rdb.PTTL(ctx, key).Val(); ttl <= 0 {
+		t.Fatalf("log TTL %v after the rewrite: it would never expire", ttl)
+	}
+	grants := playAll(t, f, hs, t0.Add(10*time.Second))
+	for i, g := range grants {
+		if want := t0.Add(6*time.Second + time.Duration(13*i)*time.Millisecond); !g.At.Equal(want) {
+			t.Fatalf("task %d granted at %v, want %v", i, g.At.Sub(t0), want.Sub(t0))
+		}
+	}
+}

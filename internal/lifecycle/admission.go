@@ -170,14 +170,23 @@ func (m *Machine) waitForSlot(ctx context.Context, r *run, p *limiter.Permit) (o
 	return Outcome{}, true
 }
 
-// missedSlot logs a claim of reservation p that came too late for its slot
-// and was reserved again (np): the documented cause of a task's third
-// invocation when the new slot is beyond the claim lead.
+// missedSlot logs a claim of reservation p answered with another time
+// (np): one that came too late for its slot and was reserved again (the
+// documented cause of a task's third invocation when the new slot is
+// beyond the claim lead), or one whose slot moved while it held it (an
+// adaptive limit fell and the queue was re-planned later, or a wake: see
+// the limiter's "Re-planning").
 func missedSlot(ctx context.Context, r *run, p, np limiter.Permit, now time.Time) {
-	if np.Outcome == limiter.Reserved && !np.At.Equal(p.At) {
-		r.log.InfoContext(ctx, "claim missed its slot; reserved again", "slot", p.At.UTC().Format(time.RFC3339Nano),
-			"new_slot", np.At.UTC().Format(time.RFC3339Nano), "late", now.Sub(p.At).String())
+	if np.Outcome != limiter.Reserved || np.At.Equal(p.At) {
+		return
 	}
+	if np.Early {
+		r.log.InfoContext(ctx, "reserved slot moved; coming back at the new time", "slot", p.At.UTC().Format(time.RFC3339Nano),
+			"new_time", np.At.UTC().Format(time.RFC3339Nano))
+		return
+	}
+	r.log.InfoContext(ctx, "claim missed its slot; reserved again", "slot", p.At.UTC().Format(time.RFC3339Nano),
+		"new_slot", np.At.UTC().Format(time.RFC3339Nano), "late", now.Sub(p.At).String())
 }
 
 // maxSlotClaims bounds the claims of one wait for a slot: early (Redis'

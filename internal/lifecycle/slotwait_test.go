@@ -112,8 +112,11 @@ func TestLateClaimWaitsForItsNewSlot(t *testing.T) {
 			lc.mu.Lock()
 			answer := lc.answer
 			lc.mu.Unlock()
-			if answer.Outcome != limiter.Reserved || !answer.At.After(p.At) {
-				t.Fatalf("the late claim answered %+v, want reserved again after %v", answer, p.At)
+			if answer.Outcome != limiter.Reserved || !answer.At.After(p.At) || answer.Early {
+				t.Fatalf("the late claim answered %+v, want reserved again after %v (decided afresh, not early)", answer, p.At)
+			}
+			if !strings.Contains(f.logs(), "claim missed its slot; reserved again") || strings.Contains(f.logs(), "reserved slot moved") {
+				t.Error("the late claim is not logged as a missed slot")
 			}
 			want(t, got, http.StatusOK, OutSucceeded)
 			if n := len(f.scheduled()); n != 1 {

@@ -131,6 +131,12 @@ type Permit struct {
 	// no state for such a permit until then. Keep it with the permit; empty
 	// otherwise.
 	Ref string `json:"ref,omitempty"`
+	// Early is set on a Claim's Reserved answer when the reservation
+	// still holds and the claim only came before its slot: At is then the
+	// slot (which a re-plan may have moved, later after a fall of an
+	// adaptive limit) or a wake before it. Unset when the claim came late
+	// or met a cooldown and the permit was decided again.
+	Early bool `json:"-"`
 }
 
 // ErrUnknownScope is returned (wrapped) for a scope with no configured quota.
@@ -418,6 +424,7 @@ func (l *Limiter) Claim(ctx context.Context, p Permit) (Permit, error) {
 		return Permit{}, fmt.Errorf("limiter claim: %w", err)
 	}
 	if np.Outcome == Reserved && np.Reason == "" {
+		np.Early = true
 		np.Reason = p.Reason
 	}
 	return np, nil

@@ -227,8 +227,8 @@ func TestClaim(t *testing.T) {
 
 	// Early: nothing changes.
 	f.clock.Set(at.Add(-500 * time.Millisecond))
-	if p := f.claim(t, r); dec(p) != dec(r) || p.Reason != "rpm" {
-		t.Fatalf("early claim: %+v, want the same reservation", p)
+	if p := f.claim(t, r); dec(p) != dec(r) || p.Reason != "rpm" || !p.Early {
+		t.Fatalf("early claim: %+v, want the same reservation, early", p)
 	}
 	// On time (within the early tolerance): granted at the reserved slot.
 	f.clock.Set(at.Add(-10 * time.Millisecond))
@@ -245,6 +245,9 @@ func TestClaim(t *testing.T) {
 	}
 	if n := len(f.list(t, "rpm")); n != entries+1 {
 		t.Fatalf("second claim should append a fresh entry: %d -> %d", entries, n)
+	}
+	if g2.Outcome == Reserved && g2.Early {
+		t.Fatalf("second claim decided afresh but marked early: %+v", g2)
 	}
 }
 

@@ -167,6 +167,14 @@ func TestReplanOnAFallMovesReservationsLater(t *testing.T) {
 		t.Fatalf("acquire after the decrease: %+v, want reserved after the re-planned queue at 3640ms", p)
 	}
 	n0 := f.meta(t)["n"]
+	// A task that comes at its old slot is told the new one, its
+	// reservation holding (Early), not decided again.
+	f.clock.Set(hs[1].slot)
+	if p := f.claim(t, hs[1].p); p.Outcome != Reserved || !p.Early || !p.At.Equal(t0.Add(1170*time.Millisecond)) {
+		t.Fatalf("claim at the old slot: %+v, want told its new slot 1170ms, early", p)
+	} else {
+		hs[1].p = p
+	}
 	grants := playAll(t, f, hs, t0.Add(10*time.Second))
 	for i, g := range grants {
 		if want := t0.Add(time.Duration(1040+130*i) * time.Millisecond); !g.At.Equal(want) {

@@ -358,13 +358,21 @@ func Encode(e Envelope) ([]byte, error) {
 // them once the job's hash, which covers every envelope without them, is
 // known.
 func WithJob(data []byte, hash string, total int) []byte {
-	out := make([]byte, 0, len(data)+len(hash)+40)
-	out = append(out, bytes.TrimRight(data, "} \n")...)
+	out := openEnvelope(data, len(hash)+40)
 	out = append(out, `,"job_hash":"`...)
 	out = append(out, hash...)
 	out = append(out, `","job_total":`...)
 	out = strconv.AppendInt(out, int64(total), 10)
 	return append(out, '}')
+}
+
+// openEnvelope returns a copy of data, an encoded envelope (a JSON object),
+// without its closing brace, with room for extra more bytes: fields are
+// appended to it, then the brace. Exactly one brace goes (trailing space
+// first): the last field may itself end with one.
+func openEnvelope(data []byte, extra int) []byte {
+	body := bytes.TrimSuffix(bytes.TrimRight(data, " \n"), []byte("}"))
+	return append(make([]byte, 0, len(body)+extra+1), body...)
 }
 
 // The bounds of job_created: [minJobCreated, maxJobCreated).
@@ -387,8 +395,7 @@ const JobCreatedBytes = len(`,"job_created":""`) + len(jobCreatedLayout)
 // (UTC) for Validate to accept it: ingest adds it once the job's record,
 // which holds the creation time, exists. It adds JobCreatedBytes bytes.
 func WithCreated(data []byte, created time.Time) []byte {
-	out := make([]byte, 0, len(data)+JobCreatedBytes)
-	out = append(out, bytes.TrimSuffix(bytes.TrimRight(data, " \n"), []byte("}"))...)
+	out := openEnvelope(data, JobCreatedBytes)
 	out = append(out, `,"job_created":"`...)
 	out = created.UTC().AppendFormat(out, jobCreatedLayout)
 	return append(out, `"}`...)

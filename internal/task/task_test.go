@@ -229,3 +229,19 @@ func TestJobCreated(t *testing.T) {
 		}
 	}
 }
+
+// WithJob and WithCreated append their fields before the envelope's one
+// closing brace, also when its last field is an object that ends with
+// braces of its own (and after trailing space).
+func TestFieldsAppendedBeforeTheClosingBrace(t *testing.T) {
+	data := []byte(`{"v":1,"job_id":"j","key":"k","model":"m","request":{"contents":[{"parts":[{"text":"hi"}]}]}}` + " \n")
+	out := WithCreated(WithJob(data, "h", 3), time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC))
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if string(m["request"]) != okReq || string(m["job_hash"]) != `"h"` || string(m["job_total"]) != "3" ||
+		string(m["job_created"]) != `"2026-12-03T00:00:00.000Z"` {
+		t.Errorf("fields = %v", m)
+	}
+}

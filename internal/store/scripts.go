@@ -1,6 +1,10 @@
 package store
 
-import "github.com/redis/go-redis/v9"
+import (
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // prelude is shared by the task transition scripts. They all take
 //
@@ -207,7 +211,7 @@ end
 -- Before register: a refused copy must not create the task's record.
 if ARGV[17] ~= '' then
   local want = redis.call('HGET', KEYS[6], ARGV[3])
-  if want and want ~= string.sub(ARGV[17], 1, 16) then
+  if want and want ~= string.sub(ARGV[17], 1, ` + strconv.Itoa(fpPrefix) + `) then
     return {8, redis.call('HGET', KEYS[4], 'state') or 'queued', '0', '0', '0', '0', '0', '0', '0'}
   end
 end

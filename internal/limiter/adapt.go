@@ -23,9 +23,10 @@ import (
 //     Shared Quota publishes no number) multiplies the capacity of every
 //     sliding dimension by aimdDecrease, at most once per aimdHoldoff of the
 //     shortest period (one overload answers several calls in flight at once)
-//     and never below the dimension's floor. (0.5, as TCP's, was tried with
-//     re-plans in both directions: no more capacity used in the DSQ
-//     benchmark, and 1-4% of calls answered 429 instead of 0.2%);
+//     and never below the dimension's floor. (0.5, as TCP's, was tried
+//     before pacing, with re-plans in both directions: no more capacity
+//     used in the DSQ benchmark, and 0.3-4.5% of calls answered 429
+//     instead of 0.2%);
 //   - each success raises every sliding dimension's capacity by
 //     aimdIncrease × ceiling / (request capacity at the ceiling), up to its
 //     ceiling: two requests per success, so a period's worth of successes

@@ -19,12 +19,12 @@ const replanBenchQuota = `{"safety": 1, "horizon": "1h", "guard": "40ms", "scope
 // script re-plans at most 4,096.
 const replanQueue = 4000
 
-// BenchmarkReplan measures the Redis script that re-plans a queue of
-// reservations ahead once an adaptive limit has risen 10% (the acquire that
-// triggers it), against a plain acquire behind the same queue: a re-plan
+// BenchmarkReplan times, from the client, the acquire whose script
+// re-plans a queue of reservations ahead once an adaptive limit is back at
+// its ceiling, against a plain acquire behind the same queue: a re-plan
 // runs inside one Acquire or Claim, and blocks Redis while it runs.
 //
-//	go test -run '^$' -bench Replan -benchtime 20x ./internal/limiter
+//	go test -run '^$' -bench Replan -benchtime 10x ./internal/limiter
 func BenchmarkReplan(b *testing.B) {
 	ctx := context.Background()
 	cost := Cost{Requests: 1, InputTokens: 500}

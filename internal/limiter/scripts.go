@@ -437,7 +437,7 @@ end
 -- back at its ceiling (never later than first decided unless the capacity
 -- fell since).
 local function wake(t)
-  if ratio >= 0.95 or t - now <= maxwin / 2 then return t end
+  if not pace or t - now <= maxwin / 2 then return t end
   return math.min(t, math.max(math.floor(now + ratio * (t - now)), now + early))
 end
 
@@ -463,9 +463,8 @@ end
 -- day boundary or the horizon, is left as it is.
 local caps = {}
 for i = 1, ns do caps[i] = dv[3 * i - 1] end
-local function set_pr()
-  local xs = {}
-  for i = 1, ns do xs[2 * i - 1], xs[2 * i] = caps[i], caps[i] end
+-- pr: xs holds per sliding dimension the lowest and the highest capacity.
+local function write_pr(xs)
   redis.call('HSET', meta, 'pr', struct.pack('<' .. string.rep('d', 2 * ns), unpack(xs)))
 end
 local function replan(down)
@@ -507,10 +506,10 @@ local function replan(down)
   if j0 > 1 and T[j0 - 1] > prev then prev = T[j0 - 1] end
   local dlo, dhi = nil, nil
   if nd > 0 then dlo, dhi = bounds[today] + early, bounds[today + 1] - blackout end
+  local a = {} -- the amounts of entry j, for its pacing gap
   for j = j0, mm do
     local t = math.max(prev, W[j])
     if pace and j > 1 then
-      local a = {}
       for i = 1, ns do a[i] = amt(i, j) end
       t = math.max(t, prev + gap(a))
     end
@@ -549,16 +548,20 @@ local function replan(down)
     prev = t
   end
   -- The tail from the first moved entry is written again in one LTRIM and
-  -- a few RPUSHes (an LSET per entry walks the list each time: 8 of the 14
-  -- ms a 4,000-entry re-plan took; BenchmarkReplan).
+  -- a few RPUSHes (an LSET per entry walks the list each time: about half
+  -- of a 4,000-entry re-plan's time; BenchmarkReplan).
   local jf = nil
   for j = j0, mm do
     if T[j] ~= O[j] then jf = j break end
   end
   if jf then
-    local keep = c0 + jf - 2 - b
-    local ttl = redis.call('PTTL', log)
-    if keep >= 0 then redis.call('LTRIM', log, 0, keep) else redis.call('DEL', log) end
+    local keep, ttl = c0 + jf - 2 - b, nil
+    if keep >= 0 then
+      redis.call('LTRIM', log, 0, keep)
+    else
+      ttl = redis.call('PTTL', log)
+      redis.call('DEL', log)
+    end
     local buf = {}
     for j = jf, mm do
       buf[#buf + 1] = pack_entry(T[j], R[j], K[j], W[j])
@@ -567,7 +570,7 @@ local function replan(down)
         buf = {}
       end
     end
-    if keep < 0 and ttl > 0 then redis.call('PEXPIRE', log, ttl) end
+    if ttl and ttl > 0 then redis.call('PEXPIRE', log, ttl) end
   end
   -- The heads and sums of the window before the new last entry (every
   -- entry before c0 lies out of it).
@@ -611,9 +614,9 @@ if adapted and ns > 0 and not fresh then
     end
     if need then
       replan(down)
-      set_pr()
       pr = {}
       for i = 1, ns do pr[2 * i - 1], pr[2 * i] = caps[i], caps[i] end
+      write_pr(pr)
     end
   end
 end
@@ -766,7 +769,10 @@ end
 for i = 1, ns do pos[i], rem[i] = vals[6 + 3 * i], 0 end
 local last = vals[3]
 local t, why = math.max(now, last), 'fifo'
-if pace and last + gap(cost) > t then t, why = last + gap(cost), 'paced' end
+if pace then
+  local p = last + gap(cost)
+  if p > t then t, why = p, 'paced' end
+end
 if floor and floor > t then t = floor end
 if cd > t then t, why = cd, 'cooldown: ' .. (lostcr or redis.call('HGET', meta, 'cr') or '') end
 local limit = now + horizon
@@ -883,7 +889,7 @@ if code == 2 and adapted and ns > 0 then
       if pr[1] and last > now + early then a, z = math.min(a, pr[2 * i - 1]), math.max(z, pr[2 * i]) end
       xs[2 * i - 1], xs[2 * i] = a, z
     end
-    redis.call('HSET', meta, 'pr', struct.pack('<' .. string.rep('d', 2 * ns), unpack(xs)))
+    write_pr(xs)
   end
 end
 if code == 2 then return {2, w, why} end

@@ -188,8 +188,8 @@ var words = strings.Fields(`quota window token request minute limiter gemini res
 	queue worker ingest publish redis script permit burst latency model answer prompt summary`)
 
 // JobJSONL returns a Batch-API JSONL job of n requests of prose whose
-// input tokens (by gemq's counting rule) are uniform in [minTok, maxTok],
-// and their total.
+// input tokens (the stand-in's count) are uniform in [minTok, maxTok], and
+// the total of gemq's raw estimates of them.
 func JobJSONL(n, minTok, maxTok int, seed uint64) ([]byte, int64, error) {
 	body, tasks, err := ContentJob(ContentWords, n, minTok, maxTok, seed)
 	var total int64
@@ -208,10 +208,10 @@ type JobTask struct {
 }
 
 // ContentJob returns a Batch-API JSONL job of n requests of content kind
-// (ContentWords, ContentDigits, …) whose sizes are uniform in [minTok,
-// maxTok] (by gemq's rule for ContentWords, by the stand-in's for the
-// others; ContentMixed's come from EstimatorPrompt), with each task's
-// estimate and true count.
+// (ContentWords, ContentDigits, …) whose true sizes (the stand-in's
+// independent count, what Gemini charges) are uniform in [minTok, maxTok]
+// (ContentMixed's come from EstimatorPrompt), with each task's estimate and
+// true count.
 func ContentJob(kind string, n, minTok, maxTok int, seed uint64) ([]byte, []JobTask, error) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	var b bytes.Buffer

@@ -52,9 +52,10 @@ func TestVanishedReservationNotBeforeItsSlot(t *testing.T) {
 	for range 11 {
 		f.acquire(t, Cost{Requests: 1})
 	}
-	// Three windows ahead: further than the one-window fail-safe reaches.
+	// Three windows ahead (and two spacings of 43ms): further than the
+	// one-window fail-safe reaches.
 	res := f.acquire(t, Cost{Requests: 1})
-	if res.Outcome != Reserved || res.At.Sub(f.clock.Now()) != 3*(time.Second+40*time.Millisecond) {
+	if res.Outcome != Reserved || res.At.Sub(f.clock.Now()) != 3*(time.Second+40*time.Millisecond)+2*43*time.Millisecond {
 		t.Fatalf("12th: %+v", res)
 	}
 	f.rdb.FlushAll(ctx)
@@ -67,7 +68,7 @@ func TestVanishedReservationNotBeforeItsSlot(t *testing.T) {
 	if got.Outcome == Granted || got.At.Before(res.At) {
 		t.Fatalf("claim of a vanished reservation at %v: %+v, want nothing before its slot %v", f.clock.Now(), got, res.At)
 	}
-	if p := f.acquire(t, Cost{Requests: 1}); p.Outcome == Granted || !strings.HasPrefix(p.Reason, "cooldown: state lost") && p.Reason != "fifo" {
+	if p := f.acquire(t, Cost{Requests: 1}); p.Outcome == Granted || !strings.HasPrefix(p.Reason, "cooldown: state lost") && p.Reason != "fifo" && p.Reason != "spaced" {
 		t.Fatalf("acquire after the proof of loss: %+v", p)
 	}
 }
@@ -97,9 +98,10 @@ func TestReservationsHold(t *testing.T) {
 	if c := f.claim(t, r3); c.Outcome != Granted || !c.At.Equal(slot) {
 		t.Fatalf("r3 claimed at its slot after the extra charge: %+v, want granted at %v", c, slot)
 	}
-	if !before.At.Equal(slot) || !after.At.Equal(t0.Add(1640*time.Millisecond).UTC()) {
+	// Decided before it: right after r3, spaced (1040ms / 3 requests / 8).
+	if spaced := slot.Add(43 * time.Millisecond); !before.At.Equal(spaced) || !after.At.Equal(t0.Add(1640*time.Millisecond).UTC()) {
 		t.Fatalf("10 tokens decided before the extra charge at %v (want %v), after it at %v (want once r1 leaves, %v)",
-			before.At, slot, after.At, t0.Add(1640*time.Millisecond).UTC())
+			before.At, spaced, after.At, t0.Add(1640*time.Millisecond).UTC())
 	}
 }
 

@@ -105,12 +105,13 @@ func TestRestartFromSnapshotLosingGrants(t *testing.T) {
 		t.Fatalf("after the restart: %+v; want the state-lost cooldown, nothing granted within a window of the lost grant (%v)", p, granted)
 	}
 	// Seen once: the next decision queues behind the first (the window
-	// holds two) instead of starting another cooldown.
+	// holds two), spaced (2100ms / 2 / 8), instead of starting another
+	// cooldown.
 	q, err := lim.Acquire(ctx, scopeA, Cost{Requests: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !q.At.Equal(p.At) {
-		t.Fatalf("next decision %+v, want the first's slot %v", q, p.At)
+	if want := p.At.Add(131 * time.Millisecond); !q.At.Equal(want) {
+		t.Fatalf("next decision %+v, want right after the first's slot, at %v", q, want)
 	}
 }

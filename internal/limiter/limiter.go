@@ -123,8 +123,10 @@ type Permit struct {
 	At time.Time `json:"at"`
 	// Reason says what held the permit back (Reserved, Denied, Rejected): the
 	// binding dimension's name, "fifo" (queued behind earlier reservations),
-	// "paced" (spaced after the one before while an adaptive limit is
-	// lowered), or "cooldown: <reason>". Empty for Granted.
+	// "spaced" (a reservation kept 1/8 of its paced gap after the one before:
+	// see "Pacing" in acquireLua), "paced" (spaced after the one before
+	// while an adaptive limit is lowered), or "cooldown: <reason>". Empty for
+	// Granted.
 	Reason string `json:"reason,omitempty"`
 	// Ref is opaque: for a permit Granted by Acquire it carries the permit's
 	// state (signed with the scope's secret kept in Redis, so a forged or

@@ -140,20 +140,23 @@ func TestReservationsAreFIFO(t *testing.T) {
 	for range 7 {
 		got = append(got, dec(f.acquire(t, Cost{Requests: 1, InputTokens: 10})))
 	}
-	w := 1040 * time.Millisecond
+	// Reservations are spaced: 1040ms / 3 requests / 8 = 43ms apart.
+	w, sp := 1040*time.Millisecond, 43*time.Millisecond
 	want := []decision{
 		{Granted, f.ms(0)}, {Granted, f.ms(0)}, {Granted, f.ms(0)},
-		{Reserved, f.ms(w)}, {Reserved, f.ms(w)}, {Reserved, f.ms(w)},
+		{Reserved, f.ms(w)}, {Reserved, f.ms(w + sp)}, {Reserved, f.ms(w + 2*sp)},
 		{Reserved, f.ms(2 * w)},
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Fatalf("decisions (-want +got):\n%s", d)
 	}
 	// A small request arriving later never overtakes the queue (FIFO), even
-	// though it would fit an earlier gap in the token dimension.
+	// though it would fit an earlier gap in the token dimension: it comes
+	// after the tail, spaced (1040ms × 1 token / 100 / 8: 1ms).
 	f.clock.Add(100 * time.Millisecond)
-	if p := f.acquire(t, Cost{Requests: 0, InputTokens: 1}); p.Outcome != Reserved || !p.At.Equal(f.ms(2*w-100*time.Millisecond)) {
-		t.Fatalf("late small request: %+v, want reserved at the tail %v", p, f.ms(2*w-100*time.Millisecond))
+	tail := f.ms(2*w - 100*time.Millisecond + time.Millisecond)
+	if p := f.acquire(t, Cost{Requests: 0, InputTokens: 1}); p.Outcome != Reserved || !p.At.Equal(tail) {
+		t.Fatalf("late small request: %+v, want reserved after the tail, at %v", p, tail)
 	}
 }
 

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -114,16 +115,10 @@ func (m *refModel) dayOf(t int64, b [5]int64) int64 {
 	return -1
 }
 
-// acquire returns the outcome and, for Granted/Reserved, the exact slot; for
-// Denied, the exact earliest fit minus the horizon.
-func (m *refModel) acquire(now int64, id string, cost Cost) (Outcome, int64) {
-	for _, d := range m.q.Dimensions {
-		if cost.of(d.Unit) > m.q.Capacity(d) {
-			return Rejected, 0
-		}
-	}
-	b := bounds5(now)
-	t0 := max(now, m.last, m.cd)
+// earliest returns the earliest instant at or after t0 at which cost fits,
+// trying every instant at which a constraint can change (-1: none; beyond:
+// the instant returned lies past the known days).
+func (m *refModel) earliest(t0 int64, cost Cost, b [5]int64) (t int64, beyond bool) {
 	cands := []int64{t0}
 	for i, d := range m.sliding {
 		for _, e := range m.entries[i] {
@@ -134,19 +129,51 @@ func (m *refModel) acquire(now int64, id string, cost Cost) (Outcome, int64) {
 		cands = append(cands, x+m.early)
 	}
 	slices.Sort(cands)
-	t := int64(-1)
 	for _, c := range cands {
 		if c < t0 {
 			continue
 		}
 		ok, beyond := m.fits(c, cost, b)
-		if beyond {
-			return Denied, c - m.horizo
+		if beyond || ok {
+			return c, beyond
 		}
-		if ok {
-			t = c
-			break
+	}
+	return -1, false
+}
+
+// spacing is the least time between a reservation and the entry before it:
+// 1/spacing of the window × the cost's largest share of a capacity.
+func (m *refModel) spacing(cost Cost) int64 {
+	g := 0.0
+	for _, d := range m.sliding {
+		if c, amt := m.q.Capacity(d), cost.of(d.Unit); c > 0 && amt > 0 {
+			g = max(g, float64(m.win(d))*float64(amt)/float64(c))
 		}
+	}
+	return int64(math.Floor(g / spacing))
+}
+
+// acquire returns the outcome and, for Granted/Reserved, the exact slot; for
+// Denied, the exact earliest fit minus the horizon.
+func (m *refModel) acquire(now int64, id string, cost Cost) (Outcome, int64) {
+	for _, d := range m.q.Dimensions {
+		if cost.of(d.Unit) > m.q.Capacity(d) {
+			return Rejected, 0
+		}
+	}
+	b := bounds5(now)
+	t, beyond := m.earliest(max(now, m.last, m.cd), cost, b)
+	if !beyond && t > now+m.early && t <= now+m.horizo {
+		// A reservation comes at least the spacing after the entry before.
+		if p := m.last + m.spacing(cost); p > t {
+			if p > now+m.horizo {
+				return Denied, p - m.horizo
+			}
+			t, beyond = m.earliest(p, cost, b)
+		}
+	}
+	if beyond {
+		return Denied, t - m.horizo
 	}
 	if t < 0 || t > now+m.horizo {
 		return Denied, t - m.horizo

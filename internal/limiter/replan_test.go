@@ -168,15 +168,25 @@ func TestReplanOnAFallMovesReservationsLater(t *testing.T) {
 		t.Fatalf("acquire after the decrease: %+v, want reserved after the re-planned queue at 3640ms", p)
 	}
 	n0 := f.meta(t)["n"]
-	// A task that comes at its old slot is told the new one, its
-	// reservation holding (Early), not decided again.
+	// The first task's slot holds; the second, coming at its old slot (at
+	// the ceiling, reservations are spaced: 13ms after the first), is told
+	// the new one, its reservation holding (Early), not decided again.
+	f.clock.Set(hs[0].slot)
+	p0 := f.claim(t, hs[0].p)
+	if p0.Outcome != Granted || !p0.At.Equal(t0.Add(1040*time.Millisecond)) {
+		t.Fatalf("claim of the first reservation: %+v, want granted at 1040ms", p0)
+	}
+	first := Event{At: p0.At, Cost: p0.Cost}
 	f.clock.Set(hs[1].slot)
+	if !hs[1].slot.Equal(t0.Add(1053 * time.Millisecond)) {
+		t.Fatalf("second reservation at %v, want 1053ms (spaced 13ms)", hs[1].slot.Sub(t0))
+	}
 	if p := f.claim(t, hs[1].p); p.Outcome != Reserved || !p.Early || !p.At.Equal(t0.Add(1170*time.Millisecond)) {
 		t.Fatalf("claim at the old slot: %+v, want told its new slot 1170ms, early", p)
 	} else {
 		hs[1].p = p
 	}
-	grants := play(t, f, hs, t0.Add(10*time.Second), false)
+	grants := append([]Event{first}, play(t, f, hs[1:], t0.Add(10*time.Second), false)...)
 	for i, g := range grants {
 		if want := t0.Add(time.Duration(1040+130*i) * time.Millisecond); !g.At.Equal(want) {
 			t.Fatalf("task %d (promised %v) granted at %v, want %v", i, hs[i].slot.Sub(t0), g.At.Sub(t0), want.Sub(t0))
@@ -235,10 +245,11 @@ func TestReplanRewritesAWholeLog(t *testing.T) {
 	// append trims them, and the reservations start the log.
 	f.clock.Add(2 * time.Second)
 	var hs []held
-	for range 30 {
+	for i := range 30 {
+		// From the cooldown's end, spaced: 1/8 of 1040ms / 100, 1ms.
 		p := f.acquire(t, Cost{Requests: 1})
-		if p.Outcome != Reserved || !p.At.Equal(t0.Add(5*time.Second)) {
-			t.Fatalf("acquire during the cooldown: %+v, want reserved at its end", p)
+		if p.Outcome != Reserved || !p.At.Equal(t0.Add(5*time.Second+time.Duration(i)*time.Millisecond)) {
+			t.Fatalf("acquire %d during the cooldown: %+v, want reserved at its end + %dms", i, p, i)
 		}
 		hs = append(hs, held{p, p.At})
 	}

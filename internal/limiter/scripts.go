@@ -138,6 +138,13 @@ end
 // ARGV[8] is not current.
 var acquireScript = redis.NewScript(acquireLua)
 
+// spacing: a reservation at the ceiling comes at least 1/spacing of the
+// paced gap after the entry before it (see "Pacing" in acquireLua).
+const (
+	spacing    = 8
+	spacingLua = "8"
+)
+
 const acquireLua = `
 -- Redis TIME, not the caller's clock: all instances must agree on "now".
 local now
@@ -195,16 +202,27 @@ end
 -- are spread evenly over the window (each one a window × its share of the
 -- capacity after the one before) instead of a window's worth at once, so
 -- that probing a shortage costs a call or two, not a burst of 429s, and
--- the shortage's room is used as it frees. At the ceiling a window's worth
--- goes at once (the fast path), as a fixed quota allows.
+-- the shortage's room is used as it frees. At the ceiling the admissions
+-- granted now go at once (the fast path), as a fixed quota allows, but a
+-- reservation is spaced: at least 1/spacing of that gap after the entry
+-- before it. Reservations replicate the times of the admissions a window
+-- earlier, so without it a burst of arrivals (64 pushes at once) came back
+-- every window as 64 claims within a few milliseconds, and a shortage that
+-- began under them (Dynamic Shared Quota, a 429 below the published limit)
+-- answered all 64 with 429 before the first one was seen (the DSQ
+-- benchmark: 64 of 1,627 calls; spaced: 4). A window's worth of
+-- reservations then takes at least 1/spacing of the window, which the
+-- arrivals' own spread mostly covers (TPM-bound benchmark: 1.051 × the
+-- minimum, 1.052 unspaced).
 local pace = adapted and ratio < 0.95
+local spacing = ` + spacingLua + `
 local function gap(amounts)
   local g = 0
-  if not pace then return 0 end
   for i = 1, ns do
     local c = D[3 * i - 1]
     if c > 0 and amounts[i] > 0 then g = math.max(g, D[3 * i] * amounts[i] / c) end
   end
+  if not pace then g = g / spacing end
   return math.floor(g)
 end
 
@@ -509,7 +527,7 @@ local function replan(down)
   local a = {} -- the amounts of entry j, for its pacing gap
   for j = j0, mm do
     local t = math.max(prev, W[j])
-    if pace and j > 1 then
+    if j > 1 then
       for i = 1, ns do a[i] = amt(i, j) end
       t = math.max(t, prev + gap(a))
     end
@@ -776,21 +794,33 @@ end
 if floor and floor > t then t = floor end
 if cd > t then t, why = cd, 'cooldown: ' .. (lostcr or redis.call('HGET', meta, 'cr') or '') end
 local limit = now + horizon
-local changed = true
-while changed and t <= limit do
-  changed = false
-  for i = 1, ns do
-    if t > limit then break end
-    local t2 = fit(i, t)
-    if t2 > t then t, why, changed = t2, names[1 + i], true end
+local spaced = pace
+repeat
+  local changed = true
+  while changed and t <= limit do
+    changed = false
+    for i = 1, ns do
+      if t > limit then break end
+      local t2 = fit(i, t)
+      if t2 > t then t, why, changed = t2, names[1 + i], true end
+    end
+    for i = 1, nd do
+      if t > limit then break end
+      local t2 = dayfit(dl[i], t)
+      if t2 == nil then t2 = bounds[5] + early end
+      if t2 > t then t, why, changed = t2, dl[i].name, true end
+    end
   end
-  for i = 1, nd do
-    if t > limit then break end
-    local t2 = dayfit(dl[i], t)
-    if t2 == nil then t2 = bounds[5] + early end
-    if t2 > t then t, why, changed = t2, dl[i].name, true end
+  -- A reservation (not a grant) comes at least gap after the entry before
+  -- it (see gap); later than where it fits, it still fits every sliding
+  -- window, but the day and the horizon are checked again.
+  local again = false
+  if not spaced and t > now + early and t <= limit then
+    spaced = true
+    local p = last + gap(cost)
+    if p > t then t, why, again = p, 'spaced', true end
   end
-end
+until not again
 
 if t > limit then
   if dirty then write_meta(last, nil) end

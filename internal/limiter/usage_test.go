@@ -48,14 +48,15 @@ func TestUsage(t *testing.T) {
 			t.Fatalf("permit %d: %s, want %s", i, p.Outcome, want)
 		}
 	}
-	// Three granted now, three reserved a window (1040ms) later, two a
-	// window after that; the daily counter holds all eight.
+	// Three granted now, three reserved a window (1040ms) later, spaced
+	// 43ms apart (1040ms / 3 / 8), two a window after that; the daily
+	// counter holds all eight.
 	want := Usage{At: f.ms(0), Dimensions: dims(8), Reserved: 5, LastSlot: last.At}
 	if diff := cmp.Diff(want, usage()); diff != "" {
 		t.Errorf("busy scope (-want +got):\n%s", diff)
 	}
 	// Past the first reserved slots: two remain ahead.
-	f.clock.Add(1100 * time.Millisecond)
+	f.clock.Add(1200 * time.Millisecond)
 	want = Usage{At: f.ms(0), Dimensions: dims(8), Reserved: 2, LastSlot: last.At}
 	if diff := cmp.Diff(want, usage()); diff != "" {
 		t.Errorf("a window later (-want +got):\n%s", diff)

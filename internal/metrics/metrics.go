@@ -6,8 +6,9 @@
 // Cloud Tasks export their own metrics.
 //
 // Labels are low-cardinality and closed: scope ("project/model"),
-// dimension (a configured dimension's name, or "fifo", "cooldown", "none"),
-// outcome, kind. Never a prompt, a key, a task or job id.
+// dimension (a configured dimension's name, or "fifo", "spaced", "paced",
+// "cooldown", "none"), outcome, kind. Never a prompt, a key, a task or job
+// id.
 //
 // Recording never blocks: counters add to atomic cells in memory and a reader
 // (Export's periodic OTLP push, or the local view's Local) collects them on
@@ -44,8 +45,8 @@ const MeterName = "github.com/gemq-dev/gemq"
 const (
 	// Permits counts limiter decisions: labels scope, kind (acquire,
 	// claim), outcome (granted, reserved, denied, rejected), dimension
-	// (what held it back: a dimension's name, "fifo", "cooldown"; "none"
-	// when granted).
+	// (what held it back: a dimension's name, "fifo", "spaced", "paced",
+	// "cooldown"; "none" when granted).
 	Permits = "gemq_permits_total"
 	// WindowUsed is what the admissions this process was granted hold in
 	// each sliding dimension's window (the limiter's: period + guard) now:

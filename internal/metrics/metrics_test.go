@@ -100,14 +100,14 @@ func TestLocalSnapshot(t *testing.T) {
 			t.Errorf("%s%v = %v (found %v), want %v", w.name, w.labels, got, ok, w.want)
 		}
 	}
-	// The reservations are held back by rpm, or queued behind one ("fifo"),
-	// as the milliseconds fall.
+	// The reservations are held back by rpm, or queued behind one ("fifo",
+	// "spaced"), as the milliseconds fall.
 	var reservedPermits float64
 	for _, x := range s.Series {
 		if x.Name == Permits && x.Labels["outcome"] == "reserved" {
 			reservedPermits += x.Value
-			if d := x.Labels["dimension"]; d != "rpm" && d != "fifo" {
-				t.Errorf("reserved permit held back by %q, want rpm or fifo", d)
+			if d := x.Labels["dimension"]; d != "rpm" && d != "fifo" && d != "spaced" {
+				t.Errorf("reserved permit held back by %q, want rpm, fifo or spaced", d)
 			}
 		}
 	}

@@ -283,3 +283,40 @@ func TestReplanRewritesAWholeLog(t *testing.T) {
 		}
 	}
 }
+
+// TestWakeCountsTheRateTheQueueWasDecidedAt: while the rate is lowered, a
+// task is told to come back at the share of its wait the queue ahead would
+// take at the ceiling. The queue ahead was decided at 80 a window; the rate
+// has since climbed 7.5% to 86 (too little to re-plan): the new task's wake
+// is 80% of its wait, not 86%, so that a re-plan that moves the queue
+// earlier can move it too, instead of leaving it alone at the back.
+func TestWakeCountsTheRateTheQueueWasDecidedAt(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, `{"safety": 1, "horizon": "1m", "guard": "40ms", "scopes": [
+  {"project": "*", "model": "m", "dimensions": [
+    {"name": "rpm", "unit": "requests", "limit": "adaptive", "start": 100, "floor": 10, "ceiling": 100, "period": "1s"}]}]}`)
+	if a, _ := f.l.Throttled(ctx, scopeA, Throttle429{Capacity: true}); !a.Lowered {
+		t.Fatal("the capacity 429 did not lower the rate")
+	}
+	f.clock.Add(time.Second) // past the cooldown that follows the decrease
+	for range 200 {
+		f.acquire(t, Cost{Requests: 1})
+	}
+	for range 3 {
+		if err := f.l.Settle(ctx, Permit{Scope: scopeA}, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, _ := f.l.Limits(ctx, scopeA); m["rpm"] != 86 {
+		t.Fatalf("limits after 3 successes: %v, want rpm 86", m)
+	}
+	p := f.acquire(t, Cost{Requests: 1})
+	slot, now := f.slot(t, p), f.clock.Now()
+	if slot.Sub(now) < time.Second {
+		t.Fatalf("slot %v ahead, want more than half a window (the queue of 200 at 80 a window)", slot.Sub(now))
+	}
+	want := now.Add(time.Duration(0.8 * float64(slot.Sub(now).Milliseconds())) * time.Millisecond).Truncate(time.Millisecond)
+	if !p.At.Equal(want) {
+		t.Fatalf("wake %v after now (slot %v), want %v: 80%% of the wait", p.At.Sub(now), slot.Sub(now), want.Sub(now))
+	}
+}

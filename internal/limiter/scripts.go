@@ -187,10 +187,11 @@ local failover = m[1] ~= false and srid ~= false and srid ~= rid
 -- nothing was adapted), which wake times and re-plans read.
 local ratio, adapted = 1, false
 local cap0 = {} -- the sliding capacities before adaptation
-for i = 1, ns do cap0[i] = D[3 * i - 1] end
+local ceil = {} -- their ceilings (a quotaValue may have lowered one)
+for i = 1, ns do cap0[i], ceil[i] = D[3 * i - 1], D[3 * i - 1] end
 if m[4] and #m[4] == 8 * (1 + 2 * (ns + nd)) then
   local A = {struct.unpack('<' .. string.rep('d', 1 + 2 * (ns + nd)), m[4])}
-  for i = 1, ns do D[3 * i - 1] = A[2 * i] end
+  for i = 1, ns do D[3 * i - 1], ceil[i] = A[2 * i], A[2 * i + 1] end
   for i = 1, nd do D[3 * ns + 2 * i] = A[2 * (ns + i)] end
   adapted = true
   for i = 1, ns do
@@ -453,10 +454,16 @@ end
 -- re-plan after the capacity rose may have moved its entry there by then;
 -- otherwise the claim tells it a new wake, the slot once the capacity is
 -- back at its ceiling (never later than first decided unless the capacity
--- fell since).
+-- fell since). The queue ahead drains at the rates it was decided at, the
+-- lowest of which (meta pr) may lie below today's: wratio, the lower of
+-- the two as a share of the ceiling, is read once pr is (below). With
+-- today's alone, a task queued at the back after a 429 was told a wake
+-- later than where the re-planned queue ended, and finished alone, a
+-- quarter minute after the rest (DSQ benchmark).
+local wratio = ratio
 local function wake(t)
   if not pace or t - now <= maxwin / 2 then return t end
-  return math.min(t, math.max(math.floor(now + ratio * (t - now)), now + early))
+  return math.min(t, math.max(math.floor(now + wratio * (t - now)), now + early))
 end
 
 -- Re-plan: once the effective capacity of a sliding dimension has risen 10%
@@ -636,6 +643,11 @@ if adapted and ns > 0 and not fresh then
       for i = 1, ns do pr[2 * i - 1], pr[2 * i] = caps[i], caps[i] end
       write_pr(pr)
     end
+  end
+end
+if pr[1] then
+  for i = 1, ns do
+    if ceil[i] > 0 and pr[2 * i - 1] / ceil[i] < wratio then wratio = pr[2 * i - 1] / ceil[i] end
   end
 end
 

@@ -315,7 +315,7 @@ func TestWakeCountsTheRateTheQueueWasDecidedAt(t *testing.T) {
 	if slot.Sub(now) < time.Second {
 		t.Fatalf("slot %v ahead, want more than half a window (the queue of 200 at 80 a window)", slot.Sub(now))
 	}
-	want := now.Add(time.Duration(0.8 * float64(slot.Sub(now).Milliseconds())) * time.Millisecond).Truncate(time.Millisecond)
+	want := now.Add(time.Duration(0.8*float64(slot.Sub(now).Milliseconds())) * time.Millisecond).Truncate(time.Millisecond)
 	if !p.At.Equal(want) {
 		t.Fatalf("wake %v after now (slot %v), want %v: 80%% of the wait", p.At.Sub(now), slot.Sub(now), want.Sub(now))
 	}

@@ -142,7 +142,10 @@ func batchDeps(rdb redis.Scripter, cfg config.Config, gem *gemini.Client, jobs *
 func newLimiter(rdb redis.Scripter, cfg config.Config, log *slog.Logger, shift time.Duration) *limiter.Limiter {
 	opts := []limiter.Option{limiter.WithLogger(log)}
 	if cfg.LimiterBaseline {
-		opts = append(opts, limiter.WithoutAdaptation())
+		opts = append(opts, limiter.WithoutAdaptation(), limiter.WithoutSpacing())
+	}
+	if cfg.LimitPolicy == config.PolicySeed {
+		opts = append(opts, limiter.WithoutSpacing())
 	}
 	if shift != 0 {
 		log.Warn("test clock hook: the limiter reads the Pacific calendar shifted", "shift", shift.String())

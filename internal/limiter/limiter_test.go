@@ -530,3 +530,51 @@ func TestRefAfterNewEpoch(t *testing.T) {
 		t.Fatalf("reconcile with the new epoch's ref: %v, want s:tpm 20", m)
 	}
 }
+
+// TestReleasedReservationsDoNotPushTheQueue: a reservation given back at
+// once (the seed policy refuses and retries later) leaves no call behind,
+// so the next reservation is not spaced after it: a run of refusals keeps
+// the queue's tail where the window frees, instead of pushing it a spacing
+// further each time until nothing is granted again.
+func TestReleasedReservationsDoNotPushTheQueue(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, smallQuota)
+	for range 3 {
+		if p := f.acquire(t, Cost{Requests: 1}); p.Outcome != Granted {
+			t.Fatalf("setup: %+v", p)
+		}
+	}
+	w := 1040 * time.Millisecond
+	for i := range 10 {
+		p := f.acquire(t, Cost{Requests: 1})
+		if p.Outcome != Reserved || !p.At.Equal(f.ms(w)) {
+			t.Fatalf("refusal %d: %+v, want reserved at %v (where the window frees)", i, p, f.ms(w))
+		}
+		if err := f.l.Release(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A reservation kept is spaced after the one before it.
+	first, second := f.acquire(t, Cost{Requests: 1}), f.acquire(t, Cost{Requests: 1})
+	if !first.At.Equal(f.ms(w)) || !second.At.Equal(f.ms(w+43*time.Millisecond)) {
+		t.Fatalf("kept reservations at %v and %v, want %v and 43ms later", first.At, second.At, f.ms(w))
+	}
+}
+
+// TestWithoutSpacing: the seed policy's limiter (and the baseline's) keeps
+// a window's reservations at the instant the window frees, unspaced.
+func TestWithoutSpacing(t *testing.T) {
+	f := newFixture(t, smallQuota)
+	f.l.unspaced = true
+	w := 1040 * time.Millisecond
+	for i := range 6 {
+		p := f.acquire(t, Cost{Requests: 1})
+		if want := f.ms(0); i >= 3 {
+			if want = f.ms(w); p.Outcome != Reserved || !p.At.Equal(want) {
+				t.Fatalf("acquire %d: %+v, want reserved at %v, unspaced", i, p, want)
+			}
+		} else if p.Outcome != Granted {
+			t.Fatalf("acquire %d: %+v, want granted", i, p)
+		}
+	}
+}

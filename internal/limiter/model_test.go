@@ -141,6 +141,21 @@ func (m *refModel) earliest(t0 int64, cost Cost, b [5]int64) (t int64, beyond bo
 	return -1, false
 }
 
+// lastReleased reports whether the newest entry holds nothing in any
+// sliding dimension (its permit was given back).
+func (m *refModel) lastReleased() bool {
+	seen := false
+	for i := range m.sliding {
+		if n := len(m.entries[i]); n > 0 {
+			if m.entries[i][n-1].amt != 0 {
+				return false
+			}
+			seen = true
+		}
+	}
+	return seen
+}
+
 // spacing is the least time between a reservation and the entry before it:
 // 1/spacing of the window × the cost's largest share of a capacity.
 func (m *refModel) spacing(cost Cost) int64 {
@@ -164,8 +179,9 @@ func (m *refModel) acquire(now int64, id string, cost Cost) (Outcome, int64) {
 	b := bounds5(now)
 	t, beyond := m.earliest(max(now, m.last, m.cd), cost, b)
 	if !beyond && t > now+m.early && t <= now+m.horizo {
-		// A reservation comes at least the spacing after the entry before.
-		if p := m.last + m.spacing(cost); p > t {
+		// A reservation comes at least the spacing after the entry before,
+		// unless that entry was given back (no call).
+		if p := m.last + m.spacing(cost); p > t && !m.lastReleased() {
 			if p > now+m.horizo {
 				return Denied, p - m.horizo
 			}

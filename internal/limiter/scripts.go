@@ -1,6 +1,10 @@
 package limiter
 
-import "github.com/redis/go-redis/v9"
+import (
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // Every script takes all of its keys in KEYS (built in Go by the key helpers,
 // all under one {hash tag}) so it runs on Redis Cluster, and reads the time
@@ -145,6 +149,11 @@ const (
 	spacingLua = "8"
 )
 
+// acquireUnspacedScript is acquireScript with reservations not spaced
+// (WithoutSpacing).
+var acquireUnspacedScript = redis.NewScript(strings.Replace(acquireLua,
+	"local spacing = "+spacingLua+"\n", "local spacing = 0\n", 1))
+
 const acquireLua = `
 -- Redis TIME, not the caller's clock: all instances must agree on "now".
 local now
@@ -223,7 +232,10 @@ local function gap(amounts)
     local c = D[3 * i - 1]
     if c > 0 and amounts[i] > 0 then g = math.max(g, D[3 * i] * amounts[i] / c) end
   end
-  if not pace then g = g / spacing end
+  if not pace then
+    if spacing == 0 then return 0 end
+    g = g / spacing
+  end
   return math.floor(g)
 end
 
@@ -825,12 +837,20 @@ repeat
   end
   -- A reservation (not a grant) comes at least gap after the entry before
   -- it (see gap); later than where it fits, it still fits every sliding
-  -- window, but the day and the horizon are checked again.
+  -- window, but the day and the horizon are checked again. Not after a
+  -- released entry (amounts 0: no call): spaced from each refusal given
+  -- back, a run of refusals (the seed policy's) would push the queue's
+  -- tail ahead by a gap each, and nothing would be granted again.
   local again = false
-  if not spaced and t > now + early and t <= limit then
+  if spacing > 0 and not spaced and t > now + early and t <= limit then
     spaced = true
     local p = last + gap(cost)
-    if p > t then t, why, again = p, 'spaced', true end
+    if p > t then
+      local row = ns > 0 and redis.call('LINDEX', log, -1)
+      local _, tr, tk = 0, 1, 1
+      if row then _, tr, tk = entry(row) end
+      if tr ~= 0 or tk ~= 0 then t, why, again = p, 'spaced', true end
+    end
   end
 until not again
 

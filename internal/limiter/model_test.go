@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -165,7 +166,11 @@ func (m *refModel) spacing(cost Cost) int64 {
 			g = max(g, float64(m.win(d))*float64(amt)/float64(c))
 		}
 	}
-	return int64(math.Floor(g / spacing))
+	div, err := strconv.ParseFloat(spacingLua, 64)
+	if err != nil {
+		panic(err)
+	}
+	return int64(math.Floor(g / div))
 }
 
 // acquire returns the outcome and, for Granted/Reserved, the exact slot; for

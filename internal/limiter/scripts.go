@@ -142,12 +142,9 @@ end
 // ARGV[8] is not current.
 var acquireScript = redis.NewScript(acquireLua)
 
-// spacing: a reservation at the ceiling comes at least 1/spacing of the
-// paced gap after the entry before it (see "Pacing" in acquireLua).
-const (
-	spacing    = 8
-	spacingLua = "8"
-)
+// spacingLua: a reservation at the ceiling comes at least 1/spacing of
+// the paced gap after the entry before it (see "Pacing" in acquireLua).
+const spacingLua = "8"
 
 // acquireUnspacedScript is acquireScript with reservations not spaced
 // (WithoutSpacing).
@@ -222,8 +219,8 @@ end
 -- answered all 64 with 429 before the first one was seen (the DSQ
 -- benchmark: 64 of 1,627 calls; spaced: 4). A window's worth of
 -- reservations then takes at least 1/spacing of the window, which the
--- arrivals' own spread mostly covers (TPM-bound benchmark: 1.051 × the
--- minimum, 1.052 unspaced).
+-- arrivals' own spread mostly covers (TPM-bound benchmark: 1.052 × the
+-- minimum spaced and unspaced).
 local pace = adapted and ratio < 0.95
 local spacing = ` + spacingLua + `
 local function gap(amounts)
@@ -846,10 +843,12 @@ repeat
     spaced = true
     local p = last + gap(cost)
     if p > t then
-      local row = ns > 0 and redis.call('LINDEX', log, -1)
-      local _, tr, tk = 0, 1, 1
-      if row then _, tr, tk = entry(row) end
-      if tr ~= 0 or tk ~= 0 then t, why, again = p, 'spaced', true end
+      local row, released = ns > 0 and redis.call('LINDEX', log, -1), false
+      if row then
+        local _, tr, tk = entry(row)
+        released = tr == 0 and tk == 0
+      end
+      if not released then t, why, again = p, 'spaced', true end
     end
   end
 until not again

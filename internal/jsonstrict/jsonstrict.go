@@ -174,11 +174,14 @@ func (d Decoder) Decode(data []byte, v any) error {
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return fmt.Errorf("jsonstrict.Decode: target must be a non-nil pointer, got %T", v)
 	}
-	edits, err := scan(data, rv.Type().Elem(), d.Limits, d.ProtoJSON)
+	sc, err := scan(data, rv.Type().Elem(), d.Limits, d.ProtoJSON)
 	if err != nil {
 		return err
 	}
-	return unmarshal(apply(data, edits), v)
+	if plan := flatPlanOf(rv.Type().Elem()); plan != nil && len(sc.edits) == 0 {
+		return plan.fill(data, sc.members, rv.Elem())
+	}
+	return unmarshal(apply(data, sc.edits), v)
 }
 
 // unmarshal runs encoding/json on input that already passed the scan. It can
@@ -209,6 +212,7 @@ func unmarshal(data []byte, v any) error {
 func DecodeLines[T any](data []byte, lim Limits, fn func(line int, v *T) error) error {
 	lim = lim.withDefaults()
 	target := reflect.TypeFor[T]()
+	plan := flatPlanOf(target)
 	n, count := 0, 0
 	for len(data) > 0 {
 		n++
@@ -229,12 +233,18 @@ func DecodeLines[T any](data []byte, lim Limits, fn func(line int, v *T) error) 
 		if lim.MaxLines > 0 && count > lim.MaxLines {
 			return &Error{Kind: Limit, Line: n, Msg: fmt.Sprintf("more than %d lines", lim.MaxLines)}
 		}
-		if _, err := scan(line, target, lim, false); err != nil {
+		sc, err := scan(line, target, lim, false)
+		if err != nil {
 			err.(*Error).Line = n
 			return err
 		}
 		v := new(T)
-		if err := unmarshal(line, v); err != nil {
+		if plan != nil {
+			err = plan.fill(line, sc.members, reflect.ValueOf(v).Elem())
+		} else {
+			err = unmarshal(line, v)
+		}
+		if err != nil {
 			err.(*Error).Line = n
 			return err
 		}
@@ -249,9 +259,10 @@ func DecodeLines[T any](data []byte, lim Limits, fn func(line int, v *T) error) 
 }
 
 // scan runs the checker over data against target (nil: no type), returning
-// nil or an *Error, and with proto the edits that make data canonical.
-func scan(data []byte, target reflect.Type, lim Limits, proto bool) ([]edit, error) {
-	s := &scanner{data: data, lim: lim.withDefaults(), proto: proto}
+// nil or an *Error, and the scanner: with proto, its edits make data
+// canonical; for a flat target, its members are the top-level object's.
+func scan(data []byte, target reflect.Type, lim Limits, proto bool) (*scanner, error) {
+	s := &scanner{data: data, lim: lim.withDefaults(), proto: proto, capture: flatPlanOf(target) != nil}
 	if len(data) >= 3 && data[0] == 0xEF && data[1] == 0xBB && data[2] == 0xBF {
 		return nil, s.fail(Syntax, "byte order mark (U+FEFF) before the value is not allowed")
 	}
@@ -266,7 +277,7 @@ func scan(data []byte, target reflect.Type, lim Limits, proto bool) ([]edit, err
 	if s.pos < len(data) {
 		return nil, s.fail(Trailing, fmt.Sprintf("unexpected data after the JSON value at offset %d (%s)", s.pos, describeByte(data[s.pos])))
 	}
-	return s.edits, nil
+	return s, nil
 }
 
 func describeByte(c byte) string {

@@ -30,6 +30,9 @@ type scanner struct {
 	// form encoding/json decodes.
 	proto bool
 	edits []edit
+	// capture records the top-level object's members (flat targets).
+	capture bool
+	members []member
 }
 
 // edit replaces data[start:end] with text.
@@ -245,8 +248,12 @@ func (s *scanner) object(t reflect.Type) error {
 			return s.fail(DuplicateKey, fmt.Sprintf("duplicate key %q: differs from %q only in case", key, prev))
 		}
 		seen[id] = key
+		valStart := s.pos
 		if err := s.value(vt); err != nil {
 			return err
+		}
+		if s.capture && s.depth == 1 {
+			s.members = append(s.members, member{id, valStart, s.pos})
 		}
 		s.path = s.path[:len(s.path)-1]
 		s.skipSpace()
@@ -316,6 +323,11 @@ func (s *scanner) str(decode bool) (string, error) {
 	s.pos++ // '"'
 	var b []byte
 	for {
+		if b == nil {
+			for s.pos < len(s.data) && plainString[s.data[s.pos]] {
+				s.pos++
+			}
+		}
 		if s.pos >= len(s.data) {
 			return "", s.syntax("'\"' closing the string")
 		}
@@ -364,6 +376,15 @@ func (s *scanner) str(decode bool) (string, error) {
 		}
 	}
 }
+
+// plainString marks the bytes a string holds as they are: printable ASCII
+// other than the quote and the backslash.
+var plainString = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 // escape reads one escape sequence at the backslash and returns its rune. A
 // \u escape for a surrogate must be a valid high+low pair.

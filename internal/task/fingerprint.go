@@ -1,7 +1,6 @@
 package task
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -15,13 +14,7 @@ import (
 // has its first delivery's fingerprint, and a copy with another request
 // does not. A request that is not valid JSON is hashed as it is.
 func RequestFingerprint(model string, request json.RawMessage) string {
-	var compact bytes.Buffer
-	canon := []byte(request)
-	if json.Compact(&compact, request) == nil {
-		var esc bytes.Buffer
-		json.HTMLEscape(&esc, compact.Bytes())
-		canon = esc.Bytes()
-	}
+	canon := canonical(request)
 	h := sha256.New()
 	io.WriteString(h, model)
 	h.Write([]byte{0})

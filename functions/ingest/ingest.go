@@ -99,7 +99,7 @@ func fromEnv(ctx context.Context, getenv func(string) string, logOut io.Writer) 
 		archiveLag:   cfg.ResultsMaxDuration + time.Minute,
 		store:        st,
 		marks:        redisMarks{rdb: rdb, ttl: cfg.ResultTTL},
-		publisher:    queue.NewPublisher(ps, cfg.TasksTopic),
+		publisher:    queue.NewPublisher(ps, cfg.TasksTopic, queue.ManyDelay),
 		limits:       quotaLimits{cfg: cfg.Quotas, project: cfg.Project},
 		allowed:      cfg.AllowedModels,
 		defaultModel: cfg.DefaultModel,

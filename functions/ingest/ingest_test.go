@@ -76,7 +76,7 @@ func newEnv(t *testing.T, opts ...func(*deps)) *env {
 	if err := queue.EnsureTopic(ctx, client, topic); err != nil {
 		t.Fatal(err)
 	}
-	pub := queue.NewPublisher(client, topic)
+	pub := queue.NewPublisher(client, topic, queue.ManyDelay)
 	t.Cleanup(pub.Stop)
 	qc, err := limiter.ParseConfig([]byte(quotas))
 	if err != nil {

@@ -116,8 +116,8 @@ func build(ctx context.Context, getenv func(string) string) (*handler, error) {
 		Permits:     metrics.WrapLimiter(lim, rec),
 		Gemini:      metrics.WrapGemini(gem, cfg.Project, rec),
 		Scheduler:   queue.NewScheduler(ct, cfg.TasksQueue, cfg.WorkerURL, cfg.TasksServiceAccount),
-		Results:     queue.NewPublisher(ps, cfg.ResultsTopic),
-		DeadLetters: queue.NewPublisher(ps, cfg.DeadLetterTopic),
+		Results:     queue.NewPublisher(ps, cfg.ResultsTopic, queue.OneDelay),
+		DeadLetters: queue.NewPublisher(ps, cfg.DeadLetterTopic, queue.OneDelay),
 	}
 	h := &handler{m: lifecycle.New(deps, opts, log), log: log, rec: rec}
 	log.Info("worker ready", "config", cfg)

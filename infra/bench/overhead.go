@@ -116,7 +116,7 @@ func (res *OverheadResult) floors(ctx context.Context, n, size int) error {
 	for i := range msgs {
 		msgs[i] = queue.Message{Data: data}
 	}
-	pub := queue.NewPublisher(ps, "floor-tasks")
+	pub := queue.NewPublisher(ps, "floor-tasks", queue.ManyDelay)
 	cpu0, t0 := cpuTime(), time.Now()
 	if err := pub.Publish(ctx, msgs); err != nil {
 		return fmt.Errorf("floor publish: %w", err)
@@ -140,7 +140,7 @@ func (res *OverheadResult) floors(ctx context.Context, n, size int) error {
 		rds.Stop()
 		return fmt.Errorf("floor script load: %w", err)
 	}
-	rpub := queue.NewPublisher(ps, "floor-results")
+	rpub := queue.NewPublisher(ps, "floor-results", queue.OneDelay)
 	cpu0 = cpuTime() // after the server started
 	var next atomic.Int64
 	var wg sync.WaitGroup

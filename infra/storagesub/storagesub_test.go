@@ -54,7 +54,7 @@ func pubsubPair(t *testing.T) *pubsub.Client {
 
 func publish(t *testing.T, c *pubsub.Client, msgs []string) {
 	t.Helper()
-	p := queue.NewPublisher(c, "results")
+	p := queue.NewPublisher(c, "results", queue.OneDelay)
 	defer p.Stop()
 	qm := make([]queue.Message, len(msgs))
 	for i, m := range msgs {

@@ -18,8 +18,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gemq-dev/gemq/internal/gemini"
@@ -191,25 +193,23 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 		}
 		limit, limitWhat = l, what
 	}
-	seen := make(map[string]int, len(spec.items))
 	j.Tasks = make([]Task, len(spec.items))
+	keyErr, valid := checkKeys(j.ID, spec.items, j.Tasks)
+	if err := buildEnvelopes(spec.items[:valid], j.Tasks, func(it located) ([]byte, string, *Error) {
+		return it.envelope(j.ID, model, spec, tiers, limit, limitWhat)
+	}); err != nil {
+		return nil, err
+	}
+	if keyErr != nil {
+		return nil, keyErr
+	}
 	h := sha256.New()
 	fmt.Fprintf(h, "gemq-job-v1\x00%s\x00%s\x00", j.ID, model)
-	for i, it := range spec.items {
-		id := task.TaskID(j.ID, it.Key)
-		if err := it.checkKey(id, seen, spec.items); err != nil {
-			return nil, err
-		}
-		seen[id] = i
-		data, fp, err := it.envelope(j.ID, model, spec, tiers, limit, limitWhat)
-		if err != nil {
-			return nil, err
-		}
-		j.Tasks[i] = Task{ID: id, Data: data, Fingerprint: fp}
+	for _, t := range j.Tasks {
 		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(data)))
+		binary.BigEndian.PutUint64(n[:], uint64(len(t.Data)))
 		h.Write(n[:])
-		h.Write(data)
+		h.Write(t.Data)
 	}
 	j.Hash = hex.EncodeToString(h.Sum(nil))
 	if err := r.resolveAuto(j); err != nil {
@@ -225,6 +225,53 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 		}
 	}
 	return j, nil
+}
+
+// checkKeys sets every task's id and checks the items' keys in order: it
+// returns the first key error and how many items come before it (all of
+// them when there is none).
+func checkKeys(jobID string, items []located, tasks []Task) (*Error, int) {
+	seen := make(map[string]int, len(items))
+	for i, it := range items {
+		id := task.TaskID(jobID, it.Key)
+		if err := it.checkKey(id, seen, items); err != nil {
+			return err, i
+		}
+		seen[id] = i
+		tasks[i].ID = id
+	}
+	return nil, len(items)
+}
+
+// buildEnvelopes sets each task's envelope and fingerprint from its item
+// (build), spread over the cores the process may use: the items are
+// independent, and validating and encoding them is most of a job's
+// submission time. It returns the error of the first item in order that has
+// one, as one loop over them would.
+func buildEnvelopes(items []located, tasks []Task, build func(located) ([]byte, string, *Error)) *Error {
+	workers := min(runtime.GOMAXPROCS(0), max(len(items)/256, 1))
+	chunk := (len(items) + workers - 1) / workers
+	errs := make([]*Error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w * chunk; i < min((w+1)*chunk, len(items)); i++ {
+				data, fp, err := build(items[i])
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				tasks[i].Data, tasks[i].Fingerprint = data, fp
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkKey validates the item's key and refuses a second use of its task

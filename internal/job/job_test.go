@@ -175,3 +175,54 @@ func TestBuildFingerprintsAndStamp(t *testing.T) {
 		t.Errorf("stamped envelope: %v", err)
 	}
 }
+
+// A job's requests are validated on every core, and the error reported is
+// still the first in order: a request error before a key error, and of two
+// request errors in different parts of the job, the earlier.
+func TestBuildReportsTheFirstErrorInOrder(t *testing.T) {
+	const n = 4096
+	r := Rules{Allowed: []string{testModel}, MaxRequests: n}
+	line := func(i int, key, text string) string {
+		return fmt.Sprintf(`{"key":%q,"request":{"contents":[{"role":%q,"parts":[{"text":"t%d"}]}]}}`, key, text, i)
+	}
+	body := func(bad map[int]string) []byte {
+		var b strings.Builder
+		for i := range n {
+			key, role := fmt.Sprintf("k%d", i), "user"
+			switch bad[i] {
+			case "role":
+				role = "robot"
+			case "dup":
+				key = "k0"
+			}
+			b.WriteString(line(i, key, role) + "\n")
+		}
+		return []byte(b.String())
+	}
+	for _, tc := range []struct {
+		name string
+		bad  map[int]string
+		line int
+	}{
+		{"request errors in both halves", map[int]string{3000: "role", 1500: "role"}, 1501},
+		{"request error before a key error", map[int]string{2100: "dup", 2050: "role"}, 2051},
+		{"key error before a request error", map[int]string{2050: "dup", 2100: "role"}, 2051},
+		{"the last request", map[int]string{n - 1: "role"}, n},
+	} {
+		_, err := r.Build(t.Context(), JSONL, body(tc.bad), Params{JobID: "order", Model: testModel})
+		var je *Error
+		if !errors.As(err, &je) || je.Line != tc.line {
+			t.Errorf("%s: %v, want the error on line %d", tc.name, err, tc.line)
+		}
+	}
+	j, err := r.Build(t.Context(), JSONL, body(nil), Params{JobID: "order", Model: testModel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tk := range j.Tasks {
+		env, err := task.Decode(tk.Data)
+		if err != nil || env.Key != fmt.Sprintf("k%d", i) || tk.ID != env.TaskID || tk.Fingerprint != task.RequestFingerprint(env.Model, env.Request) {
+			t.Fatalf("task %d: key %q id %s fingerprint %s, %v", i, env.Key, tk.ID, tk.Fingerprint, err)
+		}
+	}
+}

@@ -141,12 +141,12 @@ func newFixture(t *testing.T, fo fixtureOptions) *fixture {
 	if err := queue.EnsureTopic(ctx, psc, testTopic); err != nil {
 		t.Fatal(err)
 	}
-	f.pub = queue.NewPublisher(psc, testTopic)
+	f.pub = queue.NewPublisher(psc, testTopic, queue.OneDelay)
 	t.Cleanup(f.pub.Stop)
 	if err := queue.EnsureTopic(ctx, psc, testDeadLetters); err != nil {
 		t.Fatal(err)
 	}
-	f.deadPub = queue.NewPublisher(psc, testDeadLetters)
+	f.deadPub = queue.NewPublisher(psc, testDeadLetters, queue.OneDelay)
 	t.Cleanup(f.deadPub.Stop)
 
 	f.tasks = tasksemu.New(tasksemu.Options{Logger: logging.Discard()})

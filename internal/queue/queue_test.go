@@ -54,7 +54,7 @@ func TestPublisherDeliversEveryMessageWithAttributes(t *testing.T) {
 	if err := queue.EnsureTopic(ctx, c, "tasks"); err != nil {
 		t.Fatalf("EnsureTopic on an existing topic: %v", err)
 	}
-	p := queue.NewPublisher(c, "tasks")
+	p := queue.NewPublisher(c, "tasks", queue.ManyDelay)
 	defer p.Stop()
 
 	const n = 250
@@ -96,7 +96,7 @@ func TestPublisherDeliversEveryMessageWithAttributes(t *testing.T) {
 func TestPublisherReportsFailures(t *testing.T) {
 	t.Parallel()
 	_, c := pubsubClient(t)
-	p := queue.NewPublisher(c, "no-such-topic")
+	p := queue.NewPublisher(c, "no-such-topic", queue.ManyDelay)
 	defer p.Stop()
 	err := p.Publish(context.Background(), []queue.Message{{Data: []byte("a")}, {Data: []byte("b")}, {Data: []byte("c"), OrderingKey: "k"}})
 	if err == nil {

@@ -219,8 +219,8 @@ end
 -- answered all 64 with 429 before the first one was seen (the DSQ
 -- benchmark: 64 of 1,627 calls; spaced: 4). A window's worth of
 -- reservations then takes at least 1/spacing of the window, which the
--- arrivals' own spread mostly covers (TPM-bound benchmark: 1.052 × the
--- minimum spaced and unspaced).
+-- arrivals' own spread mostly covers (TPM-bound benchmark: completion
+-- 1.052 × the minimum spaced and unspaced alike, on 2026-12-03's ingest).
 local pace = adapted and ratio < 0.95
 local spacing = ` + spacingLua + `
 local function gap(amounts)

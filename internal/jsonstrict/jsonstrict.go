@@ -5,7 +5,9 @@
 // only in case ("Model" and "model") into one struct field, replaces invalid
 // UTF-8 and lone UTF-16 surrogates with U+FFFD, and reports unknown fields
 // and type mismatches without saying where they are. This package scans the
-// input once before encoding/json decodes it and rejects all of these, with
+// input once before encoding/json decodes it (a flat struct of string and
+// json.RawMessage fields is filled from the scan itself) and rejects all of
+// these, with
 // an *Error that names the field path (for example
 // requests[3].request.contents[0].parts) and, for JSONL, the line.
 //

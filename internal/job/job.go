@@ -194,7 +194,7 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 		limit, limitWhat = l, what
 	}
 	j.Tasks = make([]Task, len(spec.items))
-	keyErr, valid := checkKeys(j.ID, spec.items, j.Tasks)
+	valid, keyErr := checkKeys(j.ID, spec.items, j.Tasks)
 	if err := buildEnvelopes(spec.items[:valid], j.Tasks, func(it located) ([]byte, string, *Error) {
 		return it.envelope(j.ID, model, spec, tiers, limit, limitWhat)
 	}); err != nil {
@@ -228,19 +228,19 @@ func (r Rules) build(ctx context.Context, spec spec) (*Job, error) {
 }
 
 // checkKeys sets every task's id and checks the items' keys in order: it
-// returns the first key error and how many items come before it (all of
-// them when there is none).
-func checkKeys(jobID string, items []located, tasks []Task) (*Error, int) {
+// returns how many items come before the first key error (all of them when
+// there is none) and that error.
+func checkKeys(jobID string, items []located, tasks []Task) (int, *Error) {
 	seen := make(map[string]int, len(items))
 	for i, it := range items {
 		id := task.TaskID(jobID, it.Key)
 		if err := it.checkKey(id, seen, items); err != nil {
-			return err, i
+			return i, err
 		}
 		seen[id] = i
 		tasks[i].ID = id
 	}
-	return nil, len(items)
+	return len(items), nil
 }
 
 // buildEnvelopes sets each task's envelope and fingerprint from its item

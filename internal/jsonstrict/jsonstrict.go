@@ -138,7 +138,7 @@ func (l Limits) withDefaults() Limits {
 // trailing data, UTF-8, duplicate and case-variant keys (every object is
 // treated like a struct), and lim. It returns nil or an *Error.
 func Validate(data []byte, lim Limits) error {
-	_, err := scan(data, nil, lim, false)
+	_, err := scan(data, nil, lim, false, false)
 	return err
 }
 
@@ -176,11 +176,12 @@ func (d Decoder) Decode(data []byte, v any) error {
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return fmt.Errorf("jsonstrict.Decode: target must be a non-nil pointer, got %T", v)
 	}
-	sc, err := scan(data, rv.Type().Elem(), d.Limits, d.ProtoJSON)
+	plan := flatPlanOf(rv.Type().Elem())
+	sc, err := scan(data, rv.Type().Elem(), d.Limits, d.ProtoJSON, plan != nil)
 	if err != nil {
 		return err
 	}
-	if plan := flatPlanOf(rv.Type().Elem()); plan != nil && len(sc.edits) == 0 {
+	if plan != nil && len(sc.edits) == 0 {
 		return plan.fill(data, sc.members, rv.Elem())
 	}
 	return unmarshal(apply(data, sc.edits), v)
@@ -235,7 +236,7 @@ func DecodeLines[T any](data []byte, lim Limits, fn func(line int, v *T) error) 
 		if lim.MaxLines > 0 && count > lim.MaxLines {
 			return &Error{Kind: Limit, Line: n, Msg: fmt.Sprintf("more than %d lines", lim.MaxLines)}
 		}
-		sc, err := scan(line, target, lim, false)
+		sc, err := scan(line, target, lim, false, plan != nil)
 		if err != nil {
 			err.(*Error).Line = n
 			return err
@@ -262,9 +263,10 @@ func DecodeLines[T any](data []byte, lim Limits, fn func(line int, v *T) error) 
 
 // scan runs the checker over data against target (nil: no type), returning
 // nil or an *Error, and the scanner: with proto, its edits make data
-// canonical; for a flat target, its members are the top-level object's.
-func scan(data []byte, target reflect.Type, lim Limits, proto bool) (*scanner, error) {
-	s := &scanner{data: data, lim: lim.withDefaults(), proto: proto, capture: flatPlanOf(target) != nil}
+// canonical; with capture (a flat target), its members are the top-level
+// object's.
+func scan(data []byte, target reflect.Type, lim Limits, proto, capture bool) (*scanner, error) {
+	s := &scanner{data: data, lim: lim.withDefaults(), proto: proto, capture: capture}
 	if len(data) >= 3 && data[0] == 0xEF && data[1] == 0xBB && data[2] == 0xBF {
 		return nil, s.fail(Syntax, "byte order mark (U+FEFF) before the value is not allowed")
 	}

@@ -27,10 +27,7 @@ func appendCanonical(dst, src []byte) ([]byte, error) {
 			if i == len(src) {
 				break
 			}
-		}
-		c := src[i]
-		if inString {
-			switch {
+			switch c := src[i]; {
 			case c == '\\':
 				i++
 			case c == '"':
@@ -47,7 +44,7 @@ func appendCanonical(dst, src []byte) ([]byte, error) {
 			}
 			continue
 		}
-		switch c {
+		switch c := src[i]; c {
 		case '"':
 			inString = true
 		case '{', '[':
